@@ -1,0 +1,31 @@
+//! bagssl-autograd: f32 tensors on the CPU or a CUDA GPU, a tape for reverse-mode
+//! differentiation, and the primitive ops the BagSSL model needs.
+//!
+//! Layers:
+//! - [`tensor`]: `Tensor` (shape + storage) and `Device`.
+//! - [`ops`]: device-dispatched primitives (matmul, BatchNorm, ReLU, bag-VICReg, AdamW, ...).
+//!   Each primitive has a CPU kernel in [`cpu`] and a CUDA launcher in [`cuda`], same signature.
+//! - [`tape`]: records ops on `Var`s and runs their backward.
+
+pub mod cpu;
+pub mod cuda;
+pub mod ops;
+pub mod tape;
+pub mod tensor;
+
+pub use ops::{AdamW, BnForward, VicregParts, VicregWeights};
+pub use tape::{Gradients, Tape, Var};
+pub use tensor::{Device, Storage, Tensor};
+
+/// Errors of this crate: shape mismatches and device problems, never panics on user data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("tensors of {op} live on different devices")]
+    DeviceMismatch { op: &'static str },
+    #[error(transparent)]
+    Gpu(#[from] bagssl_kernels::KernelError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,221 @@
+//! Device-dispatched primitives. Each one checks shapes, then calls the CPU kernel in
+//! [`crate::cpu`] or the CUDA launcher in [`crate::cuda`] — the two modules have the same
+//! function signatures, so the tape and the model need no `cfg` and no device branches.
+//!
+//! All matrices are row-major 2-D tensors; vectors are 1-D.
+
+use crate::tensor::{Storage, Tensor};
+use crate::{cpu, cuda, Error, Result};
+
+/// Loss weights and epsilon of bag-VICReg (DESIGN §3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VicregWeights {
+    pub invariance: f32,
+    pub variance: f32,
+    pub covariance: f32,
+    pub eps: f32,
+}
+
+impl Default for VicregWeights {
+    fn default() -> Self {
+        VicregWeights {
+            invariance: 25.0,
+            variance: 25.0,
+            covariance: 1.0,
+            eps: 1e-4,
+        }
+    }
+}
+
+/// The loss and its three unweighted terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VicregParts {
+    pub loss: f64,
+    pub invariance: f64,
+    pub variance: f64,
+    pub covariance: f64,
+}
+
+/// What a training-mode BatchNorm forward produces and its backward needs.
+pub struct BnForward {
+    /// Output (after the optional ReLU).
+    pub y: Tensor,
+    /// Batch mean per column.
+    pub mean: Tensor,
+    /// 1 / sqrt(biased batch variance + eps) per column.
+    pub invstd: Tensor,
+    /// Unbiased batch variance per column (for the running statistics).
+    pub var_unbiased: Tensor,
+}
+
+/// AdamW hyper-parameters for one update (PyTorch's `torch.optim.AdamW` semantics).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<bool> {
+    let cuda = ts[0].is_cuda();
+    if ts.iter().any(|t| t.is_cuda() != cuda) {
+        return Err(Error::DeviceMismatch { op });
+    }
+    Ok(cuda)
+}
+
+macro_rules! dispatch {
+    ($op:literal, [$($t:expr),+], $f:ident($($arg:expr),*)) => {{
+        if same_device($op, &[$($t),+])? { cuda::$f($($arg),*) } else { cpu::$f($($arg),*) }
+    }};
+}
+
+/// `op(a) @ op(b)` where `op` transposes when asked. Shapes: op(a) (m, k), op(b) (k, n).
+pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    dispatch!("matmul", [a, b], matmul(a, b, trans_a, trans_b))
+}
+
+/// `x + b` with `b` (cols) broadcast over the rows of `x` (rows, cols).
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    dispatch!("bias_add", [x, b], bias_add(x, b))
+}
+
+/// Column sums of a 2-D tensor: (rows, cols) -> (cols).
+pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    dispatch!("sum_rows", [x], sum_rows(x))
+}
+
+/// Training-mode BatchNorm over the rows (batch statistics, biased variance), optionally fused with ReLU.
+pub fn bn_train_fwd(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<BnForward> {
+    dispatch!(
+        "bn_train_fwd",
+        [x, gamma, beta],
+        bn_train_fwd(x, gamma, beta, eps, relu)
+    )
+}
+
+/// Backward of [`bn_train_fwd`]: returns (dx, dgamma, dbeta). `y` is the forward output (ReLU mask).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_train_bwd(
+    dy: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    invstd: &Tensor,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    dispatch!(
+        "bn_train_bwd",
+        [dy, x, y, gamma, mean, invstd],
+        bn_train_bwd(dy, x, y, gamma, mean, invstd, relu)
+    )
+}
+
+/// Eval-mode BatchNorm with running statistics, optionally fused with ReLU.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_eval_fwd(
+    x: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<Tensor> {
+    dispatch!(
+        "bn_eval_fwd",
+        [x, running_mean, running_var, gamma, beta],
+        bn_eval_fwd(x, running_mean, running_var, gamma, beta, eps, relu)
+    )
+}
+
+/// In-place running-statistics update: `r = (1 - momentum) r + momentum batch`.
+pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
+    if same_device("ema_", &[running, batch])? {
+        cuda::ema_(running, batch, momentum)
+    } else {
+        cpu::ema_(running, batch, momentum)
+    }
+}
+
+pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
+    dispatch!("relu_fwd", [x], relu_fwd(x))
+}
+
+/// `dy * (y > 0)`.
+pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    dispatch!("relu_bwd", [dy, y], relu_bwd(dy, y))
+}
+
+/// bag-VICReg on `z` (B*n, D): the loss parts and dL/dz of the weighted loss (DESIGN §3).
+pub fn vicreg_fwd_bwd(
+    z: &Tensor,
+    n_per_image: usize,
+    w: VicregWeights,
+) -> Result<(VicregParts, Tensor)> {
+    dispatch!("vicreg_fwd_bwd", [z], vicreg_fwd_bwd(z, n_per_image, w))
+}
+
+/// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).
+pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
+    dispatch!("group_mean", [x], group_mean(x, n))
+}
+
+/// Backward of [`group_mean`]: (B, D) -> (B*n, D), each row `dy[b] / n`.
+pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
+    dispatch!("group_mean_bwd", [dy], group_mean_bwd(dy, n))
+}
+
+/// Sum of the elementwise product, as f64 (`sum(x * w)`).
+pub fn dot(x: &Tensor, w: &Tensor) -> Result<f64> {
+    dispatch!("dot", [x, w], dot(x, w))
+}
+
+/// `y += alpha * x`, in place.
+pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
+    if same_device("axpy_", &[y, x])? {
+        cuda::axpy_(y, alpha, x)
+    } else {
+        cpu::axpy_(y, alpha, x)
+    }
+}
+
+/// One AdamW update of `param` in place, with moment buffers `m`, `v`.
+pub fn adamw_(
+    param: &mut Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    h: AdamW,
+) -> Result<()> {
+    if same_device("adamw_", &[param, grad, m, v])? {
+        cuda::adamw_(param, grad, m, v, h)
+    } else {
+        cpu::adamw_(param, grad, m, v, h)
+    }
+}
+
+/// Returns true for CPU storage; convenience for kernels that need a slice.
+pub fn is_cpu(t: &Tensor) -> bool {
+    matches!(t.storage(), Storage::Cpu(_))
+}
+
+/// `x *= s`, in place.
+pub fn scale_(x: &mut Tensor, s: f32) -> Result<()> {
+    if same_device("scale_", &[x])? {
+        cuda::scale_(x, s)
+    } else {
+        cpu::scale_(x, s)
+    }
+}
