@@ -9,9 +9,7 @@ use crate::tensor::Tensor;
 use crate::Result;
 
 fn not_wired(op: &str) -> crate::Error {
-    crate::Error::Gpu(bagssl_kernels::KernelError::Cuda(format!(
-        "{op}: CUDA launcher not wired yet"
-    )))
+    crate::Error::Gpu(bagssl_kernels::KernelError::Cuda(format!("{op}: CUDA launcher not wired yet")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -30,13 +28,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn bn_train_fwd(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-    relu: bool,
-) -> Result<BnForward> {
+pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
     Err(not_wired("bn_train_fwd"))
 }
 
@@ -82,11 +74,7 @@ pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn vicreg_fwd_bwd(
-    z: &Tensor,
-    n_per_image: usize,
-    w: VicregWeights,
-) -> Result<(VicregParts, Tensor)> {
+pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
     Err(not_wired("vicreg_fwd_bwd"))
 }
 
@@ -111,13 +99,7 @@ pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_(
-    param: &mut Tensor,
-    grad: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
-    h: AdamW,
-) -> Result<()> {
+pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
     Err(not_wired("adamw_"))
 }
 

@@ -18,12 +18,7 @@ pub struct VicregWeights {
 
 impl Default for VicregWeights {
     fn default() -> Self {
-        VicregWeights {
-            invariance: 25.0,
-            variance: 25.0,
-            covariance: 1.0,
-            eps: 1e-4,
-        }
+        VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 }
     }
 }
 
@@ -90,18 +85,8 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Training-mode BatchNorm over the rows (batch statistics, biased variance), optionally fused with ReLU.
-pub fn bn_train_fwd(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-    relu: bool,
-) -> Result<BnForward> {
-    dispatch!(
-        "bn_train_fwd",
-        [x, gamma, beta],
-        bn_train_fwd(x, gamma, beta, eps, relu)
-    )
+pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+    dispatch!("bn_train_fwd", [x, gamma, beta], bn_train_fwd(x, gamma, beta, eps, relu))
 }
 
 /// Backward of [`bn_train_fwd`]: returns (dx, dgamma, dbeta). `y` is the forward output (ReLU mask).
@@ -115,11 +100,7 @@ pub fn bn_train_bwd(
     invstd: &Tensor,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    dispatch!(
-        "bn_train_bwd",
-        [dy, x, y, gamma, mean, invstd],
-        bn_train_bwd(dy, x, y, gamma, mean, invstd, relu)
-    )
+    dispatch!("bn_train_bwd", [dy, x, y, gamma, mean, invstd], bn_train_bwd(dy, x, y, gamma, mean, invstd, relu))
 }
 
 /// Eval-mode BatchNorm with running statistics, optionally fused with ReLU.
@@ -159,11 +140,7 @@ pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
 }
 
 /// bag-VICReg on `z` (B*n, D): the loss parts and dL/dz of the weighted loss (DESIGN §3).
-pub fn vicreg_fwd_bwd(
-    z: &Tensor,
-    n_per_image: usize,
-    w: VicregWeights,
-) -> Result<(VicregParts, Tensor)> {
+pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
     dispatch!("vicreg_fwd_bwd", [z], vicreg_fwd_bwd(z, n_per_image, w))
 }
 
@@ -192,13 +169,7 @@ pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
 }
 
 /// One AdamW update of `param` in place, with moment buffers `m`, `v`.
-pub fn adamw_(
-    param: &mut Tensor,
-    grad: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
-    h: AdamW,
-) -> Result<()> {
+pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
     if same_device("adamw_", &[param, grad, m, v])? {
         cuda::adamw_(param, grad, m, v, h)
     } else {

@@ -56,14 +56,7 @@ impl<'a> Tape<'a> {
         unimplemented!()
     }
     /// Training-mode BatchNorm (optionally fused with ReLU). Batch statistics: [`Tape::bn_stats`].
-    pub fn batch_norm(
-        &mut self,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        eps: f32,
-        relu: bool,
-    ) -> Result<Var> {
+    pub fn batch_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f32, relu: bool) -> Result<Var> {
         unimplemented!()
     }
     /// (batch mean, unbiased batch variance) of the BatchNorm that produced `v`.
@@ -77,12 +70,7 @@ impl<'a> Tape<'a> {
         unimplemented!()
     }
     /// bag-VICReg as one op: a scalar whose backward is the hand-derived dL/dz.
-    pub fn bag_vicreg(
-        &mut self,
-        z: Var,
-        n_per_image: usize,
-        w: VicregWeights,
-    ) -> Result<(Var, VicregParts)> {
+    pub fn bag_vicreg(&mut self, z: Var, n_per_image: usize, w: VicregWeights) -> Result<(Var, VicregParts)> {
         unimplemented!()
     }
     /// `sum(x * w)` for a fixed `w`: a scalar, used by gradient checks.

@@ -52,10 +52,7 @@ impl Tensor {
             "Tensor::from_vec: shape {shape:?} vs {} elements",
             data.len()
         );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Cpu(data),
-        }
+        Tensor { shape: shape.to_vec(), storage: Storage::Cpu(data) }
     }
 
     /// Wraps a GPU buffer of `shape.iter().product()` elements.
@@ -66,10 +63,7 @@ impl Tensor {
             "Tensor::from_gpu: shape {shape:?} vs {} elements",
             buf.len()
         );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Cuda(buf),
-        }
+        Tensor { shape: shape.to_vec(), storage: Storage::Cuda(buf) }
     }
 
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
@@ -116,12 +110,7 @@ impl Tensor {
 
     /// Same elements, new shape (element count must match).
     pub fn reshape(mut self, shape: &[usize]) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            self.numel(),
-            "reshape {:?} -> {shape:?}",
-            self.shape
-        );
+        assert_eq!(shape.iter().product::<usize>(), self.numel(), "reshape {:?} -> {shape:?}", self.shape);
         self.shape = shape.to_vec();
         self
     }
