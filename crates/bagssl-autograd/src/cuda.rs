@@ -1,38 +1,64 @@
 //! CUDA launchers of the primitives in [`crate::ops`], same signatures as [`crate::cpu`].
-//! Each one calls into `bagssl_kernels` (cuBLAS or a hand-written kernel) on the tensor's GPU.
-//! PLACEHOLDER until the kernels helper wires them: every function returns a clear error.
+//! Each one unpacks the tensors' GPU buffers and calls the `bagssl_kernels` launcher (a
+//! hand-written kernel, or cuBLAS for the GEMMs). Shapes were checked by [`crate::ops`];
+//! the launchers check buffer lengths again before any launch.
+//!
+//! Precision: elementwise ops and BatchNorm are f32 like the CPU kernels (reductions in f32,
+//! tree-ordered, so sums differ from the CPU's in the last bits); `matmul` and the two products
+//! inside `vicreg_fwd_bwd` run at the GPU's `GemmPrecision` (TF32 by default: relative error
+//! ~1e-3 of the operands' scale; `BAGSSL_GEMM_PRECISION=f32` for plain f32).
 
-#![allow(unused_variables)]
+use bagssl_kernels as k;
+use bagssl_kernels::GpuBuf;
 
-use crate::ops::{AdamW, BnForward, VicregParts, VicregWeights};
-use crate::tensor::Tensor;
-use crate::Result;
+use crate::ops::{self, AdamW, BnForward, VicregParts, VicregWeights};
+use crate::tensor::{Storage, Tensor};
+use crate::{Error, Result};
 
-fn not_wired(op: &str) -> crate::Error {
-    crate::Error::Gpu(bagssl_kernels::KernelError::Cuda(format!("{op}: CUDA launcher not wired yet")))
+/// The GPU buffer of a CUDA tensor; a CPU tensor here is a dispatch bug, reported as an error.
+fn buf<'t>(t: &'t Tensor, op: &'static str) -> Result<&'t GpuBuf> {
+    match t.storage() {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Cpu(_) => Err(Error::DeviceMismatch { op }),
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
+fn buf_mut<'t>(t: &'t mut Tensor, op: &'static str) -> Result<&'t mut GpuBuf> {
+    match t.storage_mut() {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Cpu(_) => Err(Error::DeviceMismatch { op }),
+    }
+}
+
 pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    Err(not_wired("matmul"))
+    let (m, kk, n) = ops::matmul_dims(a, b, trans_a, trans_b)?;
+    let c = k::matmul_f32(buf(a, "matmul")?, buf(b, "matmul")?, m, n, kk, trans_a, trans_b)?;
+    Ok(Tensor::from_gpu(&[m, n], c))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Err(not_wired("bias_add"))
+    let (rows, cols) = x.dims2();
+    let y = k::bias_add_fwd_f32(buf(x, "bias_add")?, buf(b, "bias_add")?, rows, cols)?;
+    Ok(Tensor::from_gpu(x.shape(), y))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
-    Err(not_wired("sum_rows"))
+    let (rows, cols) = x.dims2();
+    Ok(Tensor::from_gpu(&[cols], k::sum_rows_f32(buf(x, "sum_rows")?, rows, cols)?))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
-    Err(not_wired("bn_train_fwd"))
+    let op = "bn_train_fwd";
+    let (rows, cols) = x.dims2();
+    let o = k::bn_train_fwd_f32(buf(x, op)?, buf(gamma, op)?, buf(beta, op)?, rows, cols, eps, relu)?;
+    Ok(BnForward {
+        y: Tensor::from_gpu(x.shape(), o.y),
+        mean: Tensor::from_gpu(&[cols], o.mean),
+        invstd: Tensor::from_gpu(&[cols], o.invstd),
+        var_unbiased: Tensor::from_gpu(&[cols], o.var_unbiased),
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd(
     dy: &Tensor,
     x: &Tensor,
@@ -42,10 +68,22 @@ pub fn bn_train_bwd(
     invstd: &Tensor,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    Err(not_wired("bn_train_bwd"))
+    let op = "bn_train_bwd";
+    let (rows, cols) = x.dims2();
+    let (dx, dgamma, dbeta) = k::bn_train_bwd_f32(
+        buf(dy, op)?,
+        buf(x, op)?,
+        buf(y, op)?,
+        buf(gamma, op)?,
+        buf(mean, op)?,
+        buf(invstd, op)?,
+        rows,
+        cols,
+        relu,
+    )?;
+    Ok((Tensor::from_gpu(x.shape(), dx), Tensor::from_gpu(&[cols], dgamma), Tensor::from_gpu(&[cols], dbeta)))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn bn_eval_fwd(
     x: &Tensor,
     running_mean: &Tensor,
@@ -55,54 +93,83 @@ pub fn bn_eval_fwd(
     eps: f32,
     relu: bool,
 ) -> Result<Tensor> {
-    Err(not_wired("bn_eval_fwd"))
+    let op = "bn_eval_fwd";
+    let (rows, cols) = x.dims2();
+    let y = k::bn_eval_fwd_f32(
+        buf(x, op)?,
+        buf(running_mean, op)?,
+        buf(running_var, op)?,
+        buf(gamma, op)?,
+        buf(beta, op)?,
+        rows,
+        cols,
+        eps,
+        relu,
+    )?;
+    Ok(Tensor::from_gpu(x.shape(), y))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
-    Err(not_wired("ema_"))
+    let b = buf(batch, "ema_")?;
+    k::bn_ema_f32(buf_mut(running, "ema_")?, b, momentum)?;
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
-    Err(not_wired("relu_fwd"))
+    Ok(Tensor::from_gpu(x.shape(), k::relu_fwd_f32(buf(x, "relu_fwd")?)?))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    Err(not_wired("relu_bwd"))
+    Ok(Tensor::from_gpu(dy.shape(), k::relu_bwd_f32(buf(dy, "relu_bwd")?, buf(y, "relu_bwd")?)?))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The loss terms come back as four f64 (32 bytes, the only device-to-host copy); dL/dz stays
+/// on the GPU.
 pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
-    Err(not_wired("vicreg_fwd_bwd"))
+    let (rows, d) = z.dims2();
+    let cfg = k::VicregConfig { invariance: w.invariance, variance: w.variance, covariance: w.covariance, eps: w.eps };
+    let out = k::vicreg_fwd_bwd_f32(buf(z, "vicreg_fwd_bwd")?, rows, d, n_per_image, cfg)?;
+    let s = out.scalars()?;
+    let parts = VicregParts { loss: s.loss, invariance: s.invariance, variance: s.variance, covariance: s.covariance };
+    Ok((parts, Tensor::from_gpu(z.shape(), out.dz)))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
-    Err(not_wired("group_mean"))
+    let (rows, cols) = x.dims2();
+    Ok(Tensor::from_gpu(&[rows / n, cols], k::group_mean_fwd_f32(buf(x, "group_mean")?, rows, cols, n)?))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
-    Err(not_wired("group_mean_bwd"))
+    let (groups, cols) = dy.dims2();
+    Ok(Tensor::from_gpu(&[groups * n, cols], k::group_mean_bwd_f32(buf(dy, "group_mean_bwd")?, groups, cols, n)?))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn dot(x: &Tensor, w: &Tensor) -> Result<f64> {
-    Err(not_wired("dot"))
+    Ok(k::dot_f32(buf(x, "dot")?, buf(w, "dot")?)?)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
-    Err(not_wired("axpy_"))
+    let x = buf(x, "axpy_")?;
+    k::axpy_f32(buf_mut(y, "axpy_")?, alpha, x)?;
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
-    Err(not_wired("adamw_"))
+    let op = "adamw_";
+    let cfg = k::AdamWConfig {
+        lr: h.lr,
+        beta1: h.beta1,
+        beta2: h.beta2,
+        eps: h.eps,
+        weight_decay: h.weight_decay,
+        step: h.step,
+    };
+    let g = buf(grad, op)?;
+    k::adamw_f32(buf_mut(param, op)?, g, buf_mut(m, op)?, buf_mut(v, op)?, cfg)?;
+    Ok(())
 }
 
 pub fn scale_(x: &mut Tensor, s: f32) -> Result<()> {
-    Err(not_wired("scale_"))
+    k::scale_f32(buf_mut(x, "scale_")?, s)?;
+    Ok(())
 }

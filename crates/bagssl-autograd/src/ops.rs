@@ -2,7 +2,9 @@
 //! [`crate::cpu`] or the CUDA launcher in [`crate::cuda`] — the two modules have the same
 //! function signatures, so the tape and the model need no `cfg` and no device branches.
 //!
-//! All matrices are row-major 2-D tensors; vectors are 1-D.
+//! All matrices are row-major 2-D tensors; vectors are 1-D. Shapes are validated here, once,
+//! so a kernel on either device may assume consistent shapes; a mismatch is an
+//! [`Error::Shape`] naming the op, never a panic.
 
 use crate::tensor::{Storage, Tensor};
 use crate::{cpu, cuda, Error, Result};
@@ -55,6 +57,48 @@ pub struct AdamW {
     pub step: u64,
 }
 
+fn shape_err(op: &'static str, detail: String) -> Error {
+    Error::Shape { op, detail }
+}
+
+/// `(m, k, n)` of `op(a) @ op(b)`; an error when the inner dimensions differ.
+pub fn matmul_dims(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(usize, usize, usize)> {
+    let (ar, ac) = a.dims2();
+    let (br, bc) = b.dims2();
+    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if k != k2 {
+        return Err(shape_err(
+            "matmul",
+            format!("op(a) {m}x{k} (a {:?}, trans {trans_a}) @ op(b) {k2}x{n} (b {:?}, trans {trans_b})", a.shape(), b.shape()),
+        ));
+    }
+    Ok((m, k, n))
+}
+
+/// Every named vector has one element per column of `x`.
+fn per_column(op: &'static str, x: &Tensor, vs: &[(&str, &Tensor)]) -> Result<()> {
+    let cols = x.dims2().1;
+    match vs.iter().find(|(_, v)| v.numel() != cols) {
+        Some((name, v)) => Err(shape_err(op, format!("{name} {:?} vs {cols} columns of x {:?}", v.shape(), x.shape()))),
+        None => Ok(()),
+    }
+}
+
+fn same_shape(op: &'static str, ts: &[(&str, &Tensor)]) -> Result<()> {
+    match ts.iter().find(|(_, t)| t.shape() != ts[0].1.shape()) {
+        Some((name, t)) => Err(shape_err(op, format!("{name} {:?} vs {} {:?}", t.shape(), ts[0].0, ts[0].1.shape()))),
+        None => Ok(()),
+    }
+}
+
+fn same_numel(op: &'static str, ts: &[(&str, &Tensor)]) -> Result<()> {
+    match ts.iter().find(|(_, t)| t.numel() != ts[0].1.numel()) {
+        Some((name, t)) => Err(shape_err(op, format!("{name} {:?} vs {} {:?}", t.shape(), ts[0].0, ts[0].1.shape()))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<bool> {
     let cuda = ts[0].is_cuda();
     if ts.iter().any(|t| t.is_cuda() != cuda) {
@@ -71,12 +115,37 @@ macro_rules! dispatch {
 
 /// `op(a) @ op(b)` where `op` transposes when asked. Shapes: op(a) (m, k), op(b) (k, n).
 pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    matmul_dims(a, b, trans_a, trans_b)?;
     dispatch!("matmul", [a, b], matmul(a, b, trans_a, trans_b))
 }
 
 /// `x + b` with `b` (cols) broadcast over the rows of `x` (rows, cols).
 pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    per_column("bias_add", x, &[("b", b)])?;
     dispatch!("bias_add", [x, b], bias_add(x, b))
+}
+
+/// `x W^T + b` with `W` (out, in) as in PyTorch: the eval-mode linear layer, also used by the
+/// tape's forward. On the CPU one GEMM accumulates onto the broadcast bias; on the GPU it is
+/// `matmul` then `bias_add` (no extra CUDA primitive needed).
+pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (_, _, out) = matmul_dims(x, w, false, true)?;
+    if let Some(b) = b {
+        if b.numel() != out {
+            return Err(shape_err("linear_fwd", format!("bias {:?} vs weight {:?}", b.shape(), w.shape())));
+        }
+    }
+    let mut ts = vec![x, w];
+    ts.extend(b);
+    if same_device("linear_fwd", &ts)? {
+        let y = cuda::matmul(x, w, false, true)?;
+        match b {
+            Some(b) => cuda::bias_add(&y, b),
+            None => Ok(y),
+        }
+    } else {
+        cpu::linear_fwd(x, w, b)
+    }
 }
 
 /// Column sums of a 2-D tensor: (rows, cols) -> (cols).
@@ -86,6 +155,10 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 
 /// Training-mode BatchNorm over the rows (batch statistics, biased variance), optionally fused with ReLU.
 pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+    per_column("bn_train_fwd", x, &[("gamma", gamma), ("beta", beta)])?;
+    if x.dims2().0 < 2 {
+        return Err(shape_err("bn_train_fwd", format!("needs at least 2 rows for batch statistics, got {:?}", x.shape())));
+    }
     dispatch!("bn_train_fwd", [x, gamma, beta], bn_train_fwd(x, gamma, beta, eps, relu))
 }
 
@@ -100,6 +173,8 @@ pub fn bn_train_bwd(
     invstd: &Tensor,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    same_shape("bn_train_bwd", &[("dy", dy), ("x", x), ("y", y)])?;
+    per_column("bn_train_bwd", x, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
     dispatch!("bn_train_bwd", [dy, x, y, gamma, mean, invstd], bn_train_bwd(dy, x, y, gamma, mean, invstd, relu))
 }
 
@@ -114,6 +189,11 @@ pub fn bn_eval_fwd(
     eps: f32,
     relu: bool,
 ) -> Result<Tensor> {
+    per_column(
+        "bn_eval_fwd",
+        x,
+        &[("running_mean", running_mean), ("running_var", running_var), ("gamma", gamma), ("beta", beta)],
+    )?;
     dispatch!(
         "bn_eval_fwd",
         [x, running_mean, running_var, gamma, beta],
@@ -123,6 +203,7 @@ pub fn bn_eval_fwd(
 
 /// In-place running-statistics update: `r = (1 - momentum) r + momentum batch`.
 pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
+    same_numel("ema_", &[("running", running), ("batch", batch)])?;
     if same_device("ema_", &[running, batch])? {
         cuda::ema_(running, batch, momentum)
     } else {
@@ -136,31 +217,47 @@ pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
 
 /// `dy * (y > 0)`.
 pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    same_shape("relu_bwd", &[("dy", dy), ("y", y)])?;
     dispatch!("relu_bwd", [dy, y], relu_bwd(dy, y))
 }
 
 /// bag-VICReg on `z` (B*n, D): the loss parts and dL/dz of the weighted loss (DESIGN §3).
 pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
+    let (rows, d) = z.dims2();
+    if z.shape().len() != 2 || d == 0 || rows < 2 || n_per_image == 0 || rows % n_per_image != 0 {
+        return Err(shape_err(
+            "vicreg_fwd_bwd",
+            format!("z {:?} must be (B*n, D) with D >= 1, B*n >= 2, n = {n_per_image} >= 1 dividing B*n", z.shape()),
+        ));
+    }
     dispatch!("vicreg_fwd_bwd", [z], vicreg_fwd_bwd(z, n_per_image, w))
 }
 
 /// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).
 pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 0 || x.dims2().0 % n != 0 {
+        return Err(shape_err("group_mean", format!("{:?} rows are not groups of n = {n}", x.shape())));
+    }
     dispatch!("group_mean", [x], group_mean(x, n))
 }
 
 /// Backward of [`group_mean`]: (B, D) -> (B*n, D), each row `dy[b] / n`.
 pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 0 {
+        return Err(shape_err("group_mean_bwd", "n = 0".to_string()));
+    }
     dispatch!("group_mean_bwd", [dy], group_mean_bwd(dy, n))
 }
 
 /// Sum of the elementwise product, as f64 (`sum(x * w)`).
 pub fn dot(x: &Tensor, w: &Tensor) -> Result<f64> {
+    same_numel("dot", &[("x", x), ("w", w)])?;
     dispatch!("dot", [x, w], dot(x, w))
 }
 
 /// `y += alpha * x`, in place.
 pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
+    same_numel("axpy_", &[("y", y), ("x", x)])?;
     if same_device("axpy_", &[y, x])? {
         cuda::axpy_(y, alpha, x)
     } else {
@@ -170,6 +267,7 @@ pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
 
 /// One AdamW update of `param` in place, with moment buffers `m`, `v`.
 pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
+    same_numel("adamw_", &[("param", param), ("grad", grad), ("m", m), ("v", v)])?;
     if same_device("adamw_", &[param, grad, m, v])? {
         cuda::adamw_(param, grad, m, v, h)
     } else {

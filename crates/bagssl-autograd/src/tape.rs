@@ -1,11 +1,17 @@
 //! The tape: reverse-mode automatic differentiation over the primitives of [`crate::ops`].
-//! PLACEHOLDER API (signatures are the contract; the autograd helper writes the bodies).
+//!
+//! A [`Tape`] is a list of nodes in creation order. Each node holds its value — borrowed for
+//! leaves (parameters, so a step never copies weights), owned otherwise — and the op that made
+//! it, with whatever its backward needs (BatchNorm statistics, the bag-VICReg gradient computed
+//! in the forward). [`Tape::backward`] walks the nodes in reverse, so every consumer of a value
+//! is processed before its producer, and accumulates gradients only into nodes that require one.
+//!
+//! Everything goes through [`crate::ops`], never through tensor storage, so the same tape runs
+//! on the CPU and on a GPU.
 
-#![allow(unused_variables, dead_code)]
-
-use crate::ops::{VicregParts, VicregWeights};
+use crate::ops::{self, VicregParts, VicregWeights};
 use crate::tensor::Tensor;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A value recorded on a tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -13,10 +19,13 @@ pub struct Var(pub(crate) usize);
 
 /// Records a forward computation. Parameters are borrowed (`'a`), not copied.
 pub struct Tape<'a> {
-    _p: std::marker::PhantomData<&'a Tensor>,
+    nodes: Vec<Node<'a>>,
 }
 
 /// Gradients of a backward pass, looked up by `Var`.
+///
+/// Only the vars made by [`Tape::leaf`] and [`Tape::input`] with `requires_grad` have one:
+/// the gradients of intermediate values are freed as soon as they have been propagated.
 pub struct Gradients {
     grads: Vec<Option<Tensor>>,
 }
@@ -30,61 +39,311 @@ impl Gradients {
     }
 }
 
+enum Value<'a> {
+    Borrowed(&'a Tensor),
+    Owned(Tensor),
+}
+
+struct Node<'a> {
+    value: Value<'a>,
+    op: Op,
+    requires_grad: bool,
+}
+
+/// How a node was made, with what its backward needs beyond the input values.
+enum Op {
+    /// A parameter or an input: gradients stop here and are kept.
+    Leaf,
+    Linear {
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+    },
+    Matmul {
+        a: Var,
+        b: Var,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    BiasAdd {
+        x: Var,
+        b: Var,
+    },
+    BatchNorm {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        relu: bool,
+        mean: Tensor,
+        invstd: Tensor,
+        var_unbiased: Tensor,
+    },
+    Relu {
+        x: Var,
+    },
+    GroupMean {
+        x: Var,
+        n: usize,
+    },
+    /// `dz` is dL/dz for an upstream gradient of 1.
+    Vicreg {
+        z: Var,
+        dz: Tensor,
+    },
+    DotConst {
+        x: Var,
+        w: Tensor,
+    },
+}
+
 impl<'a> Tape<'a> {
     pub fn new() -> Self {
-        unimplemented!()
+        Tape { nodes: Vec::new() }
     }
+
+    /// Number of recorded values.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn push(&mut self, value: Value<'a>, op: Op, requires_grad: bool) -> Var {
+        self.nodes.push(Node { value, op, requires_grad });
+        Var(self.nodes.len() - 1)
+    }
+
+    fn push_op(&mut self, value: Tensor, op: Op, inputs: &[Var]) -> Var {
+        let requires_grad = inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        self.push(Value::Owned(value), op, requires_grad)
+    }
+
     /// A borrowed tensor (a parameter); its gradient is computed when `requires_grad`.
     pub fn leaf(&mut self, t: &'a Tensor, requires_grad: bool) -> Var {
-        unimplemented!()
+        self.push(Value::Borrowed(t), Op::Leaf, requires_grad)
     }
+
     /// An owned input (the patch matrix); `requires_grad` for gradient checks.
     pub fn input(&mut self, t: Tensor, requires_grad: bool) -> Var {
-        unimplemented!()
+        self.push(Value::Owned(t), Op::Leaf, requires_grad)
     }
+
+    /// The value of `v`. Panics when `v` comes from another tape (a programming error).
     pub fn value(&self, v: Var) -> &Tensor {
-        unimplemented!()
+        match &self.nodes[v.0].value {
+            Value::Borrowed(t) => t,
+            Value::Owned(t) => t,
+        }
     }
+
     /// `x W^T + b`, W is (out, in) as in PyTorch.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
-        unimplemented!()
+        let y = ops::linear_fwd(self.value(x), self.value(w), b.map(|b| self.value(b)))?;
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        Ok(self.push_op(y, Op::Linear { x, w, b }, &inputs))
     }
+
+    /// `op(a) @ op(b)`, see [`ops::matmul`].
     pub fn matmul(&mut self, a: Var, b: Var, trans_a: bool, trans_b: bool) -> Result<Var> {
-        unimplemented!()
+        let y = ops::matmul(self.value(a), self.value(b), trans_a, trans_b)?;
+        Ok(self.push_op(y, Op::Matmul { a, b, trans_a, trans_b }, &[a, b]))
     }
+
+    /// `x + b`, `b` broadcast over the rows of `x`.
     pub fn bias_add(&mut self, x: Var, b: Var) -> Result<Var> {
-        unimplemented!()
+        let y = ops::bias_add(self.value(x), self.value(b))?;
+        Ok(self.push_op(y, Op::BiasAdd { x, b }, &[x, b]))
     }
+
     /// Training-mode BatchNorm (optionally fused with ReLU). Batch statistics: [`Tape::bn_stats`].
     pub fn batch_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f32, relu: bool) -> Result<Var> {
-        unimplemented!()
+        let f = ops::bn_train_fwd(self.value(x), self.value(gamma), self.value(beta), eps, relu)?;
+        let op = Op::BatchNorm {
+            x,
+            gamma,
+            beta,
+            relu,
+            mean: f.mean,
+            invstd: f.invstd,
+            var_unbiased: f.var_unbiased,
+        };
+        Ok(self.push_op(f.y, op, &[x, gamma, beta]))
     }
+
     /// (batch mean, unbiased batch variance) of the BatchNorm that produced `v`.
     pub fn bn_stats(&self, v: Var) -> Option<(&Tensor, &Tensor)> {
-        unimplemented!()
+        match &self.nodes.get(v.0)?.op {
+            Op::BatchNorm { mean, var_unbiased, .. } => Some((mean, var_unbiased)),
+            _ => None,
+        }
     }
+
     pub fn relu(&mut self, x: Var) -> Result<Var> {
-        unimplemented!()
+        let y = ops::relu_fwd(self.value(x))?;
+        Ok(self.push_op(y, Op::Relu { x }, &[x]))
     }
+
+    /// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).
     pub fn group_mean(&mut self, x: Var, n: usize) -> Result<Var> {
-        unimplemented!()
+        let y = ops::group_mean(self.value(x), n)?;
+        Ok(self.push_op(y, Op::GroupMean { x, n }, &[x]))
     }
+
     /// bag-VICReg as one op: a scalar whose backward is the hand-derived dL/dz.
     pub fn bag_vicreg(&mut self, z: Var, n_per_image: usize, w: VicregWeights) -> Result<(Var, VicregParts)> {
-        unimplemented!()
+        let zt = self.value(z);
+        let (parts, dz) = ops::vicreg_fwd_bwd(zt, n_per_image, w)?;
+        let loss = Tensor::full(&[1], parts.loss as f32, &zt.device())?;
+        Ok((self.push_op(loss, Op::Vicreg { z, dz }, &[z]), parts))
     }
+
     /// `sum(x * w)` for a fixed `w`: a scalar, used by gradient checks.
     pub fn dot_const(&mut self, x: Var, w: Tensor) -> Result<Var> {
-        unimplemented!()
+        let xt = self.value(x);
+        let s = ops::dot(xt, &w)?;
+        let y = Tensor::full(&[1], s as f32, &xt.device())?;
+        Ok(self.push_op(y, Op::DotConst { x, w }, &[x]))
     }
+
     /// Scalar value of a 1-element var, as f64.
     pub fn scalar(&self, v: Var) -> Result<f64> {
-        unimplemented!()
+        Ok(host_scalar(self.value(v), "scalar")? as f64)
     }
+
     /// Reverse pass from the scalar `loss` (seed 1). Consumes the tape.
-    pub fn backward(self, loss: Var) -> Result<Gradients> {
-        unimplemented!()
+    pub fn backward(mut self, loss: Var) -> Result<Gradients> {
+        let seed = Tensor::full(&[1], 1.0, &self.value(loss).device())?;
+        host_scalar(self.value(loss), "backward")?;
+        let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[loss.0] = Some(seed);
+        // Nodes after the loss cannot contribute to it.
+        self.nodes.truncate(loss.0 + 1);
+        while let Some(node) = self.nodes.pop() {
+            let i = self.nodes.len();
+            if !node.requires_grad {
+                continue;
+            }
+            if let Op::Leaf = node.op {
+                continue; // keep its gradient in `grads`
+            }
+            let Some(dy) = grads[i].take() else { continue };
+            let y = match &node.value {
+                Value::Borrowed(t) => *t,
+                Value::Owned(t) => t,
+            };
+            self.backward_node(node.op, y, dy, &mut grads)?;
+        }
+        Ok(Gradients { grads })
     }
+
+    /// Propagates `dy`, the gradient of a node with value `y` made by `op`, to its inputs.
+    fn backward_node(&self, op: Op, y: &Tensor, dy: Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
+        let needs = |v: Var| self.nodes[v.0].requires_grad;
+        match op {
+            Op::Leaf => {}
+            Op::Linear { x, w, b } => {
+                if needs(w) {
+                    let dw = ops::matmul(&dy, self.value(x), true, false)?;
+                    self.accumulate(grads, w, dw)?;
+                }
+                if let Some(b) = b.filter(|&b| needs(b)) {
+                    self.accumulate(grads, b, ops::sum_rows(&dy)?)?;
+                }
+                if needs(x) {
+                    let dx = ops::matmul(&dy, self.value(w), false, false)?;
+                    self.accumulate(grads, x, dx)?;
+                }
+            }
+            Op::Matmul { a, b, trans_a, trans_b } => {
+                let (at, bt) = (self.value(a), self.value(b));
+                if needs(a) {
+                    // d op(A) = dC op(B)^T, transposed back when A is stored transposed.
+                    let da = if trans_a { ops::matmul(bt, &dy, trans_b, true)? } else { ops::matmul(&dy, bt, false, !trans_b)? };
+                    self.accumulate(grads, a, da)?;
+                }
+                if needs(b) {
+                    // d op(B) = op(A)^T dC, likewise.
+                    let db = if trans_b { ops::matmul(&dy, at, true, trans_a)? } else { ops::matmul(at, &dy, !trans_a, false)? };
+                    self.accumulate(grads, b, db)?;
+                }
+            }
+            Op::BiasAdd { x, b } => {
+                if needs(b) {
+                    self.accumulate(grads, b, ops::sum_rows(&dy)?)?;
+                }
+                if needs(x) {
+                    self.accumulate(grads, x, dy)?;
+                }
+            }
+            Op::BatchNorm { x, gamma, beta, relu, mean, invstd, .. } => {
+                let (dx, dgamma, dbeta) =
+                    ops::bn_train_bwd(&dy, self.value(x), y, self.value(gamma), &mean, &invstd, relu)?;
+                if needs(gamma) {
+                    self.accumulate(grads, gamma, dgamma)?;
+                }
+                if needs(beta) {
+                    self.accumulate(grads, beta, dbeta)?;
+                }
+                if needs(x) {
+                    self.accumulate(grads, x, dx)?;
+                }
+            }
+            Op::Relu { x } => {
+                let dx = ops::relu_bwd(&dy, y)?;
+                self.accumulate(grads, x, dx)?;
+            }
+            Op::GroupMean { x, n } => {
+                let dx = ops::group_mean_bwd(&dy, n)?;
+                self.accumulate(grads, x, dx)?;
+            }
+            Op::Vicreg { z, mut dz } => {
+                let s = host_scalar(&dy, "bag_vicreg backward")?;
+                if s != 1.0 {
+                    ops::scale_(&mut dz, s)?;
+                }
+                self.accumulate(grads, z, dz)?;
+            }
+            Op::DotConst { x, mut w } => {
+                let s = host_scalar(&dy, "dot_const backward")?;
+                if s != 1.0 {
+                    ops::scale_(&mut w, s)?;
+                }
+                self.accumulate(grads, x, w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `g` into the gradient of `v`, reshaped to `v`'s shape (a matmul of a 1-D operand
+    /// returns a 2-D gradient with the same elements).
+    fn accumulate(&self, grads: &mut [Option<Tensor>], v: Var, g: Tensor) -> Result<()> {
+        let shape = self.value(v).shape();
+        if g.numel() != self.value(v).numel() {
+            return Err(Error::Shape {
+                op: "backward",
+                detail: format!("gradient {:?} for a value of shape {shape:?}", g.shape()),
+            });
+        }
+        let g = if g.shape() == shape { g } else { g.reshape(shape) };
+        match &mut grads[v.0] {
+            Some(acc) => ops::axpy_(acc, 1.0, &g),
+            slot => {
+                *slot = Some(g);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The single element of a 1-element tensor (copied to the host).
+fn host_scalar(t: &Tensor, op: &'static str) -> Result<f32> {
+    if t.numel() != 1 {
+        return Err(Error::Shape { op, detail: format!("expected a 1-element tensor, got {:?}", t.shape()) });
+    }
+    Ok(t.to_vec()?[0])
 }
 
 impl Default for Tape<'_> {

@@ -1,1 +1,55 @@
-//! bagssl-model
+//! bagssl-model: the BagSSL network (patch encoder `f` + projector `g`), its training step with the
+//! bag-VICReg loss, the optimizers (AdamW, LARS), the learning-rate schedule and checkpoints.
+//!
+//! Layout:
+//! - [`config`]: `ModelConfig`, `TrainConfig` (serde, stored in checkpoints as JSON).
+//! - [`model`]: `BagSslModel` — parameters with PyTorch names, the tape forward used for training
+//!   and the tape-free eval-mode encoder used for evaluation.
+//! - [`optim`]: AdamW and LARS over the model's parameter list.
+//! - [`schedule`]: linear warm-up then cosine decay, per step.
+//! - [`source`]: where a step's patch matrix comes from (CPU gather | CUDA).
+//! - [`trainer`]: `Trainer` — epoch permutation, sampling, forward/backward, update, BN statistics.
+//! - [`checkpoint`]: atomic safetensors checkpoints (weights, BN statistics, optimizer, RNG states).
+
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod optim;
+pub mod schedule;
+pub mod source;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use config::{LossWeights, ModelConfig, OptimizerKind, TrainConfig};
+pub use model::{BagSslModel, Param, ParamKind, RunningStats, TrainForward, BN_EPS, BN_MOMENTUM};
+pub use optim::Optimizer;
+pub use schedule::lr_factor;
+pub use source::PatchSource;
+pub use trainer::{StepStats, Trainer};
+
+/// Errors of this crate. Checkpoint errors always carry the file they are about.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Autograd(#[from] bagssl_autograd::Error),
+    /// The loss of step `step` (1-based) was NaN or infinite; nothing was updated.
+    #[error("non-finite loss at step {step}: training diverged (parameters left as they were before this step)")]
+    NonFiniteLoss { step: u64 },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {}: {detail}", path.display())]
+    Checkpoint { path: PathBuf, detail: String },
+    #[error("checkpoint {}: missing tensor `{name}`", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("checkpoint {}: tensor `{name}` has shape {found:?} (dtype {dtype}), expected {expected:?} (F32)", path.display())]
+    TensorShape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize>, dtype: String },
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

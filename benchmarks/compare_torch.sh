@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Side by side, same machine, one run: `bagssl-train bench` and the PyTorch reference
+# (../shared/reference/torch_bagssl.py --bench-steps) on the same configuration, plus grid
+# evaluation throughput and peak memory; prints both and the ratios. Not part of CI.
+#
+#   benchmarks/compare_torch.sh            # CPU preset: patch 8, 16 x 32 images, 512 wide (issue 3)
+#   PRESET=gpu benchmarks/compare_torch.sh # DESIGN §3 reference config on CUDA (16 x 256, 2048 wide)
+#
+# PyTorch: used if `python3 -c 'import torch'` works, else installed once (pip --target) into
+# $BAGSSL_CACHE/torch-2.11 (default ~/.cache/bagssl). BIN overrides the bagssl-train binary
+# (the GPU machines have no Rust toolchain: copy a release build there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PRESET=${PRESET:-cpu}
+CACHE=${BAGSSL_CACHE:-$HOME/.cache/bagssl}
+REF=${REF:-../shared/reference/torch_bagssl.py}
+DATA=${DATA:-../shared/data}
+STEPS=${STEPS:-20}
+case "$PRESET" in
+  cpu) DEVICE=cpu; CONFIG=configs/bench-cpu.toml; P=8; N=16; B=32; H=512; Z=512; L=2; AMP=; EVAL_IMAGES=512 ;;
+  gpu) DEVICE=cuda; CONFIG=configs/reference.toml; P=8; N=16; B=256; H=2048; Z=2048; L=2; AMP=--amp; EVAL_IMAGES=10000 ;;
+  *) echo "PRESET must be cpu or gpu" >&2; exit 2 ;;
+esac
+
+if ! python3 -c 'import torch' 2>/dev/null; then
+  if [ ! -d "$CACHE/torch-2.11/torch" ]; then
+    echo "# installing PyTorch 2.11 into $CACHE/torch-2.11 (once)" >&2
+    python3 -m pip install -q --target "$CACHE/torch-2.11" torch==2.11.0 numpy pillow
+  fi
+  export PYTHONPATH="$CACHE/torch-2.11${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+BIN=${BIN:-target/release/bagssl-train}
+if [ ! -x "$BIN" ]; then cargo build --release -p bagssl-train; fi
+
+echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2
+echo "# bagssl: $BIN bench --device $DEVICE --config $CONFIG --steps $STEPS" >&2
+ours=$("$BIN" bench --device "$DEVICE" --config "$CONFIG" --steps "$STEPS" --eval-images "$EVAL_IMAGES" | tail -n 1)
+echo "# pytorch: $REF --bench-steps $STEPS (same shapes)" >&2
+theirs=$(BAGSSL_CACHE="$CACHE/torch-data" PYTHONUNBUFFERED=1 python3 benchmarks/torch_bench.py --reference "$REF" \
+  --data "$DATA" --patch $P --n-patches $N --batch $B --hidden $H --proj $Z --layers $L --steps "$STEPS" \
+  --eval-images "$EVAL_IMAGES" $AMP)
+
+OURS="$ours" THEIRS="$theirs" python3 - <<'PY'
+import json, os
+ours = json.loads(os.environ["OURS"])
+lines = [json.loads(l) for l in os.environ["THEIRS"].splitlines() if l.startswith("{")]
+t = {l["event"]: l for l in lines}
+tb, te, tm = t["bench"], t["eval_bench"], t["memory"]
+rows = [
+    ("train step (ms)", ours["ms_per_step"], tb["step_ms"], tb["step_ms"] / ours["ms_per_step"]),
+    ("train patches/s", ours["patches_per_s"], tb["patches_per_s"], ours["patches_per_s"] / tb["patches_per_s"]),
+    ("eval patches/s", ours["eval_patches_per_s"], te["patches_per_s"], ours["eval_patches_per_s"] / te["patches_per_s"]),
+    ("peak memory (MiB)", ours["peak_rss_mib"], tm["peak_rss_mib"], tm["peak_rss_mib"] / ours["peak_rss_mib"]),
+]
+print(f"device: bagssl {ours['device']} | pytorch {tb['device']} (torch {tm['torch']}, {tm['threads']} threads)")
+print(f"{'':20} {'bagssl':>12} {'pytorch':>12} {'bagssl advantage':>18}")
+for name, a, b, r in rows:
+    print(f"{name:20} {a:12.2f} {b:12.2f} {r:17.2f}x")
+print(json.dumps(dict(event="compare", ours=ours, pytorch=dict(bench=tb, eval=te, memory=tm),
+                      speedup_step=round(tb["step_ms"] / ours["ms_per_step"], 2),
+                      speedup_eval=round(ours["eval_patches_per_s"] / te["patches_per_s"], 2))))
+PY

@@ -1,0 +1,177 @@
+//! BatchNorm over the rows of a (rows, cols) matrix, fused with the ReLU that follows it.
+//!
+//! Forward: one pass for the per-column sums of x and x^2 (f64 accumulators: each f32 square is
+//! exact in f64 and 512-row sums lose nothing, so the one-pass `E[x^2] - E[x]^2` is safe unless
+//! |mean| / std exceeds ~1e6), one pass writing `relu((x - mean) * gamma * invstd + beta)`.
+//! Backward: one pass for `sum g` and `sum g * xhat` (g = dy masked by y > 0), one pass writing
+//! dx. Both passes split rows over the rayon pool; the column sums are reduced in f64.
+
+use super::par::{for_rows_mut, reduce_rows};
+use super::simd::vectorized;
+
+/// Batch statistics of a training-mode forward, one entry per column.
+pub struct BnStats {
+    pub mean: Vec<f32>,
+    /// `1 / sqrt(biased variance + eps)`.
+    pub invstd: Vec<f32>,
+    /// Unbiased variance (`rows - 1` denominator), for the running statistics.
+    pub var_unbiased: Vec<f32>,
+}
+
+/// Training-mode forward: writes `y` (rows, cols) and returns the batch statistics.
+/// Needs at least two rows (like PyTorch) for the unbiased variance to exist.
+pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) -> BnStats {
+    let cols = gamma.len();
+    let rows = x.len() / cols;
+    let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
+        let x = &x[range.start * cols..range.end * cols];
+        let (s, q) = acc.split_at_mut(cols);
+        vectorized(|| x.chunks_exact(cols).for_each(|row| sum_and_squares(row, s, q)))
+    });
+    let n = rows as f64;
+    let mut stats = BnStats { mean: vec![0.0; cols], invstd: vec![0.0; cols], var_unbiased: vec![0.0; cols] };
+    for j in 0..cols {
+        let mean = sums[j] / n;
+        let var = (sums[cols + j] / n - mean * mean).max(0.0);
+        stats.mean[j] = mean as f32;
+        stats.invstd[j] = (1.0 / (var + eps as f64).sqrt()) as f32;
+        stats.var_unbiased[j] = (var * n / (n - 1.0)) as f32;
+    }
+    let scale: Vec<f32> = gamma.iter().zip(&stats.invstd).map(|(g, s)| g * s).collect();
+    normalize(x, &stats.mean, &scale, beta, relu, y);
+    stats
+}
+
+/// Eval-mode forward with the running statistics.
+pub fn eval_fwd(x: &[f32], mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) {
+    let scale: Vec<f32> =
+        gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect();
+    normalize(x, mean, &scale, beta, relu, y);
+}
+
+/// `y = act((x - mean) * scale + beta)` row by row.
+fn normalize(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+    let cols = mean.len();
+    for_rows_mut(y, cols, |r0, y| {
+        let x = &x[r0 * cols..r0 * cols + y.len()];
+        vectorized(|| {
+            for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+                normalize_row(xr, mean, scale, beta, relu, yr);
+            }
+        })
+    });
+}
+
+#[inline(always)]
+fn sum_and_squares(row: &[f32], s: &mut [f64], q: &mut [f64]) {
+    for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+        let x = x as f64;
+        *s += x;
+        *q += x * x;
+    }
+}
+
+#[inline(always)]
+fn normalize_row(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+    let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
+    if relu {
+        it.for_each(|((((y, &x), &m), &s), &b)| *y = ((x - m) * s + b).max(0.0));
+    } else {
+        it.for_each(|((((y, &x), &m), &s), &b)| *y = (x - m) * s + b);
+    }
+}
+
+/// Training-mode backward: writes `dx` and returns `(dgamma, dbeta)`.
+///
+/// With `g = dy * (y > 0)` (or `dy` without ReLU), `xhat = (x - mean) * invstd`:
+/// `dbeta = sum g`, `dgamma = sum g xhat`,
+/// `dx = gamma invstd (g - dbeta / N - xhat dgamma / N)`, evaluated per column as
+/// `p g + q (x - mean) + r` (subtracting the mean first keeps the f32 rounding relative to the
+/// spread of x, not to its magnitude).
+#[allow(clippy::too_many_arguments)]
+pub fn train_bwd(
+    dy: &[f32],
+    x: &[f32],
+    y: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    relu: bool,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let cols = gamma.len();
+    let rows = x.len() / cols;
+    let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
+        let span = range.start * cols..range.end * cols;
+        let (dy, x, y) = (&dy[span.clone()], &x[span.clone()], &y[span]);
+        let (sb, sg) = acc.split_at_mut(cols);
+        vectorized(|| {
+            for ((dyr, xr), yr) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(y.chunks_exact(cols)) {
+                bwd_sums_row(dyr, xr, yr, mean, invstd, relu, sb, sg);
+            }
+        })
+    });
+    let n = rows as f64;
+    let dbeta: Vec<f32> = sums[..cols].iter().map(|&s| s as f32).collect();
+    let dgamma: Vec<f32> = sums[cols..].iter().map(|&s| s as f32).collect();
+    let mut p = vec![0f32; cols];
+    let mut q = vec![0f32; cols];
+    let mut r = vec![0f32; cols];
+    for j in 0..cols {
+        let k = gamma[j] as f64 * invstd[j] as f64;
+        p[j] = k as f32;
+        q[j] = (-k * invstd[j] as f64 * sums[cols + j] / n) as f32;
+        r[j] = (-k * sums[j] / n) as f32;
+    }
+    for_rows_mut(dx, cols, |r0, dx| {
+        let span = r0 * cols..r0 * cols + dx.len();
+        let (dy, x, y) = (&dy[span.clone()], &x[span.clone()], &y[span]);
+        vectorized(|| {
+            let rows = dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols));
+            for (((dxr, dyr), xr), yr) in rows.zip(y.chunks_exact(cols)) {
+                bwd_dx_row(dyr, xr, yr, mean, &p, &q, &r, relu, dxr);
+            }
+        })
+    });
+    (dgamma, dbeta)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bwd_sums_row(
+    dy: &[f32],
+    x: &[f32],
+    y: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    relu: bool,
+    sb: &mut [f64],
+    sg: &mut [f64],
+) {
+    let it = dy.iter().zip(x).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
+    for (((((&d, &x), &y), &m), &s), (sb, sg)) in it {
+        let g = if !relu || y > 0.0 { d } else { 0.0 };
+        *sb += g as f64;
+        *sg += (g * ((x - m) * s)) as f64;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bwd_dx_row(
+    dy: &[f32],
+    x: &[f32],
+    y: &[f32],
+    mean: &[f32],
+    p: &[f32],
+    q: &[f32],
+    r: &[f32],
+    relu: bool,
+    dx: &mut [f32],
+) {
+    let it = dx.iter_mut().zip(dy).zip(x).zip(y).zip(mean).zip(p.iter().zip(q).zip(r));
+    for (((((dx, &d), &x), &y), &m), ((&p, &q), &r)) in it {
+        let g = if !relu || y > 0.0 { d } else { 0.0 };
+        *dx = p * g + q * (x - m) + r;
+    }
+}

@@ -1,0 +1,192 @@
+//! CPU kernels of the primitives in [`crate::ops`], same signatures as [`crate::cuda`].
+//!
+//! This file only unpacks tensors into slices, allocates outputs and calls the slice kernels of
+//! the submodules:
+//! - [`matmul`]: GEMM through the `gemm` crate (strided, so transposes cost nothing);
+//! - [`bn`]: BatchNorm forward/backward fused with ReLU;
+//! - [`vicreg`]: bag-VICReg loss and gradient in one function;
+//! - [`elementwise`]: the streaming maps and reductions (ReLU, bias, AdamW, ...);
+//! - [`par`] and [`simd`]: how passes are split over threads and vectorized.
+//!
+//! Shapes are checked by [`crate::ops`] before dispatch; the kernels here check them again only
+//! where a mismatch could otherwise reach unsafe code (the GEMM asserts its slice lengths).
+
+pub mod bn;
+pub mod elementwise;
+pub mod matmul;
+pub mod par;
+pub mod simd;
+pub mod vicreg;
+
+use crate::ops::{self, AdamW, BnForward, VicregParts, VicregWeights};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use matmul::{sgemm, GemmShape};
+
+/// The elements of a CPU tensor; a GPU tensor here is a dispatch bug, reported as an error.
+fn host<'t>(t: &'t Tensor, op: &'static str) -> Result<&'t [f32]> {
+    t.as_slice().ok_or(Error::DeviceMismatch { op })
+}
+
+fn host_mut<'t>(t: &'t mut Tensor, op: &'static str) -> Result<&'t mut [f32]> {
+    t.as_mut_slice().ok_or(Error::DeviceMismatch { op })
+}
+
+fn vec_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (m, k, n) = ops::matmul_dims(a, b, trans_a, trans_b)?;
+    let mut out = vec![0f32; m * n];
+    let shape = GemmShape { m, k, n, trans_a, trans_b };
+    sgemm(shape, host(a, "matmul")?, host(b, "matmul")?, &mut out, false, 1.0);
+    Ok(Tensor::from_vec(&[m, n], out))
+}
+
+/// `x W^T + b` as one GEMM that accumulates onto rows pre-filled with the bias (saves the
+/// separate bias pass of `matmul` + `bias_add`). CPU only: [`crate::ops::linear_fwd`] composes
+/// `matmul` and `bias_add` on the GPU.
+pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
+    let mut out = vec![0f32; m * n];
+    if let Some(b) = b {
+        elementwise::broadcast_rows(host(b, "linear_fwd")?, &mut out);
+    }
+    let shape = GemmShape { m, k, n, trans_a: false, trans_b: true };
+    sgemm(shape, host(x, "linear_fwd")?, host(w, "linear_fwd")?, &mut out, b.is_some(), 1.0);
+    Ok(Tensor::from_vec(&[m, n], out))
+}
+
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let mut out = vec![0f32; x.numel()];
+    elementwise::bias_add(host(x, "bias_add")?, host(b, "bias_add")?, &mut out);
+    Ok(Tensor::from_vec(x.shape(), out))
+}
+
+pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    let (_, cols) = x.dims2();
+    let sums = elementwise::sum_rows(host(x, "sum_rows")?, cols);
+    Ok(Tensor::from_vec(&[cols], vec_f32(&sums)))
+}
+
+pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+    let op = "bn_train_fwd";
+    let cols = gamma.numel();
+    let mut y = vec![0f32; x.numel()];
+    let s = bn::train_fwd(host(x, op)?, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
+    Ok(BnForward {
+        y: Tensor::from_vec(x.shape(), y),
+        mean: Tensor::from_vec(&[cols], s.mean),
+        invstd: Tensor::from_vec(&[cols], s.invstd),
+        var_unbiased: Tensor::from_vec(&[cols], s.var_unbiased),
+    })
+}
+
+pub fn bn_train_bwd(
+    dy: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    invstd: &Tensor,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "bn_train_bwd";
+    let cols = gamma.numel();
+    let mut dx = vec![0f32; x.numel()];
+    let (dgamma, dbeta) = bn::train_bwd(
+        host(dy, op)?,
+        host(x, op)?,
+        host(y, op)?,
+        host(gamma, op)?,
+        host(mean, op)?,
+        host(invstd, op)?,
+        relu,
+        &mut dx,
+    );
+    Ok((Tensor::from_vec(x.shape(), dx), Tensor::from_vec(&[cols], dgamma), Tensor::from_vec(&[cols], dbeta)))
+}
+
+pub fn bn_eval_fwd(
+    x: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = "bn_eval_fwd";
+    let mut y = vec![0f32; x.numel()];
+    bn::eval_fwd(
+        host(x, op)?,
+        host(running_mean, op)?,
+        host(running_var, op)?,
+        host(gamma, op)?,
+        host(beta, op)?,
+        eps,
+        relu,
+        &mut y,
+    );
+    Ok(Tensor::from_vec(x.shape(), y))
+}
+
+pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
+    let b = host(batch, "ema_")?;
+    elementwise::ema(host_mut(running, "ema_")?, b, momentum);
+    Ok(())
+}
+
+pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
+    let mut out = vec![0f32; x.numel()];
+    elementwise::relu(host(x, "relu_fwd")?, &mut out);
+    Ok(Tensor::from_vec(x.shape(), out))
+}
+
+pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let mut out = vec![0f32; dy.numel()];
+    elementwise::relu_bwd(host(dy, "relu_bwd")?, host(y, "relu_bwd")?, &mut out);
+    Ok(Tensor::from_vec(dy.shape(), out))
+}
+
+pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
+    let (_, d) = z.dims2();
+    let (parts, dz) = vicreg::fwd_bwd(host(z, "vicreg_fwd_bwd")?, d, n_per_image, w);
+    Ok((parts, Tensor::from_vec(z.shape(), dz)))
+}
+
+pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
+    let (rows, cols) = x.dims2();
+    let mut out = vec![0f32; rows / n * cols];
+    elementwise::group_mean(host(x, "group_mean")?, cols, n, &mut out);
+    Ok(Tensor::from_vec(&[rows / n, cols], out))
+}
+
+pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
+    let (groups, cols) = dy.dims2();
+    let mut out = vec![0f32; groups * n * cols];
+    elementwise::group_mean_bwd(host(dy, "group_mean_bwd")?, cols, n, &mut out);
+    Ok(Tensor::from_vec(&[groups * n, cols], out))
+}
+
+pub fn dot(x: &Tensor, w: &Tensor) -> Result<f64> {
+    Ok(elementwise::dot(host(x, "dot")?, host(w, "dot")?))
+}
+
+pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
+    let x = host(x, "axpy_")?;
+    elementwise::axpy(host_mut(y, "axpy_")?, alpha, x);
+    Ok(())
+}
+
+pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
+    let op = "adamw_";
+    elementwise::adamw(host_mut(param, op)?, host(grad, op)?, host_mut(m, op)?, host_mut(v, op)?, h);
+    Ok(())
+}
+
+pub fn scale_(x: &mut Tensor, s: f32) -> Result<()> {
+    elementwise::scale(host_mut(x, "scale_")?, s);
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! bag-VICReg forward and backward in one function (DESIGN §3).
+//!
+//! `z` is (N, D), rows `b*n .. b*n + n` are image b's patches. With `mb` the per-image mean,
+//! `mu` the mean over all rows, `Zc = z - mu`, `C = Zc^T Zc / (N - 1)`, `s_d = sqrt(C_dd + eps)`:
+//!
+//! - invariance `I = sum (z - mb)^2 / (N D)`, `dI/dz = 2 (z - mb) / (N D)`. The per-image mean
+//!   depends on z too, but its contribution `sum_i (z_i - mb)` is zero within each image.
+//! - variance `V = mean_d relu(1 - s_d)`, `dV/dZc[:, d] = -[s_d < 1] Zc[:, d] / (D (N - 1) s_d)`.
+//! - covariance `Cv = sum_{d != e} C_de^2 / D`, `dCv/dZc = 4 / (D (N - 1)) Zc Coff` where `Coff` is
+//!   C with a zeroed diagonal.
+//! - Centering: `dL/dz = dL/dZc - colmean(dL/dZc)`. Both Zc terms are `Zc M` for a D x D matrix M,
+//!   and `colmean(Zc M) = colmean(Zc) M = 0`, so the correction vanishes (up to f32 rounding of
+//!   `mu`, far below the tolerance) and is not computed.
+//!
+//! So the whole gradient is `dz = lambda dI/dz + Zc M` with
+//! `M = nu 4 / (D (N - 1)) Coff + diag(mu dV/dC_dd-scale)`: the variance term rides along as the
+//! diagonal of the second GEMM. Cost: two N x D x D GEMMs (C, then Zc M) plus two streaming passes.
+
+use rayon::prelude::*;
+
+use super::matmul::{sgemm, GemmShape};
+use super::par::{reduce_rows, rows_per_task};
+use super::simd::vectorized;
+use crate::ops::{VicregParts, VicregWeights};
+
+/// Loss parts and dL/dz (N x D, row-major) of the weighted loss. Needs N >= 2 and n | N.
+pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts, Vec<f32>) {
+    let rows = z.len() / d;
+    let (nf, df) = (rows as f64, d as f64);
+
+    // Column means over all rows.
+    let sums = reduce_rows(rows, d, d, |range, acc| {
+        let z = &z[range.start * d..range.end * d];
+        vectorized(|| z.chunks_exact(d).for_each(|row| acc_row(row, acc)))
+    });
+    let mu: Vec<f32> = sums.iter().map(|&s| (s / nf) as f32).collect();
+
+    // Per image: invariance sum, dz = lambda dI/dz, and Zc.
+    let mut dz = vec![0f32; rows * d];
+    let mut zc = vec![0f32; rows * d];
+    let inv_coef = (2.0 * w.invariance as f64 / (nf * df)) as f32;
+    let image_len = n * d;
+    let chunk = rows_per_task(rows / n, image_len) * image_len;
+    let inv_parts: Vec<f64> = dz
+        .par_chunks_mut(chunk)
+        .zip(zc.par_chunks_mut(chunk))
+        .enumerate()
+        .map(|(c, (dz, zc))| {
+            let z = &z[c * chunk..c * chunk + dz.len()];
+            vectorized(|| invariance_chunk(z, &mu, d, n, inv_coef, dz, zc))
+        })
+        .collect();
+    let invariance = inv_parts.iter().sum::<f64>() / (nf * df);
+
+    // C = Zc^T Zc / (N - 1).
+    let mut c = vec![0f32; d * d];
+    let gram = GemmShape { m: d, k: rows, n: d, trans_a: true, trans_b: false };
+    sgemm(gram, &zc, &zc, &mut c, false, (1.0 / (nf - 1.0)) as f32);
+
+    // Variance and covariance terms; C becomes M in place.
+    let off_coef = (4.0 * w.covariance as f64 / (df * (nf - 1.0))) as f32;
+    let mut hinge = 0f64;
+    let mut off_sq = 0f64;
+    for i in 0..d {
+        let row = &mut c[i * d..(i + 1) * d];
+        let var = row[i] as f64;
+        off_sq += row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() - var * var;
+        let std = (var + w.eps as f64).sqrt();
+        hinge += (1.0 - std).max(0.0);
+        let var_grad = if std < 1.0 { -(w.variance as f64) / (df * (nf - 1.0) * std) } else { 0.0 };
+        row.iter_mut().for_each(|v| *v *= off_coef);
+        row[i] = var_grad as f32;
+    }
+    let variance = hinge / df;
+    let covariance = off_sq / df;
+
+    // dz += Zc M.
+    let apply = GemmShape { m: rows, k: d, n: d, trans_a: false, trans_b: false };
+    sgemm(apply, &zc, &c, &mut dz, true, 1.0);
+
+    let loss = w.invariance as f64 * invariance + w.variance as f64 * variance + w.covariance as f64 * covariance;
+    (VicregParts { loss, invariance, variance, covariance }, dz)
+}
+
+#[inline(always)]
+fn acc_row(row: &[f32], acc: &mut [f64]) {
+    acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x as f64);
+}
+
+/// For whole images of `z` (rows of `d`, `n` per image): writes `dz = coef (z - mb)` and
+/// `zc = z - mu`, returns `sum (z - mb)^2`.
+#[inline(always)]
+fn invariance_chunk(z: &[f32], mu: &[f32], d: usize, n: usize, coef: f32, dz: &mut [f32], zc: &mut [f32]) -> f64 {
+    let inv_n = 1.0 / n as f64;
+    let mut mean = vec![0f64; d];
+    let mut mb = vec![0f32; d];
+    let mut sq = vec![0f64; d];
+    for ((z, dz), zc) in z.chunks_exact(n * d).zip(dz.chunks_exact_mut(n * d)).zip(zc.chunks_exact_mut(n * d)) {
+        mean.fill(0.0);
+        z.chunks_exact(d).for_each(|row| acc_row(row, &mut mean));
+        mb.iter_mut().zip(&mean).for_each(|(m, &s)| *m = (s * inv_n) as f32);
+        for ((zr, dzr), zcr) in z.chunks_exact(d).zip(dz.chunks_exact_mut(d)).zip(zc.chunks_exact_mut(d)) {
+            let it = zr.iter().zip(&mb).zip(mu).zip(dzr.iter_mut().zip(zcr.iter_mut())).zip(sq.iter_mut());
+            for ((((&z, &m), &mu), (dz, zc)), sq) in it {
+                let diff = z - m;
+                *sq += (diff * diff) as f64;
+                *dz = coef * diff;
+                *zc = z - mu;
+            }
+        }
+    }
+    sq.iter().sum()
+}

@@ -1,0 +1,110 @@
+//! The float64 PyTorch golden vectors (`/work/shared/golden`) against the f32 CPU path.
+//!
+//! Tolerances: the f32 forward rounds each value to ~6e-8 relative and every layer adds a few
+//! such roundings, BatchNorm over 20 rows amplifies them by at most ~10, so values and gradients
+//! agree to ~1e-6 of their scale (measured: at most 1e-6); `rtol = 2e-5` leaves a 10x margin yet
+//! catches any wrong term (those are off by 1e-2 of the scale or more). Scalars (loss and terms
+//! are reduced in f64) agree to ~1e-7: `rtol = 2e-6`. Gradients that are exactly zero in exact arithmetic
+//! (a bias before BatchNorm, the last bias under a translation-invariant loss) come out as f32
+//! rounding noise of sums of ~20 terms of size <~1: `atol = 1e-6` covers that.
+
+mod common;
+
+use bagssl_autograd::{ops, Tape, Tensor, VicregWeights};
+use common::{golden_array, golden_f64, golden_tensor, host, load_golden, Report};
+
+fn weights(g: &serde_json::Value) -> VicregWeights {
+    VicregWeights {
+        invariance: golden_f64(g, "lambda") as f32,
+        variance: golden_f64(g, "mu") as f32,
+        covariance: golden_f64(g, "nu") as f32,
+        eps: golden_f64(g, "eps") as f32,
+    }
+}
+
+#[test]
+fn vicreg_bag_golden() {
+    let g = load_golden("vicreg_bag.json");
+    let z = golden_tensor(&g, "z");
+    let n = g["n_per_image"].as_u64().unwrap() as usize;
+    let (parts, dz) = ops::vicreg_fwd_bwd(&z, n, weights(&g)).unwrap();
+
+    let mut r = Report::new("vicreg_bag.json");
+    r.check_scalar("loss", parts.loss, golden_f64(&g, "loss"), 1e-5);
+    r.check_scalar("invariance", parts.invariance, golden_f64(&g, "invariance"), 1e-5);
+    r.check_scalar("variance", parts.variance, golden_f64(&g, "variance"), 1e-5);
+    r.check_scalar("covariance", parts.covariance, golden_f64(&g, "covariance"), 1e-5);
+    r.check("grad_z", &host(&dz), &golden_array(&g, "grad_z").1, 1e-5, 0.0);
+    r.finish();
+}
+
+/// The tape through the tiny encoder + projector of `model_step.json`, built by hand.
+#[test]
+fn model_step_golden() {
+    let g = load_golden("model_step.json");
+    let n = g["n_per_image"].as_u64().unwrap() as usize;
+    let bn_eps = golden_f64(&g, "bn_eps") as f32;
+    let params = &g["params"];
+    let names = [
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.0.bn.gamma",
+        "encoder.0.bn.beta",
+        "encoder.1.weight",
+        "encoder.1.bias",
+        "encoder.1.bn.gamma",
+        "encoder.1.bn.beta",
+        "projector.0.weight",
+        "projector.0.bias",
+        "projector.0.bn.gamma",
+        "projector.0.bn.beta",
+        "projector.1.weight",
+        "projector.1.bias",
+    ];
+    let values: Vec<Tensor> = names.iter().map(|k| golden_tensor(params, k)).collect();
+
+    let mut tape = Tape::new();
+    let p: Vec<_> = values.iter().map(|t| tape.leaf(t, true)).collect();
+    let x = tape.input(golden_tensor(&g, "x"), true);
+    // Linear -> BatchNorm -> ReLU, with the parameters of block `i` at p[4 i ..].
+    let block = |tape: &mut Tape, input, i: usize| {
+        let y = tape.linear(input, p[4 * i], Some(p[4 * i + 1])).unwrap();
+        tape.batch_norm(y, p[4 * i + 2], p[4 * i + 3], bn_eps, true).unwrap()
+    };
+    let a0 = block(&mut tape, x, 0);
+    let h = block(&mut tape, a0, 1);
+    let a2 = block(&mut tape, h, 2);
+    let z = tape.linear(a2, p[12], Some(p[13])).unwrap();
+    let w = VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 };
+    let (loss, parts) = tape.bag_vicreg(z, n, w).unwrap();
+
+    let mut r = Report::new("model_step.json");
+    r.check("h", &host(tape.value(h)), &golden_array(&g, "h").1, 2e-5, 0.0);
+    r.check("z", &host(tape.value(z)), &golden_array(&g, "z").1, 2e-5, 0.0);
+    r.check_scalar("loss", parts.loss, golden_f64(&g, "loss"), 2e-6);
+    r.check_scalar("loss (tape value)", tape.scalar(loss).unwrap(), golden_f64(&g, "loss"), 2e-6);
+    r.check_scalar("invariance", parts.invariance, golden_f64(&g, "invariance"), 2e-6);
+    r.check_scalar("variance", parts.variance, golden_f64(&g, "variance"), 2e-6);
+    r.check_scalar("covariance", parts.covariance, golden_f64(&g, "covariance"), 2e-6);
+
+    // Running statistics after one step, from mean 0 / var 1 with momentum 0.1.
+    let (mean, var) = tape.bn_stats(a0).expect("a0 is a BatchNorm output");
+    let cols = mean.numel();
+    let mut running_mean = Tensor::zeros(&[cols], &mean.device()).unwrap();
+    let mut running_var = Tensor::full(&[cols], 1.0, &var.device()).unwrap();
+    ops::ema_(&mut running_mean, mean, 0.1).unwrap();
+    ops::ema_(&mut running_var, var, 0.1).unwrap();
+    let running = &g["bn_running_after_one_step"];
+    r.check("encoder.0.bn running mean", &host(&running_mean), &golden_array(running, "encoder.0.bn.mean").1, 2e-5, 0.0);
+    r.check("encoder.0.bn running var", &host(&running_var), &golden_array(running, "encoder.0.bn.var").1, 2e-5, 0.0);
+
+    let grads = tape.backward(loss).unwrap();
+    r.check("grad_x", &host(grads.get(x).unwrap()), &golden_array(&g, "grad_x").1, 2e-5, 1e-6);
+    for (name, &v) in names.iter().zip(&p) {
+        let got = grads.get(v).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let (shape, want) = golden_array(&g["grads"], name);
+        assert_eq!(got.shape(), shape.as_slice(), "{name} gradient shape");
+        r.check(&format!("grad {name}"), &host(got), &want, 2e-5, 1e-6);
+    }
+    r.finish();
+}

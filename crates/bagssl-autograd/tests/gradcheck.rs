@@ -1,0 +1,239 @@
+//! Finite-difference checks of every op on the tape, on small random inputs of awkward sizes.
+//!
+//! Each check reduces the op's output `y` to a scalar `sum(y * W)` with a fixed random `W` (so
+//! every output element matters, with a different weight), takes the tape's gradient of it, and
+//! compares with central differences `(f(x + eps) - f(x - eps)) / (2 eps)` per input element.
+//!
+//! Precision: the forward runs in f32 but `f` is reduced in f64 (`ops::dot`), so the noise of a
+//! difference quotient is about (f32 rounding of the ~40 outputs) / (2 eps) ~ 40^0.5 * 6e-8 /
+//! 2e-3 ~ 2e-4 of the gradient scale for eps = 1e-3. The truncation error is O(eps^2) times the
+//! third derivative: zero for the (bi)linear ops, ~1e-5 for BatchNorm and bag-VICReg at the eps
+//! used. Hence the bound `max |analytic - fd| <= 2e-3 max |fd|`: ten times the expected error,
+//! while a wrong gradient (a missing term, a wrong transpose or scale) is off by >= 1e-1.
+//! Inputs keep ReLUs and the variance hinge away from their kinks, where differences are wrong.
+
+mod common;
+
+use bagssl_autograd::{ops, Tape, Tensor, Var, VicregWeights};
+use common::{host, rand_tensor, rng, Report};
+use rand::Rng;
+
+const RTOL: f64 = 2e-3;
+/// For gradients that are exactly zero (a bias under a translation-invariant loss): the tape
+/// returns f32 rounding noise there, ~1e-7 for these O(1) values.
+const ATOL: f64 = 1e-5;
+
+/// Checks the tape's gradients of `sum(build(inputs) * W)` against central differences.
+fn gradcheck(name: &str, inputs: &[Tensor], eps: f32, build: impl Fn(&mut Tape, &[Var]) -> Var) {
+    let mut r = rng(0xC0FFEE);
+    // The tape's gradients.
+    let mut tape = Tape::new();
+    let vars: Vec<Var> = inputs.iter().map(|t| tape.input(t.try_clone().unwrap(), true)).collect();
+    let y = build(&mut tape, &vars);
+    let w = rand_tensor(&mut r, tape.value(y).shape());
+    let loss = tape.dot_const(y, w.try_clone().unwrap()).unwrap();
+    let grads = tape.backward(loss).unwrap();
+
+    // f in f64 on a fresh tape without gradients.
+    let f = |xs: &[Tensor]| -> f64 {
+        let mut tape = Tape::new();
+        let vars: Vec<Var> = xs.iter().map(|t| tape.input(t.try_clone().unwrap(), false)).collect();
+        let y = build(&mut tape, &vars);
+        ops::dot(tape.value(y), &w).unwrap()
+    };
+
+    let mut report = Report::new(name);
+    for (k, (input, &var)) in inputs.iter().zip(&vars).enumerate() {
+        let analytic = host(grads.get(var).unwrap_or_else(|| panic!("{name}: no gradient for input {k}")));
+        assert_eq!(grads.get(var).unwrap().shape(), input.shape(), "{name}: gradient shape of input {k}");
+        let mut xs: Vec<Tensor> = inputs.iter().map(|t| t.try_clone().unwrap()).collect();
+        let base = host(input);
+        let mut fd = Vec::with_capacity(base.len());
+        for j in 0..base.len() {
+            let mut at = |delta: f32| {
+                let mut v = base.clone();
+                v[j] += delta;
+                xs[k] = Tensor::from_vec(input.shape(), v);
+                f(&xs)
+            };
+            fd.push((at(eps) - at(-eps)) / (2.0 * eps as f64));
+        }
+        report.check(&format!("d/d input {k} {:?}", input.shape()), &analytic, &fd, RTOL, ATOL);
+    }
+    report.finish();
+}
+
+/// Uniform in ±[0.2, 1.2]: away from the ReLU kink by more than any perturbation.
+fn away_from_zero(r: &mut rand_chacha::ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v = (0..n)
+        .map(|_| {
+            let m = r.random_range(0.2f32..1.2);
+            if r.random_bool(0.5) {
+                m
+            } else {
+                -m
+            }
+        })
+        .collect();
+    Tensor::from_vec(shape, v)
+}
+
+#[test]
+fn grad_linear() {
+    let mut r = rng(1);
+    let (x, w, b) = (rand_tensor(&mut r, &[7, 5]), rand_tensor(&mut r, &[3, 5]), rand_tensor(&mut r, &[3]));
+    gradcheck("linear with bias", &[x, w, b], 1e-2, |t, v| t.linear(v[0], v[1], Some(v[2])).unwrap());
+    let (x, w) = (rand_tensor(&mut r, &[13, 3]), rand_tensor(&mut r, &[6, 3]));
+    gradcheck("linear without bias", &[x, w], 1e-2, |t, v| t.linear(v[0], v[1], None).unwrap());
+}
+
+#[test]
+fn grad_matmul_all_transposes() {
+    let mut r = rng(2);
+    let (m, k, n) = (7, 5, 3);
+    for trans_a in [false, true] {
+        for trans_b in [false, true] {
+            let a = rand_tensor(&mut r, &if trans_a { [k, m] } else { [m, k] });
+            let b = rand_tensor(&mut r, &if trans_b { [n, k] } else { [k, n] });
+            gradcheck(&format!("matmul trans_a={trans_a} trans_b={trans_b}"), &[a, b], 1e-2, |t, v| {
+                t.matmul(v[0], v[1], trans_a, trans_b).unwrap()
+            });
+        }
+    }
+}
+
+/// `A^T A` uses one var twice: its gradient must be the sum of both uses.
+#[test]
+fn grad_matmul_shared_operand() {
+    let a = rand_tensor(&mut rng(3), &[13, 3]);
+    gradcheck("matmul A^T A", &[a], 1e-2, |t, v| t.matmul(v[0], v[0], true, false).unwrap());
+}
+
+#[test]
+fn grad_bias_add() {
+    let mut r = rng(4);
+    let (x, b) = (rand_tensor(&mut r, &[13, 3]), rand_tensor(&mut r, &[3]));
+    gradcheck("bias_add", &[x, b], 1e-2, |t, v| t.bias_add(v[0], v[1]).unwrap());
+}
+
+#[test]
+fn grad_relu() {
+    let x = away_from_zero(&mut rng(5), &[7, 5]);
+    gradcheck("relu", &[x], 1e-2, |t, v| t.relu(v[0]).unwrap());
+}
+
+/// BatchNorm inputs whose pre-activations all stay at least 0.1 away from 0 (ReLU kink).
+fn bn_inputs(rows: usize, cols: usize) -> [Tensor; 3] {
+    for seed in 0..1000 {
+        let mut r = rng(100 + seed);
+        let x = rand_tensor(&mut r, &[rows, cols]);
+        let gamma = away_from_zero(&mut r, &[cols]);
+        let beta = rand_tensor(&mut r, &[cols]);
+        let pre = ops::bn_train_fwd(&x, &gamma, &beta, 1e-5, false).unwrap().y;
+        if host(&pre).iter().all(|v| v.abs() > 0.1) {
+            return [x, gamma, beta];
+        }
+    }
+    panic!("no BatchNorm input away from the ReLU kink");
+}
+
+#[test]
+fn grad_batch_norm() {
+    let [x, g, b] = bn_inputs(13, 3);
+    gradcheck("batch_norm", &[x, g, b], 1e-3, |t, v| t.batch_norm(v[0], v[1], v[2], 1e-5, false).unwrap());
+}
+
+#[test]
+fn grad_batch_norm_relu() {
+    let [x, g, b] = bn_inputs(7, 5);
+    gradcheck("batch_norm + relu", &[x, g, b], 1e-3, |t, v| t.batch_norm(v[0], v[1], v[2], 1e-5, true).unwrap());
+}
+
+#[test]
+fn grad_group_mean() {
+    let x = rand_tensor(&mut rng(6), &[12, 5]);
+    gradcheck("group_mean n=3", &[x], 1e-2, |t, v| t.group_mean(v[0], 3).unwrap());
+}
+
+/// z (12, 5), 4 images of 3 patches, columns scaled so some variance hinges are active (std < 1)
+/// and some are not, every std at least 0.1 away from the kink at 1.
+fn vicreg_input() -> Tensor {
+    let scales = [0.5f32, 1.0, 3.0, 0.8, 4.0];
+    for seed in 0..1000 {
+        let mut r = rng(200 + seed);
+        let mut z = host(&rand_tensor(&mut r, &[12, 5]));
+        z.iter_mut().enumerate().for_each(|(i, v)| *v *= scales[i % 5]);
+        let z = Tensor::from_vec(&[12, 5], z);
+        let zv = host(&z);
+        let stds: Vec<f64> = (0..5)
+            .map(|d| {
+                let col: Vec<f64> = (0..12).map(|i| zv[i * 5 + d] as f64).collect();
+                let m = col.iter().sum::<f64>() / 12.0;
+                (col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 11.0 + 1e-4).sqrt()
+            })
+            .collect();
+        let active = stds.iter().filter(|&&s| s < 1.0).count();
+        if stds.iter().all(|s| (s - 1.0).abs() > 0.1) && active > 0 && active < 5 {
+            return z;
+        }
+    }
+    panic!("no bag-VICReg input away from the hinge");
+}
+
+#[test]
+fn grad_bag_vicreg() {
+    let z = vicreg_input();
+    let w = VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 };
+    gradcheck("bag_vicreg", &[z], 1e-2, |t, v| t.bag_vicreg(v[0], 3, w).unwrap().0);
+    // Unequal weights: each term's gradient must carry its own weight.
+    let z = vicreg_input();
+    let w = VicregWeights { invariance: 2.0, variance: 7.0, covariance: 0.5, eps: 1e-4 };
+    gradcheck("bag_vicreg weights 2/7/0.5", &[z], 1e-2, |t, v| t.bag_vicreg(v[0], 3, w).unwrap().0);
+}
+
+#[test]
+fn grad_dot_const() {
+    let x = rand_tensor(&mut rng(7), &[7, 5]);
+    let w = rand_tensor(&mut rng(8), &[7, 5]);
+    gradcheck("dot_const", &[x], 1e-2, move |t, v| t.dot_const(v[0], w.try_clone().unwrap()).unwrap());
+}
+
+/// A small chain of every op, so gradients flow through op-to-op boundaries.
+#[test]
+fn grad_chain() {
+    let mut r = rng(9);
+    let x = rand_tensor(&mut r, &[12, 4]);
+    let w1 = rand_tensor(&mut r, &[6, 4]);
+    let b1 = rand_tensor(&mut r, &[6]);
+    let w2 = rand_tensor(&mut r, &[6, 5]);
+    let b2 = rand_tensor(&mut r, &[5]);
+    let w = VicregWeights::default();
+    gradcheck("linear-bn-matmul-bias-relu-group_mean-vicreg", &[x, w1, b1, w2, b2], 1e-2, |t, v| {
+        let g1 = t.linear(v[0], v[1], Some(v[2])).unwrap();
+        // b1 doubles as gamma and beta: three uses of one var, so accumulation is checked too.
+        let h = t.batch_norm(g1, v[2], v[2], 1e-5, false).unwrap();
+        let m = t.matmul(h, v[3], false, false).unwrap();
+        let z = t.bias_add(m, v[4]).unwrap();
+        let p = t.group_mean(z, 2).unwrap();
+        t.bag_vicreg(p, 3, w).unwrap().0
+    });
+}
+
+#[test]
+fn no_gradient_without_requires_grad() {
+    let mut r = rng(10);
+    let (x, w) = (rand_tensor(&mut r, &[7, 5]), rand_tensor(&mut r, &[3, 5]));
+    let mut tape = Tape::new();
+    let xv = tape.input(x, false);
+    let wv = tape.leaf(&w, true);
+    let frozen = tape.leaf(&w, false);
+    let y = tape.linear(xv, wv, None).unwrap();
+    let y2 = tape.linear(xv, frozen, None).unwrap();
+    let s = tape.dot_const(y, Tensor::full(&[7, 3], 1.0, &bagssl_autograd::Device::Cpu).unwrap()).unwrap();
+    let _ = y2;
+    let grads = tape.backward(s).unwrap();
+    assert!(grads.get(xv).is_none(), "an input without requires_grad got a gradient");
+    assert!(grads.get(frozen).is_none(), "a frozen leaf got a gradient");
+    assert_eq!(grads.get(wv).unwrap().shape(), &[3, 5]);
+}

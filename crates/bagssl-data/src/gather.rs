@@ -1,0 +1,167 @@
+//! CPU patch gather + augmentation (DESIGN §3 "Patch vector" and "Evaluation grid").
+//!
+//! This is the CPU reference of the GPU patch-embedding kernel: both follow the same steps in
+//! the same order in f32. Output rows are flattened (y, x, channel), HWC.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::{ImageStore, Jitter, PatchSpec};
+
+/// Luma weights used by jitter (contrast/saturation) and grayscale.
+pub const GRAY_WEIGHTS: [f32; 3] = [0.299, 0.587, 0.114];
+
+/// Patches per rayon task: a patch is only p*p*3 floats, far too little work to schedule alone.
+const MIN_PATCHES_PER_TASK: usize = 32;
+
+#[inline]
+fn luma(px: &[f32]) -> f32 {
+    px[0] * GRAY_WEIGHTS[0] + px[1] * GRAY_WEIGHTS[1] + px[2] * GRAY_WEIGHTS[2]
+}
+
+/// Writes one patch vector into `out` (`p*p*3` floats), using `out` itself as scratch so the
+/// gathers allocate nothing. `img` is the whole HWC image, `width` its width.
+#[allow(clippy::too_many_arguments)]
+fn write_patch(
+    img: &[u8],
+    width: usize,
+    oy: usize,
+    ox: usize,
+    flip: bool,
+    jitter: Option<Jitter>,
+    gray: bool,
+    p: usize,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    out: &mut [f32],
+) {
+    // 1. crop / 255, mirrored left-right if flip.
+    for y in 0..p {
+        let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
+        let dst = &mut out[y * p * 3..][..p * 3];
+        for x in 0..p {
+            let sx = if flip { p - 1 - x } else { x };
+            for c in 0..3 {
+                dst[x * 3 + c] = f32::from(row[sx * 3 + c]) / 255.0;
+            }
+        }
+    }
+    // 2. jitter: brightness, contrast around the patch's mean luma, saturation, clamp.
+    if let Some(j) = jitter {
+        let mut sum = 0f32;
+        for px in out.chunks_exact_mut(3) {
+            for v in px.iter_mut() {
+                *v *= j.brightness;
+            }
+            sum += luma(px);
+        }
+        let m = sum / (p * p) as f32;
+        for px in out.chunks_exact_mut(3) {
+            for v in px.iter_mut() {
+                *v = (*v - m) * j.contrast + m;
+            }
+            let g = luma(px);
+            for v in px.iter_mut() {
+                *v = ((*v - g) * j.saturation + g).clamp(0.0, 1.0);
+            }
+        }
+    }
+    // 3. grayscale, 4. normalise.
+    for px in out.chunks_exact_mut(3) {
+        if gray {
+            let g = luma(px);
+            px.fill(g);
+        }
+        for c in 0..3 {
+            px[c] = (px[c] - mean[c]) / std[c];
+        }
+    }
+}
+
+/// Gathers and augments `specs` from `store`, normalised with `store.mean`/`store.std`.
+///
+/// `out.len()` must be `specs.len() * patch * patch * 3`; row `i` is patch `i`, HWC. Runs in
+/// parallel over patches and allocates nothing.
+///
+/// # Panics
+/// On a wrong `out` length or a spec that does not fit the store (specs come from
+/// [`crate::PatchSampler`], so either is a programming error).
+pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out: &mut [f32]) {
+    let d = patch * patch * 3;
+    assert_eq!(
+        out.len(),
+        specs.len() * d,
+        "gather_patches: out has {} floats, need {} specs x {d}",
+        out.len(),
+        specs.len()
+    );
+    if d == 0 {
+        return;
+    }
+    let (h, w) = (store.height, store.width);
+    out.par_chunks_mut(d).zip(specs.par_iter()).with_min_len(MIN_PATCHES_PER_TASK).for_each(|(dst, s)| {
+        let (oy, ox) = (s.oy as usize, s.ox as usize);
+        assert!(
+            (s.image as usize) < store.len() && oy + patch <= h && ox + patch <= w,
+            "gather_patches: spec {s:?} does not fit {} images of {h}x{w} with patch {patch}",
+            store.len()
+        );
+        let img = store.image(s.image as usize);
+        write_patch(img, w, oy, ox, s.flip, s.jitter, s.gray, patch, &store.mean, &store.std, dst);
+    });
+}
+
+/// Number of grid positions along one side: `oy = 0, s, 2s, ... <= len - p`.
+fn grid_steps(len: usize, patch: usize, stride: usize) -> usize {
+    if patch == 0 || patch > len {
+        0
+    } else {
+        (len - patch) / stride + 1
+    }
+}
+
+/// Number of grid patches per image, `grid_positions(..).len()` without allocating.
+///
+/// # Panics
+/// If `stride == 0`.
+pub fn grid_len(height: usize, width: usize, patch: usize, stride: usize) -> usize {
+    assert!(stride > 0, "grid stride must be at least 1");
+    grid_steps(height, patch, stride) * grid_steps(width, patch, stride)
+}
+
+/// Evaluation grid (DESIGN §3): `oy = 0, s, 2s, ... <= H - p`, same for `ox`, row-major over
+/// `(oy, ox)` like `unfold`. Empty when the patch does not fit.
+///
+/// # Panics
+/// If `stride == 0`.
+pub fn grid_positions(height: usize, width: usize, patch: usize, stride: usize) -> Vec<(usize, usize)> {
+    let nx = grid_steps(width, patch, stride);
+    let ny = grid_len(height, width, patch, stride).checked_div(nx).unwrap_or(0);
+    (0..ny).flat_map(|iy| (0..nx).map(move |ix| (iy * stride, ix * stride))).collect()
+}
+
+/// All grid patches (normalised, no augmentation) of the images in `images`, image-major then
+/// grid position. `out.len()` must be `images.len() * grid_len(..) * patch * patch * 3`.
+/// Parallel over patches; allocates nothing.
+///
+/// # Panics
+/// On a wrong `out` length, an image range past the store, or `stride == 0`.
+pub fn gather_grid(store: &ImageStore, images: Range<usize>, patch: usize, stride: usize, out: &mut [f32]) {
+    let (h, w) = (store.height, store.width);
+    let per_image = grid_len(h, w, patch, stride);
+    let nx = grid_steps(w, patch, stride);
+    let d = patch * patch * 3;
+    assert!(images.end <= store.len(), "gather_grid: images {images:?} past the {} stored", store.len());
+    let n_patches = images.len() * per_image;
+    assert_eq!(out.len(), n_patches * d, "gather_grid: out has {} floats, need {n_patches} patches x {d}", out.len());
+    if n_patches == 0 || d == 0 {
+        return;
+    }
+    let first = images.start;
+    out.par_chunks_mut(d).enumerate().with_min_len(MIN_PATCHES_PER_TASK).for_each(|(k, dst)| {
+        let (img, t) = (first + k / per_image, k % per_image);
+        let (oy, ox) = ((t / nx) * stride, (t % nx) * stride);
+        write_patch(store.image(img), w, oy, ox, false, None, false, patch, &store.mean, &store.std, dst);
+    });
+}

@@ -1,0 +1,130 @@
+//! Golden vectors from the float64 PyTorch reference (`shared/golden/`, DESIGN §3): the oracle
+//! for the patch vector (crop, flip, jitter, gray, normalise, HWC) and the evaluation grid.
+
+use std::path::PathBuf;
+
+use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, Jitter, PatchSpec};
+use serde_json::Value;
+
+fn golden(name: &str) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("golden file {} missing ({e}); the shared/ folder must sit beside the repository", path.display())
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()))
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+}
+
+fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("integer") as usize).collect()
+}
+
+fn spec(v: &Value) -> PatchSpec {
+    let jitter = match &v["jitter"] {
+        Value::Null => None,
+        j => Some(Jitter {
+            brightness: j["brightness"].as_f64().unwrap() as f32,
+            contrast: j["contrast"].as_f64().unwrap() as f32,
+            saturation: j["saturation"].as_f64().unwrap() as f32,
+        }),
+    };
+    PatchSpec {
+        image: v["image"].as_u64().unwrap() as u32,
+        oy: v["oy"].as_u64().unwrap() as u32,
+        ox: v["ox"].as_u64().unwrap() as u32,
+        flip: v["flip"].as_bool().unwrap(),
+        jitter,
+        gray: v["gray"].as_bool().unwrap(),
+    }
+}
+
+fn golden_store(g: &Value) -> ImageStore {
+    let shape = usizes(&g["images"]["shape"]);
+    assert_eq!(shape.len(), 4);
+    assert_eq!(shape[3], 3);
+    let pixels: Vec<u8> = usizes(&g["images"]["data"]).into_iter().map(|v| v as u8).collect();
+    let mean = f32s(&g["mean"]);
+    let std = f32s(&g["std"]);
+    ImageStore::new(
+        shape[1],
+        shape[2],
+        pixels,
+        vec![0; shape[0]],
+        vec!["x".into()],
+        [mean[0], mean[1], mean[2]],
+        [std[0], std[1], std[2]],
+    )
+    .unwrap()
+}
+
+#[test]
+fn golden_patches() {
+    let g = golden("patches.json");
+    let p = g["patch"].as_u64().unwrap() as usize;
+    let gw = f32s(&g["gray_weights"]);
+    assert_eq!(gw, bagssl_data::GRAY_WEIGHTS.to_vec(), "gray weights differ from the golden file");
+    let store = golden_store(&g);
+    let specs: Vec<PatchSpec> = g["specs"].as_array().unwrap().iter().map(spec).collect();
+    let expect = f64s(&g["patches"]["data"]);
+    let d = p * p * 3;
+    assert_eq!(usizes(&g["patches"]["shape"]), vec![specs.len(), d]);
+
+    let mut out = vec![f32::NAN; specs.len() * d];
+    gather_patches(&store, &specs, p, &mut out);
+    let mut all_ok = true;
+    for (i, s) in specs.iter().enumerate() {
+        let diff = (0..d).map(|k| (f64::from(out[i * d + k]) - expect[i * d + k]).abs()).fold(0.0, f64::max);
+        let ok = diff < 1e-5;
+        all_ok &= ok;
+        println!("{} patch {i} {s:?}: max abs diff {diff:.3e}", if ok { "OK    " } else { "NOT OK" });
+    }
+    println!("overall: {}", if all_ok { "OK" } else { "NOT OK" });
+    assert!(all_ok, "patch vectors differ from golden/patches.json");
+}
+
+#[test]
+fn golden_grid() {
+    let g = golden("grid.json");
+    let (h, w) = (g["height"].as_u64().unwrap() as usize, g["width"].as_u64().unwrap() as usize);
+    let (p, s) = (g["patch"].as_u64().unwrap() as usize, g["stride"].as_u64().unwrap() as usize);
+    let expect: Vec<(usize, usize)> =
+        g["positions"].as_array().unwrap().iter().map(|v| (usizes(v)[0], usizes(v)[1])).collect();
+    let got = grid_positions(h, w, p, s);
+    println!("{} grid {h}x{w} p={p} s={s}: {got:?}", if got == expect { "OK" } else { "NOT OK" });
+    assert_eq!(got, expect);
+    assert_eq!(grid_len(h, w, p, s), expect.len());
+}
+
+/// The grid gather must equal the spec gather at the grid positions with no augmentation.
+#[test]
+fn grid_gather_matches_spec_gather() {
+    let store = golden_store(&golden("patches.json"));
+    let (p, s) = (4, 3);
+    let pos = grid_positions(store.height, store.width, p, s);
+    let specs: Vec<PatchSpec> = (1..3u32)
+        .flat_map(|image| {
+            pos.iter().map(move |&(oy, ox)| PatchSpec {
+                image,
+                oy: oy as u32,
+                ox: ox as u32,
+                flip: false,
+                jitter: None,
+                gray: false,
+            })
+        })
+        .collect();
+    let d = p * p * 3;
+    let mut a = vec![0.0; specs.len() * d];
+    gather_patches(&store, &specs, p, &mut a);
+    let mut b = vec![0.0; 2 * pos.len() * d];
+    gather_grid(&store, 1..3, p, s, &mut b);
+    assert_eq!(a, b);
+}

@@ -1,0 +1,114 @@
+//! Image embeddings from a trained encoder.
+//!
+//! [`embed_bag`] is BagSSL's image representation: every patch of the evaluation grid goes
+//! through the eval-mode encoder and the image's embedding is the mean of its patch embeddings.
+//! [`embed_single_patch`] embeds only the centre grid patch: the "no bag" baseline that shows how
+//! much the aggregation adds.
+//!
+//! Both work in batches of images with reused host buffers; the encoder and the per-image mean run
+//! with `bagssl_autograd::ops` on the model's device.
+
+use bagssl_autograd::{ops, Device, Tensor};
+use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, PatchSpec};
+use bagssl_model::BagSslModel;
+
+use crate::{EvalError, Result};
+
+/// A host matrix as a tensor on `device` (the CPU path copies `host` so the buffer can be reused).
+fn upload(host: &[f32], shape: &[usize], device: &Device) -> Result<Tensor> {
+    Ok(match device {
+        Device::Cpu => Tensor::from_vec(shape, host.to_vec()),
+        Device::Cuda(gpu) => Tensor::from_gpu(shape, gpu.upload(host).map_err(bagssl_autograd::Error::from)?),
+    })
+}
+
+fn check_args(model: &BagSslModel, store: &ImageStore, patch: usize, stride: usize, batch_images: usize) -> Result<()> {
+    if patch != model.config().patch {
+        return Err(EvalError::Invalid(format!("patch {patch} differs from the model's {}", model.config().patch)));
+    }
+    if stride == 0 || batch_images == 0 {
+        return Err(EvalError::Invalid(format!(
+            "stride ({stride}) and batch_images ({batch_images}) must be positive"
+        )));
+    }
+    if patch > store.height || patch > store.width {
+        return Err(EvalError::Invalid(format!(
+            "patch {patch} does not fit {}x{} images",
+            store.height, store.width
+        )));
+    }
+    Ok(())
+}
+
+/// Bag-of-patch embeddings, (N, hidden) row-major: for each image, the mean over the evaluation
+/// grid (`patch`, `stride`, DESIGN §3) of the eval-mode encoder output.
+///
+/// Memory per batch is `batch_images * grid_len * (p*p*3 + hidden)` floats; choose `batch_images`
+/// accordingly (e.g. 64 for CIFAR-10 at p = 8, stride 2, hidden 2048: about 110 MB).
+pub fn embed_bag(
+    model: &BagSslModel,
+    store: &ImageStore,
+    patch: usize,
+    stride: usize,
+    batch_images: usize,
+) -> Result<Vec<f32>> {
+    check_args(model, store, patch, stride, batch_images)?;
+    let per_image = grid_len(store.height, store.width, patch, stride);
+    let d = patch * patch * 3;
+    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut host = Vec::new();
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        let rows = (end - start) * per_image;
+        host.resize(rows * d, 0.0);
+        gather_grid(store, start..end, patch, stride, &mut host);
+        let x = upload(&host, &[rows, d], model.device())?;
+        let h = model.encode_eval(&x)?;
+        out.extend(ops::group_mean(&h, per_image)?.to_vec()?);
+    }
+    Ok(out)
+}
+
+/// The grid position at the centre of the evaluation grid: row `ny / 2`, column `nx / 2` of the
+/// `ny x nx` positions (so an odd grid gives its exact middle). `None` when the patch does not fit.
+pub fn centre_position(height: usize, width: usize, patch: usize, stride: usize) -> Option<(usize, usize)> {
+    let positions = grid_positions(height, width, patch, stride);
+    let nx = positions.iter().filter(|(oy, _)| *oy == 0).count();
+    let ny = positions.len().checked_div(nx)?;
+    positions.get((ny / 2) * nx + nx / 2).copied()
+}
+
+/// Single-patch embeddings, (N, hidden): the eval-mode encoder on the centre grid patch of each
+/// image ([`centre_position`]) — the baseline without bag aggregation.
+pub fn embed_single_patch(
+    model: &BagSslModel,
+    store: &ImageStore,
+    patch: usize,
+    stride: usize,
+    batch_images: usize,
+) -> Result<Vec<f32>> {
+    check_args(model, store, patch, stride, batch_images)?;
+    let (oy, ox) = centre_position(store.height, store.width, patch, stride)
+        .ok_or_else(|| EvalError::Invalid("empty evaluation grid".into()))?;
+    let d = patch * patch * 3;
+    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut host = Vec::new();
+    let mut specs = Vec::with_capacity(batch_images);
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        specs.clear();
+        specs.extend((start..end).map(|i| PatchSpec {
+            image: i as u32,
+            oy: oy as u32,
+            ox: ox as u32,
+            flip: false,
+            jitter: None,
+            gray: false,
+        }));
+        host.resize(specs.len() * d, 0.0);
+        gather_patches(store, &specs, patch, &mut host);
+        let x = upload(&host, &[specs.len(), d], model.device())?;
+        out.extend(model.encode_eval(&x)?.to_vec()?);
+    }
+    Ok(out)
+}

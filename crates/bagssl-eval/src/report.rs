@@ -1,0 +1,68 @@
+//! One-call evaluation of an encoder: bag embeddings of both splits, kNN, linear probe, and the
+//! single-patch kNN baseline — the numbers of `eval.json` (DESIGN §6).
+
+use bagssl_data::ImageStore;
+use bagssl_model::BagSslModel;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::{embed_bag, embed_single_patch};
+use crate::knn::knn_accuracy;
+use crate::probe::linear_probe;
+use crate::Result;
+
+/// Evaluation settings (the `[eval]` config section plus the patch size).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    pub patch: usize,
+    pub stride: usize,
+    pub knn_k: usize,
+    pub knn_t: f64,
+    pub probe_epochs: usize,
+    pub seed: u64,
+    /// Images per embedding batch (memory: see [`embed_bag`]).
+    pub batch_images: usize,
+}
+
+impl Default for EvalConfig {
+    /// DESIGN §6 defaults: patch 8, stride 2, k 20, t 0.1, 50 probe epochs.
+    fn default() -> Self {
+        EvalConfig { patch: 8, stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, seed: 0, batch_images: 64 }
+    }
+}
+
+/// Test accuracies, as fractions.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Weighted kNN on bag embeddings.
+    pub knn: f64,
+    /// Linear probe on bag embeddings.
+    pub linear: f64,
+    /// Weighted kNN on the centre patch's embedding alone (no bag).
+    pub knn_single_patch: f64,
+}
+
+/// Number of classes covering both splits' class lists and labels.
+fn class_count(a: &ImageStore, b: &ImageStore) -> usize {
+    let max_label = a.labels.iter().chain(&b.labels).map(|&l| l as usize + 1).max().unwrap_or(0);
+    a.classes.len().max(b.classes.len()).max(max_label)
+}
+
+/// Embeds `train` and `test` with `model` and measures kNN, linear-probe and single-patch kNN
+/// accuracy on `test`.
+pub fn evaluate(model: &BagSslModel, train: &ImageStore, test: &ImageStore, cfg: &EvalConfig) -> Result<EvalReport> {
+    let dim = model.hidden();
+    let classes = class_count(train, test);
+    let (p, s, bi) = (cfg.patch, cfg.stride, cfg.batch_images);
+
+    let ftr = embed_bag(model, train, p, s, bi)?;
+    let fte = embed_bag(model, test, p, s, bi)?;
+    let knn = knn_accuracy(&ftr, &train.labels, &fte, &test.labels, dim, cfg.knn_k, cfg.knn_t, classes)?;
+    let linear = linear_probe(&ftr, &train.labels, &fte, &test.labels, dim, classes, cfg.probe_epochs, cfg.seed)?;
+    drop((ftr, fte));
+
+    let single_tr = embed_single_patch(model, train, p, s, bi)?;
+    let single_te = embed_single_patch(model, test, p, s, bi)?;
+    let knn_single_patch =
+        knn_accuracy(&single_tr, &train.labels, &single_te, &test.labels, dim, cfg.knn_k, cfg.knn_t, classes)?;
+    Ok(EvalReport { knn, linear, knn_single_patch })
+}

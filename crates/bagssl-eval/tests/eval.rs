@@ -1,0 +1,176 @@
+//! bagssl-eval against the golden kNN vectors and hand-computed embeddings; probe behaviour.
+
+use bagssl_autograd::{Device, Tensor};
+use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec};
+use bagssl_eval::probe::train_probe;
+use bagssl_eval::{
+    centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, ProbeOptions,
+};
+use bagssl_model::{BagSslModel, ModelConfig};
+use serde_json::Value;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden");
+
+fn golden(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{GOLDEN}/{name}")).unwrap()).unwrap()
+}
+
+fn data(v: &Value) -> Vec<f64> {
+    v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn knn_matches_golden() {
+    let g = golden("knn.json");
+    let dim = g["train"]["shape"][1].as_u64().unwrap() as usize;
+    let f32s = |v: &Value| data(v).iter().map(|&x| x as f32).collect::<Vec<_>>();
+    let labels: Vec<u32> = data(&g["train_labels"]).iter().map(|&x| x as u32).collect();
+    let (k, t, classes) =
+        (g["k"].as_u64().unwrap() as usize, g["t"].as_f64().unwrap(), g["classes"].as_u64().unwrap() as usize);
+    let (pred, votes) = knn_predict(&f32s(&g["train"]), &labels, &f32s(&g["test"]), dim, k, t, classes).unwrap();
+    let want_pred: Vec<u32> = data(&g["predictions"]).iter().map(|&x| x as u32).collect();
+    let want_votes = data(&g["votes"]);
+    println!("{} predictions: {pred:?} vs {want_pred:?}", if pred == want_pred { "OK" } else { "NOT OK" });
+    let err = votes.iter().zip(&want_votes).map(|(a, b)| (a - b).abs() / b.abs().max(1e-300)).fold(0f64, f64::max);
+    // Zero votes (no neighbour of that class) must be exactly zero.
+    let zeros_ok = votes.iter().zip(&want_votes).all(|(a, b)| (*b == 0.0) == (*a == 0.0));
+    println!("{} votes: max relative error {err:.2e}", if err <= 1e-6 && zeros_ok { "OK" } else { "NOT OK" });
+    assert_eq!(pred, want_pred);
+    assert!(err <= 1e-6 && zeros_ok);
+}
+
+/// Gaussian blobs around well-separated class centres.
+fn blobs(n: usize, dim: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = bagssl_data::SeededRng::new(seed);
+    let centres: Vec<f32> = (0..classes * dim).map(|_| 4.0 * (rng.uniform() - 0.5)).collect();
+    let mut x = Vec::with_capacity(n * dim);
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % classes;
+        for d in 0..dim {
+            // Sum of uniforms: roughly normal noise of std ~0.5, and a large useless offset/scale
+            // on odd features so standardization matters.
+            let noise: f32 = (0..4).map(|_| rng.uniform() - 0.5).sum::<f32>() * 0.85;
+            let v = centres[c * dim + d] + noise;
+            x.push(if d % 2 == 1 { 100.0 + 50.0 * v } else { v });
+        }
+        y.push(c as u32);
+    }
+    (x, y)
+}
+
+#[test]
+fn probe_learns_separable_data_and_is_deterministic() {
+    let (dim, classes) = (16, 4);
+    // One draw split in two, so train and test share the class centres.
+    let (x, y) = blobs(2500, dim, classes, 1);
+    let (xtr, ytr, xte, yte) = (&x[..2000 * dim], &y[..2000], &x[2000 * dim..], &y[2000..]);
+    let acc = linear_probe(xtr, ytr, xte, yte, dim, classes, 30, 0).unwrap();
+    println!("probe accuracy {acc}");
+    assert!(acc > 0.95, "accuracy {acc}");
+    assert_eq!(acc, linear_probe(xtr, ytr, xte, yte, dim, classes, 30, 0).unwrap());
+    let opts = ProbeOptions { epochs: 5, seed: 3, ..ProbeOptions::default() };
+    let a = train_probe(xtr, ytr, dim, classes, &opts).unwrap();
+    let b = train_probe(xtr, ytr, dim, classes, &opts).unwrap();
+    assert_eq!(a.weight, b.weight, "same seed, same weights");
+    assert_eq!(a.bias, b.bias);
+    let c = train_probe(xtr, ytr, dim, classes, &ProbeOptions { seed: 4, ..opts }).unwrap();
+    assert_ne!(a.weight, c.weight, "the seed matters");
+}
+
+/// A tiny model whose BN running statistics are not the identity, so eval-mode BN is exercised.
+fn tiny_model(patch: usize) -> BagSslModel {
+    let cfg = ModelConfig { patch, layers: 2, hidden: 8, proj: 6 };
+    let mut m = BagSslModel::new(cfg, 5, &Device::Cpu).unwrap();
+    let mut rng = bagssl_data::SeededRng::new(9);
+    for i in 0..2 {
+        let mean: Vec<f32> = (0..8).map(|_| rng.uniform() - 0.5).collect();
+        let var: Vec<f32> = (0..8).map(|_| 0.5 + rng.uniform()).collect();
+        m.set_tensor(&format!("encoder.{i}.bn.running_mean"), &mean).unwrap();
+        m.set_tensor(&format!("encoder.{i}.bn.running_var"), &var).unwrap();
+    }
+    m
+}
+
+fn small_store(images: usize, h: usize, w: usize) -> ImageStore {
+    synthetic(&SyntheticSpec { images, classes: 3, height: h, width: w, seed: 4 })
+}
+
+/// Eval-mode embedding of one patch at (oy, ox) of image `i`, computed alone.
+fn patch_embedding(m: &BagSslModel, s: &ImageStore, i: usize, oy: usize, ox: usize, p: usize) -> Vec<f32> {
+    let spec = PatchSpec { image: i as u32, oy: oy as u32, ox: ox as u32, flip: false, jitter: None, gray: false };
+    let mut x = vec![0f32; p * p * 3];
+    gather_patches(s, &[spec], p, &mut x);
+    m.encode_eval(&Tensor::from_vec(&[1, p * p * 3], x)).unwrap().to_vec().unwrap()
+}
+
+#[test]
+fn embed_bag_is_the_mean_of_patch_embeddings() {
+    let (p, stride) = (4, 3);
+    let m = tiny_model(p);
+    let s = small_store(5, 10, 12);
+    let positions = grid_positions(10, 12, p, stride);
+    assert_eq!(positions.len(), 9);
+    let bag = embed_bag(&m, &s, p, stride, 2).unwrap(); // batches of 2, 2, 1
+    assert_eq!(bag.len(), 5 * 8);
+    for i in 0..5 {
+        let mut mean = vec![0f64; 8];
+        for &(oy, ox) in &positions {
+            for (acc, v) in mean.iter_mut().zip(patch_embedding(&m, &s, i, oy, ox, p)) {
+                *acc += v as f64 / positions.len() as f64;
+            }
+        }
+        for (d, (&got, want)) in bag[i * 8..(i + 1) * 8].iter().zip(&mean).enumerate() {
+            assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "image {i} dim {d}: {got} vs {want}");
+        }
+    }
+    // Batching does not change the result.
+    assert_eq!(bag, embed_bag(&m, &s, p, stride, 5).unwrap());
+}
+
+#[test]
+fn single_patch_uses_the_centre_position() {
+    let g = golden("grid.json");
+    let (h, w) = (g["height"].as_u64().unwrap() as usize, g["width"].as_u64().unwrap() as usize);
+    let (p, stride) = (g["patch"].as_u64().unwrap() as usize, g["stride"].as_u64().unwrap() as usize);
+    assert_eq!(centre_position(h, w, p, stride), Some((3, 3))); // middle of the 3 x 3 golden grid
+    assert_eq!(centre_position(32, 32, 8, 2), Some((12, 12))); // 13 x 13 grid -> index 6
+    assert_eq!(centre_position(10, 12, 4, 4), Some((4, 4))); // 2 x 3 grid -> row 1, column 1
+    assert_eq!(centre_position(3, 3, 4, 1), None);
+
+    let m = tiny_model(p);
+    let s = small_store(3, h, w);
+    let single = embed_single_patch(&m, &s, p, stride, 2).unwrap();
+    for i in 0..3 {
+        let want = patch_embedding(&m, &s, i, 3, 3, p);
+        let got = &single[i * 8..(i + 1) * 8];
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6), "image {i}: {got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn evaluate_reports_accuracies() {
+    let p = 4;
+    let m = BagSslModel::new(ModelConfig { patch: p, layers: 1, hidden: 32, proj: 8 }, 1, &Device::Cpu).unwrap();
+    let train = synthetic(&SyntheticSpec { images: 120, classes: 4, height: 16, width: 16, seed: 1 });
+    let test = synthetic(&SyntheticSpec { images: 40, classes: 4, height: 16, width: 16, seed: 2 });
+    let cfg = EvalConfig { patch: p, stride: 4, knn_k: 5, probe_epochs: 5, ..EvalConfig::default() };
+    let r = evaluate(&m, &train, &test, &cfg).unwrap();
+    println!("{r:?}");
+    for v in [r.knn, r.linear, r.knn_single_patch] {
+        assert!((0.0..=1.0).contains(&v));
+    }
+    assert_eq!(r, evaluate(&m, &train, &test, &cfg).unwrap(), "deterministic");
+    assert!(evaluate(&m, &train, &test, &EvalConfig { patch: 8, ..cfg }).is_err(), "patch must match the model");
+}
+
+/// Speed check of the probe at the size the CLI uses (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn probe_speed_45k_by_512() {
+    let (n, dim, classes) = (45_000, 512, 10);
+    let (x, y) = blobs(n + 5_000, dim, classes, 7);
+    let t = std::time::Instant::now();
+    let acc = linear_probe(&x[..n * dim], &y[..n], &x[n * dim..], &y[n..], dim, classes, 50, 0).unwrap();
+    println!("45k x 512, 50 epochs: {:.2} s, accuracy {acc}", t.elapsed().as_secs_f64());
+}

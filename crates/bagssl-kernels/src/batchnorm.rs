@@ -1,0 +1,150 @@
+//! Launchers of `kernels/batchnorm.cu`: BatchNorm1d over the rows, PyTorch semantics.
+
+use cudarc::driver::PushKernelArg;
+
+use crate::device::same_gpu;
+use crate::ffi::BagsslBnParams;
+use crate::launch::{cfg_1d, cfg_cols, check_len, u32_of};
+use crate::{GpuBuf, KernelError};
+
+/// Output of [`bn_train_fwd_f32`].
+pub struct BnTrainOut {
+    /// (rows, cols), after the optional ReLU.
+    pub y: GpuBuf,
+    /// Batch mean per column.
+    pub mean: GpuBuf,
+    /// 1 / sqrt(biased batch variance + eps) per column.
+    pub invstd: GpuBuf,
+    /// Unbiased batch variance per column (0 when rows = 1), for the running statistics.
+    pub var_unbiased: GpuBuf,
+}
+
+fn params(op: &str, x: &GpuBuf, rows: usize, cols: usize, eps: f32, relu: bool) -> Result<BagsslBnParams, KernelError> {
+    check_len(op, "x", x.len(), rows * cols)?;
+    u32_of(rows * cols, "rows * cols")?;
+    Ok(BagsslBnParams { rows: rows as u32, cols: cols as u32, eps, relu: relu as u32 })
+}
+
+fn check_vecs(op: &str, x: &GpuBuf, cols: usize, vecs: &[(&str, &GpuBuf)]) -> Result<(), KernelError> {
+    for (name, v) in vecs {
+        same_gpu(op, x.gpu(), &[v.gpu()])?;
+        check_len(op, name, v.len(), cols)?;
+    }
+    Ok(())
+}
+
+/// Training-mode forward: batch statistics (two-pass), normalise, affine, optional ReLU.
+pub fn bn_train_fwd_f32(
+    x: &GpuBuf,
+    gamma: &GpuBuf,
+    beta: &GpuBuf,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    relu: bool,
+) -> Result<BnTrainOut, KernelError> {
+    let op = "bn_train_fwd_f32";
+    let prm = params(op, x, rows, cols, eps, relu)?;
+    check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta)])?;
+    if rows == 0 {
+        return Err(KernelError::Invalid(format!("{op}: batch statistics of 0 rows")));
+    }
+    let gpu = x.gpu();
+    let mut mean = gpu.uninit(cols)?;
+    let mut invstd = gpu.uninit(cols)?;
+    let mut var_unbiased = gpu.uninit(cols)?;
+    let mut y = gpu.uninit(rows * cols)?;
+    if cols > 0 {
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_stats_fwd_f32")?);
+        b.arg(x.slice()).arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut()).arg(&prm);
+        // SAFETY: x holds rows*cols floats, the statistics cols each.
+        unsafe { b.launch(cfg_cols(cols)) }?;
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_apply_fwd_f32")?);
+        b.arg(x.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice()).arg(beta.slice()).arg(y.slice_mut());
+        b.arg(&prm);
+        // SAFETY: as above; y holds rows*cols floats.
+        unsafe { b.launch(cfg_1d(rows * cols)) }?;
+    }
+    Ok(BnTrainOut { y, mean, invstd, var_unbiased })
+}
+
+/// Backward of [`bn_train_fwd_f32`]: (dx, dgamma, dbeta). `y` is the forward output (ReLU mask).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_train_bwd_f32(
+    dy: &GpuBuf,
+    x: &GpuBuf,
+    y: &GpuBuf,
+    gamma: &GpuBuf,
+    mean: &GpuBuf,
+    invstd: &GpuBuf,
+    rows: usize,
+    cols: usize,
+    relu: bool,
+) -> Result<(GpuBuf, GpuBuf, GpuBuf), KernelError> {
+    let op = "bn_train_bwd_f32";
+    let prm = params(op, x, rows, cols, 0.0, relu)?;
+    check_len(op, "dy", dy.len(), rows * cols)?;
+    check_len(op, "y", y.len(), rows * cols)?;
+    same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
+    check_vecs(op, x, cols, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
+    let gpu = x.gpu();
+    let mut dgamma = gpu.zeros(cols)?;
+    let mut dbeta = gpu.zeros(cols)?;
+    let mut dx = gpu.zeros(rows * cols)?;
+    if cols > 0 && rows > 0 {
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
+        b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice());
+        b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&prm);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(cfg_cols(cols)) }?;
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
+        b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
+        b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut()).arg(&prm);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(cfg_1d(rows * cols)) }?;
+    }
+    Ok((dx, dgamma, dbeta))
+}
+
+/// Eval-mode forward with running statistics, optional ReLU.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_eval_fwd_f32(
+    x: &GpuBuf,
+    running_mean: &GpuBuf,
+    running_var: &GpuBuf,
+    gamma: &GpuBuf,
+    beta: &GpuBuf,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    relu: bool,
+) -> Result<GpuBuf, KernelError> {
+    let op = "bn_eval_fwd_f32";
+    let prm = params(op, x, rows, cols, eps, relu)?;
+    check_vecs(op, x, cols, &[("running_mean", running_mean), ("running_var", running_var), ("gamma", gamma), ("beta", beta)])?;
+    let gpu = x.gpu();
+    let mut y = gpu.uninit(rows * cols)?;
+    if !y.is_empty() {
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_eval_fwd_f32")?);
+        b.arg(x.slice()).arg(running_mean.slice()).arg(running_var.slice()).arg(gamma.slice()).arg(beta.slice());
+        b.arg(y.slice_mut()).arg(&prm);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(cfg_1d(rows * cols)) }?;
+    }
+    Ok(y)
+}
+
+/// Running-statistics update in place: `running = (1 - momentum) running + momentum batch`.
+pub fn bn_ema_f32(running: &mut GpuBuf, batch: &GpuBuf, momentum: f32) -> Result<(), KernelError> {
+    let gpu = running.gpu().clone();
+    same_gpu("bn_ema_f32", &gpu, &[batch.gpu()])?;
+    check_len("bn_ema_f32", "batch", batch.len(), running.len())?;
+    let n = u32_of(running.len(), "bn_ema_f32 n")?;
+    if n > 0 {
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_ema_f32")?);
+        b.arg(running.slice_mut()).arg(batch.slice()).arg(&momentum).arg(&n);
+        // SAFETY: both hold n floats.
+        unsafe { b.launch(cfg_1d(n as usize)) }?;
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! GPU detection ([`probe`]), the device handle ([`Gpu`]: context, stream, kernels, cuBLAS) and
+//! device buffers ([`GpuBuf`] f32, [`GpuBytes`] u8). Nothing here panics without CUDA: the driver
+//! library is probed before any other cudarc call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::nvrtc::Ptx;
+
+use crate::ffi::MODULES;
+use crate::gemm::GemmPrecision;
+use crate::KernelError;
+
+/// One CUDA device as the driver reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor), e.g. (9, 0) for H100/H200.
+    pub compute_capability: (i32, i32),
+    pub memory_bytes: usize,
+}
+
+/// What [`probe`] found: the usable devices, or why there are none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuProbe {
+    pub devices: Vec<GpuInfo>,
+    /// Why no GPU can be used (`None` when `devices` is not empty).
+    pub reason: Option<String>,
+}
+
+impl GpuProbe {
+    pub fn is_available(&self) -> bool {
+        !self.devices.is_empty()
+    }
+
+    /// One line for logs: the devices, or the reason there are none.
+    pub fn summary(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("no usable GPU: {r}"),
+            None => self
+                .devices
+                .iter()
+                .map(|d| {
+                    let (ma, mi) = d.compute_capability;
+                    format!("cuda:{} {} (sm_{ma}{mi}, {:.0} GiB)", d.ordinal, d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    fn none(reason: impl Into<String>) -> GpuProbe {
+        GpuProbe { devices: Vec::new(), reason: Some(reason.into()) }
+    }
+}
+
+/// Lists the CUDA devices without panicking when there is no driver or no device.
+pub fn probe() -> GpuProbe {
+    // SAFETY: only tries to dlopen libcuda; no other cudarc call happens before it succeeds.
+    probe_with_driver(unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// [`probe`] with the outcome of the driver-library check given (lets tests take the no-driver
+/// path on a machine that has one).
+pub(crate) fn probe_with_driver(driver_present: bool) -> GpuProbe {
+    use cudarc::driver::result;
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    if !driver_present {
+        return GpuProbe::none("no CUDA driver (libcuda.so not found)");
+    }
+    let count = match CudaContext::device_count() {
+        Ok(n) => n,
+        Err(e) => return GpuProbe::none(format!("the CUDA driver did not initialise: {e:?}")),
+    };
+    if count <= 0 {
+        return GpuProbe::none("the CUDA driver reports no device");
+    }
+    let mut devices = Vec::new();
+    for ordinal in 0..count {
+        let info = (|| -> Result<GpuInfo, result::DriverError> {
+            let dev = result::device::get(ordinal)?;
+            let name = result::device::get_name(dev)?;
+            // SAFETY: `dev` is a valid device handle from the driver.
+            let (major, minor, memory_bytes) = unsafe {
+                (
+                    result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                    result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                    result::device::total_mem(dev)?,
+                )
+            };
+            Ok(GpuInfo { ordinal: ordinal as usize, name, compute_capability: (major, minor), memory_bytes })
+        })();
+        match info {
+            Ok(i) => devices.push(i),
+            Err(e) => return GpuProbe::none(format!("cannot query CUDA device {ordinal}: {e:?}")),
+        }
+    }
+    GpuProbe { devices, reason: None }
+}
+
+/// Which compiled form of the kernels a [`Gpu`] loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// The sm_90a cubins (compute capability 9.0: H100, H200).
+    Cubin,
+    /// The compute_80 PTX, JIT-compiled by the driver (any other GPU of compute capability >= 8.0).
+    Ptx,
+}
+
+/// A CUDA device ready to run the kernels: context, one stream (everything is ordered on it),
+/// the loaded kernel modules and a cuBLAS handle.
+pub struct Gpu {
+    info: GpuInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Mutex<CudaBlas>,
+    functions: HashMap<&'static str, CudaFunction>,
+    module_kind: ModuleKind,
+    precision: AtomicU8,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu(cuda:{} {}, {:?})", self.info.ordinal, self.info.name, self.module_kind)
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: loads the sm_90a cubins on compute capability 9.0, else the PTX;
+    /// creates a stream and a cuBLAS handle. GEMM precision starts as TF32, or as set by
+    /// `BAGSSL_GEMM_PRECISION=f32|tf32`.
+    pub fn new(ordinal: usize) -> Result<Arc<Gpu>, KernelError> {
+        let p = probe();
+        if let Some(reason) = p.reason {
+            return Err(KernelError::NoGpu(reason));
+        }
+        let info = p.devices.get(ordinal).cloned().ok_or_else(|| {
+            KernelError::NoGpu(format!("no CUDA device {ordinal} ({} present: {})", p.devices.len(), p.summary()))
+        })?;
+        if info.compute_capability.0 < 8 {
+            return Err(KernelError::NoGpu(format!(
+                "{} has compute capability {}.{}; the kernels need 8.0 or newer",
+                info.name, info.compute_capability.0, info.compute_capability.1
+            )));
+        }
+        // SAFETY: only tries to dlopen libcublas; cudarc would panic on first use otherwise.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(KernelError::NoGpu(
+                "cuBLAS not found (libcublas.so.13 and libcublasLt.so.13): add their directory, e.g. \
+                 /usr/local/cuda/lib64, to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream orders everything, so cudarc's per-buffer event tracking is pure overhead.
+        // SAFETY: no buffer of this context exists yet, and all work goes to `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        let module_kind = if info.compute_capability == (9, 0) { ModuleKind::Cubin } else { ModuleKind::Ptx };
+        let mut functions = HashMap::new();
+        for m in MODULES {
+            let image = match module_kind {
+                ModuleKind::Cubin => Ptx::from_binary(m.cubin.to_vec()),
+                ModuleKind::Ptx => Ptx::from_src(m.ptx),
+            };
+            let module = ctx
+                .load_module(image)
+                .map_err(|e| KernelError::Cuda(format!("loading kernels/{}.cu ({module_kind:?}): {e:?}", m.family)))?;
+            for &k in m.kernels {
+                let f = module.load_function(k).map_err(|e| KernelError::Cuda(format!("kernel {k}: {e:?}")))?;
+                functions.insert(k, f);
+            }
+        }
+        let blas = CudaBlas::new(stream.clone())?;
+        let precision = match std::env::var("BAGSSL_GEMM_PRECISION").as_deref() {
+            Ok("f32") => GemmPrecision::F32,
+            _ => GemmPrecision::Tf32,
+        };
+        Ok(Arc::new(Gpu {
+            info,
+            ctx,
+            stream,
+            blas: Mutex::new(blas),
+            functions,
+            module_kind,
+            precision: AtomicU8::new(precision as u8),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+    pub fn ordinal(&self) -> usize {
+        self.info.ordinal
+    }
+    pub fn module_kind(&self) -> ModuleKind {
+        self.module_kind
+    }
+    /// The stream every launch of this crate goes to (for events, graphs, extra copies).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Precision of every f32 GEMM of this device (matmul and the bag-VICReg covariance).
+    pub fn gemm_precision(&self) -> GemmPrecision {
+        GemmPrecision::from_u8(self.precision.load(Ordering::Relaxed))
+    }
+    pub fn set_gemm_precision(&self, p: GemmPrecision) {
+        self.precision.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), KernelError> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction, KernelError> {
+        self.functions.get(name).ok_or_else(|| KernelError::Cuda(format!("kernel {name} is not in the compiled modules")))
+    }
+
+    pub(crate) fn blas(&self) -> Result<MutexGuard<'_, CudaBlas>, KernelError> {
+        self.ctx.bind_to_thread()?;
+        self.blas.lock().map_err(|_| KernelError::Cuda("cuBLAS handle poisoned by a panic".into()))
+    }
+
+    /// `n` zeros.
+    pub fn zeros(self: &Arc<Self>, n: usize) -> Result<GpuBuf, KernelError> {
+        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_zeros_raw(n)? })
+    }
+
+    /// `n` elements whose values are unspecified until written (for kernel outputs).
+    pub fn uninit(self: &Arc<Self>, n: usize) -> Result<GpuBuf, KernelError> {
+        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_raw(n)? })
+    }
+
+    /// A device copy of `v`.
+    pub fn upload(self: &Arc<Self>, v: &[f32]) -> Result<GpuBuf, KernelError> {
+        Ok(GpuBuf { gpu: self.clone(), data: self.upload_raw(v)? })
+    }
+
+    /// A device copy of a device buffer.
+    pub fn copy(self: &Arc<Self>, b: &GpuBuf) -> Result<GpuBuf, KernelError> {
+        let mut data = self.alloc_raw::<f32>(b.len())?;
+        if !b.is_empty() {
+            self.stream.memcpy_dtod(&b.data, &mut data)?;
+        }
+        Ok(GpuBuf { gpu: self.clone(), data })
+    }
+
+    /// A device copy of bytes (e.g. the u8 dataset).
+    pub fn upload_bytes(self: &Arc<Self>, v: &[u8]) -> Result<GpuBytes, KernelError> {
+        Ok(GpuBytes { gpu: self.clone(), data: self.upload_raw(v)? })
+    }
+
+    pub(crate) fn alloc_raw<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
+        if n == 0 {
+            return Ok(self.stream.null()?);
+        }
+        // SAFETY: the elements are only read after a kernel or copy has written them.
+        Ok(unsafe { self.stream.alloc::<T>(n) }?)
+    }
+
+    pub(crate) fn alloc_zeros_raw<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
+        if n == 0 {
+            return Ok(self.stream.null()?);
+        }
+        Ok(self.stream.alloc_zeros::<T>(n)?)
+    }
+
+    pub(crate) fn upload_raw<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, KernelError> {
+        let mut d = self.alloc_raw::<T>(v.len())?;
+        if !v.is_empty() {
+            self.stream.memcpy_htod(v, &mut d)?;
+        }
+        Ok(d)
+    }
+
+    pub(crate) fn download_raw<T: DeviceRepr + Default + Clone>(&self, d: &CudaSlice<T>) -> Result<Vec<T>, KernelError> {
+        let mut v = vec![T::default(); d.len()];
+        if !v.is_empty() {
+            self.stream.memcpy_dtoh(d, &mut v)?;
+            self.stream.synchronize()?;
+        }
+        Ok(v)
+    }
+}
+
+/// A device buffer of f32 plus the GPU that owns it.
+pub struct GpuBuf {
+    gpu: Arc<Gpu>,
+    data: CudaSlice<f32>,
+}
+
+impl GpuBuf {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.len() == 0
+    }
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    /// Copies the elements to the host (waits for the stream).
+    pub fn to_host(&self) -> Result<Vec<f32>, KernelError> {
+        self.gpu.download_raw(&self.data)
+    }
+    /// Overwrites the elements from the host; `v.len()` must equal `len()`.
+    pub fn write(&mut self, v: &[f32]) -> Result<(), KernelError> {
+        if v.len() != self.len() {
+            return Err(KernelError::Invalid(format!("GpuBuf::write: {} values into {} elements", v.len(), self.len())));
+        }
+        if !v.is_empty() {
+            self.gpu.stream.memcpy_htod(v, &mut self.data)?;
+        }
+        Ok(())
+    }
+    /// The cudarc slice, for launches outside this crate.
+    pub fn slice(&self) -> &CudaSlice<f32> {
+        &self.data
+    }
+    pub fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.data
+    }
+}
+
+impl std::fmt::Debug for GpuBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuf({} f32 on cuda:{})", self.len(), self.gpu.ordinal())
+    }
+}
+
+/// A device buffer of bytes (the u8 image dataset).
+pub struct GpuBytes {
+    gpu: Arc<Gpu>,
+    data: CudaSlice<u8>,
+}
+
+impl GpuBytes {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.len() == 0
+    }
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    pub fn to_host(&self) -> Result<Vec<u8>, KernelError> {
+        self.gpu.download_raw(&self.data)
+    }
+    pub fn slice(&self) -> &CudaSlice<u8> {
+        &self.data
+    }
+}
+
+impl std::fmt::Debug for GpuBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBytes({} B on cuda:{})", self.len(), self.gpu.ordinal())
+    }
+}
+
+/// Checks that every buffer lives on `gpu` (same device ordinal).
+pub(crate) fn same_gpu(op: &str, gpu: &Gpu, others: &[&Arc<Gpu>]) -> Result<(), KernelError> {
+    if others.iter().any(|g| g.ordinal() != gpu.ordinal()) {
+        return Err(KernelError::Invalid(format!("{op}: buffers on different GPUs")));
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Launchers of `kernels/patch_embed.cu`: training patches gathered and augmented from the
+//! GPU-resident u8 dataset, and the evaluation grid.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use crate::device::same_gpu;
+use crate::ffi::{BagsslGridParams, BagsslImageDims, BagsslPatchParams, BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY, BAGSSL_PATCH_JITTER};
+use crate::launch::u32_of;
+use crate::{Gpu, GpuBuf, GpuBytes, KernelError};
+
+/// One training patch (the bindgen'd `BagsslPatchSpec` of `kernels/include/bagssl_kernels.h`).
+pub type PatchSpec = crate::ffi::BagsslPatchSpec;
+
+impl PatchSpec {
+    /// A spec from its parts; `jitter` = (brightness, contrast, saturation).
+    pub fn new(image: u32, oy: u32, ox: u32, flip: bool, jitter: Option<[f32; 3]>, gray: bool) -> PatchSpec {
+        let mut flags = 0;
+        if flip {
+            flags |= BAGSSL_PATCH_FLIP;
+        }
+        if gray {
+            flags |= BAGSSL_PATCH_GRAY;
+        }
+        let [brightness, contrast, saturation] = match jitter {
+            Some(j) => {
+                flags |= BAGSSL_PATCH_JITTER;
+                j
+            }
+            None => [1.0; 3],
+        };
+        PatchSpec { image, oy, ox, flags, brightness, contrast, saturation, pad: 0.0 }
+    }
+}
+
+/// The u8 dataset (n_images, height, width, 3) resident on the GPU, with its normalisation.
+pub struct GpuImages {
+    bytes: GpuBytes,
+    dims: BagsslImageDims,
+}
+
+impl GpuImages {
+    /// Uploads `pixels` (n_images * height * width * 3 bytes, HWC row-major).
+    pub fn upload(
+        gpu: &Arc<Gpu>,
+        pixels: &[u8],
+        height: usize,
+        width: usize,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<GpuImages, KernelError> {
+        let per = height * width * 3;
+        if per == 0 || pixels.len() % per != 0 {
+            return Err(KernelError::Invalid(format!(
+                "GpuImages::upload: {} bytes are not images of {height}x{width}x3",
+                pixels.len()
+            )));
+        }
+        let dims = BagsslImageDims {
+            n_images: u32_of(pixels.len() / per, "n_images")?,
+            height: u32_of(height, "height")?,
+            width: u32_of(width, "width")?,
+            pad: 0,
+            mean,
+            std,
+        };
+        Ok(GpuImages { bytes: gpu.upload_bytes(pixels)?, dims })
+    }
+    pub fn len(&self) -> usize {
+        self.dims.n_images as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.dims.n_images == 0
+    }
+    pub fn height(&self) -> usize {
+        self.dims.height as usize
+    }
+    pub fn width(&self) -> usize {
+        self.dims.width as usize
+    }
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        self.bytes.gpu()
+    }
+    pub fn bytes(&self) -> &GpuBytes {
+        &self.bytes
+    }
+}
+
+/// Patch specs on the GPU (reusable across steps), with the extents checked on upload.
+pub struct GpuPatchSpecs {
+    gpu: Arc<Gpu>,
+    data: CudaSlice<PatchSpec>,
+    len: usize,
+    /// Largest image index, oy and ox of the current specs.
+    max: (u32, u32, u32),
+}
+
+impl GpuPatchSpecs {
+    pub fn upload(gpu: &Arc<Gpu>, specs: &[PatchSpec]) -> Result<GpuPatchSpecs, KernelError> {
+        let mut s = GpuPatchSpecs { gpu: gpu.clone(), data: gpu.alloc_raw(specs.len())?, len: 0, max: (0, 0, 0) };
+        s.write(specs)?;
+        Ok(s)
+    }
+
+    /// Replaces the specs, reusing the allocation when it is large enough.
+    pub fn write(&mut self, specs: &[PatchSpec]) -> Result<(), KernelError> {
+        if specs.len() > self.data.len() {
+            self.data = self.gpu.alloc_raw(specs.len())?;
+        }
+        if !specs.is_empty() {
+            self.gpu.stream().memcpy_htod(specs, &mut self.data)?;
+        }
+        self.len = specs.len();
+        self.max = specs.iter().fold((0, 0, 0), |m, s| (m.0.max(s.image), m.1.max(s.oy), m.2.max(s.ox)));
+        Ok(())
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn patch_block(patch: usize) -> LaunchConfig {
+    let threads = (patch * patch).div_ceil(32).clamp(1, 8) as u32 * 32;
+    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn check_patch(op: &str, images: &GpuImages, patch: usize) -> Result<u32, KernelError> {
+    if patch == 0 || patch > images.height() || patch > images.width() {
+        return Err(KernelError::Invalid(format!(
+            "{op}: patch {patch} does not fit {}x{} images",
+            images.height(),
+            images.width()
+        )));
+    }
+    u32_of(patch, "patch")
+}
+
+/// Gathers, augments and normalises `specs` into `out` (specs.len() rows of patch*patch*3, HWC).
+pub fn patch_embed_fwd_f32_into(images: &GpuImages, specs: &GpuPatchSpecs, patch: usize, out: &mut GpuBuf) -> Result<(), KernelError> {
+    let op = "patch_embed_fwd_f32";
+    let p = check_patch(op, images, patch)?;
+    let gpu = images.gpu();
+    same_gpu(op, gpu, &[&specs.gpu, out.gpu()])?;
+    let row = patch * patch * 3;
+    if out.len() != specs.len() * row {
+        return Err(KernelError::Invalid(format!("{op}: out has {} floats, need {} x {row}", out.len(), specs.len())));
+    }
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let (mi, my, mx) = specs.max;
+    if mi as usize >= images.len() || my as usize + patch > images.height() || mx as usize + patch > images.width() {
+        return Err(KernelError::Invalid(format!(
+            "{op}: specs reach image {mi}, oy {my}, ox {mx}, past {} images of {}x{} with patch {patch}",
+            images.len(),
+            images.height(),
+            images.width()
+        )));
+    }
+    u32_of(out.len(), "patch matrix size")?;
+    let prm = BagsslPatchParams { dims: images.dims, n_patches: specs.len() as u32, patch: p };
+    let mut cfg = patch_block(patch);
+    cfg.grid_dim.0 = specs.len() as u32;
+    let mut b = gpu.stream().launch_builder(gpu.function("patch_embed_fwd_f32")?);
+    b.arg(images.bytes.slice()).arg(&specs.data).arg(out.slice_mut()).arg(&prm);
+    // SAFETY: specs were checked against the image extents; out holds n_patches rows.
+    unsafe { b.launch(cfg) }?;
+    Ok(())
+}
+
+/// [`patch_embed_fwd_f32_into`] into a new (specs.len(), patch*patch*3) buffer.
+pub fn patch_embed_fwd_f32(images: &GpuImages, specs: &GpuPatchSpecs, patch: usize) -> Result<GpuBuf, KernelError> {
+    let mut out = images.gpu().uninit(specs.len() * patch * patch * 3)?;
+    patch_embed_fwd_f32_into(images, specs, patch, &mut out)?;
+    Ok(out)
+}
+
+/// Number of grid positions per image: ((H - p) / s + 1) * ((W - p) / s + 1), 0 if p does not fit.
+pub fn grid_len(height: usize, width: usize, patch: usize, stride: usize) -> usize {
+    let steps = |len: usize| if patch == 0 || patch > len || stride == 0 { 0 } else { (len - patch) / stride + 1 };
+    steps(height) * steps(width)
+}
+
+/// Every grid patch (no augmentation) of images `first .. first + count`, image-major then
+/// row-major grid position: (count * grid_len, patch*patch*3).
+pub fn patch_grid_fwd_f32(images: &GpuImages, first: usize, count: usize, patch: usize, stride: usize) -> Result<GpuBuf, KernelError> {
+    let op = "patch_grid_fwd_f32";
+    let p = check_patch(op, images, patch)?;
+    if stride == 0 {
+        return Err(KernelError::Invalid(format!("{op}: stride 0")));
+    }
+    if first + count > images.len() {
+        return Err(KernelError::Invalid(format!("{op}: images {first}..{} past {}", first + count, images.len())));
+    }
+    let ny = (images.height() - patch) / stride + 1;
+    let nx = (images.width() - patch) / stride + 1;
+    let rows = count * ny * nx;
+    let gpu = images.gpu();
+    let mut out = gpu.uninit(rows * patch * patch * 3)?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    u32_of(out.len(), "grid matrix size")?;
+    let prm = BagsslGridParams {
+        dims: images.dims,
+        first_image: first as u32,
+        count: count as u32,
+        patch: p,
+        stride: stride as u32,
+        ny: ny as u32,
+        nx: nx as u32,
+    };
+    let mut cfg = patch_block(patch);
+    cfg.grid_dim.0 = rows as u32;
+    let mut b = gpu.stream().launch_builder(gpu.function("patch_grid_fwd_f32")?);
+    b.arg(images.bytes.slice()).arg(out.slice_mut()).arg(&prm);
+    // SAFETY: the grid lies inside the images by construction; out holds `rows` rows.
+    unsafe { b.launch(cfg) }?;
+    Ok(out)
+}

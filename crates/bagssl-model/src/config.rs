@@ -1,0 +1,136 @@
+//! Model and training configuration. Both are serde types because a checkpoint stores them as JSON:
+//! resuming must rebuild exactly the model and the step that wrote it.
+
+use bagssl_autograd::VicregWeights;
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelError, Result};
+
+/// Shape of the network: `layers` encoder blocks Linear-BN-ReLU of width `hidden` on flattened
+/// `patch x patch x 3` inputs, then the projector Linear-BN-ReLU-Linear of width `proj`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub patch: usize,
+    pub layers: usize,
+    pub hidden: usize,
+    pub proj: usize,
+}
+
+impl ModelConfig {
+    /// Length of a patch vector (HWC flatten).
+    pub fn input_dim(&self) -> usize {
+        self.patch * self.patch * 3
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.patch == 0 || self.layers == 0 || self.hidden == 0 || self.proj == 0 {
+            return Err(ModelError::Config(format!("model sizes must be positive, got {self:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// Which optimizer updates the parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    AdamW,
+    Lars,
+}
+
+impl OptimizerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Lars => "lars",
+        }
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "lars" => Ok(OptimizerKind::Lars),
+            _ => Err(ModelError::Config(format!("unknown optimizer `{s}` (expected adamw | lars)"))),
+        }
+    }
+}
+
+/// Weights of the three bag-VICReg terms (lambda, mu, nu in DESIGN §3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossWeights {
+    pub invariance: f32,
+    pub variance: f32,
+    pub covariance: f32,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights { invariance: 25.0, variance: 25.0, covariance: 1.0 }
+    }
+}
+
+impl LossWeights {
+    /// The autograd op's parameters (the epsilon of the variance term is fixed by DESIGN §3).
+    pub fn vicreg(&self) -> VicregWeights {
+        VicregWeights {
+            invariance: self.invariance,
+            variance: self.variance,
+            covariance: self.covariance,
+            ..VicregWeights::default()
+        }
+    }
+}
+
+/// Everything that determines a training run besides the data and the model shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Patches per image (n).
+    pub per_image: usize,
+    /// Patch side (p); must equal the model's.
+    pub patch: usize,
+    /// Flip / colour jitter / grayscale on (DESIGN §3); off: only the position is random.
+    pub augment: bool,
+    /// Images per step (B); a step sees `B * per_image` patches.
+    pub batch_images: usize,
+    /// Length of the schedule; the learning rate reaches 0 here.
+    pub total_steps: u64,
+    pub warmup_steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled (AdamW) or L2 (LARS) weight decay; applied to Linear weights only.
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+    pub loss: LossWeights,
+    /// Seeds the initialisation, the epoch permutations and the patch sampler.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
+        if self.patch != model.patch {
+            return Err(ModelError::Config(format!(
+                "train patch size {} differs from the model's {}",
+                self.patch, model.patch
+            )));
+        }
+        if self.per_image < 2 {
+            return Err(ModelError::Config(format!(
+                "per_image must be at least 2 (the invariance term compares patches of one image), got {}",
+                self.per_image
+            )));
+        }
+        if self.batch_images == 0 {
+            return Err(ModelError::Config("batch_images must be positive".into()));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) || !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(ModelError::Config(format!(
+                "lr ({}) and weight_decay ({}) must be finite and non-negative",
+                self.lr, self.weight_decay
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! The training loop's single step and the state it carries between steps.
+//!
+//! Randomness comes from three independent ChaCha8 streams of the one configured seed:
+//! stream 0 initialises the weights ([`BagSslModel::new`]), stream 1 is the [`PatchSampler`],
+//! stream [`PERM_STREAM`] draws the epoch permutations. All three states go into checkpoints, so a
+//! resumed run continues bit-identically on the CPU.
+
+use bagssl_autograd::{Device, Tape};
+use bagssl_data::{check_patch_size, ImageStore, PatchSampler, PatchSpec, RngState, SeededRng};
+use serde::Serialize;
+
+use crate::config::{ModelConfig, TrainConfig};
+use crate::model::{BagSslModel, BN_MOMENTUM};
+use crate::optim::Optimizer;
+use crate::schedule::lr_factor;
+use crate::source::PatchSource;
+use crate::{ModelError, Result};
+
+/// ChaCha stream of the epoch permutations (0: weight init, 1: patch sampler).
+pub const PERM_STREAM: u64 = 2;
+
+/// What one step reports (for `metrics.jsonl`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct StepStats {
+    /// 1-based number of this step (= steps done after it).
+    pub step: u64,
+    /// 0-based epoch the batch was drawn from.
+    pub epoch: u64,
+    pub loss: f64,
+    pub invariance: f64,
+    pub variance: f64,
+    pub covariance: f64,
+    /// Learning rate used by this step's update.
+    pub lr: f64,
+}
+
+/// Position in the current epoch's permutation of the dataset.
+///
+/// The permutation itself is not stored: the RNG state from just before it was drawn is, and
+/// resuming redraws it (a checkpoint stays small however large the dataset).
+#[derive(Clone, Debug)]
+pub(crate) struct EpochCursor {
+    pub rng: SeededRng,
+    /// State of `rng` before `perm` was drawn (or now, when no epoch has started).
+    pub rng_at_epoch_start: RngState,
+    /// Empty until the first step.
+    pub perm: Vec<usize>,
+    /// Index of `perm`'s epoch (0 for the first).
+    pub epoch: u64,
+    /// Next unused position in `perm`.
+    pub pos: usize,
+}
+
+impl EpochCursor {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = SeededRng::new(seed);
+        rng.rng().set_stream(PERM_STREAM);
+        let rng_at_epoch_start = rng.state();
+        EpochCursor { rng, rng_at_epoch_start, perm: Vec::new(), epoch: 0, pos: 0 }
+    }
+
+    /// Rebuilds a cursor from checkpointed fields; `started` says whether `perm` had been drawn.
+    pub fn restore(rng_at_epoch_start: RngState, started: bool, epoch: u64, pos: usize, n_images: usize) -> Self {
+        let mut rng = SeededRng::from_state(&rng_at_epoch_start);
+        let perm = if started { rng.permutation(n_images) } else { Vec::new() };
+        EpochCursor { rng, rng_at_epoch_start, perm, epoch, pos }
+    }
+
+    pub fn started(&self) -> bool {
+        !self.perm.is_empty()
+    }
+
+    /// The next `batch` image indices; starts a new epoch (new permutation) when the current one
+    /// cannot fill a whole batch — the last partial batch of an epoch is dropped.
+    pub fn next_batch(&mut self, n_images: usize, batch: usize, out: &mut Vec<u32>) -> Result<u64> {
+        if batch > n_images {
+            return Err(ModelError::Config(format!(
+                "batch_images ({batch}) is larger than the training set ({n_images} images)"
+            )));
+        }
+        if self.started() && self.perm.len() != n_images {
+            return Err(ModelError::Config(format!(
+                "the training set changed size during training ({} -> {n_images} images)",
+                self.perm.len()
+            )));
+        }
+        if !self.started() || self.pos + batch > self.perm.len() {
+            if self.started() {
+                self.epoch += 1;
+            }
+            self.rng_at_epoch_start = self.rng.state();
+            self.perm = self.rng.permutation(n_images);
+            self.pos = 0;
+        }
+        out.clear();
+        out.extend(self.perm[self.pos..self.pos + batch].iter().map(|&i| i as u32));
+        self.pos += batch;
+        Ok(self.epoch)
+    }
+}
+
+/// Owns everything a training run changes: model, optimizer state, sampler, epoch cursor, step.
+pub struct Trainer {
+    pub(crate) model: BagSslModel,
+    pub(crate) optimizer: Optimizer,
+    pub(crate) sampler: PatchSampler,
+    pub(crate) cursor: EpochCursor,
+    pub(crate) config: TrainConfig,
+    pub(crate) step: u64,
+    source: PatchSource,
+    images: Vec<u32>,
+    specs: Vec<PatchSpec>,
+}
+
+impl Trainer {
+    /// A fresh run: model initialised from `config.seed` on `device`.
+    pub fn new(model_config: ModelConfig, config: TrainConfig, device: &Device) -> Result<Self> {
+        let model = BagSslModel::new(model_config, config.seed, device)?;
+        Self::with_model(model, config)
+    }
+
+    /// A fresh run (step 0, zero optimizer state) starting from the given weights.
+    pub fn with_model(model: BagSslModel, config: TrainConfig) -> Result<Self> {
+        let optimizer = Optimizer::new(config.optimizer, config.weight_decay as f32, model.params())?;
+        let sampler = PatchSampler::new(config.seed, config.augment);
+        let cursor = EpochCursor::new(config.seed);
+        Self::from_parts(model, optimizer, sampler, cursor, config, 0)
+    }
+
+    /// Assembles a trainer (used by `new` and by checkpoint resume).
+    pub(crate) fn from_parts(
+        model: BagSslModel,
+        optimizer: Optimizer,
+        sampler: PatchSampler,
+        cursor: EpochCursor,
+        config: TrainConfig,
+        step: u64,
+    ) -> Result<Self> {
+        config.validate(model.config())?;
+        let source = PatchSource::for_device(model.device());
+        Ok(Trainer { model, optimizer, sampler, cursor, config, step, source, images: Vec::new(), specs: Vec::new() })
+    }
+
+    pub fn model(&self) -> &BagSslModel {
+        &self.model
+    }
+    /// Mutable model access (tests inject bad weights through it; the CLI should not need it).
+    pub fn model_mut(&mut self) -> &mut BagSslModel {
+        &mut self.model
+    }
+    pub fn into_model(self) -> BagSslModel {
+        self.model
+    }
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    /// Steps completed so far.
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+    /// Epoch of the most recent batch (0 before the first step).
+    pub fn epoch(&self) -> u64 {
+        self.cursor.epoch
+    }
+    /// Full batches per epoch for a training set of `n_images`.
+    pub fn steps_per_epoch(&self, n_images: usize) -> usize {
+        n_images / self.config.batch_images
+    }
+    /// Swaps the patch source (the CUDA fast path plugs in here).
+    pub fn set_patch_source(&mut self, source: PatchSource) {
+        self.source = source;
+    }
+
+    /// One training step on the next batch of `store`: sample patches, forward, bag-VICReg,
+    /// backward, optimizer update, BatchNorm running statistics.
+    ///
+    /// A NaN/inf loss returns [`ModelError::NonFiniteLoss`] before anything is updated (weights,
+    /// optimizer state, running statistics and the step count stay as they were; the batch and its
+    /// random draws are consumed).
+    pub fn step(&mut self, store: &ImageStore) -> Result<StepStats> {
+        let c = &self.config;
+        check_patch_size(c.patch, store.height, store.width).map_err(|e| ModelError::Config(e.to_string()))?;
+        let epoch = self.cursor.next_batch(store.len(), c.batch_images, &mut self.images)?;
+        self.sampler.sample_into(&self.images, c.per_image, c.patch, store.height, store.width, &mut self.specs);
+        let x = self.source.patches(store, &self.specs, c.patch)?;
+        let number = self.step + 1;
+        let lr = c.lr * lr_factor(self.step, c.warmup_steps, c.total_steps);
+
+        let (parts, grads, batch_stats) = {
+            let mut tape = Tape::new();
+            let fw = self.model.forward_train(&mut tape, x, false)?;
+            let (loss, parts) = tape.bag_vicreg(fw.z, c.per_image, c.loss.vicreg())?;
+            if !parts.loss.is_finite() {
+                return Err(ModelError::NonFiniteLoss { step: number });
+            }
+            let batch_stats = fw.batch_stats(&tape)?;
+            let mut g = tape.backward(loss)?;
+            let grads = fw
+                .params
+                .iter()
+                .zip(self.model.params())
+                .map(|(&v, p)| {
+                    g.take(v).ok_or_else(|| ModelError::Config(format!("internal: no gradient for `{}`", p.name)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (parts, grads, batch_stats)
+        };
+
+        self.optimizer.update(self.model.params_mut(), &grads, lr as f32, number)?;
+        self.model.update_running_stats(&batch_stats, BN_MOMENTUM)?;
+        self.step = number;
+        Ok(StepStats {
+            step: number,
+            epoch,
+            loss: parts.loss,
+            invariance: parts.invariance,
+            variance: parts.variance,
+            covariance: parts.covariance,
+            lr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_drops_partial_batches_and_reshuffles() {
+        let mut c = EpochCursor::new(3);
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(c.next_batch(10, 3, &mut out).unwrap(), 0);
+            seen.extend_from_slice(&out);
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 9, "one epoch draws without replacement");
+        let first_perm = c.perm.clone();
+        assert_eq!(c.next_batch(10, 3, &mut out).unwrap(), 1, "10 % 3 leftover is dropped");
+        assert_ne!(c.perm, first_perm);
+        assert!(c.next_batch(2, 3, &mut out).is_err());
+    }
+
+    #[test]
+    fn cursor_restores_mid_epoch() {
+        let mut a = EpochCursor::new(5);
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            a.next_batch(7, 2, &mut out).unwrap();
+        }
+        let mut b = EpochCursor::restore(a.rng_at_epoch_start.clone(), a.started(), a.epoch, a.pos, 7);
+        let mut out_b = Vec::new();
+        for _ in 0..5 {
+            let ea = a.next_batch(7, 2, &mut out).unwrap();
+            let eb = b.next_batch(7, 2, &mut out_b).unwrap();
+            assert_eq!((ea, &out), (eb, &out_b));
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Training-loop behaviour: bit-identical resume, atomic checkpoints, loading errors, the
+//! non-finite-loss guard, the schedule as seen by steps, and that the loss goes down.
+
+use std::path::Path;
+
+use bagssl_autograd::Device;
+use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
+use bagssl_model::checkpoint::temp_path_for;
+use bagssl_model::{lr_factor, BagSslModel, LossWeights, ModelConfig, ModelError, OptimizerKind, TrainConfig, Trainer};
+
+fn store(images: usize, side: usize, seed: u64) -> ImageStore {
+    synthetic(&SyntheticSpec { images, classes: 4, height: side, width: side, seed })
+}
+
+fn model_config() -> ModelConfig {
+    ModelConfig { patch: 4, layers: 2, hidden: 32, proj: 16 }
+}
+
+fn train_config(optimizer: OptimizerKind) -> TrainConfig {
+    TrainConfig {
+        per_image: 4,
+        patch: 4,
+        augment: true,
+        batch_images: 8,
+        total_steps: 20,
+        warmup_steps: 2,
+        lr: 1e-3,
+        weight_decay: 1e-4,
+        optimizer,
+        loss: LossWeights::default(),
+        seed: 11,
+    }
+}
+
+/// Every parameter, running statistic and optimizer buffer, by name, as host values.
+fn snapshot(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    let mut all = t.model().named_tensors();
+    all.extend(t.optimizer().named_state(t.model().params()));
+    all.into_iter().map(|(n, v)| (n, v.to_vec().unwrap())).collect()
+}
+
+/// Bitwise equality (NaN-safe).
+fn same_bits(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, va), (nb, vb))| {
+            na == nb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits())
+        })
+}
+
+fn resume_roundtrip(optimizer: OptimizerKind) {
+    let data = store(20, 12, 1); // batch 8 -> 2 steps per epoch, 4 images dropped each epoch
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+
+    let mut a = Trainer::new(model_config(), train_config(optimizer), &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        a.step(&data).unwrap();
+    }
+    a.save(&ck).unwrap();
+    let losses_a: Vec<_> = (0..4).map(|_| a.step(&data).unwrap()).collect();
+
+    let mut b = Trainer::resume(&ck, &data, &Device::Cpu).unwrap();
+    assert_eq!(b.steps_done(), 3);
+    assert_eq!(b.config(), a.config());
+    let losses_b: Vec<_> = (0..4).map(|_| b.step(&data).unwrap()).collect();
+
+    assert_eq!(losses_a, losses_b, "resumed steps report the same stats (loss, lr, epoch)");
+    assert!(same_bits(&snapshot(&a), &snapshot(&b)), "resumed run has bit-identical state");
+    assert_eq!(losses_a.iter().map(|s| s.epoch).collect::<Vec<_>>(), [1, 2, 2, 3]);
+}
+
+#[test]
+fn resume_is_bit_identical_adamw() {
+    resume_roundtrip(OptimizerKind::AdamW);
+}
+
+#[test]
+fn resume_is_bit_identical_lars() {
+    resume_roundtrip(OptimizerKind::Lars);
+}
+
+#[test]
+fn model_load_reads_trainer_checkpoint() {
+    let data = store(16, 12, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    t.step(&data).unwrap();
+    t.save(&ck).unwrap();
+    let m = BagSslModel::load(&ck, &Device::Cpu).unwrap();
+    assert_eq!(m.config(), t.model().config());
+    for ((na, ta), (nb, tb)) in m.named_tensors().into_iter().zip(t.model().named_tensors()) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.to_vec().unwrap(), tb.to_vec().unwrap(), "{na}");
+    }
+    // A weights-only file loads the same way.
+    let weights = dir.path().join("weights.safetensors");
+    m.save(&weights).unwrap();
+    let m2 = BagSslModel::load(&weights, &Device::Cpu).unwrap();
+    assert_eq!(
+        m2.param("projector.1.weight").unwrap().value.to_vec().unwrap(),
+        m.param("projector.1.weight").unwrap().value.to_vec().unwrap()
+    );
+}
+
+#[test]
+fn checkpoint_write_is_atomic() {
+    let data = store(16, 12, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    t.step(&data).unwrap();
+    t.save(&ck).unwrap();
+    let saved = snapshot(&t);
+    t.step(&data).unwrap();
+
+    // Make the next write fail: a directory squats on the temporary file's name. (Permissions
+    // would not stop root, which runs these tests on CI machines.)
+    let blocker = temp_path_for(&ck);
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), b"x").unwrap();
+    let err = t.save(&ck).unwrap_err();
+    assert!(err.to_string().contains("ck.safetensors"), "error names the file: {err}");
+    let old = Trainer::resume(&ck, &data, &Device::Cpu).expect("previous checkpoint still loads");
+    assert_eq!(old.steps_done(), 1);
+    assert!(same_bits(&snapshot(&old), &saved), "previous checkpoint intact");
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    t.save(&ck).unwrap();
+    assert_eq!(Trainer::resume(&ck, &data, &Device::Cpu).unwrap().steps_done(), 2);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, ["ck.safetensors"], "no temporary file left behind");
+
+    // A target whose parent is a file: an error naming the path, nothing created.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let err = t.save(file.join("ck.safetensors")).unwrap_err();
+    assert!(matches!(err, ModelError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("plain/ck.safetensors"), "{err}");
+}
+
+/// Writes a safetensors file with the given tensors and a valid model header.
+fn write_raw(path: &Path, tensors: &[(&str, Vec<usize>)]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bufs: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, s)| vec![0u8; 4 * s.iter().product::<usize>()]).collect();
+    let views: Vec<_> = tensors
+        .iter()
+        .zip(&bufs)
+        .map(|((n, s), b)| (n.to_string(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), bagssl_model::checkpoint::FORMAT.to_string());
+    meta.insert("model_config".to_string(), serde_json::to_string(&model_config()).unwrap());
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn load_errors_name_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = BagSslModel::new(model_config(), 0, &Device::Cpu).unwrap();
+    let shapes: Vec<(String, Vec<usize>)> =
+        model.named_tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+
+    let missing = dir.path().join("missing.safetensors");
+    let without: Vec<_> =
+        shapes.iter().filter(|(n, _)| n != "encoder.1.bn.running_var").map(|(n, s)| (n.as_str(), s.clone())).collect();
+    write_raw(&missing, &without);
+    let err = BagSslModel::load(&missing, &Device::Cpu).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::MissingTensor { .. }), "{msg}");
+    assert!(msg.contains("missing.safetensors") && msg.contains("encoder.1.bn.running_var"), "{msg}");
+
+    let bad = dir.path().join("bad.safetensors");
+    let reshaped: Vec<_> = shapes
+        .iter()
+        .map(|(n, s)| (n.as_str(), if n == "encoder.0.weight" { vec![32, 47] } else { s.clone() }))
+        .collect();
+    write_raw(&bad, &reshaped);
+    let msg = BagSslModel::load(&bad, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("bad.safetensors") && msg.contains("encoder.0.weight") && msg.contains("[32, 47]"), "{msg}");
+
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint").unwrap();
+    let msg = BagSslModel::load(&garbage, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("garbage.safetensors"), "{msg}");
+    let msg = BagSslModel::load(dir.path().join("absent.safetensors"), &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("absent.safetensors"), "{msg}");
+}
+
+#[test]
+fn resume_rejects_a_different_training_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    t.step(&store(16, 12, 4)).unwrap();
+    t.save(&ck).unwrap();
+    let msg = Trainer::resume(&ck, &store(24, 12, 4), &Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("16 images") && msg.contains("24"), "{msg}");
+}
+
+#[test]
+fn non_finite_loss_is_an_error_and_changes_nothing() {
+    let data = store(16, 12, 5);
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    t.step(&data).unwrap();
+    let mut w = t.model().param("encoder.1.weight").unwrap().value.to_vec().unwrap();
+    w[3] = f32::INFINITY;
+    t.model_mut().set_tensor("encoder.1.weight", &w).unwrap();
+    let before = snapshot(&t);
+    let err = t.step(&data).unwrap_err();
+    assert!(matches!(err, ModelError::NonFiniteLoss { step: 2 }), "{err}");
+    assert!(err.to_string().contains("step 2"), "{err}");
+    assert!(same_bits(&snapshot(&t), &before), "weights, running stats and optimizer state untouched");
+    assert_eq!(t.steps_done(), 1);
+}
+
+#[test]
+fn steps_follow_the_schedule() {
+    let data = store(16, 12, 6);
+    let cfg = TrainConfig { total_steps: 6, warmup_steps: 2, lr: 0.5e-3, ..train_config(OptimizerKind::AdamW) };
+    let mut t = Trainer::new(model_config(), cfg, &Device::Cpu).unwrap();
+    for s in 0..6u64 {
+        let st = t.step(&data).unwrap();
+        assert_eq!(st.step, s + 1);
+        assert_eq!(st.epoch, s / 2);
+        assert_eq!(st.lr, 0.5e-3 * lr_factor(s, 2, 6));
+        assert!(st.loss.is_finite() && st.invariance >= 0.0 && st.variance >= 0.0 && st.covariance >= 0.0);
+    }
+}
+
+#[test]
+fn invalid_configs_are_errors() {
+    let bad_patch = TrainConfig { patch: 5, ..train_config(OptimizerKind::AdamW) };
+    assert!(Trainer::new(model_config(), bad_patch, &Device::Cpu).is_err());
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    let msg = t.step(&store(4, 12, 0)).unwrap_err().to_string();
+    assert!(msg.contains("batch_images"), "{msg}");
+    let msg = t.step(&store(16, 3, 0)).unwrap_err().to_string();
+    assert!(msg.contains('4'), "{msg}");
+}
+
+#[test]
+fn loss_decreases_on_synthetic_data() {
+    let data = store(128, 16, 7);
+    let model = ModelConfig { patch: 4, layers: 2, hidden: 64, proj: 64 };
+    let cfg = TrainConfig {
+        per_image: 8,
+        batch_images: 16,
+        total_steps: 50,
+        warmup_steps: 5,
+        lr: 3e-3,
+        ..train_config(OptimizerKind::AdamW)
+    };
+    let mut t = Trainer::new(model, cfg, &Device::Cpu).unwrap();
+    let losses: Vec<f64> = (0..50).map(|_| t.step(&data).unwrap().loss).collect();
+    let head = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail = losses[45..].iter().sum::<f64>() / 5.0;
+    println!("loss: first 5 steps {head:.4}, last 5 steps {tail:.4}");
+    assert!(tail < 0.8 * head, "loss should drop by 20%: {head} -> {tail}");
+}

@@ -1,0 +1,127 @@
+//! Command-line arguments (clap). The subcommands map one to one onto `commands/*`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bagssl-train",
+    version,
+    about = "BagSSL: self-supervised bag-of-patch-embedding training on CPU or CUDA",
+    long_about = "BagSSL: learn embeddings of fixed-size image patches with bag-VICReg over co-occurring \
+                  patches; an image is the mean of its patch embeddings.\n\nWith no subcommand, trains the \
+                  embedded default (configs/quickstart.toml: synthetic data, small model)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train an encoder, evaluate it (and the untrained one), write a run directory.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint: kNN and linear probe of bag embeddings.
+    Eval(EvalArgs),
+    /// Write bag-of-patch image embeddings of a dataset to a safetensors file.
+    Embed(EmbedArgs),
+    /// Time training steps and evaluation throughput; ends with one JSON line.
+    Bench(BenchArgs),
+}
+
+/// Options shared by everything that builds a config.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML config file (default: the embedded configs/quickstart.toml).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Training data: CIFAR-10 binary dir or ImageFolder tree (= --set data.path=...).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Test split (= --set data.eval_path=...).
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// cpu | cuda (= --set device=...).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Override any config key, e.g. --set train.lr=5e-4 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Run directory (default: runs/<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run whose checkpoint this is (same config, same data; bit-identical on the CPU).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// No progress bar (logs still go to metrics.jsonl).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint written by `train` (its config travels inside it).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Training split (for kNN neighbours and the probe's training set).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Test split; without it `data.val_fraction` of --data is held out.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Also write the report here as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Images to embed (CIFAR-10 binary dir or ImageFolder tree).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output safetensors file: `embeddings` (N, hidden) f32 and `labels` (N) i64.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Which split of an ImageFolder with train/ and test/ (or CIFAR binary): train | test.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Config to time (default: DESIGN §3's reference configuration on synthetic CIFAR-sized data).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Timed training steps (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Images embedded for the evaluation-throughput measurement (0: skip).
+    #[arg(long, default_value_t = 512)]
+    pub eval_images: usize,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}

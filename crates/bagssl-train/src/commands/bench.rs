@@ -1,0 +1,156 @@
+//! `bagssl-train bench`: times training steps (median after warm-up) and grid-evaluation
+//! throughput; prints ms/step, patches/s, GFLOP/s and peak memory, then one JSON line.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::{BenchArgs, ConfigArgs};
+use crate::commands::train::device_label;
+use crate::config::Config;
+use crate::setup;
+
+/// DESIGN §3's reference configuration, on synthetic data of CIFAR-10's size.
+const REFERENCE: &str = include_str!("../../../../configs/reference.toml");
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let mut cfg_args = ConfigArgs {
+        config: args.config.clone(),
+        data: args.data.clone(),
+        eval_data: None,
+        device: args.device.clone(),
+        set: args.set.clone(),
+    };
+    let cfg = if args.config.is_some() {
+        setup::resolve_config(&cfg_args)?
+    } else {
+        let base = Config::from_toml(REFERENCE, "configs/reference.toml (embedded)")?;
+        let mut sets = vec!["data.synthetic_images=50000".to_string(), "data.synthetic_size=32".to_string()];
+        if let Some(d) = &args.device {
+            sets.push(format!("device={}", setup::toml_str(d)));
+        } else {
+            sets.push("device=\"cpu\"".to_string());
+        }
+        if let Some(d) = &args.data {
+            sets.push(format!("data.path={}", setup::toml_str(&d.display().to_string())));
+        }
+        sets.append(&mut cfg_args.set);
+        let c = base.with_overrides(&sets)?;
+        c.validate()?;
+        c
+    };
+    let device = setup::resolve_device(&cfg.device)?;
+    let data = setup::load_datasets(&cfg, false)?;
+    let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;
+    // The schedule must not reach zero inside the benchmark.
+    train_cfg.total_steps = train_cfg.total_steps.max((args.warmup + args.steps) as u64 * 10);
+    let mut trainer = bagssl_model::Trainer::new(model_cfg.clone(), train_cfg, &device)?;
+
+    for _ in 0..args.warmup {
+        trainer.step(&data.train)?;
+    }
+    let mut times = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps.max(1) {
+        let t = Instant::now();
+        trainer.step(&data.train)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
+    let flops = step_flops(&cfg);
+    let patches_per_s = n / (ms / 1e3);
+    let gflops = flops / (ms / 1e3) / 1e9;
+
+    // Evaluation: every grid patch of `eval_images` images through the eval-mode encoder.
+    let (mut eval_patches_per_s, mut eval_images_per_s, mut eval_gflops) = (0.0, 0.0, 0.0);
+    if args.eval_images > 0 {
+        let k = args.eval_images.min(data.train.len());
+        let idx: Vec<usize> = (0..k).collect();
+        let store = data.train.subset(&idx);
+        let model = trainer.model();
+        let p = cfg.patches.size;
+        let grid = bagssl_data::grid_positions(store.height, store.width, p, cfg.eval.stride).len();
+        bagssl_eval::embed_bag(model, &store.subset(&idx[..k.min(64)]), p, cfg.eval.stride, cfg.eval.batch_images)?;
+        let mut reps = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            bagssl_eval::embed_bag(model, &store, p, cfg.eval.stride, cfg.eval.batch_images)?;
+            reps.push(t.elapsed().as_secs_f64());
+        }
+        reps.sort_by(f64::total_cmp);
+        let dt = reps[1];
+        eval_images_per_s = k as f64 / dt;
+        eval_patches_per_s = (k * grid) as f64 / dt;
+        eval_gflops = eval_patches_per_s * encoder_flops_per_patch(&cfg) / 1e9;
+    }
+    let peak = setup::peak_rss_mib().unwrap_or(0.0);
+
+    println!(
+        "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {}",
+        cfg.patches.size,
+        cfg.patches.per_image,
+        cfg.train.batch_images,
+        cfg.model.hidden,
+        cfg.model.proj,
+        cfg.model.layers,
+        device_label(&device)
+    );
+    println!(
+        "train step: {ms:.2} ms median of {} (min {:.2}, max {:.2}) | {:.0} patches/s | {gflops:.1} GFLOP/s ({:.2} GFLOP/step)",
+        times.len(),
+        times[0],
+        times[times.len() - 1],
+        patches_per_s,
+        flops / 1e9
+    );
+    if args.eval_images > 0 {
+        println!(
+            "grid eval: {eval_images_per_s:.0} images/s | {eval_patches_per_s:.0} patches/s | {eval_gflops:.1} GFLOP/s"
+        );
+    }
+    println!("peak memory: {peak:.1} MiB resident");
+    println!(
+        "{}",
+        json!({
+            "ms_per_step": ms,
+            "patches_per_s": patches_per_s,
+            "gflops": gflops,
+            "flop_per_step": flops,
+            "eval_images_per_s": eval_images_per_s,
+            "eval_patches_per_s": eval_patches_per_s,
+            "eval_gflops": eval_gflops,
+            "peak_rss_mib": peak,
+            "device": device_label(&device),
+            "steps": times.len(),
+            "config": {
+                "patch": cfg.patches.size, "per_image": cfg.patches.per_image,
+                "batch_images": cfg.train.batch_images, "hidden": cfg.model.hidden,
+                "proj": cfg.model.proj, "layers": cfg.model.layers,
+            },
+        })
+    );
+    Ok(())
+}
+
+/// Forward FLOPs of the encoder for one patch (multiply-adds count 2).
+fn encoder_flops_per_patch(cfg: &Config) -> f64 {
+    let d_in = (cfg.patches.size * cfg.patches.size * 3) as f64;
+    let h = cfg.model.hidden as f64;
+    2.0 * (d_in * h + (cfg.model.layers as f64 - 1.0) * h * h)
+}
+
+/// GEMM FLOPs of one training step: forward, backward (dX and dW; no dX for the input), and the
+/// covariance of bag-VICReg (Zc^T Zc forward, Zc C backward). Elementwise work is not counted.
+pub fn step_flops(cfg: &Config) -> f64 {
+    let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
+    let d_in = (cfg.patches.size * cfg.patches.size * 3) as f64;
+    let (h, z) = (cfg.model.hidden as f64, cfg.model.proj as f64);
+    let first = 2.0 * n * d_in * h;
+    let rest = 2.0 * n * ((cfg.model.layers as f64 - 1.0) * h * h + h * z + z * z);
+    let forward = first + rest;
+    let backward = first + 2.0 * rest;
+    let cov = 2.0 * 2.0 * n * z * z;
+    forward + backward + cov
+}

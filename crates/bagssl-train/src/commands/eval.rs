@@ -1,0 +1,66 @@
+//! `bagssl-train eval`: kNN, linear probe and single-patch kNN of a checkpoint's encoder.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use bagssl_model::BagSslModel;
+use serde_json::json;
+
+use crate::cli::{ConfigArgs, EvalArgs};
+use crate::commands::train::{device_label, evaluate_stores, report_json};
+use crate::setup;
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let cfg = config_for_checkpoint(&args.checkpoint, args.data.as_deref(), args.eval_data.as_deref(), &args.device, &args.set)?;
+    if cfg.data.path.is_empty() {
+        bail!("eval: --data is required (the training split: kNN neighbours and the probe's training set)");
+    }
+    let device = setup::resolve_device(&cfg.device)?;
+    let model = BagSslModel::load(&args.checkpoint, &device)
+        .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+    let data = setup::load_datasets(&cfg, true)?;
+    if model.config().patch > data.train.height.min(data.train.width) {
+        bail!("{}: patch size {} is larger than the images", args.checkpoint.display(), model.config().patch);
+    }
+    let t = std::time::Instant::now();
+    let report = evaluate_stores(&cfg, &model, &data.train, &data.test)?;
+    let out = json!({
+        "checkpoint": args.checkpoint.display().to_string(),
+        "data": data.source,
+        "trained": report_json(&report),
+        "eval_seconds": t.elapsed().as_secs_f64(),
+        "device": device_label(&device),
+    });
+    let text = serde_json::to_string_pretty(&out)?;
+    if let Some(path) = &args.out {
+        setup::write_atomic(path, text.as_bytes())?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// The config a checkpoint was trained with (its run's config.toml, else the defaults), with overrides.
+pub fn config_for_checkpoint(
+    checkpoint: &Path,
+    data: Option<&Path>,
+    eval_data: Option<&Path>,
+    device: &Option<String>,
+    set: &[String],
+) -> Result<crate::config::Config> {
+    if !checkpoint.is_file() {
+        bail!("checkpoint {} does not exist", checkpoint.display());
+    }
+    let beside = checkpoint.parent().unwrap_or(Path::new(".")).join("config.toml");
+    let args = ConfigArgs {
+        config: beside.is_file().then_some(beside),
+        data: data.map(Path::to_path_buf),
+        eval_data: eval_data.map(Path::to_path_buf),
+        device: device.clone(),
+        set: set.to_vec(),
+    };
+    let mut cfg = setup::resolve_config(&args)?;
+    if eval_data.is_none() && data.is_some() {
+        cfg.data.eval_path.clear();
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod embed;
+pub mod eval;
+pub mod train;

@@ -1,0 +1,198 @@
+//! `bagssl-train train`: train an encoder on a dataset, evaluate it beside the untrained one,
+//! and leave a run directory (config.toml, metrics.jsonl, checkpoint.safetensors, eval.json).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bagssl_autograd::Device;
+use bagssl_data::ImageStore;
+use bagssl_eval::EvalReport;
+use bagssl_model::{BagSslModel, Trainer};
+use serde_json::json;
+
+use crate::cli::TrainArgs;
+use crate::config::Config;
+use crate::setup::{self, Datasets, MetricsLog};
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut cfg_args = args.cfg.clone();
+    // A resumed run keeps the config it was started with (written beside its checkpoint).
+    if let (Some(ckpt), None) = (&args.resume, &cfg_args.config) {
+        let beside = ckpt.parent().unwrap_or(Path::new(".")).join("config.toml");
+        if !beside.exists() {
+            bail!("--resume {}: no config.toml beside the checkpoint; pass the run's --config", ckpt.display());
+        }
+        cfg_args.config = Some(beside);
+    }
+    let cfg = setup::resolve_config(&cfg_args)?;
+    let device = setup::resolve_device(&cfg.device)?;
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(ckpt)) => ckpt.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        (None, None) => setup::default_run_dir(),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create run directory {}", out.display()))?;
+
+    let data = setup::load_datasets(&cfg, !args.quiet)?;
+    eprintln!("bagssl: data {} | {}x{} images | device {}", data.source, data.train.height, data.train.width, device.name());
+    setup::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
+
+    let (model_cfg, train_cfg) = crate::setup::model_and_train_config(&cfg, data.train.len())?;
+    let mut trainer = match &args.resume {
+        Some(ckpt) => {
+            let t = Trainer::resume(ckpt, &data.train, &device)
+                .with_context(|| format!("cannot resume from {}", ckpt.display()))?;
+            if t.model().config() != &model_cfg || t.config() != &train_cfg {
+                bail!("--resume {}: the checkpoint was written with another model or training config", ckpt.display());
+            }
+            eprintln!("bagssl: resumed {} at step {}", ckpt.display(), t.steps_done());
+            t
+        }
+        None => Trainer::new(model_cfg.clone(), train_cfg.clone(), &device)?,
+    };
+
+    let total = train_cfg.total_steps;
+    let progress = progress_bar(total, args.quiet);
+    progress.set_position(trainer.steps_done());
+    let ckpt_path = out.join(CHECKPOINT);
+    let started = Instant::now();
+    let steps_at_start = trainer.steps_done();
+    while trainer.steps_done() < total {
+        let s = trainer.step(&data.train).map_err(|e| {
+            progress.abandon();
+            anyhow::Error::new(e).context(format!(
+                "training stopped; the last checkpoint in {} (if any) is intact",
+                out.display()
+            ))
+        })?;
+        progress.set_position(s.step);
+        progress.set_message(format!("loss {:.4}", s.loss));
+        let log_every = cfg.train.log_every as u64;
+        if s.step % log_every == 0 || s.step == total {
+            metrics.write(&json!({
+                "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss,
+                "invariance": s.invariance, "variance": s.variance, "covariance": s.covariance,
+                "lr": s.lr, "elapsed_s": started.elapsed().as_secs_f64(),
+            }))?;
+        }
+        if cfg.train.checkpoint_every > 0 && s.step % cfg.train.checkpoint_every as u64 == 0 {
+            trainer.save(&ckpt_path)?;
+        }
+    }
+    let train_seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    trainer.save(&ckpt_path)?;
+    let steps_run = trainer.steps_done() - steps_at_start;
+    let images_per_second = steps_run as f64 * cfg.train.batch_images as f64 / train_seconds.max(1e-9);
+    eprintln!(
+        "bagssl: {steps_run} steps in {train_seconds:.1} s ({images_per_second:.0} images/s); checkpoint {}",
+        ckpt_path.display()
+    );
+
+    let trained = evaluate(&cfg, trainer.model(), &data, "trained", &mut metrics)?;
+    let untrained = if cfg.eval.untrained {
+        let init = BagSslModel::new(model_cfg, cfg.seed, &device)?;
+        Some(evaluate(&cfg, &init, &data, "untrained", &mut metrics)?)
+    } else {
+        None
+    };
+    let report = json!({
+        "trained": report_json(&trained),
+        "untrained": untrained.as_ref().map(report_json),
+        "train_seconds": train_seconds,
+        "images_per_second": images_per_second,
+        "device": device_label(&device),
+        "steps": trainer.steps_done(),
+        "data": data.source,
+    });
+    setup::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    print_table(&trained, untrained.as_ref());
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+pub fn device_label(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cuda(g) => g.name().to_string(),
+    }
+}
+
+/// kNN, linear probe and single-patch kNN of `model` on the run's splits.
+pub fn evaluate(
+    cfg: &Config,
+    model: &BagSslModel,
+    data: &Datasets,
+    label: &str,
+    metrics: &mut MetricsLog,
+) -> Result<EvalReport> {
+    let t = Instant::now();
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("evaluating the {label} encoder"));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let r = evaluate_stores(cfg, model, &data.train, &data.test)?;
+    spinner.finish_and_clear();
+    metrics.write(&json!({
+        "event": "eval", "model": label, "knn": r.knn, "linear": r.linear,
+        "knn_single_patch": r.knn_single_patch, "eval_s": t.elapsed().as_secs_f64(),
+    }))?;
+    Ok(r)
+}
+
+pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, test: &ImageStore) -> Result<EvalReport> {
+    let ec = bagssl_eval::EvalConfig {
+        patch: model.config().patch,
+        stride: cfg.eval.stride,
+        knn_k: cfg.eval.knn_k,
+        knn_t: cfg.eval.knn_t as f32,
+        probe_epochs: cfg.eval.probe_epochs,
+        batch_images: cfg.eval.batch_images,
+        seed: cfg.seed,
+    };
+    Ok(bagssl_eval::evaluate(model, train, test, &ec)?)
+}
+
+pub fn report_json(r: &EvalReport) -> serde_json::Value {
+    json!({"knn": r.knn, "linear": r.linear, "knn_single_patch": r.knn_single_patch})
+}
+
+fn print_table(trained: &EvalReport, untrained: Option<&EvalReport>) {
+    println!();
+    println!("{:<12} {:>8} {:>8} {:>20}", "encoder", "kNN", "linear", "kNN (single patch)");
+    let row = |name: &str, r: &EvalReport| {
+        println!(
+            "{:<12} {:>7.1}% {:>7.1}% {:>19.1}%",
+            name,
+            100.0 * r.knn,
+            100.0 * r.linear,
+            100.0 * r.knn_single_patch
+        )
+    };
+    if let Some(u) = untrained {
+        row("untrained", u);
+    }
+    row("trained", trained);
+    println!();
+}
+
+fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    pb
+}
+
+/// Where `train` writes its checkpoint inside a run directory.
+pub fn checkpoint_in(run_dir: &Path) -> PathBuf {
+    run_dir.join(CHECKPOINT)
+}

@@ -1,0 +1,429 @@
+//! The run configuration: TOML on disk, `--set section.key=value` overrides, validation.
+//! The key names are a contract (DESIGN §6): scripts read and write them.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The embedded default (`configs/quickstart.toml`), compiled in.
+pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub seed: u64,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    pub data: DataConfig,
+    pub patches: PatchConfig,
+    pub model: ModelSection,
+    pub loss: LossConfig,
+    pub train: TrainSection,
+    pub eval: EvalSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Empty: the built-in synthetic set; else a CIFAR-10 binary dir or an ImageFolder tree.
+    pub path: String,
+    /// Test split; empty: hold out `val_fraction` of the training images.
+    pub eval_path: String,
+    pub val_fraction: f64,
+    /// Resize every image to `[height, width]` on load; empty: all images must share one size.
+    pub resize: Vec<usize>,
+    /// Where decoded datasets are cached; empty: `$BAGSSL_CACHE` or `~/.cache/bagssl`; "off": no cache.
+    pub cache_dir: String,
+    /// Size of the built-in synthetic set (used when `path` is empty).
+    pub synthetic_images: usize,
+    pub synthetic_classes: usize,
+    pub synthetic_size: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatchConfig {
+    pub size: usize,
+    pub per_image: usize,
+    pub augment: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub layers: usize,
+    pub hidden: usize,
+    pub proj: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    pub invariance: f64,
+    pub variance: f64,
+    pub covariance: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub batch_images: usize,
+    pub epochs: f64,
+    /// `adamw` or `lars`.
+    pub optimizer: String,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_epochs: f64,
+    /// Log a metrics line every this many steps.
+    pub log_every: usize,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    pub stride: usize,
+    pub knn_k: usize,
+    pub knn_t: f64,
+    pub probe_epochs: usize,
+    /// Images per batch when embedding the evaluation grid.
+    pub batch_images: usize,
+    /// Also evaluate the untrained (initial) encoder, so every run shows what training bought.
+    pub untrained: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 0,
+            device: "cpu".into(),
+            data: DataConfig::default(),
+            patches: PatchConfig::default(),
+            model: ModelSection::default(),
+            loss: LossConfig::default(),
+            train: TrainSection::default(),
+            eval: EvalSection::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            path: String::new(),
+            eval_path: String::new(),
+            val_fraction: 0.1,
+            resize: Vec::new(),
+            cache_dir: String::new(),
+            synthetic_images: 3000,
+            synthetic_classes: 10,
+            synthetic_size: 32,
+        }
+    }
+}
+
+impl Default for PatchConfig {
+    fn default() -> Self {
+        PatchConfig { size: 8, per_image: 16, augment: true }
+    }
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { layers: 2, hidden: 2048, proj: 2048 }
+    }
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig { invariance: 25.0, variance: 25.0, covariance: 1.0 }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            batch_images: 256,
+            epochs: 30.0,
+            optimizer: "adamw".into(),
+            lr: 1e-3,
+            weight_decay: 1e-5,
+            warmup_epochs: 2.0,
+            log_every: 10,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection { stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, batch_images: 256, untrained: true }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        let table: toml::Table = toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
+        Config::from_table(table, origin)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Config> {
+        check_keys(&table, origin)?;
+        let cfg: Config = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Applies `section.key=value` overrides (value in TOML syntax; bare words are strings).
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Config> {
+        let mut table = toml::Table::try_from(self).context("serializing the config")?;
+        for set in sets {
+            let (key, raw) =
+                set.split_once('=').ok_or_else(|| anyhow!("--set {set:?}: expected section.key=value"))?;
+            let key = key.trim();
+            let value = parse_value(raw.trim());
+            let path: Vec<&str> = key.split('.').collect();
+            let slot = match path.as_slice() {
+                [k] => table.get_mut(*k),
+                [s, k] => table.get_mut(*s).and_then(|t| t.as_table_mut()).and_then(|t| t.get_mut(*k)),
+                _ => None,
+            };
+            let slot = slot.ok_or_else(|| anyhow!("--set {set:?}: unknown config key `{key}`{}", suggest(key)))?;
+            *slot = coerce(slot, value).with_context(|| format!("--set {set:?}: bad value for `{key}`"))?;
+        }
+        Config::from_table(table, "--set")
+    }
+
+    /// Checks values that do not depend on the data; `validate_for_images` checks the rest.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("patches.size", self.patches.size),
+            ("patches.per_image", self.patches.per_image),
+            ("model.layers", self.model.layers),
+            ("model.hidden", self.model.hidden),
+            ("model.proj", self.model.proj),
+            ("train.batch_images", self.train.batch_images),
+            ("train.log_every", self.train.log_every),
+            ("eval.stride", self.eval.stride),
+            ("eval.knn_k", self.eval.knn_k),
+            ("eval.batch_images", self.eval.batch_images),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                bail!("config key `{key}` must be at least 1 (got 0)");
+            }
+        }
+        if self.patches.per_image < 2 {
+            bail!("config key `patches.per_image` must be at least 2: the invariance term needs co-occurring patches");
+        }
+        if !matches!(self.device.as_str(), "cpu" | "cuda") {
+            bail!("config key `device` must be \"cpu\" or \"cuda\" (got {:?})", self.device);
+        }
+        if !matches!(self.train.optimizer.as_str(), "adamw" | "lars") {
+            bail!("config key `train.optimizer` must be \"adamw\" or \"lars\" (got {:?})", self.train.optimizer);
+        }
+        let finite_pos = [("train.lr", self.train.lr), ("train.epochs", self.train.epochs), ("eval.knn_t", self.eval.knn_t)];
+        for (key, v) in finite_pos {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("config key `{key}` must be a positive number (got {v})");
+            }
+        }
+        let finite_nonneg = [
+            ("train.weight_decay", self.train.weight_decay),
+            ("train.warmup_epochs", self.train.warmup_epochs),
+            ("loss.invariance", self.loss.invariance),
+            ("loss.variance", self.loss.variance),
+            ("loss.covariance", self.loss.covariance),
+        ];
+        for (key, v) in finite_nonneg {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("config key `{key}` must be a non-negative number (got {v})");
+            }
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            bail!("config key `data.val_fraction` must be in (0, 1) (got {})", self.data.val_fraction);
+        }
+        if !(self.data.resize.is_empty() || self.data.resize.len() == 2 && self.data.resize.iter().all(|&v| v > 0)) {
+            bail!("config key `data.resize` must be empty or [height, width] (got {:?})", self.data.resize);
+        }
+        if self.data.path.is_empty() {
+            if self.data.synthetic_images < 20 || self.data.synthetic_classes < 2 {
+                bail!("config keys `data.synthetic_images` (>= 20) / `data.synthetic_classes` (>= 2) are too small");
+            }
+            if self.data.synthetic_size < self.patches.size {
+                bail!(
+                    "config key `patches.size` = {} is larger than the synthetic images ({} x {}, `data.synthetic_size`)",
+                    self.patches.size,
+                    self.data.synthetic_size,
+                    self.data.synthetic_size
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the patch size against the loaded images.
+    pub fn validate_for_images(&self, height: usize, width: usize, origin: &str) -> Result<()> {
+        if self.patches.size > height || self.patches.size > width {
+            bail!(
+                "config key `patches.size` = {} is larger than the images of {origin} ({height} x {width})",
+                self.patches.size
+            );
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serializes")
+    }
+}
+
+/// Rejects unknown sections and keys with their full dotted name (serde's message lacks the section).
+fn check_keys(table: &toml::Table, origin: &str) -> Result<()> {
+    let reference = toml::Table::try_from(Config::default()).expect("default config serializes");
+    for (k, v) in table {
+        let Some(rv) = reference.get(k) else { bail!("{origin}: unknown config key `{k}`{}", suggest(k)) };
+        if let (Some(t), Some(rt)) = (v.as_table(), rv.as_table()) {
+            for kk in t.keys() {
+                if !rt.contains_key(kk) {
+                    let full = format!("{k}.{kk}");
+                    bail!("{origin}: unknown config key `{full}`{}", suggest(&full));
+                }
+            }
+        } else if rv.is_table() {
+            bail!("{origin}: config key `{k}` must be a section ([{k}])");
+        }
+    }
+    Ok(())
+}
+
+/// " (did you mean `x`?)" when a known key is close.
+fn suggest(key: &str) -> String {
+    let reference = toml::Table::try_from(Config::default()).expect("default config serializes");
+    let mut known = Vec::new();
+    for (k, v) in &reference {
+        match v.as_table() {
+            Some(t) => known.extend(t.keys().map(|kk| format!("{k}.{kk}"))),
+            None => known.push(k.clone()),
+        }
+    }
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    known
+        .iter()
+        .find(|k| k.rsplit('.').next() == Some(leaf) || edit_distance(k, key) <= 2)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim_matches('"').to_string()))
+}
+
+/// Makes `--set train.lr=1` (an integer) fit a float key, and refuses type changes clearly.
+fn coerce(old: &toml::Value, new: toml::Value) -> Result<toml::Value> {
+    use toml::Value::*;
+    Ok(match (old, new) {
+        (Float(_), Integer(i)) => Float(i as f64),
+        (String(_), v @ String(_)) => v,
+        (String(_), v) => String(v.to_string()),
+        (Integer(_), v @ Integer(_)) | (Float(_), v @ Float(_)) | (Boolean(_), v @ Boolean(_)) => v,
+        (Array(_), v @ Array(_)) => v,
+        (Integer(_), Integer(_)) => unreachable!(),
+        (old, new) => bail!("expected {} but got {new:?}", old.type_str()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quickstart_parses_and_validates() {
+        let c = Config::from_toml(QUICKSTART, "quickstart.toml").unwrap();
+        c.validate().unwrap();
+        assert!(c.data.path.is_empty());
+    }
+
+    #[test]
+    fn all_shipped_configs_parse() {
+        for name in ["quickstart", "cifar10", "reference"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(format!("{name}.toml"));
+            Config::from_file(&p).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn overrides_apply_and_coerce() {
+        let c = Config::default()
+            .with_overrides(&["train.lr=1".into(), "model.hidden=64".into(), "device=cuda".into()])
+            .unwrap();
+        assert_eq!(c.train.lr, 1.0);
+        assert_eq!(c.model.hidden, 64);
+        assert_eq!(c.device, "cuda");
+        let c = Config::default().with_overrides(&["data.path=/tmp/x y".into()]).unwrap();
+        assert_eq!(c.data.path, "/tmp/x y");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::default().with_overrides(&["train.lrr=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("train.lrr") && e.contains("train.lr"), "{e}");
+        let e = Config::from_toml("[model]\nwidth = 3\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("model.width") && e.contains("x.toml"), "{e}");
+        let e = Config::from_toml("bogus = 1\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("`bogus`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::from_toml("[model]\nhidden = \"big\"\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("hidden"), "{e}");
+        let e = Config::default().with_overrides(&["model.hidden=abc".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("model.hidden"), "{e:#}");
+        for (set, key) in [
+            ("train.batch_images=0", "train.batch_images"),
+            ("train.lr=-1", "train.lr"),
+            ("device=tpu", "device"),
+            ("train.optimizer=sgd", "train.optimizer"),
+            ("data.val_fraction=1.5", "data.val_fraction"),
+            ("patches.size=40", "patches.size"),
+        ] {
+            let c = Config::default().with_overrides(&[set.into()]).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        let c = Config::default();
+        let e = c.validate_for_images(6, 6, "data/x").unwrap_err().to_string();
+        assert!(e.contains("patches.size") && e.contains("6 x 6"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::from_toml(QUICKSTART, "q").unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml(), "rt").unwrap(), c);
+    }
+}

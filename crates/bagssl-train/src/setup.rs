@@ -1,0 +1,231 @@
+//! Turning a config into the things a command needs: the device, the datasets, the run directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bagssl_autograd::Device;
+use bagssl_data::{ImageStore, LoadOptions, Split, SyntheticSpec};
+
+use crate::cli::ConfigArgs;
+use crate::config::{Config, QUICKSTART};
+
+/// Config file (or the embedded quickstart) + shorthands + `--set`, validated.
+pub fn resolve_config(args: &ConfigArgs) -> Result<Config> {
+    let base = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::from_toml(QUICKSTART, "configs/quickstart.toml (embedded)")?,
+    };
+    let mut sets = Vec::new();
+    if let Some(d) = &args.data {
+        sets.push(format!("data.path={}", toml_str(&d.display().to_string())));
+    }
+    if let Some(d) = &args.eval_data {
+        sets.push(format!("data.eval_path={}", toml_str(&d.display().to_string())));
+    }
+    if let Some(d) = &args.device {
+        sets.push(format!("device={}", toml_str(d)));
+    }
+    sets.extend(args.set.iter().cloned());
+    let cfg = base.with_overrides(&sets)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// A TOML string literal (paths may hold spaces or quotes).
+pub fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// `cpu`, or the first CUDA GPU with a clear error when there is none.
+pub fn resolve_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            let gpu = bagssl_kernels::Gpu::new(0).context("--device cuda: no usable CUDA GPU")?;
+            Ok(Device::Cuda(gpu))
+        }
+        other => bail!("unknown device {other:?}: expected cpu or cuda"),
+    }
+}
+
+/// The decoded-dataset cache folder: `data.cache_dir`, else `$BAGSSL_CACHE`, else `~/.cache/bagssl`.
+pub fn cache_dir(cfg: &Config) -> Option<PathBuf> {
+    match cfg.data.cache_dir.as_str() {
+        "off" => None,
+        "" => std::env::var_os("BAGSSL_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bagssl")))
+            .map(|p| p.join("datasets")),
+        dir => Some(PathBuf::from(dir)),
+    }
+}
+
+pub struct Datasets {
+    pub train: ImageStore,
+    pub test: ImageStore,
+    /// Human-readable description for logs.
+    pub source: String,
+}
+
+/// Loads (or synthesizes) the training split and the evaluation split.
+pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
+    let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
+    let opts = |split| LoadOptions { split, resize, cache_dir: cache_dir(cfg), progress };
+    let (train, test, source) = if cfg.data.path.is_empty() {
+        let all = bagssl_data::synthetic(&SyntheticSpec {
+            images: cfg.data.synthetic_images,
+            classes: cfg.data.synthetic_classes,
+            height: cfg.data.synthetic_size,
+            width: cfg.data.synthetic_size,
+            seed: cfg.seed,
+        });
+        let (train, test) = all.split_holdout(cfg.data.val_fraction, cfg.seed ^ 0x5eed);
+        (train, test, format!("synthetic ({} images, {} classes)", all.len(), cfg.data.synthetic_classes))
+    } else {
+        let path = Path::new(&cfg.data.path);
+        let train = bagssl_data::load(path, &opts(Split::Train))?;
+        if cfg.data.eval_path.is_empty() {
+            let (tr, te) = train.split_holdout(cfg.data.val_fraction, 12345);
+            let src = format!("{} ({} train, {} held out)", path.display(), tr.len(), te.len());
+            (tr, te, src)
+        } else {
+            let epath = Path::new(&cfg.data.eval_path);
+            let mut test = bagssl_data::load(epath, &opts(Split::Test))?;
+            if (test.height, test.width) != (train.height, train.width) {
+                bail!(
+                    "{}: images are {}x{} but the training images ({}) are {}x{}; set data.resize",
+                    epath.display(),
+                    test.height,
+                    test.width,
+                    path.display(),
+                    train.height,
+                    train.width
+                );
+            }
+            // The test split is normalized like the training split.
+            test.mean = train.mean;
+            test.std = train.std;
+            let src = format!("{} ({} train) / {} ({} test)", path.display(), train.len(), epath.display(), test.len());
+            (train, test, src)
+        }
+    };
+    if train.is_empty() || test.is_empty() {
+        bail!("data: {source} leaves an empty training or evaluation split");
+    }
+    cfg.validate_for_images(train.height, train.width, &source)?;
+    Ok(Datasets { train, test, source })
+}
+
+/// Appends JSON lines to `metrics.jsonl`, flushing each one so a crash loses nothing.
+pub struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    pub fn open(path: &Path) -> Result<MetricsLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(MetricsLog { file })
+    }
+
+    pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").context("writing metrics.jsonl")?;
+        self.file.flush().context("writing metrics.jsonl")
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a failure leaves the old file.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Default run directory: `runs/<UTC timestamp>`.
+pub fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    let (y, m, d) = civil_from_days(days as i64);
+    PathBuf::from("runs").join(format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// Howard Hinnant's days-to-civil: a date without a time crate.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB; None where /proc is absent.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_418), (2025, 11, 26));
+    }
+}
+
+/// The model shape and the training schedule a config asks for, given the training-set size.
+pub fn model_and_train_config(
+    cfg: &Config,
+    train_images: usize,
+) -> Result<(bagssl_model::ModelConfig, bagssl_model::TrainConfig)> {
+    use bagssl_model::{LossWeights, ModelConfig, OptimizerKind, TrainConfig};
+    if cfg.train.batch_images > train_images {
+        bail!(
+            "config key `train.batch_images` = {} is larger than the training set ({train_images} images)",
+            cfg.train.batch_images
+        );
+    }
+    let steps_per_epoch = (train_images / cfg.train.batch_images) as f64;
+    let total_steps = (cfg.train.epochs * steps_per_epoch).round().max(1.0) as u64;
+    let warmup_steps = ((cfg.train.warmup_epochs * steps_per_epoch).round() as u64).min(total_steps);
+    let model = ModelConfig {
+        patch: cfg.patches.size,
+        layers: cfg.model.layers,
+        hidden: cfg.model.hidden,
+        proj: cfg.model.proj,
+    };
+    let train = TrainConfig {
+        per_image: cfg.patches.per_image,
+        patch: cfg.patches.size,
+        augment: cfg.patches.augment,
+        batch_images: cfg.train.batch_images,
+        total_steps,
+        warmup_steps,
+        lr: cfg.train.lr,
+        weight_decay: cfg.train.weight_decay,
+        optimizer: if cfg.train.optimizer == "lars" { OptimizerKind::Lars } else { OptimizerKind::AdamW },
+        loss: LossWeights {
+            invariance: cfg.loss.invariance as f32,
+            variance: cfg.loss.variance as f32,
+            covariance: cfg.loss.covariance as f32,
+        },
+        seed: cfg.seed,
+    };
+    Ok((model, train))
+}

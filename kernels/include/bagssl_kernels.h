@@ -1,0 +1,103 @@
+/*
+ * bagssl_kernels.h — the parameter structs shared by the CUDA kernels (kernels/NAME.cu) and Rust
+ * (crates/bagssl-kernels/src/generated/bindings.rs, made from this file by bindgen through
+ * `cargo xtask build-kernels`). Plain C: fixed-width fields, no pointers, so the layout is the same
+ * for nvcc, clang and rustc; bindgen emits layout assertions that catch drift at compile time.
+ *
+ * Every kernel takes its scalar parameters as one of these structs, by value.
+ */
+#ifndef BAGSSL_KERNELS_H
+#define BAGSSL_KERNELS_H
+
+#include <stdint.h>
+
+/* Column-reduction blocks: BAGSSL_COL_TILE columns (one warp, coalesced along a row) by
+ * BAGSSL_COL_ROWS row lanes (a power of two); the launchers use the same numbers. */
+#define BAGSSL_COL_TILE 32u
+#define BAGSSL_COL_ROWS 16u
+
+/* PatchSpec.flags bits */
+#define BAGSSL_PATCH_FLIP 1u   /* mirror the crop left-right */
+#define BAGSSL_PATCH_JITTER 2u /* colour jitter with brightness/contrast/saturation below */
+#define BAGSSL_PATCH_GRAY 4u   /* every channel = x . (0.299, 0.587, 0.114) */
+
+/* One training patch (DESIGN.md §3): which image, where, which augmentations. 32 bytes. */
+typedef struct BagsslPatchSpec {
+    uint32_t image;   /* index of the image in the GPU-resident u8 dataset */
+    uint32_t oy;      /* top row of the crop, 0 <= oy <= H - p */
+    uint32_t ox;      /* left column of the crop, 0 <= ox <= W - p */
+    uint32_t flags;   /* BAGSSL_PATCH_* bits */
+    float brightness; /* jitter factors, used when flags has BAGSSL_PATCH_JITTER */
+    float contrast;
+    float saturation;
+    float pad;
+} BagsslPatchSpec;
+
+/* The dataset on the GPU: n_images x height x width x 3 u8, HWC row-major. */
+typedef struct BagsslImageDims {
+    uint32_t n_images;
+    uint32_t height;
+    uint32_t width;
+    uint32_t pad;
+    float mean[3]; /* per-channel normalisation: (x - mean) / std */
+    float std[3];
+} BagsslImageDims;
+
+/* patch_embed_fwd_f32: one output row of p*p*3 floats (HWC) per spec. */
+typedef struct BagsslPatchParams {
+    BagsslImageDims dims;
+    uint32_t n_patches;
+    uint32_t patch; /* p */
+} BagsslPatchParams;
+
+/* patch_grid_fwd_f32: every grid patch (stride s, row-major like unfold) of images
+ * first_image .. first_image + count - 1; rows = count * ny * nx. */
+typedef struct BagsslGridParams {
+    BagsslImageDims dims;
+    uint32_t first_image;
+    uint32_t count;
+    uint32_t patch;
+    uint32_t stride;
+    uint32_t ny; /* (H - p) / s + 1 */
+    uint32_t nx; /* (W - p) / s + 1 */
+} BagsslGridParams;
+
+/* Row-major (rows, cols) matrices for the column-wise kernels. */
+typedef struct BagsslMatrixDims {
+    uint32_t rows;
+    uint32_t cols;
+} BagsslMatrixDims;
+
+/* BatchNorm over the rows of a (rows, cols) matrix. */
+typedef struct BagsslBnParams {
+    uint32_t rows;
+    uint32_t cols;
+    float eps;
+    uint32_t relu; /* 1: fuse ReLU after the affine transform (and mask the gradient) */
+} BagsslBnParams;
+
+/* bag-VICReg on z (n_rows = n_groups * n_per_image, dim). */
+typedef struct BagsslVicregParams {
+    uint32_t n_rows;
+    uint32_t dim;
+    uint32_t n_per_image;
+    uint32_t n_groups;
+    float invariance; /* lambda */
+    float variance;   /* mu */
+    float covariance; /* nu */
+    float eps;        /* inside sqrt(C_dd + eps) */
+} BagsslVicregParams;
+
+/* One torch.optim.AdamW update; the bias corrections are computed on the host in f64. */
+typedef struct BagsslAdamWParams {
+    uint32_t n;
+    float lr;
+    float beta1;
+    float beta2;
+    float eps;
+    float weight_decay;
+    float step_size;             /* lr / (1 - beta1^t) */
+    float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
+} BagsslAdamWParams;
+
+#endif /* BAGSSL_KERNELS_H */
