@@ -70,7 +70,11 @@ pub fn matmul_dims(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Resu
     if k != k2 {
         return Err(shape_err(
             "matmul",
-            format!("op(a) {m}x{k} (a {:?}, trans {trans_a}) @ op(b) {k2}x{n} (b {:?}, trans {trans_b})", a.shape(), b.shape()),
+            format!(
+                "op(a) {m}x{k} (a {:?}, trans {trans_a}) @ op(b) {k2}x{n} (b {:?}, trans {trans_b})",
+                a.shape(),
+                b.shape()
+            ),
         ));
     }
     Ok((m, k, n))
@@ -157,7 +161,10 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
     per_column("bn_train_fwd", x, &[("gamma", gamma), ("beta", beta)])?;
     if x.dims2().0 < 2 {
-        return Err(shape_err("bn_train_fwd", format!("needs at least 2 rows for batch statistics, got {:?}", x.shape())));
+        return Err(shape_err(
+            "bn_train_fwd",
+            format!("needs at least 2 rows for batch statistics, got {:?}", x.shape()),
+        ));
     }
     dispatch!("bn_train_fwd", [x, gamma, beta], bn_train_fwd(x, gamma, beta, eps, relu))
 }
@@ -224,7 +231,7 @@ pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
 /// bag-VICReg on `z` (B*n, D): the loss parts and dL/dz of the weighted loss (DESIGN §3).
 pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
     let (rows, d) = z.dims2();
-    if z.shape().len() != 2 || d == 0 || rows < 2 || n_per_image == 0 || rows % n_per_image != 0 {
+    if z.shape().len() != 2 || d == 0 || rows < 2 || n_per_image == 0 || !rows.is_multiple_of(n_per_image) {
         return Err(shape_err(
             "vicreg_fwd_bwd",
             format!("z {:?} must be (B*n, D) with D >= 1, B*n >= 2, n = {n_per_image} >= 1 dividing B*n", z.shape()),
@@ -235,7 +242,7 @@ pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Resul
 
 /// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).
 pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 0 || x.dims2().0 % n != 0 {
+    if n == 0 || !x.dims2().0.is_multiple_of(n) {
         return Err(shape_err("group_mean", format!("{:?} rows are not groups of n = {n}", x.shape())));
     }
     dispatch!("group_mean", [x], group_mean(x, n))

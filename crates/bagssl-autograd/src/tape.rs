@@ -161,15 +161,7 @@ impl<'a> Tape<'a> {
     /// Training-mode BatchNorm (optionally fused with ReLU). Batch statistics: [`Tape::bn_stats`].
     pub fn batch_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f32, relu: bool) -> Result<Var> {
         let f = ops::bn_train_fwd(self.value(x), self.value(gamma), self.value(beta), eps, relu)?;
-        let op = Op::BatchNorm {
-            x,
-            gamma,
-            beta,
-            relu,
-            mean: f.mean,
-            invstd: f.invstd,
-            var_unbiased: f.var_unbiased,
-        };
+        let op = Op::BatchNorm { x, gamma, beta, relu, mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased };
         Ok(self.push_op(f.y, op, &[x, gamma, beta]))
     }
 
@@ -214,11 +206,16 @@ impl<'a> Tape<'a> {
     }
 
     /// Reverse pass from the scalar `loss` (seed 1). Consumes the tape.
+    ///
+    /// The seed is never materialized for a scalar op (bag-VICReg, `dot_const`) at the root, so
+    /// the usual backward needs no host round trip on a GPU.
     pub fn backward(mut self, loss: Var) -> Result<Gradients> {
-        let seed = Tensor::full(&[1], 1.0, &self.value(loss).device())?;
-        host_scalar(self.value(loss), "backward")?;
+        let root = self.value(loss);
+        if root.numel() != 1 {
+            let detail = format!("the loss must have one element, got {:?}", root.shape());
+            return Err(Error::Shape { op: "backward", detail });
+        }
         let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
-        grads[loss.0] = Some(seed);
         // Nodes after the loss cannot contribute to it.
         self.nodes.truncate(loss.0 + 1);
         while let Some(node) = self.nodes.pop() {
@@ -226,24 +223,42 @@ impl<'a> Tape<'a> {
             if !node.requires_grad {
                 continue;
             }
-            if let Op::Leaf = node.op {
-                continue; // keep its gradient in `grads`
-            }
-            let Some(dy) = grads[i].take() else { continue };
             let y = match &node.value {
                 Value::Borrowed(t) => *t,
                 Value::Owned(t) => t,
             };
+            let dy = if i == loss.0 {
+                Upstream::One
+            } else {
+                match grads[i].take() {
+                    Some(g) => Upstream::Grad(g),
+                    None => continue,
+                }
+            };
+            if let Op::Leaf = node.op {
+                grads[i] = Some(dy.into_tensor(y)?); // kept: leaves are what callers ask for
+                continue;
+            }
             self.backward_node(node.op, y, dy, &mut grads)?;
         }
         Ok(Gradients { grads })
     }
 
     /// Propagates `dy`, the gradient of a node with value `y` made by `op`, to its inputs.
-    fn backward_node(&self, op: Op, y: &Tensor, dy: Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
+    fn backward_node(&self, op: Op, y: &Tensor, dy: Upstream, grads: &mut [Option<Tensor>]) -> Result<()> {
+        match op {
+            // Scalar-output ops scale the gradient they stored in the forward.
+            Op::Vicreg { z, dz } => self.scaled(grads, z, dz, dy),
+            Op::DotConst { x, w } => self.scaled(grads, x, w, dy),
+            op => self.backward_tensor_op(op, y, dy.into_tensor(y)?, grads),
+        }
+    }
+
+    /// Backward of the ops whose upstream gradient is a full tensor `dy` shaped like `y`.
+    fn backward_tensor_op(&self, op: Op, y: &Tensor, dy: Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
         let needs = |v: Var| self.nodes[v.0].requires_grad;
         match op {
-            Op::Leaf => {}
+            Op::Leaf | Op::Vicreg { .. } | Op::DotConst { .. } => {}
             Op::Linear { x, w, b } => {
                 if needs(w) {
                     let dw = ops::matmul(&dy, self.value(x), true, false)?;
@@ -261,12 +276,20 @@ impl<'a> Tape<'a> {
                 let (at, bt) = (self.value(a), self.value(b));
                 if needs(a) {
                     // d op(A) = dC op(B)^T, transposed back when A is stored transposed.
-                    let da = if trans_a { ops::matmul(bt, &dy, trans_b, true)? } else { ops::matmul(&dy, bt, false, !trans_b)? };
+                    let da = if trans_a {
+                        ops::matmul(bt, &dy, trans_b, true)?
+                    } else {
+                        ops::matmul(&dy, bt, false, !trans_b)?
+                    };
                     self.accumulate(grads, a, da)?;
                 }
                 if needs(b) {
                     // d op(B) = op(A)^T dC, likewise.
-                    let db = if trans_b { ops::matmul(&dy, at, true, trans_a)? } else { ops::matmul(at, &dy, !trans_a, false)? };
+                    let db = if trans_b {
+                        ops::matmul(&dy, at, true, trans_a)?
+                    } else {
+                        ops::matmul(at, &dy, !trans_a, false)?
+                    };
                     self.accumulate(grads, b, db)?;
                 }
             }
@@ -299,22 +322,20 @@ impl<'a> Tape<'a> {
                 let dx = ops::group_mean_bwd(&dy, n)?;
                 self.accumulate(grads, x, dx)?;
             }
-            Op::Vicreg { z, mut dz } => {
-                let s = host_scalar(&dy, "bag_vicreg backward")?;
-                if s != 1.0 {
-                    ops::scale_(&mut dz, s)?;
-                }
-                self.accumulate(grads, z, dz)?;
-            }
-            Op::DotConst { x, mut w } => {
-                let s = host_scalar(&dy, "dot_const backward")?;
-                if s != 1.0 {
-                    ops::scale_(&mut w, s)?;
-                }
-                self.accumulate(grads, x, w)?;
-            }
         }
         Ok(())
+    }
+
+    /// Adds `upstream * g` into the gradient of `v`, for an op with a scalar output whose
+    /// gradient for an upstream of 1 is the stored `g`.
+    fn scaled(&self, grads: &mut [Option<Tensor>], v: Var, mut g: Tensor, upstream: Upstream) -> Result<()> {
+        if let Upstream::Grad(t) = upstream {
+            let s = host_scalar(&t, "backward of a scalar op")?;
+            if s != 1.0 {
+                ops::scale_(&mut g, s)?;
+            }
+        }
+        self.accumulate(grads, v, g)
     }
 
     /// Adds `g` into the gradient of `v`, reshaped to `v`'s shape (a matmul of a 1-D operand
@@ -334,6 +355,22 @@ impl<'a> Tape<'a> {
                 *slot = Some(g);
                 Ok(())
             }
+        }
+    }
+}
+
+/// The gradient flowing into a node: exactly 1 at the root, else a tensor.
+enum Upstream {
+    One,
+    Grad(Tensor),
+}
+
+impl Upstream {
+    /// As a tensor shaped like the node's value `y` (the root's is a 1-element tensor of ones).
+    fn into_tensor(self, y: &Tensor) -> Result<Tensor> {
+        match self {
+            Upstream::One => Tensor::full(y.shape(), 1.0, &y.device()),
+            Upstream::Grad(g) => Ok(g),
         }
     }
 }

@@ -86,7 +86,10 @@ impl Report {
         let diff = (gpu - cpu).abs();
         let bound = rtol * cpu.abs() + atol;
         let ok = diff <= bound;
-        println!("{} {name:<34} gpu {gpu:.9e} cpu {cpu:.9e} (diff {diff:.3e}, bound {bound:.3e})", if ok { "OK    " } else { "NOT OK" });
+        println!(
+            "{} {name:<34} gpu {gpu:.9e} cpu {cpu:.9e} (diff {diff:.3e}, bound {bound:.3e})",
+            if ok { "OK    " } else { "NOT OK" }
+        );
         if !ok {
             self.failures.push(format!("{name}: gpu {gpu} vs cpu {cpu}"));
         }
@@ -124,7 +127,8 @@ fn gemm_backed_ops_match_cpu() {
         // Awkward, then the training size (B = 256 images x n = 16 patches, D = 2048).
         for &(rows, d, n) in &[(39, 29, 3), (36, 7, 36), (64, 33, 1), (4096, 2048, 16)] {
             // Every third column has a std above 1, so the variance hinge is active on some only.
-            let z: Vec<f32> = (0..rows * d).map(|i| r.random_range(-1.0f32..1.0) * if i % d % 3 == 0 { 3.0 } else { 1.0 }).collect();
+            let z: Vec<f32> =
+                (0..rows * d).map(|i| r.random_range(-1.0f32..1.0) * if i % d % 3 == 0 { 3.0 } else { 1.0 }).collect();
             let z = Tensor::from_vec(&[rows, d], z);
             let w = VicregWeights::default();
             let (pc, dzc) = ops::vicreg_fwd_bwd(&z, n, w).unwrap();
@@ -160,7 +164,13 @@ fn elementwise_ops_match_cpu() {
             0.0,
             0.0,
         );
-        rep.check(&format!("bias_add {tag}"), &ops::bias_add(&xg, &bg).unwrap(), &ops::bias_add(&x, &b).unwrap(), 1e-6, 0.0);
+        rep.check(
+            &format!("bias_add {tag}"),
+            &ops::bias_add(&xg, &bg).unwrap(),
+            &ops::bias_add(&x, &b).unwrap(),
+            1e-6,
+            0.0,
+        );
         rep.check(&format!("sum_rows {tag}"), &ops::sum_rows(&xg).unwrap(), &ops::sum_rows(&x).unwrap(), 1e-5, 1e-5);
         let w = rand_t(&mut r, &[rows, cols]);
         let (dg, dc) = (ops::dot(&xg, &on(&w, &dev)).unwrap(), ops::dot(&x, &w).unwrap());
@@ -182,7 +192,13 @@ fn elementwise_ops_match_cpu() {
         let tag = format!("{groups}x{n}x{cols}");
         let x = rand_t(&mut r, &[groups * n, cols]);
         let xg = on(&x, &dev);
-        rep.check(&format!("group_mean {tag}"), &ops::group_mean(&xg, n).unwrap(), &ops::group_mean(&x, n).unwrap(), 1e-5, 1e-6);
+        rep.check(
+            &format!("group_mean {tag}"),
+            &ops::group_mean(&xg, n).unwrap(),
+            &ops::group_mean(&x, n).unwrap(),
+            1e-5,
+            1e-6,
+        );
         let dy = rand_t(&mut r, &[groups, cols]);
         rep.check(
             &format!("group_mean_bwd {tag}"),
@@ -206,7 +222,9 @@ fn batchnorm_matches_cpu() {
             // Non-zero means and scales so the statistics matter.
             let x = Tensor::from_vec(
                 &[rows, cols],
-                (0..rows * cols).map(|i| r.random_range(-1.0f32..1.0) * (1.0 + (i % cols) as f32 * 0.1) + 0.3).collect(),
+                (0..rows * cols)
+                    .map(|i| r.random_range(-1.0f32..1.0) * (1.0 + (i % cols) as f32 * 0.1) + 0.3)
+                    .collect(),
             );
             let gamma = Tensor::from_vec(&[cols], uniform(&mut r, cols, 0.5, 1.5));
             let beta = rand_t(&mut r, &[cols]);
@@ -254,7 +272,8 @@ fn adamw_matches_cpu() {
     let mut rep = Report::new("AdamW, CUDA vs CPU");
     for &n in &[1usize, 37 * 29, 100_003] {
         let p = rand_t(&mut r, &[n]);
-        let (mut pc, mut mc, mut vc) = (p.try_clone().unwrap(), Tensor::from_vec(&[n], vec![0.0; n]), Tensor::from_vec(&[n], vec![0.0; n]));
+        let (mut pc, mut mc, mut vc) =
+            (p.try_clone().unwrap(), Tensor::from_vec(&[n], vec![0.0; n]), Tensor::from_vec(&[n], vec![0.0; n]));
         let (mut pg, mut mg, mut vg) = (on(&pc, &dev), on(&mc, &dev), on(&vc, &dev));
         for step in 1..=5 {
             let h = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05, step };

@@ -95,7 +95,13 @@ fn model_step_golden() {
     ops::ema_(&mut running_mean, mean, 0.1).unwrap();
     ops::ema_(&mut running_var, var, 0.1).unwrap();
     let running = &g["bn_running_after_one_step"];
-    r.check("encoder.0.bn running mean", &host(&running_mean), &golden_array(running, "encoder.0.bn.mean").1, 2e-5, 0.0);
+    r.check(
+        "encoder.0.bn running mean",
+        &host(&running_mean),
+        &golden_array(running, "encoder.0.bn.mean").1,
+        2e-5,
+        0.0,
+    );
     r.check("encoder.0.bn running var", &host(&running_var), &golden_array(running, "encoder.0.bn.var").1, 2e-5, 0.0);
 
     let grads = tape.backward(loss).unwrap();

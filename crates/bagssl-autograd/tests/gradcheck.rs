@@ -5,11 +5,13 @@
 //! compares with central differences `(f(x + eps) - f(x - eps)) / (2 eps)` per input element.
 //!
 //! Precision: the forward runs in f32 but `f` is reduced in f64 (`ops::dot`), so the noise of a
-//! difference quotient is about (f32 rounding of the ~40 outputs) / (2 eps) ~ 40^0.5 * 6e-8 /
-//! 2e-3 ~ 2e-4 of the gradient scale for eps = 1e-3. The truncation error is O(eps^2) times the
-//! third derivative: zero for the (bi)linear ops, ~1e-5 for BatchNorm and bag-VICReg at the eps
-//! used. Hence the bound `max |analytic - fd| <= 2e-3 max |fd|`: ten times the expected error,
-//! while a wrong gradient (a missing term, a wrong transpose or scale) is off by >= 1e-1.
+//! difference quotient is the f32 rounding of the outputs over `2 eps`: for ~40 outputs of size
+//! ~1, `40^0.5 * 6e-8 / 2e-2 ~ 2e-5` at eps = 1e-2; a scalar output (bag-VICReg, ~17, stored as
+//! f32) gives `17 * 6e-8 / 2e-2 ~ 5e-5`. The truncation error is O(eps^2) times the third
+//! derivative: zero for the (bi)linear ops, ~1e-4 of the scale for BatchNorm (checked at
+//! eps = 1e-3, where its noise is still ~2e-4) and bag-VICReg. Measured worst case: 3e-4 of the
+//! scale. Hence the bound `max |analytic - fd| <= 2e-3 max |fd|`, while a wrong gradient (a
+//! missing term, a wrong transpose or scale) is off by >= 1e-1 of the scale.
 //! Inputs keep ReLUs and the variance hinge away from their kinks, where differences are wrong.
 
 mod common;
@@ -236,4 +238,28 @@ fn no_gradient_without_requires_grad() {
     assert!(grads.get(xv).is_none(), "an input without requires_grad got a gradient");
     assert!(grads.get(frozen).is_none(), "a frozen leaf got a gradient");
     assert_eq!(grads.get(wv).unwrap().shape(), &[3, 5]);
+}
+
+/// The root's seed of 1 reaches any op (not only the scalar ones); a root that is not a scalar
+/// is an error.
+#[test]
+fn backward_roots() {
+    let x = Tensor::from_vec(&[1, 3], vec![1.0, -2.0, 0.5]);
+    let w = Tensor::from_vec(&[1, 3], vec![0.25, 4.0, -1.0]);
+    let mut tape = Tape::new();
+    let (xv, wv) = (tape.leaf(&x, true), tape.leaf(&w, true));
+    let y = tape.linear(xv, wv, None).unwrap(); // (1, 1)
+    let grads = tape.backward(y).unwrap();
+    assert_eq!(host(grads.get(wv).unwrap()), host(&x));
+    assert_eq!(host(grads.get(xv).unwrap()), host(&w));
+
+    let mut tape = Tape::new();
+    let xv = tape.leaf(&x, true);
+    assert!(matches!(tape.backward(xv), Err(bagssl_autograd::Error::Shape { .. })));
+
+    let one = Tensor::from_vec(&[1], vec![3.0]);
+    let mut tape = Tape::new();
+    let v = tape.leaf(&one, true);
+    let grads = tape.backward(v).unwrap();
+    assert_eq!(host(grads.get(v).unwrap()), vec![1.0]);
 }

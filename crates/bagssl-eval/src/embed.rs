@@ -32,10 +32,7 @@ fn check_args(model: &BagSslModel, store: &ImageStore, patch: usize, stride: usi
         )));
     }
     if patch > store.height || patch > store.width {
-        return Err(EvalError::Invalid(format!(
-            "patch {patch} does not fit {}x{} images",
-            store.height, store.width
-        )));
+        return Err(EvalError::Invalid(format!("patch {patch} does not fit {}x{} images", store.height, store.width)));
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub type Result<T> = std::result::Result<T, EvalError>;
 
 /// Number of rows of a flat `(rows, dim)` matrix, checking that it is whole.
 pub(crate) fn rows_of(what: &str, data: &[f32], dim: usize) -> Result<usize> {
-    if dim == 0 || data.len() % dim != 0 {
+    if dim == 0 || !data.len().is_multiple_of(dim) {
         return Err(EvalError::Invalid(format!("{what}: {} values are not rows of dimension {dim}", data.len())));
     }
     Ok(data.len() / dim)

@@ -65,10 +65,11 @@ fn probe_learns_separable_data_and_is_deterministic() {
     // One draw split in two, so train and test share the class centres.
     let (x, y) = blobs(2500, dim, classes, 1);
     let (xtr, ytr, xte, yte) = (&x[..2000 * dim], &y[..2000], &x[2000 * dim..], &y[2000..]);
-    let acc = linear_probe(xtr, ytr, xte, yte, dim, classes, 30, 0).unwrap();
+    // 100 epochs of 4 mini-batches: the reference's lr (1e-3) needs a few hundred Adam steps.
+    let acc = linear_probe(xtr, ytr, xte, yte, dim, classes, 100, 0).unwrap();
     println!("probe accuracy {acc}");
     assert!(acc > 0.95, "accuracy {acc}");
-    assert_eq!(acc, linear_probe(xtr, ytr, xte, yte, dim, classes, 30, 0).unwrap());
+    assert_eq!(acc, linear_probe(xtr, ytr, xte, yte, dim, classes, 100, 0).unwrap());
     let opts = ProbeOptions { epochs: 5, seed: 3, ..ProbeOptions::default() };
     let a = train_probe(xtr, ytr, dim, classes, &opts).unwrap();
     let b = train_probe(xtr, ytr, dim, classes, &opts).unwrap();
@@ -124,8 +125,9 @@ fn embed_bag_is_the_mean_of_patch_embeddings() {
             assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "image {i} dim {d}: {got} vs {want}");
         }
     }
-    // Batching does not change the result.
-    assert_eq!(bag, embed_bag(&m, &s, p, stride, 5).unwrap());
+    // Batching changes only the GEMM's rounding.
+    let other = embed_bag(&m, &s, p, stride, 5).unwrap();
+    assert!(bag.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-6), "{bag:?} vs {other:?}");
 }
 
 #[test]

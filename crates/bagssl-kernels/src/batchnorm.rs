@@ -121,7 +121,12 @@ pub fn bn_eval_fwd_f32(
 ) -> Result<GpuBuf, KernelError> {
     let op = "bn_eval_fwd_f32";
     let prm = params(op, x, rows, cols, eps, relu)?;
-    check_vecs(op, x, cols, &[("running_mean", running_mean), ("running_var", running_var), ("gamma", gamma), ("beta", beta)])?;
+    check_vecs(
+        op,
+        x,
+        cols,
+        &[("running_mean", running_mean), ("running_var", running_var), ("gamma", gamma), ("beta", beta)],
+    )?;
     let gpu = x.gpu();
     let mut y = gpu.uninit(rows * cols)?;
     if !y.is_empty() {

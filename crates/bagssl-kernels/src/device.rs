@@ -46,7 +46,12 @@ impl GpuProbe {
                 .iter()
                 .map(|d| {
                     let (ma, mi) = d.compute_capability;
-                    format!("cuda:{} {} (sm_{ma}{mi}, {:.0} GiB)", d.ordinal, d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)
+                    format!(
+                        "cuda:{} {} (sm_{ma}{mi}, {:.0} GiB)",
+                        d.ordinal,
+                        d.name,
+                        d.memory_bytes as f64 / (1u64 << 30) as f64
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -130,7 +135,8 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Opens device `ordinal`: loads the sm_90a cubins on compute capability 9.0, else the PTX;
+    /// Opens device `ordinal`: loads the sm_90a cubins on compute capability 9.0, else (or with
+    /// `BAGSSL_KERNELS=ptx`) the PTX;
     /// creates a stream and a cuBLAS handle. GEMM precision starts as TF32, or as set by
     /// `BAGSSL_GEMM_PRECISION=f32|tf32`.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>, KernelError> {
@@ -160,7 +166,10 @@ impl Gpu {
         // SAFETY: no buffer of this context exists yet, and all work goes to `stream`.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
-        let module_kind = if info.compute_capability == (9, 0) { ModuleKind::Cubin } else { ModuleKind::Ptx };
+        // BAGSSL_KERNELS=ptx forces the PTX path (to test the JIT on an H100/H200 too).
+        let force_ptx = std::env::var("BAGSSL_KERNELS").is_ok_and(|v| v == "ptx");
+        let module_kind =
+            if info.compute_capability == (9, 0) && !force_ptx { ModuleKind::Cubin } else { ModuleKind::Ptx };
         let mut functions = HashMap::new();
         for m in MODULES {
             let image = match module_kind {
@@ -225,7 +234,9 @@ impl Gpu {
     }
 
     pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction, KernelError> {
-        self.functions.get(name).ok_or_else(|| KernelError::Cuda(format!("kernel {name} is not in the compiled modules")))
+        self.functions
+            .get(name)
+            .ok_or_else(|| KernelError::Cuda(format!("kernel {name} is not in the compiled modules")))
     }
 
     pub(crate) fn blas(&self) -> Result<MutexGuard<'_, CudaBlas>, KernelError> {
@@ -235,46 +246,45 @@ impl Gpu {
 
     /// `n` zeros.
     pub fn zeros(self: &Arc<Self>, n: usize) -> Result<GpuBuf, KernelError> {
-        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_zeros_raw(n)? })
+        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_zeros_raw(n)?, len: n })
     }
 
     /// `n` elements whose values are unspecified until written (for kernel outputs).
     pub fn uninit(self: &Arc<Self>, n: usize) -> Result<GpuBuf, KernelError> {
-        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_raw(n)? })
+        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_raw(n)?, len: n })
     }
 
     /// A device copy of `v`.
     pub fn upload(self: &Arc<Self>, v: &[f32]) -> Result<GpuBuf, KernelError> {
-        Ok(GpuBuf { gpu: self.clone(), data: self.upload_raw(v)? })
+        Ok(GpuBuf { gpu: self.clone(), data: self.upload_raw(v)?, len: v.len() })
     }
 
     /// A device copy of a device buffer.
     pub fn copy(self: &Arc<Self>, b: &GpuBuf) -> Result<GpuBuf, KernelError> {
         let mut data = self.alloc_raw::<f32>(b.len())?;
         if !b.is_empty() {
-            self.stream.memcpy_dtod(&b.data, &mut data)?;
+            self.stream.memcpy_dtod(&b.data.slice(..b.len()), &mut data)?;
         }
-        Ok(GpuBuf { gpu: self.clone(), data })
+        Ok(GpuBuf { gpu: self.clone(), data, len: b.len() })
     }
 
     /// A device copy of bytes (e.g. the u8 dataset).
     pub fn upload_bytes(self: &Arc<Self>, v: &[u8]) -> Result<GpuBytes, KernelError> {
-        Ok(GpuBytes { gpu: self.clone(), data: self.upload_raw(v)? })
+        Ok(GpuBytes { gpu: self.clone(), data: self.upload_raw(v)?, len: v.len() })
     }
 
+    /// At least `n`, and at least 1, uninitialised elements: the driver refuses 0-byte
+    /// allocations, so an empty buffer owns one element it never uses.
     pub(crate) fn alloc_raw<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
-        if n == 0 {
-            return Ok(self.stream.null()?);
-        }
         // SAFETY: the elements are only read after a kernel or copy has written them.
-        Ok(unsafe { self.stream.alloc::<T>(n) }?)
+        Ok(unsafe { self.stream.alloc::<T>(n.max(1)) }?)
     }
 
-    pub(crate) fn alloc_zeros_raw<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, KernelError> {
-        if n == 0 {
-            return Ok(self.stream.null()?);
-        }
-        Ok(self.stream.alloc_zeros::<T>(n)?)
+    pub(crate) fn alloc_zeros_raw<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, KernelError> {
+        Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
     }
 
     pub(crate) fn upload_raw<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, KernelError> {
@@ -285,47 +295,59 @@ impl Gpu {
         Ok(d)
     }
 
-    pub(crate) fn download_raw<T: DeviceRepr + Default + Clone>(&self, d: &CudaSlice<T>) -> Result<Vec<T>, KernelError> {
-        let mut v = vec![T::default(); d.len()];
-        if !v.is_empty() {
-            self.stream.memcpy_dtoh(d, &mut v)?;
+    /// The first `len` elements of `d` on the host (waits for the stream).
+    pub(crate) fn download_raw<T: DeviceRepr + Default + Clone>(
+        &self,
+        d: &CudaSlice<T>,
+        len: usize,
+    ) -> Result<Vec<T>, KernelError> {
+        let mut v = vec![T::default(); len];
+        if len > 0 {
+            self.stream.memcpy_dtoh(&d.slice(..len), &mut v)?;
             self.stream.synchronize()?;
         }
         Ok(v)
     }
 }
 
-/// A device buffer of f32 plus the GPU that owns it.
+/// A device buffer of f32 plus the GPU that owns it. The allocation holds at least one element
+/// (an empty buffer still owns one), so kernels must use [`GpuBuf::len`], not the slice's length.
 pub struct GpuBuf {
     gpu: Arc<Gpu>,
     data: CudaSlice<f32>,
+    len: usize,
 }
 
 impl GpuBuf {
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.data.len() == 0
+        self.len == 0
     }
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
     }
     /// Copies the elements to the host (waits for the stream).
     pub fn to_host(&self) -> Result<Vec<f32>, KernelError> {
-        self.gpu.download_raw(&self.data)
+        self.gpu.download_raw(&self.data, self.len)
     }
     /// Overwrites the elements from the host; `v.len()` must equal `len()`.
     pub fn write(&mut self, v: &[f32]) -> Result<(), KernelError> {
         if v.len() != self.len() {
-            return Err(KernelError::Invalid(format!("GpuBuf::write: {} values into {} elements", v.len(), self.len())));
+            return Err(KernelError::Invalid(format!(
+                "GpuBuf::write: {} values into {} elements",
+                v.len(),
+                self.len()
+            )));
         }
         if !v.is_empty() {
             self.gpu.stream.memcpy_htod(v, &mut self.data)?;
         }
         Ok(())
     }
-    /// The cudarc slice, for launches outside this crate.
+    /// The cudarc allocation (at least `len()`, and at least 1, elements), for launches outside
+    /// this crate.
     pub fn slice(&self) -> &CudaSlice<f32> {
         &self.data
     }
@@ -340,24 +362,25 @@ impl std::fmt::Debug for GpuBuf {
     }
 }
 
-/// A device buffer of bytes (the u8 image dataset).
+/// A device buffer of bytes (the u8 image dataset); like [`GpuBuf`], never a 0-byte allocation.
 pub struct GpuBytes {
     gpu: Arc<Gpu>,
     data: CudaSlice<u8>,
+    len: usize,
 }
 
 impl GpuBytes {
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.data.len() == 0
+        self.len == 0
     }
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
     }
     pub fn to_host(&self) -> Result<Vec<u8>, KernelError> {
-        self.gpu.download_raw(&self.data)
+        self.gpu.download_raw(&self.data, self.len)
     }
     pub fn slice(&self) -> &CudaSlice<u8> {
         &self.data

@@ -78,7 +78,7 @@ pub fn sum_rows_f32(x: &GpuBuf, rows: usize, cols: usize) -> Result<GpuBuf, Kern
 pub fn group_mean_fwd_f32(x: &GpuBuf, rows: usize, cols: usize, n: usize) -> Result<GpuBuf, KernelError> {
     let gpu = x.gpu();
     check_len("group_mean_fwd_f32", "x", x.len(), rows * cols)?;
-    if n == 0 || rows % n != 0 {
+    if n == 0 || !rows.is_multiple_of(n) {
         return Err(KernelError::Invalid(format!("group_mean_fwd_f32: {rows} rows are not groups of {n}")));
     }
     let groups = rows / n;
@@ -163,5 +163,5 @@ pub fn dot_f32(x: &GpuBuf, w: &GpuBuf) -> Result<f64, KernelError> {
     b.arg(&partial).arg(&mut out).arg(&nb);
     // SAFETY: `blocks` partials in, one f64 out.
     unsafe { b.launch(cfg_blocks(1)) }?;
-    Ok(gpu.download_raw(&out)?[0])
+    Ok(gpu.download_raw(&out, 1)?[0])
 }

@@ -60,6 +60,36 @@ fn to_i32(v: usize, what: &str) -> Result<i32, KernelError> {
     i32::try_from(v).map_err(|_| KernelError::Invalid(format!("gemm: {what} = {v} exceeds i32")))
 }
 
+/// The column-major cuBLAS call computing a row-major [`Gemm`]: `C^T (n x m) = op(B)^T op(A)^T`,
+/// so B is the first operand and A the second, each keeping its transpose flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ColMajor {
+    pub trans_first: bool,
+    pub trans_second: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ld_first: usize,
+    pub ld_second: usize,
+    pub ldc: usize,
+}
+
+impl ColMajor {
+    pub(crate) fn of(g: &Gemm) -> ColMajor {
+        ColMajor {
+            trans_first: g.trans_b,
+            trans_second: g.trans_a,
+            m: g.n,
+            n: g.m,
+            k: g.k,
+            // B is stored (k, n) row-major, or (n, k) when transposed; A (m, k) or (k, m).
+            ld_first: (if g.trans_b { g.k } else { g.n }).max(1),
+            ld_second: (if g.trans_a { g.m } else { g.k }).max(1),
+            ldc: g.n.max(1),
+        }
+    }
+}
+
 /// Row-major GEMM on raw device memory. The lengths are checked against the shape.
 pub(crate) fn gemm_raw<A, B, C>(gpu: &crate::Gpu, g: Gemm, a: &A, b: &B, c: &mut C) -> Result<(), KernelError>
 where
@@ -67,8 +97,9 @@ where
     B: DevicePtr<f32>,
     C: DevicePtrMut<f32>,
 {
-    let Gemm { m, n, k, trans_a, trans_b, alpha, beta } = g;
-    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+    let Gemm { m, n, k, alpha, beta, .. } = g;
+    // Allocations may be longer than the matrix (see `GpuBuf`), never shorter.
+    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
         return Err(KernelError::Invalid(format!(
             "gemm (m={m}, n={n}, k={k}): operand lengths {}, {}, {}, expected {}, {}, {}",
             a.len(),
@@ -82,10 +113,8 @@ where
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let cm = ColMajor::of(&g);
     let op = |t: bool| if t { sys::cublasOperation_t::CUBLAS_OP_T } else { sys::cublasOperation_t::CUBLAS_OP_N };
-    // Column-major view: C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
-    let lda_b = if trans_b { k } else { n }; // B stored (k, n) or, transposed, (n, k)
-    let ldb_a = if trans_a { m } else { k }; // A stored (m, k) or, transposed, (k, m)
     let compute = match gpu.gemm_precision() {
         GemmPrecision::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
         GemmPrecision::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -101,22 +130,22 @@ where
     unsafe {
         cudarc::cublas::result::gemm_ex(
             *blas.handle(),
-            op(trans_b),
-            op(trans_a),
-            to_i32(n, "n")?,
-            to_i32(m, "m")?,
-            to_i32(k, "k")?,
+            op(cm.trans_first),
+            op(cm.trans_second),
+            to_i32(cm.m, "n")?,
+            to_i32(cm.n, "m")?,
+            to_i32(cm.k, "k")?,
             (&alpha) as *const f32 as *const _,
             pb as *const _,
             sys::cudaDataType_t::CUDA_R_32F,
-            to_i32(lda_b.max(1), "ld")?,
+            to_i32(cm.ld_first, "ld")?,
             pa as *const _,
             sys::cudaDataType_t::CUDA_R_32F,
-            to_i32(ldb_a.max(1), "ld")?,
+            to_i32(cm.ld_second, "ld")?,
             (&beta) as *const f32 as *const _,
             pc as *mut _,
             sys::cudaDataType_t::CUDA_R_32F,
-            to_i32(n, "ldc")?,
+            to_i32(cm.ldc, "ldc")?,
             compute,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )?;
@@ -128,17 +157,82 @@ where
 pub fn gemm_f32(g: Gemm, a: &GpuBuf, b: &GpuBuf, c: &mut GpuBuf) -> Result<(), KernelError> {
     let gpu = c.gpu().clone();
     same_gpu("gemm_f32", &gpu, &[a.gpu(), b.gpu()])?;
+    let (m, n, k) = (g.m, g.n, g.k);
+    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+        return Err(KernelError::Invalid(format!(
+            "gemm_f32 (m={m}, n={n}, k={k}): lengths {}, {}, {}, expected {}, {}, {}",
+            a.len(),
+            b.len(),
+            c.len(),
+            m * k,
+            k * n,
+            m * n
+        )));
+    }
     gemm_raw(&gpu, g, a.slice(), b.slice(), c.slice_mut())
 }
 
 /// Row-major `op(a) op(b)` into a new (m, n) buffer.
-pub fn matmul_f32(a: &GpuBuf, b: &GpuBuf, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Result<GpuBuf, KernelError> {
-    let mut c = a.gpu().uninit(m * n)?;
+pub fn matmul_f32(
+    a: &GpuBuf,
+    b: &GpuBuf,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<GpuBuf, KernelError> {
     if k == 0 {
-        // cuBLAS scales C by beta when k = 0, and beta = 0 must not read uninitialised NaNs.
-        c = a.gpu().zeros(m * n)?;
-        return Ok(c);
+        return a.gpu().zeros(m * n);
     }
+    let mut c = a.gpu().uninit(m * n)?;
     gemm_f32(Gemm { m, n, k, trans_a, trans_b, alpha: 1.0, beta: 0.0 }, a, b, &mut c)?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference column-major GEMM with cuBLAS's argument conventions.
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm_colmajor(cm: &ColMajor, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+        for j in 0..cm.n {
+            for i in 0..cm.m {
+                let mut s = 0f64;
+                for p in 0..cm.k {
+                    let av = if cm.trans_first { a[p + i * cm.ld_first] } else { a[i + p * cm.ld_first] };
+                    let bv = if cm.trans_second { b[j + p * cm.ld_second] } else { b[p + j * cm.ld_second] };
+                    s += f64::from(av) * f64::from(bv);
+                }
+                let o = &mut c[i + j * cm.ldc];
+                *o = alpha * s as f32 + beta * *o;
+            }
+        }
+    }
+
+    /// The row-major to column-major mapping, checked on the CPU with a reference cuBLAS.
+    #[test]
+    fn column_major_mapping_computes_the_row_major_product() {
+        let (m, n, k) = (5, 3, 4);
+        let val = |i: usize, s: f32| ((i * 7 + 3) % 11) as f32 * s - 2.0;
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a: Vec<f32> = (0..m * k).map(|i| val(i, 0.5)).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| val(i, 0.25)).collect();
+            // Row-major element (r, c) of op(A), op(B).
+            let opa = |r: usize, c: usize| if ta { a[c * m + r] } else { a[r * k + c] };
+            let opb = |r: usize, c: usize| if tb { b[c * k + r] } else { b[r * n + c] };
+            let c0: Vec<f32> = (0..m * n).map(|i| i as f32).collect();
+            let want: Vec<f32> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    2.0 * (0..k).map(|p| opa(r, p) * opb(p, c)).sum::<f32>() + 0.5 * c0[i]
+                })
+                .collect();
+            let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, alpha: 2.0, beta: 0.5 };
+            let mut got = c0.clone();
+            sgemm_colmajor(&ColMajor::of(&g), 2.0, &b, &a, 0.5, &mut got);
+            assert_eq!(got, want, "trans_a {ta} trans_b {tb}");
+        }
+    }
 }

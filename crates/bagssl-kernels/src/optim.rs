@@ -19,7 +19,13 @@ pub struct AdamWConfig {
 }
 
 /// One AdamW update of `param` in place, with moment buffers `m`, `v` (same length as `param`).
-pub fn adamw_f32(param: &mut GpuBuf, grad: &GpuBuf, m: &mut GpuBuf, v: &mut GpuBuf, h: AdamWConfig) -> Result<(), KernelError> {
+pub fn adamw_f32(
+    param: &mut GpuBuf,
+    grad: &GpuBuf,
+    m: &mut GpuBuf,
+    v: &mut GpuBuf,
+    h: AdamWConfig,
+) -> Result<(), KernelError> {
     let op = "adamw_f32";
     let gpu = param.gpu().clone();
     same_gpu(op, &gpu, &[grad.gpu(), m.gpu(), v.gpu()])?;

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
 use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use crate::device::same_gpu;
-use crate::ffi::{BagsslGridParams, BagsslImageDims, BagsslPatchParams, BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY, BAGSSL_PATCH_JITTER};
+use crate::ffi::{
+    BagsslGridParams, BagsslImageDims, BagsslPatchParams, BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY, BAGSSL_PATCH_JITTER,
+};
 use crate::launch::u32_of;
 use crate::{Gpu, GpuBuf, GpuBytes, KernelError};
 
@@ -52,7 +54,7 @@ impl GpuImages {
         std: [f32; 3],
     ) -> Result<GpuImages, KernelError> {
         let per = height * width * 3;
-        if per == 0 || pixels.len() % per != 0 {
+        if per == 0 || !pixels.len().is_multiple_of(per) {
             return Err(KernelError::Invalid(format!(
                 "GpuImages::upload: {} bytes are not images of {height}x{width}x3",
                 pixels.len()
@@ -141,7 +143,12 @@ fn check_patch(op: &str, images: &GpuImages, patch: usize) -> Result<u32, Kernel
 }
 
 /// Gathers, augments and normalises `specs` into `out` (specs.len() rows of patch*patch*3, HWC).
-pub fn patch_embed_fwd_f32_into(images: &GpuImages, specs: &GpuPatchSpecs, patch: usize, out: &mut GpuBuf) -> Result<(), KernelError> {
+pub fn patch_embed_fwd_f32_into(
+    images: &GpuImages,
+    specs: &GpuPatchSpecs,
+    patch: usize,
+    out: &mut GpuBuf,
+) -> Result<(), KernelError> {
     let op = "patch_embed_fwd_f32";
     let p = check_patch(op, images, patch)?;
     let gpu = images.gpu();
@@ -188,7 +195,13 @@ pub fn grid_len(height: usize, width: usize, patch: usize, stride: usize) -> usi
 
 /// Every grid patch (no augmentation) of images `first .. first + count`, image-major then
 /// row-major grid position: (count * grid_len, patch*patch*3).
-pub fn patch_grid_fwd_f32(images: &GpuImages, first: usize, count: usize, patch: usize, stride: usize) -> Result<GpuBuf, KernelError> {
+pub fn patch_grid_fwd_f32(
+    images: &GpuImages,
+    first: usize,
+    count: usize,
+    patch: usize,
+    stride: usize,
+) -> Result<GpuBuf, KernelError> {
     let op = "patch_grid_fwd_f32";
     let p = check_patch(op, images, patch)?;
     if stride == 0 {

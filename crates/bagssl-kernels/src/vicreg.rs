@@ -41,7 +41,7 @@ pub struct VicregOut {
 impl VicregOut {
     /// Copies the four scalars (32 bytes) to the host; waits for the stream.
     pub fn scalars(&self) -> Result<VicregScalars, KernelError> {
-        let v = self.dz.gpu().download_raw(&self.scalars)?;
+        let v = self.dz.gpu().download_raw(&self.scalars, 4)?;
         Ok(VicregScalars { loss: v[0], invariance: v[1], variance: v[2], covariance: v[3] })
     }
 }
@@ -58,7 +58,7 @@ pub fn vicreg_fwd_bwd_f32(
 ) -> Result<VicregOut, KernelError> {
     let op = "vicreg_fwd_bwd_f32";
     check_len(op, "z", z.len(), n_rows * dim)?;
-    if n_per_image == 0 || n_rows % n_per_image != 0 {
+    if n_per_image == 0 || !n_rows.is_multiple_of(n_per_image) {
         return Err(KernelError::Invalid(format!("{op}: {n_rows} rows are not groups of {n_per_image}")));
     }
     if n_rows < 2 || dim == 0 {
@@ -108,7 +108,8 @@ pub fn vicreg_fwd_bwd_f32(
     unsafe { b.launch(cfg_1d(n_rows * dim)) }?;
 
     // C = Zc^T Zc / (N - 1)
-    let g = Gemm { m: dim, n: dim, k: n_rows, trans_a: true, trans_b: false, alpha: 1.0 / (n_rows - 1) as f32, beta: 0.0 };
+    let g =
+        Gemm { m: dim, n: dim, k: n_rows, trans_a: true, trans_b: false, alpha: 1.0 / (n_rows - 1) as f32, beta: 0.0 };
     gemm_raw(gpu, g, &zc, &zc, &mut c)?;
 
     let mut b = s.launch_builder(gpu.function("vicreg_cov_terms_f32")?);

@@ -21,8 +21,12 @@ fn source_hash(kernels: &Path) -> String {
             if p.is_dir() {
                 collect(root, &p, out);
             } else if matches!(p.extension().and_then(|e| e.to_str()), Some("cu" | "cuh" | "h" | "flags")) {
-                let rel: Vec<_> =
-                    p.strip_prefix(root).unwrap().components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let rel: Vec<_> = p
+                    .strip_prefix(root)
+                    .unwrap()
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
                 out.push(rel.join("/"));
             }
         }

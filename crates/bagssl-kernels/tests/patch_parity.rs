@@ -39,7 +39,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
 fn patch_embed_matches_cpu_gather() {
     let Some(gpu) = gpu_or_skip("patch_embed_matches_cpu_gather") else { return };
     let mut r = ChaCha8Rng::seed_from_u64(7);
-    for &(n_img, h, w, p, n_specs) in &[(5, 13, 17, 5, 211), (3, 32, 32, 8, 4096), (2, 40, 33, 19, 64), (1, 4, 4, 4, 8)] {
+    for &(n_img, h, w, p, n_specs) in &[(5, 13, 17, 5, 211), (3, 32, 32, 8, 4096), (2, 40, 33, 19, 64), (1, 4, 4, 4, 8)]
+    {
         let st = store(&mut r, n_img, h, w);
         let specs: Vec<DataSpec> = (0..n_specs)
             .map(|i| DataSpec {
@@ -76,7 +77,8 @@ fn patch_embed_matches_cpu_gather() {
 fn patch_grid_matches_cpu_gather() {
     let Some(gpu) = gpu_or_skip("patch_grid_matches_cpu_gather") else { return };
     let mut r = ChaCha8Rng::seed_from_u64(8);
-    for &(n_img, h, w, p, s, first, count) in &[(4, 10, 12, 4, 3, 1, 3), (3, 32, 32, 8, 2, 0, 3), (2, 9, 7, 7, 5, 1, 1)] {
+    for &(n_img, h, w, p, s, first, count) in &[(4, 10, 12, 4, 3, 1, 3), (3, 32, 32, 8, 2, 0, 3), (2, 9, 7, 7, 5, 1, 1)]
+    {
         let st = store(&mut r, n_img, h, w);
         let per = grid_len(h, w, p, s);
         assert_eq!(per, bagssl_kernels::grid_len(h, w, p, s));
@@ -85,7 +87,10 @@ fn patch_grid_matches_cpu_gather() {
         let images = GpuImages::upload(&gpu, &st.pixels, h, w, st.mean, st.std).unwrap();
         let got = patch_grid_fwd_f32(&images, first, count, p, s).unwrap().to_host().unwrap();
         let (d, at) = max_diff(&got, &want);
-        println!("{} patch_grid {n_img}x{h}x{w} p={p} s={s}: max diff {d:.3e} at {at}", if d <= TOL { "OK    " } else { "NOT OK" });
+        println!(
+            "{} patch_grid {n_img}x{h}x{w} p={p} s={s}: max diff {d:.3e} at {at}",
+            if d <= TOL { "OK    " } else { "NOT OK" }
+        );
         assert!(d <= TOL, "patch_grid_fwd_f32 differs from gather_grid by {d} at {at}");
     }
 }

@@ -125,7 +125,8 @@ impl TrainConfig {
         if self.batch_images == 0 {
             return Err(ModelError::Config("batch_images must be positive".into()));
         }
-        if !(self.lr.is_finite() && self.lr >= 0.0) || !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+        let usable = |v: f64| v.is_finite() && v >= 0.0;
+        if !usable(self.lr) || !usable(self.weight_decay) {
             return Err(ModelError::Config(format!(
                 "lr ({}) and weight_decay ({}) must be finite and non-negative",
                 self.lr, self.weight_decay

@@ -38,6 +38,9 @@ pub enum ModelError {
     NonFiniteLoss { step: u64 },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A broken invariant inside this crate (a bug, not a user error).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

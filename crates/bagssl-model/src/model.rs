@@ -87,7 +87,7 @@ impl TrainForward {
             .iter()
             .map(|&v| {
                 let (mean, var) = tape.bn_stats(v).ok_or_else(|| {
-                    ModelError::Config("internal: a BatchNorm output has no batch statistics on the tape".into())
+                    ModelError::Internal("a BatchNorm output has no batch statistics on the tape".into())
                 })?;
                 Ok((mean.try_clone()?, var.try_clone()?))
             })
@@ -268,7 +268,11 @@ impl BagSslModel {
             .running
             .iter()
             .map(|r| {
-                Ok(RunningStats { prefix: r.prefix.clone(), mean: r.mean.to_device(device)?, var: r.var.to_device(device)? })
+                Ok(RunningStats {
+                    prefix: r.prefix.clone(),
+                    mean: r.mean.to_device(device)?,
+                    var: r.var.to_device(device)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BagSslModel { config: self.config, device: device.clone(), params, running })

@@ -93,14 +93,7 @@ impl Optimizer {
             match self.kind {
                 OptimizerKind::AdamW => {
                     let (m, v) = bufs.split_at_mut(1);
-                    let h = AdamW {
-                        lr,
-                        beta1: ADAM_BETA1,
-                        beta2: ADAM_BETA2,
-                        eps: ADAM_EPS,
-                        weight_decay: wd,
-                        step,
-                    };
+                    let h = AdamW { lr, beta1: ADAM_BETA1, beta2: ADAM_BETA2, eps: ADAM_EPS, weight_decay: wd, step };
                     ops::adamw_(&mut p.value, g, &mut m[0], &mut v[0], h)?;
                 }
                 OptimizerKind::Lars => lars_update(&mut p.value, g, &mut bufs[0], lr, wd, p.kind.is_weight())?,

@@ -202,9 +202,7 @@ impl Trainer {
                 .params
                 .iter()
                 .zip(self.model.params())
-                .map(|(&v, p)| {
-                    g.take(v).ok_or_else(|| ModelError::Config(format!("internal: no gradient for `{}`", p.name)))
-                })
+                .map(|(&v, p)| g.take(v).ok_or_else(|| ModelError::Internal(format!("no gradient for `{}`", p.name))))
                 .collect::<Result<Vec<_>>>()?;
             (parts, grads, batch_stats)
         };

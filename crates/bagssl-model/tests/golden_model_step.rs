@@ -27,7 +27,10 @@ fn check(name: &str, got: &[f32], want: &[f64], floor: f64, tol: f64) -> bool {
     let scale = want.iter().fold(floor, |m, w| m.max(w.abs()));
     let err = got.iter().zip(want).fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / scale;
     let ok = err <= tol;
-    println!("{} {name}: max error {err:.2e} (relative to {scale:.3e}, bound {tol:.0e})", if ok { "OK" } else { "NOT OK" });
+    println!(
+        "{} {name}: max error {err:.2e} (relative to {scale:.3e}, bound {tol:.0e})",
+        if ok { "OK" } else { "NOT OK" }
+    );
     ok
 }
 
@@ -69,9 +72,12 @@ fn model_step_matches_golden() {
     };
     ok &= check("h", &h, &array(&g["h"]).1, 0.0, 1e-5);
     ok &= check("z", &z, &array(&g["z"]).1, 0.0, 1e-5);
-    for (key, got) in
-        [("loss", parts.loss), ("invariance", parts.invariance), ("variance", parts.variance), ("covariance", parts.covariance)]
-    {
+    for (key, got) in [
+        ("loss", parts.loss),
+        ("invariance", parts.invariance),
+        ("variance", parts.variance),
+        ("covariance", parts.covariance),
+    ] {
         let want = g[key].as_f64().unwrap();
         let err = (got - want).abs() / want.abs();
         let pass = err <= 1e-5;

@@ -7,7 +7,7 @@
 //! dx. Both passes split rows over the rayon pool; the column sums are reduced in f64.
 
 use super::par::{for_rows_mut, reduce_rows};
-use super::simd::vectorized;
+use super::simd::multiversion;
 
 /// Batch statistics of a training-mode forward, one entry per column.
 pub struct BnStats {
@@ -24,9 +24,8 @@ pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y
     let cols = gamma.len();
     let rows = x.len() / cols;
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
-        let x = &x[range.start * cols..range.end * cols];
         let (s, q) = acc.split_at_mut(cols);
-        vectorized(|| x.chunks_exact(cols).for_each(|row| sum_and_squares(row, s, q)))
+        sums_and_squares(&x[range.start * cols..range.end * cols], s, q)
     });
     let n = rows as f64;
     let mut stats = BnStats { mean: vec![0.0; cols], invstd: vec![0.0; cols], var_unbiased: vec![0.0; cols] };
@@ -43,7 +42,17 @@ pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y
 }
 
 /// Eval-mode forward with the running statistics.
-pub fn eval_fwd(x: &[f32], mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub fn eval_fwd(
+    x: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    relu: bool,
+    y: &mut [f32],
+) {
     let scale: Vec<f32> =
         gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect();
     normalize(x, mean, &scale, beta, relu, y);
@@ -52,32 +61,32 @@ pub fn eval_fwd(x: &[f32], mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32
 /// `y = act((x - mean) * scale + beta)` row by row.
 fn normalize(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
     let cols = mean.len();
-    for_rows_mut(y, cols, |r0, y| {
-        let x = &x[r0 * cols..r0 * cols + y.len()];
-        vectorized(|| {
-            for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
-                normalize_row(xr, mean, scale, beta, relu, yr);
-            }
-        })
-    });
+    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], mean, scale, beta, relu, y));
 }
 
-#[inline(always)]
-fn sum_and_squares(row: &[f32], s: &mut [f64], q: &mut [f64]) {
-    for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(row) {
-        let x = x as f64;
-        *s += x;
-        *q += x * x;
+multiversion! {
+    /// `s[c] += sum_r x[r, c]`, `q[c] += sum_r x[r, c]^2` over a block of rows.
+    fn sums_and_squares(x: &[f32], s: &mut [f64], q: &mut [f64]) {
+        for row in x.chunks_exact(s.len()) {
+            for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+                let x = x as f64;
+                *s += x;
+                *q += x * x;
+            }
+        }
     }
 }
 
-#[inline(always)]
-fn normalize_row(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
-    let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
-    if relu {
-        it.for_each(|((((y, &x), &m), &s), &b)| *y = ((x - m) * s + b).max(0.0));
-    } else {
-        it.for_each(|((((y, &x), &m), &s), &b)| *y = (x - m) * s + b);
+multiversion! {
+    fn normalize_rows(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+        for (y, x) in y.chunks_exact_mut(mean.len()).zip(x.chunks_exact(mean.len())) {
+            let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
+            if relu {
+                it.for_each(|((((y, &x), &m), &s), &b)| *y = ((x - m) * s + b).max(0.0));
+            } else {
+                it.for_each(|((((y, &x), &m), &s), &b)| *y = (x - m) * s + b);
+            }
+        }
     }
 }
 
@@ -103,13 +112,8 @@ pub fn train_bwd(
     let rows = x.len() / cols;
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let span = range.start * cols..range.end * cols;
-        let (dy, x, y) = (&dy[span.clone()], &x[span.clone()], &y[span]);
         let (sb, sg) = acc.split_at_mut(cols);
-        vectorized(|| {
-            for ((dyr, xr), yr) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(y.chunks_exact(cols)) {
-                bwd_sums_row(dyr, xr, yr, mean, invstd, relu, sb, sg);
-            }
-        })
+        bwd_sums(&dy[span.clone()], &x[span.clone()], &y[span], mean, invstd, relu, sb, sg)
     });
     let n = rows as f64;
     let dbeta: Vec<f32> = sums[..cols].iter().map(|&s| s as f32).collect();
@@ -123,55 +127,58 @@ pub fn train_bwd(
         q[j] = (-k * invstd[j] as f64 * sums[cols + j] / n) as f32;
         r[j] = (-k * sums[j] / n) as f32;
     }
+    let coefs = Coefs { mean, p: &p, q: &q, r: &r };
     for_rows_mut(dx, cols, |r0, dx| {
         let span = r0 * cols..r0 * cols + dx.len();
-        let (dy, x, y) = (&dy[span.clone()], &x[span.clone()], &y[span]);
-        vectorized(|| {
-            let rows = dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols));
-            for (((dxr, dyr), xr), yr) in rows.zip(y.chunks_exact(cols)) {
-                bwd_dx_row(dyr, xr, yr, mean, &p, &q, &r, relu, dxr);
-            }
-        })
+        bwd_dx(&dy[span.clone()], &x[span.clone()], &y[span], coefs, relu, dx)
     });
     (dgamma, dbeta)
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn bwd_sums_row(
-    dy: &[f32],
-    x: &[f32],
-    y: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    relu: bool,
-    sb: &mut [f64],
-    sg: &mut [f64],
-) {
-    let it = dy.iter().zip(x).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
-    for (((((&d, &x), &y), &m), &s), (sb, sg)) in it {
-        let g = if !relu || y > 0.0 { d } else { 0.0 };
-        *sb += g as f64;
-        *sg += (g * ((x - m) * s)) as f64;
+/// Per-column coefficients of `dx = p g + q (x - mean) + r`.
+#[derive(Clone, Copy)]
+struct Coefs<'c> {
+    mean: &'c [f32],
+    p: &'c [f32],
+    q: &'c [f32],
+    r: &'c [f32],
+}
+
+multiversion! {
+    /// `sb[c] += sum_r g`, `sg[c] += sum_r g xhat` over a block of rows.
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_sums(
+        dy: &[f32],
+        x: &[f32],
+        y: &[f32],
+        mean: &[f32],
+        invstd: &[f32],
+        relu: bool,
+        sb: &mut [f64],
+        sg: &mut [f64],
+    ) {
+        let cols = mean.len();
+        for ((dy, x), y) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(y.chunks_exact(cols)) {
+            let it = dy.iter().zip(x).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
+            for (((((&d, &x), &y), &m), &s), (sb, sg)) in it {
+                let g = if !relu || y > 0.0 { d } else { 0.0 };
+                *sb += g as f64;
+                *sg += (g * ((x - m) * s)) as f64;
+            }
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn bwd_dx_row(
-    dy: &[f32],
-    x: &[f32],
-    y: &[f32],
-    mean: &[f32],
-    p: &[f32],
-    q: &[f32],
-    r: &[f32],
-    relu: bool,
-    dx: &mut [f32],
-) {
-    let it = dx.iter_mut().zip(dy).zip(x).zip(y).zip(mean).zip(p.iter().zip(q).zip(r));
-    for (((((dx, &d), &x), &y), &m), ((&p, &q), &r)) in it {
-        let g = if !relu || y > 0.0 { d } else { 0.0 };
-        *dx = p * g + q * (x - m) + r;
+multiversion! {
+    fn bwd_dx(dy: &[f32], x: &[f32], y: &[f32], c: Coefs<'_>, relu: bool, dx: &mut [f32]) {
+        let cols = c.mean.len();
+        let rows = dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols));
+        for (((dx, dy), x), y) in rows.zip(y.chunks_exact(cols)) {
+            let it = dx.iter_mut().zip(dy).zip(x).zip(y).zip(c.mean).zip(c.p.iter().zip(c.q).zip(c.r));
+            for (((((dx, &d), &x), &y), &m), ((&p, &q), &r)) in it {
+                let g = if !relu || y > 0.0 { d } else { 0.0 };
+                *dx = p * g + q * (x - m) + r;
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! 105 GFLOP/s on the 512-wide layers of the target workload (about 2.5 ms per 512^3 product).
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// Products with fewer multiply-adds than this run on the calling thread: the rayon fork/join
 /// and the per-thread packing buffers cost more than the second core gives back. 64^3 MACs take
@@ -31,7 +32,39 @@ pub fn sgemm(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool
     let GemmShape { m, k, n, trans_a, trans_b } = s;
     assert_eq!(a.len(), m * k, "sgemm: lhs has {} elements, shape {s:?}", a.len());
     assert_eq!(b.len(), k * n, "sgemm: rhs has {} elements, shape {s:?}", b.len());
-    assert_eq!(c.len(), m * n, "sgemm: dst has {} elements, shape {s:?}", c.len());
+    // op(A) and op(B) as strided views: a transpose swaps the strides.
+    let a = if trans_a { View::new(a, m, k, 1, m) } else { View::new(a, m, k, k, 1) };
+    let b = if trans_b { View::new(b, k, n, 1, k) } else { View::new(b, k, n, n, 1) };
+    let par = m * n * k >= PAR_MIN_MACS;
+    gemm_views(a, b, c, accumulate, scale, par);
+}
+
+/// A read-only strided matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'d> {
+    data: &'d [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'d> View<'d> {
+    /// Panics when an element would fall outside `data`.
+    pub fn new(data: &'d [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * rs + (cols - 1) * cs;
+            assert!(last < data.len(), "View {rows}x{cols} strides ({rs}, {cs}) overruns {} elements", data.len());
+        }
+        View { data, rows, cols, rs, cs }
+    }
+}
+
+/// `c = acc * c + scale * a @ b` with `c` row-major (a.rows, b.cols); multi-threaded when `par`.
+pub fn gemm_views(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm_views: inner dimensions {k} vs {}", b.rows);
+    assert_eq!(c.len(), m * n, "gemm_views: dst has {} elements for {m}x{n}", c.len());
     if m == 0 || n == 0 {
         return;
     }
@@ -41,12 +74,8 @@ pub fn sgemm(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool
         }
         return;
     }
-    // (row stride, column stride) of op(A) and op(B) in elements.
-    let (a_rs, a_cs) = if trans_a { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
-    let par = if m * n * k < PAR_MIN_MACS { Parallelism::None } else { Parallelism::Rayon(0) };
-    // SAFETY: the strides address exactly the m*k, k*n and m*n elements whose slice lengths were
-    // checked above; `c` is borrowed mutably, so it aliases neither `a` nor `b`.
+    // SAFETY: `View::new` checked that every element of a and b is inside its slice, the length of
+    // `c` was checked above, and `c` is borrowed mutably, so it aliases neither a nor b.
     unsafe {
         gemm::gemm(
             m,
@@ -56,18 +85,61 @@ pub fn sgemm(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool
             1,
             n as isize,
             accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
             if accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,
             false,
-            par,
+            if par { Parallelism::Rayon(0) } else { Parallelism::None },
         );
     }
+}
+
+/// `scale * A^T A` for `A` row-major (rows, d), exploiting symmetry: the column blocks of A give
+/// `T (T + 1) / 2` block products instead of `T^2` (37% fewer flops at d = 512), run as
+/// independent single-threaded GEMMs on the rayon pool, then mirrored.
+pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
+    /// Block width: big enough for the GEMM micro-kernel to run at full speed, small enough that
+    /// 512 columns make 10 block products to balance over the threads.
+    const BLOCK: usize = 128;
+    assert_eq!(a.len(), rows * d, "gram: {} elements for {rows}x{d}", a.len());
+    let mut c = vec![0f32; d * d];
+    let nb = d.div_ceil(BLOCK);
+    if nb < 2 {
+        sgemm(GemmShape { m: d, k: rows, n: d, trans_a: true, trans_b: false }, a, a, &mut c, false, scale);
+        return c;
+    }
+    let span = |i: usize| (i * BLOCK, BLOCK.min(d - i * BLOCK));
+    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (i..nb).map(move |j| (i, j))).collect();
+    let blocks: Vec<Vec<f32>> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let ((r0, rn), (c0, cn)) = (span(i), span(j));
+            // Columns r0.. of A, transposed: element (i, p) = a[p * d + r0 + i].
+            let lhs = View::new(&a[r0..], rn, rows, 1, d);
+            let rhs = View::new(&a[c0..], rows, cn, d, 1);
+            let mut blk = vec![0f32; rn * cn];
+            gemm_views(lhs, rhs, &mut blk, false, scale, false);
+            blk
+        })
+        .collect();
+    for (&(i, j), blk) in pairs.iter().zip(&blocks) {
+        let ((r0, rn), (c0, cn)) = (span(i), span(j));
+        for r in 0..rn {
+            let row = &blk[r * cn..(r + 1) * cn];
+            c[(r0 + r) * d + c0..(r0 + r) * d + c0 + cn].copy_from_slice(row);
+            if i != j {
+                for (q, &v) in row.iter().enumerate() {
+                    c[(c0 + q) * d + r0 + r] = v;
+                }
+            }
+        }
+    }
+    c
 }

@@ -14,13 +14,15 @@
 //!
 //! So the whole gradient is `dz = lambda dI/dz + Zc M` with
 //! `M = nu 4 / (D (N - 1)) Coff + diag(mu dV/dC_dd-scale)`: the variance term rides along as the
-//! diagonal of the second GEMM. Cost: two N x D x D GEMMs (C, then Zc M) plus two streaming passes.
+//! diagonal of the second GEMM. Cost: the symmetric N x D x D product for C (about 5/8 of a
+//! GEMM, [`gram`]), one N x D x D GEMM for Zc M, and two streaming passes.
 
 use rayon::prelude::*;
 
-use super::matmul::{sgemm, GemmShape};
+use super::elementwise::add_rows;
+use super::matmul::{gram, sgemm, GemmShape};
 use super::par::{reduce_rows, rows_per_task};
-use super::simd::vectorized;
+use super::simd::multiversion;
 use crate::ops::{VicregParts, VicregWeights};
 
 /// Loss parts and dL/dz (N x D, row-major) of the weighted loss. Needs N >= 2 and n | N.
@@ -29,10 +31,7 @@ pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts,
     let (nf, df) = (rows as f64, d as f64);
 
     // Column means over all rows.
-    let sums = reduce_rows(rows, d, d, |range, acc| {
-        let z = &z[range.start * d..range.end * d];
-        vectorized(|| z.chunks_exact(d).for_each(|row| acc_row(row, acc)))
-    });
+    let sums = reduce_rows(rows, d, d, |range, acc| add_rows(&z[range.start * d..range.end * d], acc));
     let mu: Vec<f32> = sums.iter().map(|&s| (s / nf) as f32).collect();
 
     // Per image: invariance sum, dz = lambda dI/dz, and Zc.
@@ -45,17 +44,12 @@ pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts,
         .par_chunks_mut(chunk)
         .zip(zc.par_chunks_mut(chunk))
         .enumerate()
-        .map(|(c, (dz, zc))| {
-            let z = &z[c * chunk..c * chunk + dz.len()];
-            vectorized(|| invariance_chunk(z, &mu, d, n, inv_coef, dz, zc))
-        })
+        .map(|(c, (dz, zc))| invariance_chunk(&z[c * chunk..c * chunk + dz.len()], &mu, n, inv_coef, dz, zc))
         .collect();
     let invariance = inv_parts.iter().sum::<f64>() / (nf * df);
 
     // C = Zc^T Zc / (N - 1).
-    let mut c = vec![0f32; d * d];
-    let gram = GemmShape { m: d, k: rows, n: d, trans_a: true, trans_b: false };
-    sgemm(gram, &zc, &zc, &mut c, false, (1.0 / (nf - 1.0)) as f32);
+    let mut c = gram(&zc, rows, d, (1.0 / (nf - 1.0)) as f32);
 
     // Variance and covariance terms; C becomes M in place.
     let off_coef = (4.0 * w.covariance as f64 / (df * (nf - 1.0))) as f32;
@@ -82,32 +76,32 @@ pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts,
     (VicregParts { loss, invariance, variance, covariance }, dz)
 }
 
-#[inline(always)]
-fn acc_row(row: &[f32], acc: &mut [f64]) {
-    acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x as f64);
-}
-
-/// For whole images of `z` (rows of `d`, `n` per image): writes `dz = coef (z - mb)` and
-/// `zc = z - mu`, returns `sum (z - mb)^2`.
-#[inline(always)]
-fn invariance_chunk(z: &[f32], mu: &[f32], d: usize, n: usize, coef: f32, dz: &mut [f32], zc: &mut [f32]) -> f64 {
-    let inv_n = 1.0 / n as f64;
-    let mut mean = vec![0f64; d];
-    let mut mb = vec![0f32; d];
-    let mut sq = vec![0f64; d];
-    for ((z, dz), zc) in z.chunks_exact(n * d).zip(dz.chunks_exact_mut(n * d)).zip(zc.chunks_exact_mut(n * d)) {
-        mean.fill(0.0);
-        z.chunks_exact(d).for_each(|row| acc_row(row, &mut mean));
-        mb.iter_mut().zip(&mean).for_each(|(m, &s)| *m = (s * inv_n) as f32);
-        for ((zr, dzr), zcr) in z.chunks_exact(d).zip(dz.chunks_exact_mut(d)).zip(zc.chunks_exact_mut(d)) {
-            let it = zr.iter().zip(&mb).zip(mu).zip(dzr.iter_mut().zip(zcr.iter_mut())).zip(sq.iter_mut());
-            for ((((&z, &m), &mu), (dz, zc)), sq) in it {
-                let diff = z - m;
-                *sq += (diff * diff) as f64;
-                *dz = coef * diff;
-                *zc = z - mu;
+multiversion! {
+    /// For whole images of `z` (rows of `mu.len()`, `n` per image): writes `dz = coef (z - mb)`
+    /// and `zc = z - mu`, returns `sum (z - mb)^2`.
+    fn invariance_chunk(z: &[f32], mu: &[f32], n: usize, coef: f32, dz: &mut [f32], zc: &mut [f32]) -> f64 {
+        let d = mu.len();
+        let inv_n = 1.0 / n as f64;
+        let mut mean = vec![0f64; d];
+        let mut mb = vec![0f32; d];
+        let mut sq = vec![0f64; d];
+        let images = z.chunks_exact(n * d).zip(dz.chunks_exact_mut(n * d)).zip(zc.chunks_exact_mut(n * d));
+        for ((z, dz), zc) in images {
+            mean.fill(0.0);
+            for row in z.chunks_exact(d) {
+                mean.iter_mut().zip(row).for_each(|(a, &x)| *a += x as f64);
+            }
+            mb.iter_mut().zip(&mean).for_each(|(m, &s)| *m = (s * inv_n) as f32);
+            for ((zr, dzr), zcr) in z.chunks_exact(d).zip(dz.chunks_exact_mut(d)).zip(zc.chunks_exact_mut(d)) {
+                let it = zr.iter().zip(&mb).zip(mu).zip(dzr.iter_mut().zip(zcr.iter_mut())).zip(sq.iter_mut());
+                for ((((&z, &m), &mu), (dz, zc)), sq) in it {
+                    let diff = z - m;
+                    *sq += (diff * diff) as f64;
+                    *dz = coef * diff;
+                    *zc = z - mu;
+                }
             }
         }
+        sq.iter().sum()
     }
-    sq.iter().sum()
 }

@@ -1,0 +1,391 @@
+// check.cpp — the kernel lab's correctness pass without a GPU: every kernel of kernels/*.cu,
+// run by the CPU emulator (emu.hpp) with the launch shapes of crates/bagssl-kernels, against a
+// plain double-precision reference written from DESIGN.md §3. Small awkward sizes, plus tiny
+// grids so the grid-stride loops take several turns.
+//
+// Build and run: cargo xtask emulate-kernels
+//   (g++ -std=c++17 -O1 -g -fsanitize=address,undefined -Ikernels/include -Ikernels
+//    kernels/lab/check.cpp -o target/emulate-kernels -pthread && target/emulate-kernels)
+// Prints one OK / NOT OK line per output with the max difference, then the verdict.
+
+#include "emu.hpp"
+
+#include "../batchnorm.cu"
+#include "../cov_loss.cu"
+#include "../elementwise.cu"
+#include "../optim.cu"
+#include "../patch_embed.cu"
+
+#include <algorithm>
+#include <string>
+
+using std::vector;
+
+static int g_failures = 0;
+
+// Mirrors crates/bagssl-kernels/src/launch.rs.
+static const unsigned BLOCK = 256;
+static unsigned grid_1d(size_t n, size_t cap = 8192) { return (unsigned)std::max<size_t>(1, std::min((n + BLOCK - 1) / BLOCK, cap)); }
+static dim3 cols_grid(size_t cols) { return dim3((unsigned)std::max<size_t>(1, (cols + 31) / 32)); }
+static dim3 cols_block() { return dim3(BAGSSL_COL_TILE, BAGSSL_COL_ROWS); }
+
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+    uint32_t next() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return (uint32_t)(s >> 11);
+    }
+    float uniform(float lo, float hi) { return lo + (hi - lo) * (float)(next() % 1000003) / 1000003.0f; }
+    vector<float> vec(size_t n, float lo = -1, float hi = 1) {
+        vector<float> v(n);
+        for (auto& x : v) x = uniform(lo, hi);
+        return v;
+    }
+};
+
+template <typename A, typename B>
+static void check(const std::string& name, const A& got, const B& want, double rtol, double atol = 0) {
+    if (got.size() != want.size()) {
+        std::printf("NOT OK %-44s size %zu vs %zu\n", name.c_str(), got.size(), want.size());
+        ++g_failures;
+        return;
+    }
+    double scale = 0, diff = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        scale = std::max(scale, std::fabs((double)want[i]));
+        const double d = std::fabs((double)got[i] - (double)want[i]);
+        if (!(d <= diff)) {
+            diff = std::isnan(d) ? INFINITY : d;
+            at = i;
+        }
+    }
+    const double bound = rtol * scale + atol;
+    const bool ok = diff <= bound;
+    std::printf("%s %-44s max diff %.3e at %zu (bound %.3e)\n", ok ? "OK    " : "NOT OK", name.c_str(), diff, at, bound);
+    if (!ok) {
+        ++g_failures;
+        std::printf("       got %.9g want %.9g\n", (double)got[at], (double)want[at]);
+    }
+}
+
+static void check1(const std::string& name, double got, double want, double rtol, double atol = 1e-12) {
+    check(name, vector<double>{got}, vector<double>{want}, rtol, atol);
+}
+
+// ------------------------------------------------------------------------------------------
+static void elementwise(Rng& r) {
+    for (auto [rows, cols, cap] : {std::tuple<size_t, size_t, size_t>{37, 45, 8192}, {3, 1, 8192}, {300, 7, 2}}) {
+        const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + " grid<=" + std::to_string(cap);
+        const size_t n = rows * cols;
+        auto x = r.vec(n), dy = r.vec(n), b = r.vec(cols), w = r.vec(n);
+        vector<float> y(n), dx(n), out(cols);
+        emu::launch(relu_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), y.data(), (uint32_t)n);
+        vector<double> ref(n);
+        for (size_t i = 0; i < n; ++i) ref[i] = x[i] > 0 ? x[i] : 0;
+        check("relu_fwd " + tag, y, ref, 0);
+        emu::launch(relu_bwd_f32, grid_1d(n, cap), BLOCK, dy.data(), y.data(), dx.data(), (uint32_t)n);
+        for (size_t i = 0; i < n; ++i) ref[i] = y[i] > 0 ? dy[i] : 0;
+        check("relu_bwd " + tag, dx, ref, 0);
+        BagsslMatrixDims d{(uint32_t)rows, (uint32_t)cols};
+        emu::launch(bias_add_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), b.data(), y.data(), d);
+        for (size_t i = 0; i < n; ++i) ref[i] = (double)x[i] + b[i % cols];
+        check("bias_add " + tag, y, ref, 1e-7);
+        emu::launch(sum_rows_f32, cols_grid(cols), cols_block(), x.data(), out.data(), d);
+        vector<double> cs(cols, 0);
+        for (size_t i = 0; i < n; ++i) cs[i % cols] += x[i];
+        check("sum_rows " + tag, out, cs, 1e-6, 1e-6);
+        vector<float> ya = w;
+        emu::launch(axpy_f32, grid_1d(n, cap), BLOCK, ya.data(), -0.37f, x.data(), (uint32_t)n);
+        for (size_t i = 0; i < n; ++i) ref[i] = (double)w[i] - 0.37 * x[i];
+        check("axpy " + tag, ya, ref, 1e-6);
+        emu::launch(scale_f32, grid_1d(n, cap), BLOCK, ya.data(), 2.0f, (uint32_t)n);
+        for (auto& v : ref) v *= 2;
+        check("scale " + tag, ya, ref, 1e-6);
+        const unsigned pb = grid_1d(n, std::min<size_t>(cap, 1024));
+        vector<double> part(pb), tot(1);
+        emu::launch(dot_partial_f32, pb, BLOCK, x.data(), w.data(), part.data(), (uint32_t)n);
+        emu::launch(sum_f64, 1u, BLOCK, (const double*)part.data(), tot.data(), pb);
+        double dref = 0;
+        for (size_t i = 0; i < n; ++i) dref += (double)x[i] * w[i];
+        check1("dot " + tag, tot[0], dref, 1e-12);
+    }
+    for (auto [groups, g, cols, cap] : {std::tuple<size_t, size_t, size_t, size_t>{13, 3, 29, 8192}, {4, 5, 70, 1}}) {
+        const std::string tag = std::to_string(groups) + "x" + std::to_string(g) + "x" + std::to_string(cols);
+        auto x = r.vec(groups * g * cols), dy = r.vec(groups * cols);
+        vector<float> y(groups * cols), dx(groups * g * cols);
+        emu::launch(group_mean_fwd_f32, grid_1d(y.size(), cap), BLOCK, x.data(), y.data(),
+                    BagsslMatrixDims{(uint32_t)groups, (uint32_t)cols}, (uint32_t)g);
+        vector<double> ref(y.size(), 0), refb(dx.size());
+        for (size_t rr = 0; rr < groups * g; ++rr)
+            for (size_t c = 0; c < cols; ++c) ref[(rr / g) * cols + c] += x[rr * cols + c] / (double)g;
+        check("group_mean_fwd " + tag, y, ref, 1e-6);
+        emu::launch(group_mean_bwd_f32, grid_1d(dx.size(), cap), BLOCK, dy.data(), dx.data(),
+                    BagsslMatrixDims{(uint32_t)(groups * g), (uint32_t)cols}, (uint32_t)g);
+        for (size_t i = 0; i < dx.size(); ++i) refb[i] = dy[(i / cols / g) * cols + i % cols] / (double)g;
+        check("group_mean_bwd " + tag, dx, refb, 1e-6);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+static void batchnorm(Rng& r) {
+    for (auto [rows, cols, cap] : {std::tuple<size_t, size_t, size_t>{37, 45, 8192}, {2, 3, 8192}, {100, 33, 3}}) {
+        for (int relu = 0; relu < 2; ++relu) {
+            const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + (relu ? " relu" : "");
+            const size_t n = rows * cols;
+            auto x = r.vec(n), gamma = r.vec(cols, 0.5, 1.5), beta = r.vec(cols), dy = r.vec(n);
+            for (size_t i = 0; i < n; ++i) x[i] = x[i] * (1 + (i % cols) * 0.1f) + 0.3f;
+            const float eps = 1e-5f;
+            BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, eps, (uint32_t)relu};
+            vector<float> mean(cols), invstd(cols), varu(cols), y(n), dgamma(cols), dbeta(cols), dx(n);
+            emu::launch(bn_stats_fwd_f32, cols_grid(cols), cols_block(), x.data(), mean.data(), invstd.data(), varu.data(), prm);
+            emu::launch(bn_apply_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), mean.data(), invstd.data(), gamma.data(),
+                        beta.data(), y.data(), prm);
+            vector<double> rm(cols, 0), rv(cols, 0), ris(cols), rvu(cols), ry(n), xhat(n);
+            for (size_t i = 0; i < n; ++i) rm[i % cols] += x[i] / (double)rows;
+            for (size_t i = 0; i < n; ++i) rv[i % cols] += (x[i] - rm[i % cols]) * (x[i] - rm[i % cols]);
+            for (size_t c = 0; c < cols; ++c) {
+                rvu[c] = rv[c] / (rows - 1);
+                ris[c] = 1 / std::sqrt(rv[c] / rows + eps);
+            }
+            for (size_t i = 0; i < n; ++i) {
+                const size_t c = i % cols;
+                xhat[i] = (x[i] - rm[c]) * ris[c];
+                ry[i] = xhat[i] * gamma[c] + beta[c];
+                if (relu && ry[i] < 0) ry[i] = 0;
+            }
+            check("bn_stats mean " + tag, mean, rm, 1e-5, 1e-6);
+            check("bn_stats invstd " + tag, invstd, ris, 1e-5);
+            check("bn_stats var_unbiased " + tag, varu, rvu, 1e-5);
+            check("bn_apply y " + tag, y, ry, 1e-5, 1e-6);
+            emu::launch(bn_bwd_reduce_f32, cols_grid(cols), cols_block(), dy.data(), x.data(), y.data(), mean.data(),
+                        invstd.data(), dgamma.data(), dbeta.data(), prm);
+            emu::launch(bn_bwd_apply_f32, grid_1d(n, cap), BLOCK, dy.data(), x.data(), y.data(), mean.data(), invstd.data(),
+                        gamma.data(), dgamma.data(), dbeta.data(), dx.data(), prm);
+            vector<double> rdg(cols, 0), rdb(cols, 0), rdx(n);
+            auto gof = [&](size_t i) { return (relu && !(y[i] > 0)) ? 0.0 : (double)dy[i]; };
+            for (size_t i = 0; i < n; ++i) {
+                rdb[i % cols] += gof(i);
+                rdg[i % cols] += gof(i) * xhat[i];
+            }
+            for (size_t i = 0; i < n; ++i) {
+                const size_t c = i % cols;
+                rdx[i] = gamma[c] * ris[c] / rows * (rows * gof(i) - rdb[c] - xhat[i] * rdg[c]);
+            }
+            check("bn_bwd dgamma " + tag, dgamma, rdg, 1e-5, 1e-5);
+            check("bn_bwd dbeta " + tag, dbeta, rdb, 1e-5, 1e-5);
+            check("bn_bwd dx " + tag, dx, rdx, 1e-4, 1e-6);
+            auto runm = r.vec(cols), runv = r.vec(cols, 0.1, 2);
+            emu::launch(bn_eval_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), runm.data(), runv.data(), gamma.data(),
+                        beta.data(), y.data(), prm);
+            for (size_t i = 0; i < n; ++i) {
+                const size_t c = i % cols;
+                ry[i] = (x[i] - runm[c]) / std::sqrt((double)runv[c] + eps) * gamma[c] + beta[c];
+                if (relu && ry[i] < 0) ry[i] = 0;
+            }
+            check("bn_eval_fwd " + tag, y, ry, 1e-5, 1e-6);
+            vector<float> run = runm;
+            emu::launch(bn_ema_f32, grid_1d(cols, cap), BLOCK, run.data(), mean.data(), 0.1f, (uint32_t)cols);
+            vector<double> rr(cols);
+            for (size_t c = 0; c < cols; ++c) rr[c] = 0.9 * runm[c] + 0.1 * mean[c];
+            check("bn_ema " + tag, run, rr, 1e-6);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Reference bag-VICReg loss in double, straight from DESIGN.md §3.
+static vector<double> vicreg_ref(const vector<double>& z, size_t N, size_t D, size_t n, double lam, double mu, double nu,
+                                 double eps) {
+    double inv = 0;
+    for (size_t b = 0; b < N / n; ++b)
+        for (size_t d = 0; d < D; ++d) {
+            double m = 0;
+            for (size_t i = 0; i < n; ++i) m += z[(b * n + i) * D + d] / n;
+            for (size_t i = 0; i < n; ++i) inv += (z[(b * n + i) * D + d] - m) * (z[(b * n + i) * D + d] - m);
+        }
+    inv /= (double)(N * D);
+    vector<double> colm(D, 0), zc(N * D);
+    for (size_t i = 0; i < N * D; ++i) colm[i % D] += z[i] / N;
+    for (size_t i = 0; i < N * D; ++i) zc[i] = z[i] - colm[i % D];
+    double var = 0, cov = 0;
+    for (size_t a = 0; a < D; ++a)
+        for (size_t c = 0; c < D; ++c) {
+            double s = 0;
+            for (size_t i = 0; i < N; ++i) s += zc[i * D + a] * zc[i * D + c];
+            s /= (N - 1);
+            if (a == c)
+                var += std::max(0.0, 1 - std::sqrt(s + eps));
+            else
+                cov += s * s;
+        }
+    var /= D;
+    cov /= D;
+    return {lam * inv + mu * var + nu * cov, inv, var, cov};
+}
+
+static void gemm_rowmajor(bool ta, size_t m, size_t nn, size_t k, float alpha, const float* a, const float* b, float beta,
+                          float* c) {
+    for (size_t i = 0; i < m; ++i)
+        for (size_t j = 0; j < nn; ++j) {
+            double s = 0;
+            for (size_t p = 0; p < k; ++p) s += (double)(ta ? a[p * m + i] : a[i * k + p]) * b[p * nn + j];
+            c[i * nn + j] = (float)(alpha * s + beta * c[i * nn + j]);
+        }
+}
+
+static void vicreg(Rng& r) {
+    for (auto [N, D, n, cap] : {std::tuple<size_t, size_t, size_t, size_t>{39, 29, 3, 1024}, {12, 5, 12, 1024}, {40, 70, 4, 2}}) {
+        const std::string tag = std::to_string(N) + "x" + std::to_string(D) + "/" + std::to_string(n) + " grid<=" + std::to_string(cap);
+        auto z = r.vec(N * D);
+        for (size_t i = 0; i < z.size(); ++i)
+            if (i % D % 3 == 0) z[i] *= 3;  // std above 1 on every third column
+        const float lam = 25, mu = 25, nu = 1, eps = 1e-4f;
+        BagsslVicregParams prm{(uint32_t)N, (uint32_t)D, (uint32_t)n, (uint32_t)(N / n), lam, mu, nu, eps};
+        const unsigned ib = grid_1d((N / n) * D, std::min<size_t>(cap, 1024)), cb = grid_1d(D * D, std::min<size_t>(cap, 1024));
+        vector<float> gm((N / n) * D), colm(D), zc(N * D), c(D * D), vcoef(D), dz(N * D);
+        vector<double> ip(ib), cp(cb), vp(cb), out(4);
+        emu::launch(vicreg_group_stats_f32, ib, BLOCK, (const float*)z.data(), gm.data(), ip.data(), prm);
+        emu::launch(vicreg_colmean_f32, grid_1d(D, cap), BLOCK, (const float*)gm.data(), colm.data(), prm);
+        emu::launch(vicreg_center_f32, grid_1d(N * D, cap), BLOCK, (const float*)z.data(), (const float*)colm.data(), zc.data(), prm);
+        gemm_rowmajor(true, D, D, N, 1.0f / (N - 1), zc.data(), zc.data(), 0, c.data());
+        emu::launch(vicreg_cov_terms_f32, cb, BLOCK, c.data(), vcoef.data(), cp.data(), vp.data(), prm);
+        emu::launch(vicreg_grad_init_f32, grid_1d(N * D, cap), BLOCK, (const float*)z.data(), (const float*)gm.data(),
+                    (const float*)zc.data(), (const float*)vcoef.data(), dz.data(), prm);
+        gemm_rowmajor(false, N, D, D, (float)(4.0 * nu / (D * (N - 1.0))), zc.data(), c.data(), 1, dz.data());
+        emu::launch(vicreg_finalize_f32, 1u, BLOCK, (const double*)ip.data(), ib, (const double*)cp.data(),
+                    (const double*)vp.data(), cb, out.data(), prm);
+
+        vector<double> zd(z.begin(), z.end());
+        const auto ref = vicreg_ref(zd, N, D, n, lam, mu, nu, eps);
+        const char* names[4] = {"loss", "invariance", "variance", "covariance"};
+        for (int i = 0; i < 4; ++i) check1(std::string("vicreg ") + names[i] + " " + tag, out[i], ref[i], 1e-5, 1e-9);
+        // Gradient against central differences of the double reference, on a sample of elements.
+        vector<double> fd, got;
+        for (size_t i = 0; i < N * D; i += std::max<size_t>(1, N * D / 97)) {
+            const double h = 1e-5;
+            auto zp = zd, zm = zd;
+            zp[i] += h;
+            zm[i] -= h;
+            fd.push_back((vicreg_ref(zp, N, D, n, lam, mu, nu, eps)[0] - vicreg_ref(zm, N, D, n, lam, mu, nu, eps)[0]) / (2 * h));
+            got.push_back(dz[i]);
+        }
+        check("vicreg dz (vs finite differences) " + tag, got, fd, 1e-4, 1e-7);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+static void adamw(Rng& r) {
+    const size_t n = 1001;
+    auto p = r.vec(n);
+    vector<float> m(n, 0), v(n, 0);
+    vector<double> rp(p.begin(), p.end()), rm(n, 0), rv(n, 0);
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.05f;
+    for (int t = 1; t <= 5; ++t) {
+        auto g = r.vec(n);
+        const double bc1 = 1 - std::pow((double)b1, t), bc2 = 1 - std::pow((double)b2, t);
+        BagsslAdamWParams prm{(uint32_t)n, lr, b1, b2, eps, wd, (float)(lr / bc1), (float)std::sqrt(bc2)};
+        emu::launch(adamw_f32, grid_1d(n, 2), BLOCK, p.data(), (const float*)g.data(), m.data(), v.data(), prm);
+        for (size_t i = 0; i < n; ++i) {
+            rp[i] *= 1 - (double)lr * wd;
+            rm[i] = b1 * rm[i] + (1 - (double)b1) * g[i];
+            rv[i] = b2 * rv[i] + (1 - (double)b2) * g[i] * g[i];
+            rp[i] -= lr / bc1 * rm[i] / (std::sqrt(rv[i]) / std::sqrt(bc2) + eps);
+        }
+    }
+    check("adamw param", p, rp, 1e-6, 1e-7);
+    check("adamw m", m, rm, 1e-5);
+    check("adamw v", v, rv, 1e-5);
+}
+
+// ------------------------------------------------------------------------------------------
+// Reference patch vector (DESIGN.md §3) in double.
+static void patch_ref(const vector<uint8_t>& img, size_t H, size_t W, size_t p, const BagsslPatchSpec& s, const float* mean,
+                      const float* stdv, double* out) {
+    (void)H;
+    const double w[3] = {0.299, 0.587, 0.114};
+    vector<double> x(p * p * 3);
+    const uint8_t* im = img.data() + (size_t)s.image * H * W * 3;
+    for (size_t y = 0; y < p; ++y)
+        for (size_t xx = 0; xx < p; ++xx) {
+            const size_t sx = (s.flags & BAGSSL_PATCH_FLIP) ? p - 1 - xx : xx;
+            for (int c = 0; c < 3; ++c) x[(y * p + xx) * 3 + c] = im[((s.oy + y) * W + s.ox + sx) * 3 + c] / 255.0;
+        }
+    if (s.flags & BAGSSL_PATCH_JITTER) {
+        double m = 0;
+        for (size_t i = 0; i < p * p; ++i) {
+            for (int c = 0; c < 3; ++c) x[i * 3 + c] *= s.brightness;
+            m += x[i * 3] * w[0] + x[i * 3 + 1] * w[1] + x[i * 3 + 2] * w[2];
+        }
+        m /= (double)(p * p);
+        for (size_t i = 0; i < p * p; ++i) {
+            for (int c = 0; c < 3; ++c) x[i * 3 + c] = (x[i * 3 + c] - m) * s.contrast + m;
+            const double g = x[i * 3] * w[0] + x[i * 3 + 1] * w[1] + x[i * 3 + 2] * w[2];
+            for (int c = 0; c < 3; ++c) x[i * 3 + c] = std::min(1.0, std::max(0.0, (x[i * 3 + c] - g) * s.saturation + g));
+        }
+    }
+    for (size_t i = 0; i < p * p; ++i) {
+        if (s.flags & BAGSSL_PATCH_GRAY) {
+            const double g = x[i * 3] * w[0] + x[i * 3 + 1] * w[1] + x[i * 3 + 2] * w[2];
+            for (int c = 0; c < 3; ++c) x[i * 3 + c] = g;
+        }
+        for (int c = 0; c < 3; ++c) out[i * 3 + c] = (x[i * 3 + c] - mean[c]) / stdv[c];
+    }
+}
+
+static void patches(Rng& r) {
+    for (auto [N, H, W, p, n_specs] : {std::tuple<size_t, size_t, size_t, size_t, size_t>{3, 13, 17, 5, 24}, {2, 20, 20, 17, 8}}) {
+        const std::string tag = std::to_string(H) + "x" + std::to_string(W) + " p=" + std::to_string(p);
+        vector<uint8_t> img(N * H * W * 3);
+        for (auto& v : img) v = (uint8_t)(r.next() & 255);
+        BagsslImageDims dims{(uint32_t)N, (uint32_t)H, (uint32_t)W, 0, {0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}};
+        vector<BagsslPatchSpec> specs(n_specs);
+        for (size_t i = 0; i < n_specs; ++i) {
+            auto& s = specs[i];
+            s.image = r.next() % N;
+            s.oy = r.next() % (H - p + 1);
+            s.ox = r.next() % (W - p + 1);
+            s.flags = (uint32_t)(i & 7);
+            s.brightness = r.uniform(0.6f, 1.4f);
+            s.contrast = r.uniform(0.6f, 1.4f);
+            s.saturation = r.uniform(0.6f, 1.4f);
+        }
+        const size_t row = p * p * 3;
+        vector<float> out(n_specs * row);
+        BagsslPatchParams prm{dims, (uint32_t)n_specs, (uint32_t)p};
+        const unsigned threads = (unsigned)std::min<size_t>(8, std::max<size_t>(1, (p * p + 31) / 32)) * 32;
+        emu::launch(patch_embed_fwd_f32, (unsigned)n_specs, threads, (const unsigned char*)img.data(),
+                    (const BagsslPatchSpec*)specs.data(), out.data(), prm);
+        vector<double> ref(out.size());
+        for (size_t i = 0; i < n_specs; ++i) patch_ref(img, H, W, p, specs[i], dims.mean, dims.std, ref.data() + i * row);
+        check("patch_embed " + tag, out, ref, 0, 2e-5);
+
+        const size_t s = 3, ny = (H - p) / s + 1, nx = (W - p) / s + 1, first = 1, count = N - 1;
+        vector<float> grid(count * ny * nx * row);
+        BagsslGridParams gp{dims, (uint32_t)first, (uint32_t)count, (uint32_t)p, (uint32_t)s, (uint32_t)ny, (uint32_t)nx};
+        emu::launch(patch_grid_fwd_f32, (unsigned)(count * ny * nx), threads, (const unsigned char*)img.data(), grid.data(), gp);
+        vector<double> gref(grid.size());
+        size_t k = 0;
+        for (size_t im = first; im < first + count; ++im)
+            for (size_t iy = 0; iy < ny; ++iy)
+                for (size_t ix = 0; ix < nx; ++ix, ++k) {
+                    BagsslPatchSpec sp{(uint32_t)im, (uint32_t)(iy * s), (uint32_t)(ix * s), 0, 1, 1, 1, 0};
+                    patch_ref(img, H, W, p, sp, dims.mean, dims.std, gref.data() + k * row);
+                }
+        check("patch_grid " + tag, grid, gref, 0, 2e-5);
+    }
+}
+
+int main() {
+    Rng r(42);
+    elementwise(r);
+    batchnorm(r);
+    vicreg(r);
+    adamw(r);
+    patches(r);
+    std::printf("%s: %d mismatches\n", g_failures ? "NOT OK" : "OK", g_failures);
+    return g_failures ? 1 : 0;
+}
