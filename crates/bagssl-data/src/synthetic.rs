@@ -3,8 +3,8 @@
 //! A bank of `M` small stroke motifs (glyph-like, 8x8) is drawn from the seed; class `k` is the
 //! `k`-th pair of distinct motifs, so every motif belongs to several classes and a single patch
 //! is ambiguous about the class: only the combination of patches in an image identifies it,
-//! which is exactly the co-occurrence signal BagSSL learns. Each image is a random background
-//! colour plus per-pixel noise, with a few instances of each of its two motifs pasted at random
+//! which is exactly the co-occurrence signal BagSSL learns. Each image is a near-neutral grey
+//! background plus per-pixel noise, with a few instances of each of its two motifs pasted at random
 //! positions in random colours and opacities. Colours are independent of the class, so the mean
 //! colour of an image says nothing about it.
 //!
@@ -26,6 +26,8 @@ const INSTANCES_PER_1024: f32 = 3.0;
 const NOISE: f32 = 0.08;
 /// Minimum luma difference between a motif instance and the background.
 const MIN_CONTRAST: f32 = 0.3;
+/// Range of the grey level of an image's background.
+const BACKGROUND: (f32, f32) = (0.4, 0.6);
 /// Strokes per motif.
 const STROKES: usize = 3;
 
@@ -145,7 +147,10 @@ fn render(
     ms: usize,
     buf: &mut [f32],
 ) {
-    let bg = colour(rng, 0.1, 0.9);
+    // A near-neutral background: a per-image colour would be the strongest signal shared by all
+    // patches of an image, and SSL would learn it instead of the (class-carrying) motifs.
+    let level = BACKGROUND.0 + (BACKGROUND.1 - BACKGROUND.0) * unit_f32(rng);
+    let bg = [level; 3];
     for px in buf.chunks_exact_mut(3) {
         // Three 16-bit fields of one 64-bit word give the pixel's three noise values cheaply.
         let r = rng.next_u64();

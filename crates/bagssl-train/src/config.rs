@@ -352,7 +352,6 @@ fn coerce(old: &toml::Value, new: toml::Value) -> Result<toml::Value> {
         (String(_), v) => String(v.to_string()),
         (Integer(_), v @ Integer(_)) | (Float(_), v @ Float(_)) | (Boolean(_), v @ Boolean(_)) => v,
         (Array(_), v @ Array(_)) => v,
-        (Integer(_), Integer(_)) => unreachable!(),
         (old, new) => bail!("expected {} but got {new:?}", old.type_str()),
     })
 }

@@ -22,7 +22,7 @@ pub struct BnStats {
 /// Needs at least two rows (like PyTorch) for the unbiased variance to exist.
 pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) -> BnStats {
     let cols = gamma.len();
-    let rows = x.len() / cols;
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let (s, q) = acc.split_at_mut(cols);
         sums_and_squares(&x[range.start * cols..range.end * cols], s, q)
@@ -109,7 +109,7 @@ pub fn train_bwd(
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let cols = gamma.len();
-    let rows = x.len() / cols;
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let span = range.start * cols..range.end * cols;
         let (sb, sg) = acc.split_at_mut(cols);

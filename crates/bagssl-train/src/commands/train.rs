@@ -1,7 +1,7 @@
 //! `bagssl-train train`: train an encoder on a dataset, evaluate it beside the untrained one,
 //! and leave a run directory (config.toml, metrics.jsonl, checkpoint.safetensors, eval.json).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -147,7 +147,7 @@ pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, te
         patch: model.config().patch,
         stride: cfg.eval.stride,
         knn_k: cfg.eval.knn_k,
-        knn_t: cfg.eval.knn_t as f32,
+        knn_t: cfg.eval.knn_t,
         probe_epochs: cfg.eval.probe_epochs,
         batch_images: cfg.eval.batch_images,
         seed: cfg.seed,
@@ -190,9 +190,4 @@ fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
         .expect("valid template"),
     );
     pb
-}
-
-/// Where `train` writes its checkpoint inside a run directory.
-pub fn checkpoint_in(run_dir: &Path) -> PathBuf {
-    run_dir.join(CHECKPOINT)
 }
