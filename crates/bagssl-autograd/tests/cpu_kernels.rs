@@ -267,7 +267,8 @@ fn vicreg_ref(z: &[f64], rows: usize, d: usize, n: usize, w: VicregWeights) -> (
 fn vicreg_matches_f64() {
     let mut r = rng(5);
     let w = VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 };
-    for (rows, d, n, spread) in [(12, 5, 3, 1.0), (96, 40, 8, 0.3), (6, 3, 1, 2.0), (8, 4, 8, 1.0), (512, 64, 16, 1.5), (130, 257, 5, 1.0)]
+    for (rows, d, n, spread) in
+        [(12, 5, 3, 1.0), (96, 40, 8, 0.3), (6, 3, 1, 2.0), (8, 4, 8, 1.0), (512, 64, 16, 1.5), (130, 257, 5, 1.0)]
     {
         let z = rand_tensor(&mut r, &[rows, d]);
         // Spread the column scales so both sides of the variance hinge occur.

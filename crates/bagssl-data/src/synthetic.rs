@@ -1,15 +1,6 @@
 //! A synthetic labelled dataset whose class is carried by *which patch patterns co-occur*.
 //!
-//! A bank of `M` small stroke motifs (glyph-like, 8x8) is drawn from the seed; class `k` is the
-//! `k`-th pair of distinct motifs, so every motif belongs to several classes and a single patch
-//! is ambiguous about the class: only the combination of patches in an image identifies it,
-//! which is exactly the co-occurrence signal BagSSL learns. Each image is a near-neutral grey
-//! background plus per-pixel noise, with a few instances of each of its two motifs pasted at random
-//! positions in random colours and opacities. Colours are independent of the class, so the mean
-//! colour of an image says nothing about it.
-//!
-//! Every image draws from its own ChaCha8 stream (`seed`, stream `i + 1`; the motif bank uses
-//! stream 0), so generation is parallel and yet bit-identical for a seed.
+//! (draft: tuning knobs read from env)
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,18 +9,41 @@ use rayon::prelude::*;
 use crate::rng::{below, unit_f32};
 use crate::ImageStore;
 
-/// Side of a motif (clipped to the image when the image is smaller).
+/// The patch side the textures are designed for: every texture period is below it.
 pub const MOTIF: usize = 8;
-/// Motif instances per motif of the pair, per 32x32 = 1024 pixels of image.
-const INSTANCES_PER_1024: f32 = 3.0;
-/// Amplitude of the uniform per-pixel background noise.
-const NOISE: f32 = 0.08;
-/// Minimum luma difference between a motif instance and the background.
-const MIN_CONTRAST: f32 = 0.3;
-/// Range of the grey level of an image's background.
-const BACKGROUND: (f32, f32) = (0.4, 0.6);
-/// Strokes per motif.
-const STROKES: usize = 3;
+
+fn knob(name: &str, default: f32) -> f32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Knobs {
+    cells: f32,
+    noise: f32,
+    min_contrast: f32,
+    max_contrast: f32,
+    period_jitter: f32,
+    sharp: f32,
+    colour_mode: f32,
+    base_period: f32,
+    period_step: f32,
+    families: f32,
+}
+
+fn knobs() -> Knobs {
+    Knobs {
+        cells: knob("SYN_CELLS", 6.0),
+        noise: knob("SYN_NOISE", 0.05),
+        min_contrast: knob("SYN_MINC", 0.25),
+        max_contrast: knob("SYN_MAXC", 0.6),
+        period_jitter: knob("SYN_PJIT", 0.1),
+        sharp: knob("SYN_SHARP", 2.0),
+        colour_mode: knob("SYN_CMODE", 0.0),
+        base_period: knob("SYN_PERIOD", 4.0),
+        period_step: knob("SYN_PSTEP", 1.5),
+        families: knob("SYN_FAM", 5.0),
+    }
+}
 
 /// What [`synthetic`] generates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +62,8 @@ impl Default for SyntheticSpec {
     }
 }
 
-/// Smallest motif bank with at least `classes` distinct pairs.
-fn motif_count(classes: usize) -> usize {
+/// Smallest texture bank with at least `classes` distinct pairs.
+fn texture_count(classes: usize) -> usize {
     let mut m = 2;
     while m * (m - 1) / 2 < classes {
         m += 1;
@@ -62,65 +76,90 @@ fn class_pairs(classes: usize, m: usize) -> Vec<(usize, usize)> {
     (0..m).flat_map(|a| (a + 1..m).map(move |b| (a, b))).take(classes).collect()
 }
 
-/// A motif: `STROKES` anti-aliased line segments between random points of a `size x size` box,
-/// as an opacity mask in `[0, 1]`.
-fn motif(rng: &mut ChaCha8Rng, size: usize) -> Vec<f32> {
-    let span = (size.max(1) - 1) as f32;
-    let segs: Vec<[f32; 4]> = (0..STROKES)
-        .map(|_| [unit_f32(rng) * span, unit_f32(rng) * span, unit_f32(rng) * span, unit_f32(rng) * span])
-        .collect();
-    let mut mask = vec![0f32; size * size];
-    for y in 0..size {
-        for x in 0..size {
-            let (py, px) = (y as f32, x as f32);
-            let d = segs
-                .iter()
-                .map(|&[y0, x0, y1, x1]| {
-                    let (dy, dx) = (y1 - y0, x1 - x0);
-                    let len2 = dy * dy + dx * dx;
-                    let t = if len2 > 0.0 { (((py - y0) * dy + (px - x0) * dx) / len2).clamp(0.0, 1.0) } else { 0.0 };
-                    let (ey, ex) = (py - (y0 + t * dy), px - (x0 + t * dx));
-                    (ey * ey + ex * ex).sqrt()
-                })
-                .fold(f32::INFINITY, f32::min);
-            mask[y * size + x] = (1.5 - d).clamp(0.0, 1.0);
+#[derive(Clone, Copy, Debug)]
+struct Texture {
+    family: usize,
+    period: f32,
+}
+
+fn texture(i: usize, k: &Knobs) -> Texture {
+    let fam = (k.families as usize).max(1);
+    Texture { family: i % fam, period: k.base_period + k.period_step * ((i / fam) % 3) as f32 }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    cy: f32,
+    cx: f32,
+    tex: Texture,
+    freq: f32,
+    phase: (f32, f32),
+    c0: [f32; 3],
+    c1: [f32; 3],
+}
+
+/// Pattern value in about [-1, 1] of family at (y, x) with angular frequency `f`.
+#[inline]
+fn pattern(family: usize, y: f32, x: f32) -> f32 {
+    match family {
+        0 => y.cos(),
+        1 => x.cos(),
+        2 => y.cos() * x.cos(),
+        3 => {
+            let s = std::f32::consts::FRAC_1_SQRT_2;
+            ((x + y) * s).cos() * ((x - y) * s).cos()
+        }
+        _ => {
+            let v = (1.0 + y.cos()) * (1.0 + x.cos()) * 0.25; // in [0, 1]
+            4.0 * v - 1.0
         }
     }
-    mask
 }
 
 fn luma(c: [f32; 3]) -> f32 {
     0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
 }
 
-fn colour(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> [f32; 3] {
-    [0; 3].map(|_| lo + (hi - lo) * unit_f32(rng))
+fn colour(rng: &mut ChaCha8Rng) -> [f32; 3] {
+    [0; 3].map(|_| unit_f32(rng))
+}
+
+/// Two random colours whose lumas differ by a random amount in [min, max].
+fn colour_pair(rng: &mut ChaCha8Rng, k: &Knobs) -> ([f32; 3], [f32; 3]) {
+    let target = k.min_contrast + (k.max_contrast - k.min_contrast) * unit_f32(rng);
+    let a = colour(rng);
+    let b = colour(rng);
+    let (la, lb) = (luma(a), luma(b));
+    // Move both colours apart along the grey axis so that |luma(b) - luma(a)| = target.
+    let mid = 0.5 * (la + lb);
+    let mid = mid.clamp(target / 2.0, 1.0 - target / 2.0);
+    let sign = if lb >= la { 1.0 } else { -1.0 };
+    let a2 = a.map(|v| (v - la + mid - sign * target / 2.0).clamp(0.0, 1.0));
+    let b2 = b.map(|v| (v - lb + mid + sign * target / 2.0).clamp(0.0, 1.0));
+    (a2, b2)
 }
 
 /// Generates the dataset described by `spec`; mean/std are its [`ImageStore::channel_stats`].
 /// Labels are balanced (`label = i % classes`). `classes == 0` is treated as 1.
 pub fn synthetic(spec: &SyntheticSpec) -> ImageStore {
+    let k = knobs();
     let classes = spec.classes.max(1);
     let (h, w) = (spec.height, spec.width);
-    let ms = MOTIF.min(h).min(w);
-    let m = motif_count(classes);
+    let m = texture_count(classes);
     let pairs = class_pairs(classes, m);
-
-    let mut bank_rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let bank: Vec<Vec<f32>> = (0..m).map(|_| motif(&mut bank_rng, ms)).collect();
-    let per_motif = ((INSTANCES_PER_1024 * (h * w) as f32 / 1024.0).round() as usize).max(1);
+    let bank: Vec<Texture> = (0..m).map(|i| texture(i, &k)).collect();
 
     let n = h * w * 3;
     let mut pixels = vec![0u8; spec.images * n];
     let labels: Vec<u32> = (0..spec.images).map(|i| (i % classes) as u32).collect();
     if n > 0 {
         pixels.par_chunks_mut(n).enumerate().for_each_init(
-            || vec![0f32; n],
-            |buf, (i, out)| {
+            || (vec![0f32; n], Vec::new()),
+            |(buf, cells), (i, out)| {
                 let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
                 rng.set_stream(i as u64 + 1);
                 let (a, b) = pairs[labels[i] as usize];
-                render(&mut rng, &bank, (a, b), per_motif, h, w, ms, buf);
+                render(&mut rng, (bank[a], bank[b]), h, w, &k, cells, buf);
                 for (o, v) in out.iter_mut().zip(buf.iter()) {
                     *o = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
                 }
@@ -135,56 +174,56 @@ pub fn synthetic(spec: &SyntheticSpec) -> ImageStore {
     store
 }
 
-/// Paints one image into `buf` (HWC, f32 in about [0, 1]).
-#[allow(clippy::too_many_arguments)]
 fn render(
     rng: &mut ChaCha8Rng,
-    bank: &[Vec<f32>],
-    pair: (usize, usize),
-    per_motif: usize,
+    pair: (Texture, Texture),
     h: usize,
     w: usize,
-    ms: usize,
+    k: &Knobs,
+    cells: &mut Vec<Cell>,
     buf: &mut [f32],
 ) {
-    // A near-neutral background: a per-image colour would be the strongest signal shared by all
-    // patches of an image, and SSL would learn it instead of the (class-carrying) motifs.
-    let level = BACKGROUND.0 + (BACKGROUND.1 - BACKGROUND.0) * unit_f32(rng);
-    let bg = [level; 3];
-    for px in buf.chunks_exact_mut(3) {
-        // Three 16-bit fields of one 64-bit word give the pixel's three noise values cheaply.
-        let r = rng.next_u64();
-        for (c, v) in px.iter_mut().enumerate() {
-            let u = ((r >> (16 * c)) & 0xffff) as f32 / 65535.0;
-            *v = bg[c] + NOISE * (2.0 * u - 1.0);
+    let ncells = ((k.cells * (h * w) as f32 / 1024.0).round() as usize).max(2);
+    cells.clear();
+    let (img_c0, img_c1) = colour_pair(rng, k);
+    let first = below(rng, 2) as usize;
+    for j in 0..ncells {
+        let tex = if (j + first) % 2 == 0 { pair.0 } else { pair.1 };
+        let cy = unit_f32(rng) * h as f32;
+        let cx = unit_f32(rng) * w as f32;
+        let period = tex.period * (1.0 + k.period_jitter * (2.0 * unit_f32(rng) - 1.0));
+        let freq = std::f32::consts::TAU / period;
+        let phase = (unit_f32(rng) * std::f32::consts::TAU, unit_f32(rng) * std::f32::consts::TAU);
+        let (mut c0, mut c1) = colour_pair(rng, k);
+        if k.colour_mode == 1.0 {
+            c0 = img_c0;
+            c1 = img_c1;
         }
-    }
-    if ms == 0 {
-        return;
-    }
-    for k in 0..2 * per_motif {
-        let mask = &bank[if k % 2 == 0 { pair.0 } else { pair.1 }];
-        let oy = below(rng, (h - ms + 1) as u64) as usize;
-        let ox = below(rng, (w - ms + 1) as u64) as usize;
-        let mut fg = colour(rng, 0.0, 1.0);
-        let d = luma(fg) - luma(bg);
-        if d.abs() < MIN_CONTRAST {
-            // Push the colour away from the background's luma, towards the side with room.
-            let dir = if luma(bg) < 0.5 { 1.0 } else { -1.0 };
-            let shift = dir * MIN_CONTRAST - d;
-            fg = fg.map(|v| (v + shift).clamp(0.0, 1.0));
+        if unit_f32(rng) < 0.5 {
+            std::mem::swap(&mut c0, &mut c1);
         }
-        let opacity = 0.7 + 0.3 * unit_f32(rng);
-        for y in 0..ms {
-            for x in 0..ms {
-                let a = opacity * mask[y * ms + x];
-                if a == 0.0 {
-                    continue;
+        cells.push(Cell { cy, cx, tex, freq, phase, c0, c1 });
+    }
+    for y in 0..h {
+        for x in 0..w {
+            let (py, px) = (y as f32 + 0.5, x as f32 + 0.5);
+            let mut best = 0;
+            let mut bd = f32::INFINITY;
+            for (j, c) in cells.iter().enumerate() {
+                let d = (c.cy - py).powi(2) + (c.cx - px).powi(2);
+                if d < bd {
+                    bd = d;
+                    best = j;
                 }
-                let px = &mut buf[((oy + y) * w + ox + x) * 3..][..3];
-                for c in 0..3 {
-                    px[c] = px[c] * (1.0 - a) + fg[c] * a;
-                }
+            }
+            let c = &cells[best];
+            let v = pattern(c.tex.family, py * c.freq + c.phase.0, px * c.freq + c.phase.1);
+            let t = (0.5 + 0.5 * k.sharp * v).clamp(0.0, 1.0);
+            let r = rng.next_u64();
+            let o = &mut buf[(y * w + x) * 3..][..3];
+            for ch in 0..3 {
+                let u = ((r >> (16 * ch)) & 0xffff) as f32 / 65535.0;
+                o[ch] = c.c0[ch] * (1.0 - t) + c.c1[ch] * t + k.noise * (2.0 * u - 1.0);
             }
         }
     }

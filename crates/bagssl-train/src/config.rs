@@ -186,8 +186,7 @@ impl Config {
     pub fn with_overrides(&self, sets: &[String]) -> Result<Config> {
         let mut table = toml::Table::try_from(self).context("serializing the config")?;
         for set in sets {
-            let (key, raw) =
-                set.split_once('=').ok_or_else(|| anyhow!("--set {set:?}: expected section.key=value"))?;
+            let (key, raw) = set.split_once('=').ok_or_else(|| anyhow!("--set {set:?}: expected section.key=value"))?;
             let key = key.trim();
             let value = parse_value(raw.trim());
             let path: Vec<&str> = key.split('.').collect();
@@ -230,7 +229,8 @@ impl Config {
         if !matches!(self.train.optimizer.as_str(), "adamw" | "lars") {
             bail!("config key `train.optimizer` must be \"adamw\" or \"lars\" (got {:?})", self.train.optimizer);
         }
-        let finite_pos = [("train.lr", self.train.lr), ("train.epochs", self.train.epochs), ("eval.knn_t", self.eval.knn_t)];
+        let finite_pos =
+            [("train.lr", self.train.lr), ("train.epochs", self.train.epochs), ("eval.knn_t", self.eval.knn_t)];
         for (key, v) in finite_pos {
             if !(v.is_finite() && v > 0.0) {
                 bail!("config key `{key}` must be a positive number (got {v})");

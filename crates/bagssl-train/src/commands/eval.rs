@@ -11,7 +11,13 @@ use crate::commands::train::{device_label, evaluate_stores, report_json};
 use crate::setup;
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let cfg = config_for_checkpoint(&args.checkpoint, args.data.as_deref(), args.eval_data.as_deref(), &args.device, &args.set)?;
+    let cfg = config_for_checkpoint(
+        &args.checkpoint,
+        args.data.as_deref(),
+        args.eval_data.as_deref(),
+        &args.device,
+        &args.set,
+    )?;
     if cfg.data.path.is_empty() {
         bail!("eval: --data is required (the training split: kNN neighbours and the probe's training set)");
     }

@@ -37,7 +37,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create run directory {}", out.display()))?;
 
     let data = setup::load_datasets(&cfg, !args.quiet)?;
-    eprintln!("bagssl: data {} | {}x{} images | device {}", data.source, data.train.height, data.train.width, device.name());
+    eprintln!(
+        "bagssl: data {} | {}x{} images | device {}",
+        data.source,
+        data.train.height,
+        data.train.width,
+        device.name()
+    );
     setup::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
 
@@ -64,10 +70,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     while trainer.steps_done() < total {
         let s = trainer.step(&data.train).map_err(|e| {
             progress.abandon();
-            anyhow::Error::new(e).context(format!(
-                "training stopped; the last checkpoint in {} (if any) is intact",
-                out.display()
-            ))
+            anyhow::Error::new(e)
+                .context(format!("training stopped; the last checkpoint in {} (if any) is intact", out.display()))
         })?;
         progress.set_position(s.step);
         progress.set_message(format!("loss {:.4}", s.loss));

@@ -1,0 +1,252 @@
+//! End-to-end tests of the `bagssl-train` binary: runs, outputs, and bad input.
+//! Each bad input must give a non-zero exit, a message naming the file / key / value, no panic,
+//! and leave earlier outputs intact.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bagssl-train"));
+    // Never touch the user's cache from tests.
+    c.env("BAGSSL_CACHE", std::env::temp_dir().join("bagssl-test-cache"));
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A clean failure: exit 1 (not a panic's 101), a message that contains every `needle`.
+fn assert_fails_naming(o: &Output, needles: &[&str]) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(1), "expected a clean failure, got {:?}:\n{t}", o.status);
+    assert!(!t.contains("panicked"), "panicked:\n{t}");
+    for n in needles {
+        assert!(t.contains(n), "message lacks {n:?}:\n{t}");
+    }
+}
+
+/// A tiny but complete run: small synthetic set, small model, few steps.
+const TINY: &[&str] = &[
+    "--set",
+    "data.synthetic_images=200",
+    "--set",
+    "model.hidden=32",
+    "--set",
+    "model.proj=32",
+    "--set",
+    "train.batch_images=16",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "eval.probe_epochs=3",
+    "--set",
+    "train.log_every=1",
+    "--quiet",
+];
+
+fn train_tiny(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn write_cifar_batch(dir: &Path, name: &str, records: usize) {
+    let mut bytes = Vec::new();
+    for r in 0..records {
+        bytes.push((r % 10) as u8);
+        bytes.extend((0..3072).map(|i| ((i * 7 + r * 13) % 256) as u8));
+    }
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9 + seed) as u8, (y * 7) as u8, (x ^ y) as u8]));
+    img.save(path).unwrap();
+}
+
+#[test]
+fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = train_tiny(&out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("untrained") && t.contains("trained") && t.contains("linear"), "{t}");
+
+    // config.toml round-trips and holds the overrides.
+    let cfg: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(cfg["model"]["hidden"].as_integer(), Some(32));
+    // metrics.jsonl: one JSON object per line, steps then evaluations.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<_> = lines.iter().filter(|l| l["event"] == "step").collect();
+    assert!(steps.len() >= 10, "{metrics}");
+    assert!(steps.iter().all(|s| s["loss"].as_f64().unwrap().is_finite()));
+    assert_eq!(lines.iter().filter(|l| l["event"] == "eval").count(), 2);
+    // eval.json: the DESIGN §6 contract.
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    for k in ["knn", "linear", "knn_single_patch"] {
+        let v = eval["trained"][k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    assert!(eval["untrained"]["knn"].as_f64().is_some());
+    assert!(eval["train_seconds"].as_f64().unwrap() > 0.0);
+    assert!(eval["images_per_second"].as_f64().unwrap() > 0.0);
+    assert!(eval["device"].as_str().unwrap().starts_with("cpu"));
+
+    // The checkpoint is a safetensors file with PyTorch names.
+    let ckpt = out.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("encoder.0.weight").unwrap().shape(), &[32, 8 * 8 * 3]);
+    assert!(st.tensor("encoder.1.bn.running_var").is_ok());
+
+    // eval --checkpoint on the official CIFAR binary layout.
+    let cifar = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&cifar).unwrap();
+    for b in 1..=5 {
+        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 12);
+    }
+    write_cifar_batch(&cifar, "test_batch.bin", 20);
+    let report = dir.path().join("report.json");
+    let o = run(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--eval-data",
+        dir.path().to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+        "--set",
+        "eval.probe_epochs=2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(r["trained"]["knn"].as_f64().is_some(), "{r}");
+
+    // embed: (N, hidden) embeddings and labels.
+    let emb = dir.path().join("emb.safetensors");
+    let o = run(&[
+        "embed",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        cifar.to_str().unwrap(),
+        "--out",
+        emb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&emb).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("embeddings").unwrap().shape(), &[60, 32]);
+    assert_eq!(st.tensor("labels").unwrap().shape(), &[60]);
+}
+
+#[test]
+fn bad_config_keys_and_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["train", "--out", out.to_str().unwrap(), "--set", "train.lrr=1"]);
+    assert_fails_naming(&o, &["train.lrr", "did you mean `train.lr`"]);
+    let o = run(&["train", "--out", out.to_str().unwrap(), "--set", "train.batch_images=0"]);
+    assert_fails_naming(&o, &["train.batch_images"]);
+    let o = run(&["train", "--out", out.to_str().unwrap(), "--set", "patches.size=64"]);
+    assert_fails_naming(&o, &["patches.size", "64"]);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[model]\nhidden = \"wide\"\n").unwrap();
+    let o = run(&["train", "--config", bad.to_str().unwrap()]);
+    assert_fails_naming(&o, &["bad.toml", "hidden"]);
+    std::fs::write(&bad, "[train]\nepochs = 1\nbatch_size = 3\n").unwrap();
+    let o = run(&["train", "--config", bad.to_str().unwrap()]);
+    assert_fails_naming(&o, &["bad.toml", "train.batch_size"]);
+    std::fs::write(&bad, "[train\n").unwrap();
+    let o = run(&["train", "--config", bad.to_str().unwrap()]);
+    assert_fails_naming(&o, &["bad.toml", "TOML"]);
+    let o = run(&["train", "--config", dir.path().join("nope.toml").to_str().unwrap()]);
+    assert_fails_naming(&o, &["nope.toml"]);
+    let o = run(&["train", "--device", "tpu"]);
+    assert_fails_naming(&o, &["device", "tpu"]);
+}
+
+#[test]
+fn bad_data_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o_str = out.to_str().unwrap();
+
+    let missing = dir.path().join("no-such-dataset");
+    let o = run(&["train", "--out", o_str, "--data", missing.to_str().unwrap()]);
+    assert_fails_naming(&o, &["no-such-dataset"]);
+
+    // A truncated CIFAR-10 batch.
+    let cifar = dir.path().join("cifar");
+    std::fs::create_dir(&cifar).unwrap();
+    for b in 1..=5 {
+        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 10);
+    }
+    let f = std::fs::OpenOptions::new().append(true).open(cifar.join("data_batch_1.bin")).unwrap();
+    f.set_len(3073 * 10 - 100).unwrap();
+    let o = run(&["train", "--out", o_str, "--data", cifar.to_str().unwrap()]);
+    assert_fails_naming(&o, &["data_batch_1.bin"]);
+
+    // ImageFolder: a non-image file in a class folder.
+    let folder = dir.path().join("folder");
+    for c in ["cat", "dog"] {
+        std::fs::create_dir_all(folder.join(c)).unwrap();
+        for i in 0..4 {
+            write_png(&folder.join(c).join(format!("{i}.png")), 16, 16, i);
+        }
+    }
+    std::fs::write(folder.join("dog").join("notes.png"), b"this is not an image").unwrap();
+    let o = run(&["train", "--out", o_str, "--data", folder.to_str().unwrap(), "--set", "data.cache_dir=\"off\""]);
+    assert_fails_naming(&o, &["notes.png"]);
+    std::fs::remove_file(folder.join("dog").join("notes.png")).unwrap();
+
+    // Mixed image sizes are refused (naming a file of each size) unless data.resize is set.
+    write_png(&folder.join("cat").join("big.png"), 20, 18, 1);
+    let o = run(&["train", "--out", o_str, "--data", folder.to_str().unwrap(), "--set", "data.cache_dir=\"off\""]);
+    assert_fails_naming(&o, &["big.png", "resize"]);
+    std::fs::remove_file(folder.join("cat").join("big.png")).unwrap();
+
+    // An empty class folder.
+    std::fs::create_dir_all(folder.join("empty")).unwrap();
+    let o = run(&["train", "--out", o_str, "--data", folder.to_str().unwrap(), "--set", "data.cache_dir=\"off\""]);
+    assert_fails_naming(&o, &["empty"]);
+}
+
+#[test]
+fn diverging_run_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // A sane run that checkpoints every step...
+    let o = train_tiny(&out, &["--set", "train.checkpoint_every=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    // ...then a run into the same directory with an absurd learning rate: the loss turns NaN.
+    let o = train_tiny(&out, &["--set", "train.lr=1e30", "--set", "train.warmup_epochs=0"]);
+    assert_fails_naming(&o, &["non-finite loss", "checkpoint"]);
+    let after = std::fs::read(&ckpt).unwrap();
+    // Checkpoints written before the NaN step are whole safetensors files.
+    safetensors::SafeTensors::deserialize(&after).expect("checkpoint still loads");
+    assert!(!before.is_empty());
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error() {
+    if bagssl_kernels::probe().is_available() {
+        println!("skipped: a CUDA GPU is present");
+        return;
+    }
+    let o = run(&["train", "--device", "cuda", "--quiet"]);
+    assert_fails_naming(&o, &["cuda"]);
+}
