@@ -50,6 +50,13 @@ struct Node<'a> {
     requires_grad: bool,
 }
 
+/// Batch statistics a BatchNorm node keeps for its backward and for [`Tape::bn_stats`].
+struct BnStats {
+    mean: Tensor,
+    invstd: Tensor,
+    var_unbiased: Tensor,
+}
+
 /// How a node was made, with what its backward needs beyond the input values.
 enum Op {
     /// A parameter or an input: gradients stop here and are kept.
@@ -74,9 +81,8 @@ enum Op {
         gamma: Var,
         beta: Var,
         relu: bool,
-        mean: Tensor,
-        invstd: Tensor,
-        var_unbiased: Tensor,
+        /// Boxed: three tensors would triple the size of every node.
+        stats: Box<BnStats>,
     },
     Relu {
         x: Var,
@@ -161,14 +167,15 @@ impl<'a> Tape<'a> {
     /// Training-mode BatchNorm (optionally fused with ReLU). Batch statistics: [`Tape::bn_stats`].
     pub fn batch_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f32, relu: bool) -> Result<Var> {
         let f = ops::bn_train_fwd(self.value(x), self.value(gamma), self.value(beta), eps, relu)?;
-        let op = Op::BatchNorm { x, gamma, beta, relu, mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased };
+        let stats = Box::new(BnStats { mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased });
+        let op = Op::BatchNorm { x, gamma, beta, relu, stats };
         Ok(self.push_op(f.y, op, &[x, gamma, beta]))
     }
 
     /// (batch mean, unbiased batch variance) of the BatchNorm that produced `v`.
     pub fn bn_stats(&self, v: Var) -> Option<(&Tensor, &Tensor)> {
         match &self.nodes.get(v.0)?.op {
-            Op::BatchNorm { mean, var_unbiased, .. } => Some((mean, var_unbiased)),
+            Op::BatchNorm { stats, .. } => Some((&stats.mean, &stats.var_unbiased)),
             _ => None,
         }
     }
@@ -301,9 +308,9 @@ impl<'a> Tape<'a> {
                     self.accumulate(grads, x, dy)?;
                 }
             }
-            Op::BatchNorm { x, gamma, beta, relu, mean, invstd, .. } => {
+            Op::BatchNorm { x, gamma, beta, relu, stats } => {
                 let (dx, dgamma, dbeta) =
-                    ops::bn_train_bwd(&dy, self.value(x), y, self.value(gamma), &mean, &invstd, relu)?;
+                    ops::bn_train_bwd(&dy, self.value(x), y, self.value(gamma), &stats.mean, &stats.invstd, relu)?;
                 if needs(gamma) {
                     self.accumulate(grads, gamma, dgamma)?;
                 }

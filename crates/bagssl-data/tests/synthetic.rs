@@ -27,7 +27,7 @@ fn balanced_labels_and_stats() {
     assert!(counts.iter().all(|&c| c == 100 || c == 101), "{counts:?}");
     assert_eq!((s.mean, s.std), s.channel_stats());
     assert!(s.std.iter().all(|&v| v > 0.1), "images have real contrast: {:?}", s.std);
-    // Every class is a distinct pair of motifs; each motif is shared by several classes.
+    // Every class is a distinct pair of textures; each texture is shared by several classes.
     assert_eq!(s.classes[0], "m0+m1");
     let mut uniq = s.classes.clone();
     uniq.sort();

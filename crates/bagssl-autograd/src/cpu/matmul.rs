@@ -8,10 +8,12 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Products with fewer multiply-adds than this run on the calling thread: the rayon fork/join
-/// and the per-thread packing buffers cost more than the second core gives back. 64^3 MACs take
-/// about 5 µs on one core.
-const PAR_MIN_MACS: usize = 64 * 64 * 64;
+/// Products with fewer multiply-adds than this run on the calling thread. Measured on the 2-core
+/// Zen 4 machines (square shapes, quiet machine): 96^3 takes 16.6 µs on one thread and 15.3 µs
+/// on two, 128^3 39 µs vs 27 µs, 192^3 128 µs vs 87 µs; below ~84^3 `gemm` stays on one thread
+/// by itself. The switch sits at the quiet machine's break-even, 2^20 (~100^3); when the other
+/// core is busy, two threads lose at all of these sizes. Every GEMM of the step is 50x bigger.
+const PAR_MIN_MACS: usize = 1 << 20;
 
 /// Shape and layout of one product `C (m, n) = op(A) (m, k) @ op(B) (k, n)` on row-major storage:
 /// `A` is stored (m, k), or (k, m) when `trans_a`; `B` is stored (k, n), or (n, k) when `trans_b`.
