@@ -54,7 +54,7 @@ extern "C" __global__ void bn_apply_fwd_f32(const float* __restrict__ x, const f
     for (size_t i = global_thread(); i < n; i += grid_threads()) {
         const size_t c = i % prm.cols;
         float v = (x[i] - mean[c]) * invstd[c] * gamma[c] + beta[c];
-        if (prm.relu && !(v > 0.0f)) v = 0.0f;
+        if (prm.relu && v < 0.0f) v = 0.0f;  // NaN propagates, as in PyTorch
         y[i] = v;
     }
 }
@@ -109,7 +109,7 @@ extern "C" __global__ void bn_eval_fwd_f32(const float* __restrict__ x, const fl
     for (size_t i = global_thread(); i < n; i += grid_threads()) {
         const size_t c = i % prm.cols;
         float v = (x[i] - running_mean[c]) / sqrtf(running_var[c] + prm.eps) * gamma[c] + beta[c];
-        if (prm.relu && !(v > 0.0f)) v = 0.0f;
+        if (prm.relu && v < 0.0f) v = 0.0f;  // NaN propagates, as in PyTorch
         y[i] = v;
     }
 }

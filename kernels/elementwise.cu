@@ -16,7 +16,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void relu_fwd_f32(const float* __restrict__ x, float* __restrict__ y, uint32_t n) {
-    for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] = x[i] < 0.0f ? 0.0f : x[i];  // NaN propagates, as in PyTorch
 }
 
 // dx = dy * (y > 0)

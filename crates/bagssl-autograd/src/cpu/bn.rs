@@ -31,7 +31,9 @@ pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y
     let mut stats = BnStats { mean: vec![0.0; cols], invstd: vec![0.0; cols], var_unbiased: vec![0.0; cols] };
     for j in 0..cols {
         let mean = sums[j] / n;
-        let var = (sums[cols + j] / n - mean * mean).max(0.0);
+        let var = sums[cols + j] / n - mean * mean;
+        // Clamp rounding below zero, but keep a NaN (a diverged step must show in the loss).
+        let var = if var < 0.0 { 0.0 } else { var };
         stats.mean[j] = mean as f32;
         stats.invstd[j] = (1.0 / (var + eps as f64).sqrt()) as f32;
         stats.var_unbiased[j] = (var * n / (n - 1.0)) as f32;
@@ -82,7 +84,10 @@ multiversion! {
         for (y, x) in y.chunks_exact_mut(mean.len()).zip(x.chunks_exact(mean.len())) {
             let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
             if relu {
-                it.for_each(|((((y, &x), &m), &s), &b)| *y = ((x - m) * s + b).max(0.0));
+                it.for_each(|((((y, &x), &m), &s), &b)| {
+                    let v = (x - m) * s + b;
+                    *y = if v < 0.0 { 0.0 } else { v };
+                });
             } else {
                 it.for_each(|((((y, &x), &m), &s), &b)| *y = (x - m) * s + b);
             }

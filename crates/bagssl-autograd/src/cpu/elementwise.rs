@@ -9,14 +9,14 @@ use super::par::{for_chunks_mut, for_rows_mut, reduce_rows, rows_per_task};
 use super::simd::multiversion;
 use crate::ops::AdamW;
 
-/// `out = max(x, 0)`.
+/// `out = max(x, 0)`; NaN propagates (as in PyTorch) so a diverged step shows in the loss.
 pub fn relu(x: &[f32], out: &mut [f32]) {
     for_chunks_mut(out, |i0, o| relu_chunk(&x[i0..i0 + o.len()], o));
 }
 
 multiversion! {
     fn relu_chunk(x: &[f32], o: &mut [f32]) {
-        o.iter_mut().zip(x).for_each(|(o, &x)| *o = x.max(0.0));
+        o.iter_mut().zip(x).for_each(|(o, &x)| *o = if x < 0.0 { 0.0 } else { x });
     }
 }
 
