@@ -250,3 +250,24 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     let o = run(&["train", "--device", "cuda", "--quiet"]);
     assert_fails_naming(&o, &["cuda"]);
 }
+
+/// The promise of the quickstart: SSL on the built-in synthetic set clearly beats the untrained
+/// encoder (the class is a pair of co-occurring textures; see bagssl-data's synthetic module).
+#[test]
+fn quickstart_training_beats_the_untrained_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["train", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    println!("{}", text(&o));
+    for k in ["knn", "linear"] {
+        let (t, u) = (eval["trained"][k].as_f64().unwrap(), eval["untrained"][k].as_f64().unwrap());
+        assert!(t > u + 0.15, "{k}: trained {t:.3} vs untrained {u:.3}");
+    }
+    // The bag beats a single patch (each texture alone is shared by several classes).
+    let (bag, single) =
+        (eval["trained"]["knn"].as_f64().unwrap(), eval["trained"]["knn_single_patch"].as_f64().unwrap());
+    assert!(bag > single + 0.15, "bag {bag:.3} vs single patch {single:.3}");
+}
