@@ -5,21 +5,61 @@
 //! [`embed_single_patch`] embeds only the centre grid patch: the "no bag" baseline that shows how
 //! much the aggregation adds.
 //!
-//! Both work in batches of images with reused host buffers; the encoder and the per-image mean run
-//! with `bagssl_autograd::ops` on the model's device.
+//! Both work in batches of images; the encoder and the per-image mean run with
+//! `bagssl_autograd::ops` on the model's device. The patch matrices are made where the model
+//! lives: on the CPU by the `bagssl_data` gathers into a reused host buffer; on CUDA by the
+//! patch-embedding kernels from the store uploaded once per call ([`GpuStore`]), so only the
+//! (N, hidden) embeddings cross the bus.
 
 use bagssl_autograd::{ops, Device, Tensor};
 use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, PatchSpec};
+use bagssl_model::source::GpuStore;
 use bagssl_model::BagSslModel;
 
 use crate::{EvalError, Result};
 
-/// A host matrix as a tensor on `device` (the CPU path copies `host` so the buffer can be reused).
-fn upload(host: &[f32], shape: &[usize], device: &Device) -> Result<Tensor> {
-    Ok(match device {
-        Device::Cpu => Tensor::from_vec(shape, host.to_vec()),
-        Device::Cuda(gpu) => Tensor::from_gpu(shape, gpu.upload(host).map_err(bagssl_autograd::Error::from)?),
-    })
+/// Where a batch's patch matrix is made: host gathers (CPU model) or kernels reading the
+/// GPU-resident store (CUDA model).
+enum Patches {
+    Host(Vec<f32>),
+    Gpu(Box<GpuStore>),
+}
+
+impl Patches {
+    fn new(device: &Device, store: &ImageStore) -> Result<Patches> {
+        Ok(match device {
+            Device::Cpu => Patches::Host(Vec::new()),
+            Device::Cuda(gpu) => Patches::Gpu(Box::new(GpuStore::upload(gpu, store)?)),
+        })
+    }
+
+    /// Grid patches of images `first .. first + count` (image-major, row-major positions).
+    fn grid(&mut self, store: &ImageStore, first: usize, count: usize, patch: usize, stride: usize) -> Result<Tensor> {
+        match self {
+            Patches::Host(host) => {
+                let rows = count * grid_len(store.height, store.width, patch, stride);
+                let d = patch * patch * 3;
+                host.resize(rows * d, 0.0);
+                gather_grid(store, first..first + count, patch, stride, host);
+                // The CPU tensor owns its Vec: copy so the buffer is reused.
+                Ok(Tensor::from_vec(&[rows, d], host.clone()))
+            }
+            Patches::Gpu(g) => Ok(g.grid(first, count, patch, stride)?),
+        }
+    }
+
+    /// The (un-augmented) patches of `specs`.
+    fn specs(&mut self, store: &ImageStore, specs: &[PatchSpec], patch: usize) -> Result<Tensor> {
+        match self {
+            Patches::Host(host) => {
+                let d = patch * patch * 3;
+                host.resize(specs.len() * d, 0.0);
+                gather_patches(store, specs, patch, host);
+                Ok(Tensor::from_vec(&[specs.len(), d], host.clone()))
+            }
+            Patches::Gpu(g) => Ok(g.patches(specs, patch)?),
+        }
+    }
 }
 
 fn check_args(model: &BagSslModel, store: &ImageStore, patch: usize, stride: usize, batch_images: usize) -> Result<()> {
@@ -51,15 +91,11 @@ pub fn embed_bag(
 ) -> Result<Vec<f32>> {
     check_args(model, store, patch, stride, batch_images)?;
     let per_image = grid_len(store.height, store.width, patch, stride);
-    let d = patch * patch * 3;
     let mut out = Vec::with_capacity(store.len() * model.hidden());
-    let mut host = Vec::new();
+    let mut patches = Patches::new(model.device(), store)?;
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
-        let rows = (end - start) * per_image;
-        host.resize(rows * d, 0.0);
-        gather_grid(store, start..end, patch, stride, &mut host);
-        let x = upload(&host, &[rows, d], model.device())?;
+        let x = patches.grid(store, start, end - start, patch, stride)?;
         let h = model.encode_eval(&x)?;
         out.extend(ops::group_mean(&h, per_image)?.to_vec()?);
     }
@@ -87,9 +123,8 @@ pub fn embed_single_patch(
     check_args(model, store, patch, stride, batch_images)?;
     let (oy, ox) = centre_position(store.height, store.width, patch, stride)
         .ok_or_else(|| EvalError::Invalid("empty evaluation grid".into()))?;
-    let d = patch * patch * 3;
     let mut out = Vec::with_capacity(store.len() * model.hidden());
-    let mut host = Vec::new();
+    let mut patches = Patches::new(model.device(), store)?;
     let mut specs = Vec::with_capacity(batch_images);
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
@@ -102,9 +137,7 @@ pub fn embed_single_patch(
             jitter: None,
             gray: false,
         }));
-        host.resize(specs.len() * d, 0.0);
-        gather_patches(store, &specs, patch, &mut host);
-        let x = upload(&host, &[specs.len(), d], model.device())?;
+        let x = patches.specs(store, &specs, patch)?;
         out.extend(model.encode_eval(&x)?.to_vec()?);
     }
     Ok(out)

@@ -169,13 +169,28 @@ impl Trainer {
     pub fn steps_per_epoch(&self, n_images: usize) -> usize {
         n_images / self.config.batch_images
     }
-    /// Swaps the patch source (the CUDA fast path plugs in here).
+    /// Swaps the patch source (e.g. back to a fresh [`PatchSource::for_device`]).
     pub fn set_patch_source(&mut self, source: PatchSource) {
         self.source = source;
+    }
+    /// The patch source (on CUDA it holds the GPU-resident training store).
+    pub fn patch_source(&self) -> &PatchSource {
+        &self.source
+    }
+    /// Makes `store` the training store now. On CUDA this uploads its pixels (replacing any
+    /// resident copy), which [`Trainer::step`] otherwise does on first use or when it is handed a
+    /// different store; call it after editing a store's pixels in place, or to keep the upload
+    /// out of a timed loop. A no-op on the CPU.
+    pub fn register_store(&mut self, store: &ImageStore) -> Result<()> {
+        self.source.register_store(store)
     }
 
     /// One training step on the next batch of `store`: sample patches, forward, bag-VICReg,
     /// backward, optimizer update, BatchNorm running statistics.
+    ///
+    /// On CUDA the store stays resident on the GPU between steps (uploaded on first use, see
+    /// [`Trainer::register_store`]); a step then copies only its patch specs to the device and
+    /// reads back only the loss terms (and, with LARS, the norms of its trust ratios).
     ///
     /// A NaN/inf loss returns [`ModelError::NonFiniteLoss`] before anything is updated (weights,
     /// optimizer state, running statistics and the step count stay as they were; the batch and its

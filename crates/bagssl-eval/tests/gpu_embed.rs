@@ -1,0 +1,127 @@
+//! `embed_bag` and `embed_single_patch` with the model on the GPU (the store resident on the GPU,
+//! patches from `patch_grid_fwd_f32` / `patch_embed_fwd_f32`, eval-mode encoder on CUDA) against
+//! the same weights on the CPU, at both GEMM precisions, on square and non-square images with
+//! batch sizes that do and do not divide the dataset.
+//!
+//! Tolerance: `max |gpu - cpu| <= 3e * max |cpu|` with `e = GemmPrecision::tolerance(k)` (TF32:
+//! 2e-3; f32: ~6e-5 at k = 192). The patch matrices agree to 2e-5 (the kernels' own parity
+//! bound); each encoder block is a GEMM (relative error ~e of its operands), then BatchNorm with
+//! the running statistics and a ReLU, which keep that error relative; two blocks, with margin,
+//! give 3e, as for the training forward of `bagssl-model/tests/cpu_gpu_step.rs`. No gradient is
+//! involved, so a ReLU input within the error of 0 changes the output by no more than that error.
+//! The bag mean only averages errors. The layout (image-major, `hidden` per image) must be equal.
+//!
+//! Without a GPU every test prints `skipped: <test>: <reason>` and passes (fails with
+//! `BAGSSL_REQUIRE_GPU=1`).
+
+use std::sync::{Arc, Mutex};
+
+use bagssl_autograd::Device;
+use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
+use bagssl_eval::{embed_bag, embed_single_patch};
+use bagssl_kernels::{gpu_or_skip, GemmPrecision, Gpu};
+use bagssl_model::{BagSslModel, ModelConfig};
+
+const PATCH: usize = 8;
+const HIDDEN: usize = 64;
+
+/// A model whose BatchNorm running statistics are not the identity (eval-mode BN does work).
+fn model() -> BagSslModel {
+    let cfg = ModelConfig { patch: PATCH, layers: 2, hidden: HIDDEN, proj: 48 };
+    let mut m = BagSslModel::new(cfg, 21, &Device::Cpu).unwrap();
+    let mut rng = bagssl_data::SeededRng::new(22);
+    for i in 0..2 {
+        let mean: Vec<f32> = (0..HIDDEN).map(|_| 0.4 * (rng.uniform() - 0.5)).collect();
+        let var: Vec<f32> = (0..HIDDEN).map(|_| 0.3 + rng.uniform()).collect();
+        m.set_tensor(&format!("encoder.{i}.bn.running_mean"), &mean).unwrap();
+        m.set_tensor(&format!("encoder.{i}.bn.running_var"), &var).unwrap();
+    }
+    m
+}
+
+/// (store, stride, batch sizes): square 32x32 with a 13x13 grid, non-square 20x28 with a 5x7 grid.
+fn cases() -> Vec<(ImageStore, usize, [usize; 2])> {
+    vec![
+        (synthetic(&SyntheticSpec { images: 23, classes: 3, height: 32, width: 32, seed: 6 }), 2, [5, 23]),
+        (synthetic(&SyntheticSpec { images: 10, classes: 2, height: 20, width: 28, seed: 7 }), 3, [4, 64]),
+    ]
+}
+
+/// The GEMM precision is a property of the process-wide [`Gpu`]: tests that change it hold this.
+static PRECISION: Mutex<()> = Mutex::new(());
+
+/// Runs `f` at each GEMM precision, restoring the device's setting afterwards (even on panic).
+fn at_each_precision(gpu: &Arc<Gpu>, mut f: impl FnMut(GemmPrecision)) {
+    struct Restore<'a>(&'a Gpu, GemmPrecision);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.set_gemm_precision(self.1);
+        }
+    }
+    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let _restore = Restore(gpu, gpu.gemm_precision());
+    for p in [GemmPrecision::Tf32, GemmPrecision::F32] {
+        gpu.set_gemm_precision(p);
+        f(p);
+    }
+}
+
+/// One `OK` / `NOT OK` line; returns whether it held.
+fn check(name: &str, got: &[f32], want: &[f32], rtol: f64) -> bool {
+    if got.len() != want.len() {
+        println!("NOT OK {name:<52} {} values vs {}", got.len(), want.len());
+        return false;
+    }
+    let scale = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let (mut d, mut at) = (0f64, 0);
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let x = (f64::from(a) - f64::from(b)).abs();
+        if x > d || x.is_nan() {
+            (d, at) = (if x.is_nan() { f64::INFINITY } else { x }, i);
+        }
+    }
+    let bound = rtol * scale;
+    let ok = d <= bound;
+    println!(
+        "{} {name:<52} max diff {d:.3e} at image {} dim {} (bound {bound:.3e}, max |cpu| {scale:.3e})",
+        if ok { "OK    " } else { "NOT OK" },
+        at / HIDDEN,
+        at % HIDDEN
+    );
+    ok
+}
+
+type Embed = fn(&BagSslModel, &ImageStore, usize, usize, usize) -> bagssl_eval::Result<Vec<f32>>;
+
+fn compare(test: &str, what: &str, embed: Embed) {
+    let Some(gpu) = gpu_or_skip(test) else { return };
+    let cpu_model = model();
+    let gpu_model = cpu_model.to_device(&Device::Cuda(gpu.clone())).unwrap();
+    let mut failures = Vec::new();
+    at_each_precision(&gpu, |prec| {
+        let rtol = 3.0 * f64::from(prec.tolerance(PATCH * PATCH * 3));
+        for (store, stride, batches) in cases() {
+            let want = embed(&cpu_model, &store, PATCH, stride, batches[0]).unwrap();
+            assert_eq!(want.len(), store.len() * HIDDEN);
+            for b in batches {
+                let got = embed(&gpu_model, &store, PATCH, stride, b).unwrap();
+                let name =
+                    format!("{what} {prec:?} {}x{}x{} s={stride} batch {b}", store.len(), store.height, store.width);
+                if !check(&name, &got, &want, rtol) {
+                    failures.push(name);
+                }
+            }
+        }
+    });
+    assert!(failures.is_empty(), "GPU embeddings differ from the CPU's: {failures:?}");
+}
+
+#[test]
+fn gpu_embed_bag_matches_cpu() {
+    compare("gpu_embed_bag_matches_cpu", "embed_bag", embed_bag);
+}
+
+#[test]
+fn gpu_embed_single_patch_matches_cpu() {
+    compare("gpu_embed_single_patch_matches_cpu", "embed_single_patch", embed_single_patch);
+}
