@@ -592,8 +592,12 @@ const BENCH_EXAMPLES: &[(&str, &str)] = &[("bagssl-autograd", "bench_cpu"), ("ba
 /// Builds the benchmark examples with `--release` and runs them in turn. Release, not the test
 /// profile `cargo test` already built: the test profile keeps debug assertions and overflow checks
 /// in the dependencies, and the `gemm` crate runs 2.4x slower with them (measured: 2048^3, one
-/// Zen 4 thread, 41 vs 98 GFLOP/s), so its table would not describe training. The release build
-/// of these two packages costs CI about a minute more (see the commit message / report).
+/// Zen 4 thread, 41 vs 98 GFLOP/s), so its table would not describe training. The price: after
+/// `cargo test`, CI compiles these two packages and their dependencies once more (1 min 47 s
+/// from cold on a 2-core VM; nothing when `target/` is kept). With
+/// `debug-assertions = false` and `overflow-checks = false` in `[profile.dev.package."*"]` the
+/// test profile matches release here, and `--profile test --workspace` would reuse `cargo test`'s
+/// build instead.
 fn bench_kernels(args: &[String]) -> Result<()> {
     let mut quick = false;
     for a in args {
@@ -617,11 +621,8 @@ fn bench_kernels(args: &[String]) -> Result<()> {
     let built = built_executables(&String::from_utf8_lossy(&out.stdout));
     let build_s = t0.elapsed().as_secs_f64();
     // cuBLAS 13 and libcuda live outside the loader cache on the GPU machines (as in gpu-check.sh).
-    let mut lib_path: Vec<PathBuf> = ["/usr/local/cuda/lib64", "/usr/local/nvidia/lib64"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|d| d.is_dir())
-        .collect();
+    let mut lib_path: Vec<PathBuf> =
+        ["/usr/local/cuda/lib64", "/usr/local/nvidia/lib64"].iter().map(PathBuf::from).filter(|d| d.is_dir()).collect();
     if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
         lib_path.extend(std::env::split_paths(&old));
     }

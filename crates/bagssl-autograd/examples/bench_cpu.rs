@@ -8,8 +8,8 @@
 //! Shapes: `cpu` is the CPU training config (32 images x 16 patches = N 512 rows of 8*8*3 = 192,
 //! encoder 192 -> 512 -> 512, bag-VICReg at D = 512, as in `step_timing.rs`); `ref` is the DESIGN
 //! §3 reference config (256 x 16 = N 4096 rows, 192 -> 2048, D = 2048). `--quick` (CI) runs fewer
-//! repeats and skips the reference config's N x 2048 x 2048 products and its bag-VICReg, which
-//! are 95 % of the full run's work.
+//! repeats and skips the reference config's N x 2048 x 2048 products and its bag-VICReg (172 of
+//! the full run's 197 GFLOP per repeat).
 //!
 //! Limits, measured first, on as many threads as the rayon pool that runs the ops:
 //! - `fma`: the machine's f32 FMA rate. Each thread runs a loop of 12 independent FMA chains that
@@ -17,22 +17,26 @@
 //!   FMA). Zen 4 retires one 512-bit (or two 256-bit) FMA per cycle per core: 32 flops/cycle. The
 //!   GEMM-like ops are reported against it; the `gemm` crate's rate on a 2048^3 product is printed
 //!   beside it, as what a GEMM on this machine reaches at best.
-//! - `copy-dram` / `copy-l3`: `copy_from_slice` of a buffer split over the threads, counted as
-//!   bytes read + bytes written (the faster of memcpy and a
-//!   load-scale-store loop); 2 x 256 MiB for DRAM, 2 x 2 MiB for the caches (past the 1 MiB
-//!   L2 of a Zen 4 core, inside the 32 MiB L3). A streaming op is reported against the copy of its
-//!   tier: copy-l3 when its working set is at most `CACHE_FOOTPRINT`, else copy-dram. A large
-//!   glibc memcpy uses non-temporal stores (no read-for-ownership), which the ops' plain stores
-//!   cannot: an op that writes as much as it reads tops out near 2/3 of copy-dram.
+//! - `copy@SIZE`: memory bandwidth through a working set of SIZE, split over the threads,
+//!   counted as bytes read + bytes written: the fastest of glibc memcpy, a load-scale-store copy
+//!   and an in-place scale (see `copy_rate`). Four working sets: 2 MiB (the L2s), 8 MiB (L3),
+//!   64 MiB (past a 32 MiB L3, partly cached) and 512 MiB (DRAM). A streaming op is reported
+//!   against the smallest working set that holds its own, so a cache-resident op is not
+//!   flattered by a DRAM limit. An op that writes a fresh output with plain stores also reads
+//!   every output line first (read for ownership): it tops out near 2/3 of the limit.
 //!
 //! Counting convention (the same as `bagssl-kernels/examples/bench_kernels.rs`): FLOPs are 2 per
 //! multiply-add of the dense products; bytes are each input read once and each output written
 //! once. Extra passes over an input, the write-allocate of an output and the zeroing of a fresh
 //! output are the op's inefficiency, not counted as work. Ops allocate their outputs, as in
-//! training, so the allocation is in the time.
+//! training, so the allocation is in the time: at the ref config an N x H output is 32 MiB,
+//! which glibc maps fresh on every call (its mmap threshold stops growing at 32 MiB), and the
+//! page faults of touching it cost more than the op itself (relu_fwd 17 ms instead of 2.3 ms with
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2000000000`, measured on the 2-core CI VMs).
 //!
-//! Every time is the median of the repeats after warm-up runs. The machines are shared 2-core VMs:
-//! expect 10-20 % between runs, more when another build is running.
+//! An op's time is the median of the repeats after warm-up runs; a limit's is the fastest run (a
+//! capability, which interference only lowers). The machines are shared 2-core VMs: expect
+//! 10-20 % between runs, more when another build is running.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -45,9 +49,9 @@ use rayon::prelude::*;
 const PER_IMAGE: usize = 16;
 const PATCH: usize = 8;
 const IN: usize = PATCH * PATCH * 3;
-/// Working sets up to this size count as cache-resident (half the 32 MiB L3).
-const CACHE_FOOTPRINT: f64 = 16.0 * 1024.0 * 1024.0;
 const MIB: usize = 1024 * 1024;
+/// Working sets (source + destination) of the copy limits.
+const COPY_SETS_MIB: [usize; 4] = [2, 8, 64, 512];
 
 struct Opts {
     quick: bool,
@@ -177,9 +181,17 @@ mod fma {
 struct Limits {
     /// GFLOP/s of the FMA loops on all threads.
     fma: f64,
-    /// GB/s (read + write) of a DRAM-sized and of a cache-sized copy.
-    copy_dram: f64,
-    copy_l3: f64,
+    /// (working set in bytes, GB/s read + write) of the copies, smallest first.
+    copy: Vec<(f64, f64)>,
+}
+
+impl Limits {
+    /// The copy limit for a working set of `footprint` bytes: (GB/s, its label).
+    fn copy_for(&self, footprint: f64) -> (f64, String) {
+        let &(set, gbs) =
+            self.copy.iter().find(|(set, _)| *set >= footprint).unwrap_or(&self.copy[self.copy.len() - 1]);
+        (gbs, format!("copy@{}M", set / MIB as f64))
+    }
 }
 
 /// FMA rate on `threads` threads at once (GFLOP/s) and the ISA used.
@@ -197,30 +209,35 @@ fn fma_peak(o: &Opts, threads: usize) -> (f64, &'static str) {
     (flops / ms / 1e6, isa)
 }
 
-/// GB/s (bytes read + bytes written) of copying `bytes` between two buffers, split over the
-/// rayon pool, `inner` times per timed run: the faster of `copy_from_slice` (glibc memcpy) and a
-/// plain load-scale-store loop (STREAM's "scale"; on these VMs it often beats memcpy on DRAM).
-fn copy_rate(o: &Opts, bytes: usize, inner: usize) -> f64 {
-    let len = bytes / 4;
-    let src = values(len, 7, 1.0);
+/// GB/s (bytes read + bytes written) of streaming through a working set of `set` bytes, split
+/// over the rayon pool: the fastest of three kernels (measured here: memcpy wins in the caches,
+/// the in-place scale from DRAM, where it moves 1.5x the bytes of `scale` in the same traffic):
+/// - `memcpy`: `copy_from_slice` between two halves (glibc memcpy, non-temporal stores when large);
+/// - `scale`: `dst = s * src` between two halves (STREAM's "scale": plain stores);
+/// - `in place`: `x *= s` over both halves (no read for ownership: each written line was read).
+fn copy_rate(o: &Opts, set: usize) -> f64 {
+    // At least 256 MiB moved per timed run, so small sets are not all fork-join overhead.
+    let inner = (256 * MIB / set).max(1);
+    let len = set / 8; // floats per half
+    let mut src = values(len, 7, 1.0);
     let mut dst = vec![0f32; len];
     let chunk = len.div_ceil(rayon::current_num_threads());
     let s = black_box(1.0001f32);
     let mut best = 0f64;
-    for memcpy in [true, false] {
+    for kernel in 0..3 {
         let ms = best_ms(o, || {
             for _ in 0..inner {
-                dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, x)| {
-                    if memcpy {
-                        d.copy_from_slice(x)
-                    } else {
-                        d.iter_mut().zip(x).for_each(|(d, x)| *d = x * s)
-                    }
+                dst.par_chunks_mut(chunk).zip(src.par_chunks_mut(chunk)).for_each(|(d, x)| match kernel {
+                    0 => d.copy_from_slice(x),
+                    1 => d.iter_mut().zip(x.iter()).for_each(|(d, x)| *d = x * s),
+                    _ => d.iter_mut().chain(x.iter_mut()).for_each(|v| *v *= s),
                 });
                 black_box(&mut dst);
             }
         });
-        best = best.max((2 * bytes * inner) as f64 / ms / 1e6);
+        // The copies read one half and write the other; the in-place scale reads and writes both.
+        let moved = if kernel < 2 { set } else { 2 * set };
+        best = best.max((moved * inner) as f64 / ms / 1e6);
     }
     best
 }
@@ -231,7 +248,7 @@ fn copy_rate(o: &Opts, bytes: usize, inner: usize) -> f64 {
 enum Work {
     /// Floating-point operations (GEMM-like: against the FMA rate).
     Flop(f64),
-    /// Bytes moved and the working set (streaming: against the copy of its tier).
+    /// Bytes moved and the working set (streaming: against the copy of a working set as large).
     Bytes { moved: f64, footprint: f64 },
 }
 
@@ -262,8 +279,7 @@ fn row(op: &str, shape: &str, ms: f64, work: Work, l: &Limits) {
         }
         Work::Bytes { moved, footprint } => {
             let g = moved / ms / 1e6;
-            let (lim, name) =
-                if footprint <= CACHE_FOOTPRINT { (l.copy_l3, "copy-l3") } else { (l.copy_dram, "copy-dram") };
+            let (lim, name) = l.copy_for(footprint);
             (gbs(g), format!("{:>5.1}% of {name}", 100.0 * g / lim))
         }
     };
@@ -305,7 +321,8 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
         // bag-VICReg: the (D x N x D) covariance and the (N x D x D) gradient product, counted as
         // two dense GEMMs, 4 N D^2 (the CPU exploits the symmetry of the first: it does about
         // 5/8 of it at D = 512) plus three streaming passes over N x D (negligible).
-        let ms = median_ms(o, || drop(black_box(ops::vicreg_fwd_bwd(&a, PER_IMAGE, VicregWeights::default()).unwrap())));
+        let ms =
+            median_ms(o, || drop(black_box(ops::vicreg_fwd_bwd(&a, PER_IMAGE, VicregWeights::default()).unwrap())));
         row(
             &format!("vicreg_fwd_bwd {tag}"),
             &format!("{n}x{h}/{PER_IMAGE}"),
@@ -321,13 +338,25 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     let beta = Tensor::from_vec(&[h], vec![0.0; h]);
     // BN forward (+ReLU): reads x, writes y (+ four H vectors): 2 N H floats.
     let ms = median_ms(o, || drop(black_box(ops::bn_train_fwd(&a, &gamma, &beta, 1e-5, true).unwrap())));
-    row(&format!("bn_train_fwd+relu {tag}"), &format!("{n}x{h}"), ms, Work::Bytes { moved: 2.0 * mat, footprint: 2.0 * mat }, l);
+    row(
+        &format!("bn_train_fwd+relu {tag}"),
+        &format!("{n}x{h}"),
+        ms,
+        Work::Bytes { moved: 2.0 * mat, footprint: 2.0 * mat },
+        l,
+    );
     // BN backward (+ReLU): reads dy, x, y, writes dx: 4 N H floats.
     let fwd = ops::bn_train_fwd(&a, &gamma, &beta, 1e-5, true).unwrap();
     let ms = median_ms(o, || {
         drop(black_box(ops::bn_train_bwd(&dy, &a, &fwd.y, &gamma, &fwd.mean, &fwd.invstd, true).unwrap()))
     });
-    row(&format!("bn_train_bwd+relu {tag}"), &format!("{n}x{h}"), ms, Work::Bytes { moved: 4.0 * mat, footprint: 4.0 * mat }, l);
+    row(
+        &format!("bn_train_bwd+relu {tag}"),
+        &format!("{n}x{h}"),
+        ms,
+        Work::Bytes { moved: 4.0 * mat, footprint: 4.0 * mat },
+        l,
+    );
     // ReLU: reads x, writes y: 2 N H floats.
     let ms = median_ms(o, || drop(black_box(ops::relu_fwd(&a).unwrap())));
     row(&format!("relu_fwd {tag}"), &format!("{n}x{h}"), ms, Work::Bytes { moved: 2.0 * mat, footprint: 2.0 * mat }, l);
@@ -336,7 +365,13 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     let (mut m1, mut v1) = (Tensor::from_vec(&[h, h], vec![0.0; h * h]), Tensor::from_vec(&[h, h], vec![0.0; h * h]));
     let hp = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5, step: 1 };
     let ms = median_ms(o, || ops::adamw_(&mut p, &g, &mut m1, &mut v1, hp).unwrap());
-    row(&format!("adamw_ {tag}"), &format!("{h}x{h}"), ms, Work::Bytes { moved: 28.0 * (h * h) as f64, footprint: f4(4 * h * h) }, l);
+    row(
+        &format!("adamw_ {tag}"),
+        &format!("{h}x{h}"),
+        ms,
+        Work::Bytes { moved: 28.0 * (h * h) as f64, footprint: f4(4 * h * h) },
+        l,
+    );
 
     // Patch gather + augmentation (the CPU reference of the GPU patch embedding): reads p*p*3
     // bytes per patch, writes p*p*3 floats: 5 bytes per output element; a few flops each.
@@ -368,11 +403,7 @@ fn store() -> ImageStore {
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
-    let o = if quick {
-        Opts { quick, warmups: 1, repeats: 5 }
-    } else {
-        Opts { quick, warmups: 2, repeats: 11 }
-    };
+    let o = if quick { Opts { quick, warmups: 1, repeats: 5 } } else { Opts { quick, warmups: 2, repeats: 11 } };
     let t0 = Instant::now();
     let threads = rayon::current_num_threads();
     println!(
@@ -384,17 +415,17 @@ fn main() {
 
     // Limits first, in this run.
     let (fma, isa) = fma_peak(&o, threads);
-    let copy_dram = copy_rate(&o, 256 * MIB, 1);
-    let copy_l3 = copy_rate(&o, 2 * MIB, 32);
-    let l = Limits { fma, copy_dram, copy_l3 };
+    let copy = COPY_SETS_MIB.iter().map(|&m| ((m * MIB) as f64, copy_rate(&o, m * MIB))).collect();
+    let l = Limits { fma, copy };
     header();
     line(&format!("limit: fma {isa}"), &format!("{threads} threads x 12 chains"), "-", &gflops(fma), "100.0% of fma");
     let sq = 2048;
     let (sa, sb) = (tensor(sq, sq, 11), tensor(sq, sq, 12));
     let ms = median_ms(&o, || drop(black_box(ops::matmul(&sa, &sb, false, false).unwrap())));
     row("limit: gemm crate, square", &format!("{sq}x{sq}x{sq}"), ms, Work::Flop(2.0 * (sq * sq * sq) as f64), &l);
-    line("limit: copy-dram", "2 x 256 MiB", "-", &gbs(copy_dram), "");
-    line("limit: copy-l3", "2 x 2 MiB", "-", &gbs(copy_l3), "");
+    for (m, &(_, gbs_)) in COPY_SETS_MIB.iter().zip(&l.copy) {
+        line(&format!("limit: copy@{m}M"), &format!("2 x {} MiB", m / 2), "-", &gbs(gbs_), "");
+    }
 
     bench_config(&o, &l, &Config { name: "cpu", images: 32, hidden: 512, big: true });
     bench_config(&o, &l, &Config { name: "ref", images: 256, hidden: 2048, big: !o.quick });

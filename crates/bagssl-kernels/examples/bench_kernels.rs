@@ -65,11 +65,7 @@ impl Timer {
             end.record(&stream)?;
         }
         self.gpu.synchronize()?;
-        let mut t = self
-            .events
-            .iter()
-            .map(|(s, e)| s.elapsed_ms(e).map(f64::from))
-            .collect::<Result<Vec<f64>, _>>()?;
+        let mut t = self.events.iter().map(|(s, e)| s.elapsed_ms(e).map(f64::from)).collect::<Result<Vec<f64>, _>>()?;
         t.sort_by(f64::total_cmp);
         Ok(t[t.len() / 2])
     }
@@ -91,7 +87,13 @@ impl Bf16Gemm {
         let a = stream.clone_htod(&bits(g.m * g.k, 21))?;
         let b = stream.clone_htod(&bits(g.k * g.n, 22))?;
         let mut c = stream.alloc_zeros::<u16>(g.m * g.n)?;
-        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         let i = |v: usize| v as i32;
         let (alpha, beta) = (1f32, 0f32);
         timer.median_ms(|| {
@@ -229,7 +231,13 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let embed_bytes = (rows * din * 5 + rows * 32) as f64;
     let ms_embed = timer.median_ms(|| patch_embed_fwd_f32_into(&images, &dspecs, p, &mut x))?;
     let shape = format!("{rows}x{din}");
-    line("patch_embed_fwd_f32", &shape, &format!("{ms_embed:.4} ms"), &gbs(embed_bytes, ms_embed), &pct_bw(embed_bytes, ms_embed));
+    line(
+        "patch_embed_fwd_f32",
+        &shape,
+        &format!("{ms_embed:.4} ms"),
+        &gbs(embed_bytes, ms_embed),
+        &pct_bw(embed_bytes, ms_embed),
+    );
 
     // Patch embedding fused with the first Linear (x W1^T): the roofline limit is the slower of
     // its bytes (gather + W1 + the N x H output) at the copy bandwidth and its product at the
@@ -316,11 +324,12 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let beta = gpu.zeros(h)?;
     let mat = f4(rows * h);
     let shape = format!("{rows}x{h}");
-    let streaming = |timer: &mut Timer, name: &str, shape: &str, bytes: f64, f: &mut dyn FnMut() -> Result<(), KernelError>| {
-        let ms = timer.median_ms(f)?;
-        line(name, shape, &format!("{ms:.4} ms"), &gbs(bytes, ms), &pct_bw(bytes, ms));
-        Ok::<(), KernelError>(())
-    };
+    let streaming =
+        |timer: &mut Timer, name: &str, shape: &str, bytes: f64, f: &mut dyn FnMut() -> Result<(), KernelError>| {
+            let ms = timer.median_ms(f)?;
+            line(name, shape, &format!("{ms:.4} ms"), &gbs(bytes, ms), &pct_bw(bytes, ms));
+            Ok::<(), KernelError>(())
+        };
     // BN forward (+ReLU): reads x, writes y.
     streaming(&mut timer, "bn_train_fwd_f32 (+relu)", &shape, 2.0 * mat, &mut || {
         bn_train_fwd_f32(&a, &gamma, &beta, rows, h, 1e-5, true).map(drop)
