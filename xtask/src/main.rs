@@ -12,7 +12,7 @@
 //! - `device-tests [-p PACKAGE]...`: builds the release test executables (bagssl-kernels and
 //!   bagssl-autograd by default) and copies them, stripped, into `.device/bin/` for
 //!   `scripts/gpu-check.sh` on a GPU machine (which has no Rust toolchain), with the benchmark
-//!   examples `bench_kernels` and `bench_cpu`.
+//!   examples `bench_kernels` and `bench_cpu` and the release `bagssl-train` binary.
 //! - `bench-kernels [--quick]`: the kernel microbenchmarks, built with `--release` (the test
 //!   profile keeps debug assertions, which halve the `gemm` crate's rate): the CPU table
 //!   (`bagssl-autograd/examples/bench_cpu.rs`), then the GPU one
@@ -561,6 +561,25 @@ fn device_tests(args: &[String]) -> Result<()> {
     }
     names.sort();
     std::fs::write(root.join(".device/tests.txt"), names.join("\n") + "\n")?;
+    // The CLI too: `bagssl-train bench --device cuda` and the side-by-side script run there.
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "bagssl-train", "--message-format=json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build --release -p bagssl-train")?;
+    if !out.status.success() {
+        bail!("cargo build --release -p bagssl-train failed");
+    }
+    let built = built_executables(&String::from_utf8_lossy(&out.stdout));
+    let exe = built
+        .iter()
+        .find(|(target, _, _)| target == "bagssl_train")
+        .map(|(_, exe, _)| exe)
+        .context("cargo built no bagssl-train executable")?;
+    let cli = bin.join("bagssl-train");
+    std::fs::copy(exe, &cli).with_context(|| format!("copying {}", exe.display()))?;
+    let _ = Command::new("strip").arg("--strip-debug").arg(&cli).status();
     let size: u64 = std::fs::read_dir(&bin)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     println!(
         "copied {} test executables and the examples {DEVICE_EXAMPLES:?} ({:.1} MiB) to .device/bin; on the GPU \

@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// Continue the run whose checkpoint this is (same config, same data; bit-identical on the CPU).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Stop once this many steps (of the whole run) are done, after writing the checkpoint; the
+    /// schedule stays that of the full run, so `--resume` later finishes it as if never stopped.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
     /// No progress bar (logs still go to metrics.jsonl).
     #[arg(long)]
     pub quiet: bool,

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// Keeps freed step buffers for reuse: glibc returns large blocks to the OS on every free, and
+// page-faulting them back in each step costs more than some of the kernels that fill them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod commands;
 mod config;

@@ -67,7 +67,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let ckpt_path = out.join(CHECKPOINT);
     let started = Instant::now();
     let steps_at_start = trainer.steps_done();
-    while trainer.steps_done() < total {
+    let stop_at = args.max_steps.map_or(total, |m| m.min(total));
+    while trainer.steps_done() < stop_at {
         let s = trainer.step(&data.train).map_err(|e| {
             progress.abandon();
             anyhow::Error::new(e)
@@ -96,6 +97,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "bagssl: {steps_run} steps in {train_seconds:.1} s ({images_per_second:.0} images/s); checkpoint {}",
         ckpt_path.display()
     );
+
+    if trainer.steps_done() < total {
+        println!(
+            "stopped at step {} of {total} (--max-steps); continue with: bagssl-train train --resume {}",
+            trainer.steps_done(),
+            ckpt_path.display()
+        );
+        return Ok(());
+    }
 
     let trained = evaluate(&cfg, trainer.model(), &data, "trained", &mut metrics)?;
     let untrained = if cfg.eval.untrained {
