@@ -38,6 +38,10 @@
 //! capability, which interference only lowers). The machines are shared 2-core VMs: expect
 //! 10-20 % between runs, more when another build is running.
 
+// The allocator of bagssl-train: large step buffers are reused instead of page-faulted back in.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -159,7 +159,7 @@ impl Default for TrainSection {
 
 impl Default for EvalSection {
     fn default() -> Self {
-        EvalSection { stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, batch_images: 256, untrained: true }
+        EvalSection { stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, batch_images: 32, untrained: true }
     }
 }
 
