@@ -175,15 +175,6 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_418), (2025, 11, 26));
-    }
-}
-
 /// The model shape and the training schedule a config asks for, given the training-set size.
 pub fn model_and_train_config(
     cfg: &Config,
@@ -223,4 +214,13 @@ pub fn model_and_train_config(
         seed: cfg.seed,
     };
     Ok((model, train))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_418), (2025, 11, 26));
+    }
 }

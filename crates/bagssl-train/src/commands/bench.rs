@@ -45,7 +45,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;
     // The schedule must not reach zero inside the benchmark.
     train_cfg.total_steps = train_cfg.total_steps.max((args.warmup + args.steps) as u64 * 10);
-    let mut trainer = bagssl_model::Trainer::new(model_cfg.clone(), train_cfg, &device)?;
+    let mut trainer = bagssl_model::Trainer::new(model_cfg, train_cfg, &device)?;
 
     for _ in 0..args.warmup {
         trainer.step(&data.train)?;
