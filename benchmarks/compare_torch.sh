@@ -17,8 +17,8 @@ REF=${REF:-../shared/reference/torch_bagssl.py}
 DATA=${DATA:-../shared/data}
 STEPS=${STEPS:-20}
 case "$PRESET" in
-  cpu) DEVICE=cpu; CONFIG=configs/bench-cpu.toml; P=8; N=16; B=32; H=512; Z=512; L=2; AMP=; EVAL_IMAGES=512 ;;
-  gpu) DEVICE=cuda; CONFIG=configs/reference.toml; P=8; N=16; B=256; H=2048; Z=2048; L=2; AMP=--amp; EVAL_IMAGES=10000 ;;
+  cpu) DEVICE=cpu; CONFIG=configs/bench-cpu.toml; P=8; N=16; B=32; H=512; Z=512; L=2; AMP=; EVAL_IMAGES=512; EVAL_BATCH=32 ;;
+  gpu) DEVICE=cuda; CONFIG=configs/reference.toml; P=8; N=16; B=256; H=2048; Z=2048; L=2; AMP=--amp; EVAL_IMAGES=10000; EVAL_BATCH=500 ;;
   *) echo "PRESET must be cpu or gpu" >&2; exit 2 ;;
 esac
 
@@ -35,7 +35,8 @@ if [ ! -x "$BIN" ]; then cargo build --release -p bagssl-train; fi
 
 echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2
 echo "# bagssl: $BIN bench --device $DEVICE --config $CONFIG --steps $STEPS" >&2
-ours=$("$BIN" bench --device "$DEVICE" --config "$CONFIG" --steps "$STEPS" --eval-images "$EVAL_IMAGES" | tail -n 1)
+ours=$("$BIN" bench --device "$DEVICE" --config "$CONFIG" --steps "$STEPS" --eval-images "$EVAL_IMAGES" \
+  --set eval.batch_images=$EVAL_BATCH | tail -n 1)
 echo "# pytorch: $REF --bench-steps $STEPS (same shapes)" >&2
 theirs=$(BAGSSL_CACHE="$CACHE/torch-data" PYTHONUNBUFFERED=1 python3 benchmarks/torch_bench.py --reference "$REF" \
   --data "$DATA" --patch $P --n-patches $N --batch $B --hidden $H --proj $Z --layers $L --steps "$STEPS" \

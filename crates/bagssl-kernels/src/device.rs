@@ -228,6 +228,12 @@ impl Gpu {
         self.precision.store(p as u8, Ordering::Relaxed);
     }
 
+    /// (free, total) bytes of device memory, as the driver reports them (all processes).
+    pub fn memory_info(&self) -> Result<(usize, usize), KernelError> {
+        self.ctx.bind_to_thread()?;
+        Ok(cudarc::driver::result::mem_get_info()?)
+    }
+
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<(), KernelError> {
         Ok(self.stream.synchronize()?)

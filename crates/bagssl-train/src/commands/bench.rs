@@ -45,6 +45,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;
     // The schedule must not reach zero inside the benchmark.
     train_cfg.total_steps = train_cfg.total_steps.max((args.warmup + args.steps) as u64 * 10);
+    let gpu_free_before = gpu_free_bytes(&device)?;
     let mut trainer = bagssl_model::Trainer::new(model_cfg, train_cfg, &device)?;
 
     for _ in 0..args.warmup {
@@ -54,6 +55,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for _ in 0..args.steps.max(1) {
         let t = Instant::now();
         trainer.step(&data.train)?;
+        gpu_free_bytes(&device)?; // waits for the GPU, so the time is the step's, not its launch's
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -86,6 +88,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eval_gflops = eval_patches_per_s * encoder_flops_per_patch(&cfg) / 1e9;
     }
     let peak = setup::peak_rss_mib().unwrap_or(0.0);
+    // The caching allocator keeps what the steps needed, so device memory in use after them (less
+    // what was in use before the model existed) is the run's GPU footprint.
+    let gpu_mib = match (gpu_free_before, gpu_free_bytes(&device)?) {
+        (Some(before), Some(after)) => Some(before.saturating_sub(after) as f64 / (1024.0 * 1024.0)),
+        _ => None,
+    };
 
     println!(
         "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {}",
@@ -111,6 +119,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     println!("peak memory: {peak:.1} MiB resident");
+    if let Some(g) = gpu_mib {
+        println!("GPU memory: {g:.1} MiB in use by this run");
+    }
     println!(
         "{}",
         json!({
@@ -122,6 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "eval_patches_per_s": eval_patches_per_s,
             "eval_gflops": eval_gflops,
             "peak_rss_mib": peak,
+            "gpu_memory_mib": gpu_mib,
             "device": device_label(&device),
             "steps": times.len(),
             "config": {
@@ -132,6 +144,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// Free device memory in bytes on CUDA (after finishing queued work); None on the CPU.
+fn gpu_free_bytes(device: &bagssl_autograd::Device) -> Result<Option<usize>> {
+    match device {
+        bagssl_autograd::Device::Cpu => Ok(None),
+        bagssl_autograd::Device::Cuda(gpu) => {
+            gpu.synchronize()?;
+            Ok(Some(gpu.memory_info()?.0))
+        }
+    }
 }
 
 /// Forward FLOPs of the encoder for one patch (multiply-adds count 2).
