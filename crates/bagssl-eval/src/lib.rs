@@ -9,7 +9,6 @@
 
 pub mod embed;
 pub mod knn;
-mod linalg;
 pub mod probe;
 pub mod report;
 

@@ -12,8 +12,8 @@ use bagssl_data::SeededRng;
 use rayon::prelude::*;
 
 use crate::knn::argmax_lowest;
-use crate::linalg::{matmul_into, Mat};
 use crate::{check_labels, rows_of, EvalError, Result};
+use bagssl_autograd::cpu::matmul::{gemm_views, View};
 
 /// Hyper-parameters of the probe; the defaults are the reference's.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,7 +83,8 @@ impl Standardize<'_> {
 fn logits(xs: &[f32], rows: usize, weight: &[f32], bias: &[f32], out: &mut [f32]) {
     let (c, d) = (bias.len(), weight.len() / bias.len());
     let out = &mut out[..rows * c];
-    matmul_into(out, Mat::new(&xs[..rows * d], rows, d), Mat::new(weight, c, d).t());
+    // Single-threaded: the probe must be reproducible from its seed on any thread count.
+    gemm_views(View::row_major(&xs[..rows * d], rows, d), View::row_major(weight, c, d).t(), out, false, 1.0, false);
     out.chunks_exact_mut(c).for_each(|l| l.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
 }
 
@@ -176,7 +177,14 @@ pub fn train_probe(
             logits(&xs, rows, host(&w), host(&b), &mut g);
             softmax_xent_grad(&mut g[..rows * classes], idx.iter().map(|&i| labels[i]), classes, rows);
             let grad = &g[..rows * classes];
-            matmul_into(host_mut(&mut dw), Mat::new(grad, rows, classes).t(), Mat::new(&xs[..rows * dim], rows, dim));
+            gemm_views(
+                View::row_major(grad, rows, classes).t(),
+                View::row_major(&xs[..rows * dim], rows, dim),
+                host_mut(&mut dw),
+                false,
+                1.0,
+                false,
+            );
             let dbs = host_mut(&mut db);
             dbs.fill(0.0);
             grad.chunks_exact(classes).for_each(|r| dbs.iter_mut().zip(r).for_each(|(d, v)| *d += v));

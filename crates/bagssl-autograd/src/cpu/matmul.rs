@@ -60,6 +60,16 @@ impl<'d> View<'d> {
         }
         View { data, rows, cols, rs, cs }
     }
+
+    /// A dense row-major `rows x cols` matrix.
+    pub fn row_major(data: &'d [f32], rows: usize, cols: usize) -> Self {
+        View::new(data, rows, cols, cols, 1)
+    }
+
+    /// The transpose, without a copy.
+    pub fn t(self) -> Self {
+        View { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
 }
 
 /// `c = acc * c + scale * a @ b` with `c` row-major (a.rows, b.cols); multi-threaded when `par`.
@@ -144,4 +154,24 @@ pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
         }
     }
     c
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn row_major_and_transposed_views_match_naive() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect(); // stored (n, k)
+        let mut dst = vec![f32::NAN; m * n];
+        gemm_views(View::row_major(&a, m, k), View::row_major(&b, n, k).t(), &mut dst, false, 1.0, false);
+        for i in 0..m {
+            for j in 0..n {
+                let e: f32 = (0..k).map(|l| a[i * k + l] * b[j * k + l]).sum();
+                assert!((dst[i * n + j] - e).abs() < 1e-5);
+            }
+        }
+    }
 }
