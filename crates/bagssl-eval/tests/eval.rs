@@ -165,14 +165,3 @@ fn evaluate_reports_accuracies() {
     assert_eq!(r, evaluate(&m, &train, &test, &cfg).unwrap(), "deterministic");
     assert!(evaluate(&m, &train, &test, &EvalConfig { patch: 8, ..cfg }).is_err(), "patch must match the model");
 }
-
-/// Speed check of the probe at the size the CLI uses (run with `--ignored --nocapture`).
-#[test]
-#[ignore]
-fn probe_speed_45k_by_512() {
-    let (n, dim, classes) = (45_000, 512, 10);
-    let (x, y) = blobs(n + 5_000, dim, classes, 7);
-    let t = std::time::Instant::now();
-    let acc = linear_probe(&x[..n * dim], &y[..n], &x[n * dim..], &y[n..], dim, classes, 50, 0).unwrap();
-    println!("45k x 512, 50 epochs: {:.2} s, accuracy {acc}", t.elapsed().as_secs_f64());
-}
