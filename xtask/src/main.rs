@@ -12,7 +12,8 @@
 //! - `device-tests [-p PACKAGE]...`: builds the release test executables (bagssl-kernels and
 //!   bagssl-autograd by default) and copies them, stripped, into `.device/bin/` for
 //!   `scripts/gpu-check.sh` on a GPU machine (which has no Rust toolchain), with the benchmark
-//!   examples `bench_kernels` and `bench_cpu` and the release `bagssl-train` binary.
+//!   examples `bench_kernels` and `bench_cpu`, the release `bagssl-train` binary, and the PyTorch
+//!   reference and CIFAR-10 archive from `../shared` (for `scripts/gpu-session.sh`).
 //! - `bench-kernels [--quick]`: the kernel microbenchmarks, built with `--release` (the test
 //!   profile keeps debug assertions, which halve the `gemm` crate's rate): the CPU table
 //!   (`bagssl-autograd/examples/bench_cpu.rs`), then the GPU one
@@ -579,6 +580,17 @@ fn device_tests(args: &[String]) -> Result<()> {
         .context("cargo built no bagssl-train executable")?;
     let cli = bin.join("bagssl-train");
     std::fs::copy(exe, &cli).with_context(|| format!("copying {}", exe.display()))?;
+    // What scripts/gpu-session.sh needs from ../shared, which does not travel to the device.
+    let shared = root.join("../shared");
+    for rel in ["reference/torch_bagssl.py", "data/cifar10-train-jpeg.tar.xz"] {
+        let (src, dst) = (shared.join(rel), root.join(".device/shared").join(rel));
+        if src.exists() {
+            std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        } else {
+            println!("note: {} not found; scripts/gpu-session.sh will skip what needs it", src.display());
+        }
+    }
     let _ = Command::new("strip").arg("--strip-debug").arg(&cli).status();
     let size: u64 = std::fs::read_dir(&bin)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     println!(
