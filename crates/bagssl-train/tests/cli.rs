@@ -307,3 +307,37 @@ fn stopping_and_resuming_reproduces_the_uninterrupted_run() {
         serde_json::from_str(&std::fs::read_to_string(parts.join("eval.json")).unwrap()).unwrap();
     assert_eq!(ea["trained"], eb["trained"]);
 }
+
+/// `bench` ends with one JSON line holding at least `ms_per_step`, `patches_per_s` and `device`
+/// (DESIGN §6), plus what the benchmark scripts read.
+#[test]
+fn bench_ends_with_the_json_contract() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
+    let o = run(&[
+        "bench",
+        "--config",
+        cfg,
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--eval-images",
+        "8",
+        "--set",
+        "model.hidden=32",
+        "--set",
+        "model.proj=32",
+        "--set",
+        "data.synthetic_images=200",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().expect("output");
+    let j: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    for k in ["ms_per_step", "patches_per_s", "gflops", "eval_patches_per_s", "peak_rss_mib"] {
+        assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
+    }
+    assert!(j["device"].as_str().unwrap().starts_with("cpu"));
+    assert_eq!(j["steps"], 3);
+    assert_eq!(j["config"]["hidden"], 32);
+}
