@@ -10,8 +10,8 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 export BAGSSL_REPO_ROOT="$PWD"
 export BAGSSL_REQUIRE_GPU=1
-# cuBLAS 13 lives in /usr/local/cuda/lib64 (not in the loader cache); libcuda in /usr/local/nvidia/lib64.
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# cuBLAS 13 (/usr/local/cuda/lib64, not in the loader cache) and libcuda on LD_LIBRARY_PATH.
+. scripts/gpu-env.sh
 export RUST_BACKTRACE=1
 
 if [ ! -s .device/tests.txt ]; then
@@ -22,6 +22,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 out=${OUT:-.device/out}
 mkdir -p "$out"
+# Logs of an earlier run (other executable hashes) would be counted in parity.txt below.
+rm -f "$out"/*.log "$out/parity.txt" "$out/bench_kernels.txt"
 passed=0
 failed=0
 while read -r name; do

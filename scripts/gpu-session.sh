@@ -11,42 +11,68 @@
 #    (8192-wide projector; 1024 images x 16 patches)
 # 3. benchmarks/compare_torch.sh PRESET=gpu: our step and evaluation beside PyTorch's
 # 4. a 30-epoch CIFAR-10 run of the reference configuration (held-out 10%), with evaluation
+#
+# The steps' own limits add up to ~16 minutes, more than one device command may run (600 s), so
+# each is also capped by what is left of BAGSSL_SESSION_BUDGET (default 540 s) and skipped, with a
+# line in the summary, when less than 20 s are left; the archive is always written.
 set -u
 cd "$(dirname "$0")/.." || exit 1
-OUT=${OUT:-.device/out}
+START=$(date +%s)
+BUDGET=${BAGSSL_SESSION_BUDGET:-540}
+OUT=${OUT:-.device/session}
 mkdir -p "$OUT" .device/out
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# cuBLAS 13 (/usr/local/cuda/lib64, not in the loader cache) and libcuda on LD_LIBRARY_PATH.
+. scripts/gpu-env.sh
 CLI=.device/bin/bagssl-train
 SUM="$OUT/summary.txt"
 log() { echo "$*" | tee -a "$SUM"; }
 : >"$SUM"
+# limit SECONDS: prints min(SECONDS, what is left of the budget less 10 s for the archive), or
+# fails (prints nothing) when under 20 s are left. Never prints 0: `timeout 0` means no limit.
+limit() {
+  local left=$((BUDGET - ($(date +%s) - START) - 10))
+  [ "$left" -ge 20 ] || return 1
+  echo $(($1 < left ? $1 : left))
+}
+skipped() { log "skipped: $1 (budget of ${BUDGET}s nearly spent at $(($(date +%s) - START))s)"; }
 log "# gpu-session $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$SUM"
 
 log "## 1. parity tests and kernel bench"
-OUT=.device/out timeout 240 bash scripts/gpu-check.sh 2>&1 | tail -n 60 | tee -a "$SUM"
+if t=$(limit 240); then
+  OUT=.device/out timeout "$t" bash scripts/gpu-check.sh 2>&1 | tail -n 60 | tee -a "$SUM"
+else skipped "gpu-check"; fi
 
 log "## 2. bagssl-train bench --device cuda (reference config, 300 steps)"
-timeout 120 "$CLI" bench --device cuda --steps 300 --warmup 20 --eval-images 10000 --set eval.batch_images=500 \
-  2>&1 | tail -n 6 | tee -a "$SUM"
+if t=$(limit 120); then
+  timeout "$t" "$CLI" bench --device cuda --steps 300 --warmup 20 --eval-images 10000 --set eval.batch_images=500 \
+    2>&1 | tail -n 6 | tee -a "$SUM"
+else skipped "bench"; fi
 for scale in "model.proj=8192" "train.batch_images=1024" "model.proj=8192 train.batch_images=1024"; do
   sets=(); for kv in $scale; do sets+=(--set "$kv"); done
   log "### scale: $scale"
-  timeout 60 "$CLI" bench --device cuda --steps 50 --warmup 5 --eval-images 0 "${sets[@]}" 2>&1 | tail -n 1 | tee -a "$SUM"
+  if t=$(limit 60); then
+    timeout "$t" "$CLI" bench --device cuda --steps 50 --warmup 5 --eval-images 0 "${sets[@]}" 2>&1 | tail -n 1 | tee -a "$SUM"
+  else skipped "bench $scale"; fi
 done
 
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"
-  PRESET=gpu BIN="$CLI" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data STEPS=200 \
-    BAGSSL_CACHE=/tmp/bagssl-cache timeout 180 bash benchmarks/compare_torch.sh 2>&1 | tail -n 8 | tee -a "$SUM"
+  if t=$(limit 180); then
+    PRESET=gpu BIN="$CLI" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data STEPS=200 \
+      BAGSSL_CACHE=/tmp/bagssl-cache timeout "$t" bash benchmarks/compare_torch.sh 2>&1 | tail -n 8 | tee -a "$SUM"
+  else skipped "compare_torch"; fi
 
   log "## 4. CIFAR-10, reference configuration, 30 epochs, on the GPU"
-  rm -rf /tmp/cifar-run && mkdir -p /tmp/cifar && tar xJf .device/shared/data/cifar10-train-jpeg.tar.xz -C /tmp/cifar
-  timeout 240 "$CLI" train --config configs/reference.toml --data /tmp/cifar --out /tmp/cifar-run --quiet \
-    --set data.cache_dir=/tmp/bagssl-cache 2>&1 | tail -n 8 | tee -a "$SUM"
-  cp /tmp/cifar-run/eval.json "$OUT/cifar_eval.json" 2>/dev/null
+  if t=$(limit 240); then
+    rm -rf /tmp/cifar-run && mkdir -p /tmp/cifar && tar xJf .device/shared/data/cifar10-train-jpeg.tar.xz -C /tmp/cifar
+    t=$(limit 240) || t=20
+    timeout "$t" "$CLI" train --config configs/reference.toml --data /tmp/cifar --out /tmp/cifar-run --quiet \
+      --set data.cache_dir=/tmp/bagssl-cache 2>&1 | tail -n 8 | tee -a "$SUM"
+    cp /tmp/cifar-run/eval.json "$OUT/cifar_eval.json" 2>/dev/null
+  else skipped "CIFAR-10 run"; fi
 else
   log "## 3-4 skipped: .device/shared lacks the reference or the CIFAR archive (run cargo xtask device-tests)"
 fi
 tar czf "$OUT/logs.tar.gz" -C .device out 2>/dev/null
-log "# done $(date -u +%FT%TZ)"
+log "# done $(date -u +%FT%TZ) after $(($(date +%s) - START)) s"

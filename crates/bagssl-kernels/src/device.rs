@@ -165,6 +165,10 @@ impl Gpu {
         // One stream orders everything, so cudarc's per-buffer event tracking is pure overhead.
         // SAFETY: no buffer of this context exists yet, and all work goes to `stream`.
         unsafe { ctx.disable_event_tracking() };
+        if let Err(e) = keep_freed_memory(&ctx) {
+            // Only a speed and memory-accounting matter: never a reason to refuse the GPU.
+            eprintln!("bagssl-kernels: warning: memory pool release threshold not set: {e}");
+        }
         let stream = ctx.new_stream()?;
         // BAGSSL_KERNELS=ptx forces the PTX path (to test the JIT on an H100/H200 too).
         let force_ptx = std::env::var("BAGSSL_KERNELS").is_ok_and(|v| v == "ptx");
@@ -314,6 +318,33 @@ impl Gpu {
         }
         Ok(v)
     }
+}
+
+/// Makes the stream-ordered allocator a caching one. cudarc allocates with `cuMemAllocAsync` from
+/// the device's current memory pool, whose release threshold is 0 by default: every stream
+/// synchronisation (each step's loss download) would hand all freed memory back to the driver,
+/// so the next step maps its buffers anew and `cuMemGetInfo` sees none of the working set. With
+/// the threshold at its maximum the pool keeps what it freed for reuse (as PyTorch's
+/// `cudaMallocAsync` backend does).
+fn keep_freed_memory(ctx: &CudaContext) -> Result<(), KernelError> {
+    use cudarc::driver::result;
+    use cudarc::driver::sys::{CUdevice_attribute, CUmemPool_attribute};
+    let dev = ctx.cu_device();
+    // SAFETY: `dev` is the context's device; the attribute value is the u64 the driver expects.
+    unsafe {
+        let pools = result::device::get_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)?;
+        if pools == 0 {
+            return Ok(()); // cudarc then allocates with cuMemAlloc, which has no pool
+        }
+        let pool = result::device::get_mem_pool(dev)?;
+        let mut threshold = u64::MAX;
+        result::mem_pool::set_attribute(
+            pool,
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )?;
+    }
+    Ok(())
 }
 
 /// A device buffer of f32 plus the GPU that owns it. The allocation holds at least one element
