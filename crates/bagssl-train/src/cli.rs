@@ -71,19 +71,13 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A checkpoint written by `train` (its config travels inside it).
+    /// A checkpoint written by `train`; its run's config.toml (beside it) is the base config
+    /// unless --config names another. --data is the training split (kNN neighbours, probe
+    /// training set); without --eval-data, `data.val_fraction` of it is held out.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Training split (for kNN neighbours and the probe's training set).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Test split; without it `data.val_fraction` of --data is held out.
-    #[arg(long)]
-    pub eval_data: Option<PathBuf>,
-    #[arg(long)]
-    pub device: Option<String>,
-    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
     /// Also write the report here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -110,13 +104,9 @@ pub struct EmbedArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Config to time (default: DESIGN §3's reference configuration on synthetic CIFAR-sized data).
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Without --config: DESIGN §3's reference configuration on synthetic CIFAR-sized data, on the CPU.
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
     /// Timed training steps (after warm-up).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,

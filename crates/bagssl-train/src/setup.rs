@@ -12,11 +12,20 @@ use crate::config::{Config, QUICKSTART};
 
 /// Config file (or the embedded quickstart) + shorthands + `--set`, validated.
 pub fn resolve_config(args: &ConfigArgs) -> Result<Config> {
+    resolve_config_or(args, QUICKSTART, "configs/quickstart.toml (embedded)", &[])
+}
+
+/// Like [`resolve_config`], but without `--config` the base is `default` (TOML text named
+/// `origin`) with `preset` overrides applied before the user's shorthands and `--set`.
+pub fn resolve_config_or(args: &ConfigArgs, default: &str, origin: &str, preset: &[&str]) -> Result<Config> {
+    let mut sets: Vec<String> = Vec::new();
     let base = match &args.config {
         Some(p) => Config::from_file(p)?,
-        None => Config::from_toml(QUICKSTART, "configs/quickstart.toml (embedded)")?,
+        None => {
+            sets.extend(preset.iter().map(|s| s.to_string()));
+            Config::from_toml(default, origin)?
+        }
     };
-    let mut sets = Vec::new();
     if let Some(d) = &args.data {
         sets.push(format!("data.path={}", toml_str(&d.display().to_string())));
     }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::cli::{BenchArgs, ConfigArgs};
+use crate::cli::BenchArgs;
 use crate::commands::train::device_label;
 use crate::config::Config;
 use crate::setup;
@@ -15,31 +15,8 @@ use crate::setup;
 const REFERENCE: &str = include_str!("../../../../configs/reference.toml");
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let mut cfg_args = ConfigArgs {
-        config: args.config.clone(),
-        data: args.data.clone(),
-        eval_data: None,
-        device: args.device.clone(),
-        set: args.set.clone(),
-    };
-    let cfg = if args.config.is_some() {
-        setup::resolve_config(&cfg_args)?
-    } else {
-        let base = Config::from_toml(REFERENCE, "configs/reference.toml (embedded)")?;
-        let mut sets = vec!["data.synthetic_images=50000".to_string(), "data.synthetic_size=32".to_string()];
-        if let Some(d) = &args.device {
-            sets.push(format!("device={}", setup::toml_str(d)));
-        } else {
-            sets.push("device=\"cpu\"".to_string());
-        }
-        if let Some(d) = &args.data {
-            sets.push(format!("data.path={}", setup::toml_str(&d.display().to_string())));
-        }
-        sets.append(&mut cfg_args.set);
-        let c = base.with_overrides(&sets)?;
-        c.validate()?;
-        c
-    };
+    let preset = ["data.synthetic_images=50000", "data.synthetic_size=32", "device=\"cpu\""];
+    let cfg = setup::resolve_config_or(&args.cfg, REFERENCE, "configs/reference.toml (embedded)", &preset)?;
     let device = setup::resolve_device(&cfg.device)?;
     let data = setup::load_datasets(&cfg, false)?;
     let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;

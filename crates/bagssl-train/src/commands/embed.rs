@@ -8,12 +8,18 @@ use bagssl_model::BagSslModel;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use crate::cli::EmbedArgs;
+use crate::cli::{ConfigArgs, EmbedArgs};
 use crate::commands::eval::config_for_checkpoint;
 use crate::setup;
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let cfg = config_for_checkpoint(&args.checkpoint, Some(&args.data), None, &args.device, &args.set)?;
+    let cfg_args = ConfigArgs {
+        data: Some(args.data.clone()),
+        device: args.device.clone(),
+        set: args.set.clone(),
+        ..ConfigArgs::default()
+    };
+    let cfg = config_for_checkpoint(&args.checkpoint, &cfg_args)?;
     let split = match args.split.as_str() {
         "train" => Split::Train,
         "test" => Split::Test,

@@ -11,13 +11,7 @@ use crate::commands::train::{device_label, evaluate_stores, report_json};
 use crate::setup;
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let cfg = config_for_checkpoint(
-        &args.checkpoint,
-        args.data.as_deref(),
-        args.eval_data.as_deref(),
-        &args.device,
-        &args.set,
-    )?;
+    let cfg = config_for_checkpoint(&args.checkpoint, &args.cfg)?;
     if cfg.data.path.is_empty() {
         bail!("eval: --data is required (the training split: kNN neighbours and the probe's training set)");
     }
@@ -45,27 +39,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The config a checkpoint was trained with (its run's config.toml, else the defaults), with overrides.
-pub fn config_for_checkpoint(
-    checkpoint: &Path,
-    data: Option<&Path>,
-    eval_data: Option<&Path>,
-    device: &Option<String>,
-    set: &[String],
-) -> Result<crate::config::Config> {
+/// The config a checkpoint was trained with (its run's config.toml, else the defaults, unless
+/// `--config` names one), with the shorthands and `--set` on top.
+pub fn config_for_checkpoint(checkpoint: &Path, args: &ConfigArgs) -> Result<crate::config::Config> {
     if !checkpoint.is_file() {
         bail!("checkpoint {} does not exist", checkpoint.display());
     }
-    let beside = checkpoint.parent().unwrap_or(Path::new(".")).join("config.toml");
-    let args = ConfigArgs {
-        config: beside.is_file().then_some(beside),
-        data: data.map(Path::to_path_buf),
-        eval_data: eval_data.map(Path::to_path_buf),
-        device: device.clone(),
-        set: set.to_vec(),
-    };
+    let mut args = args.clone();
+    if args.config.is_none() {
+        let beside = checkpoint.parent().unwrap_or(Path::new(".")).join("config.toml");
+        args.config = beside.is_file().then_some(beside);
+    }
     let mut cfg = setup::resolve_config(&args)?;
-    if eval_data.is_none() && data.is_some() {
+    // New training data without a test split: hold out of it, not the run's old eval_path.
+    if args.eval_data.is_none() && args.data.is_some() {
         cfg.data.eval_path.clear();
     }
     Ok(cfg)
