@@ -319,7 +319,7 @@ impl BagSslModel {
             let p = &self.params[4 * i..4 * i + 4];
             let r = &self.running[i];
             let input = cur.as_ref().unwrap_or(x);
-            let y = ops::bias_add(&ops::matmul(input, &p[0].value, false, true)?, &p[1].value)?;
+            let y = ops::linear_fwd(input, &p[0].value, Some(&p[1].value))?;
             cur = Some(ops::bn_eval_fwd(&y, &r.mean, &r.var, &p[2].value, &p[3].value, BN_EPS, true)?);
         }
         Ok(cur.expect("ModelConfig::validate guarantees at least one encoder layer"))
