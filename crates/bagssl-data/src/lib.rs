@@ -29,4 +29,4 @@ pub use sampler::{
     check_patch_size, Jitter, PatchSampler, PatchSpec, FLIP_P, GRAY_P, JITTER_P, JITTER_RANGE, PATCH_STREAM,
 };
 pub use store::{ImageStore, CIFAR10_MEAN, CIFAR10_STD};
-pub use synthetic::{synthetic, SyntheticSpec, MOTIF};
+pub use synthetic::{synthetic, SyntheticSpec};

@@ -6,7 +6,7 @@
 //! distinct textures, enough for 105 classes; a bigger bank repeats textures). Class `k` is the
 //! `k`-th pair of distinct textures (lexicographic), `M` the smallest bank with enough pairs: with
 //! 10 classes, 5 textures, each in 4 classes. A textured region looks the same under any crop
-//! position (every period is below [`MOTIF`], the patch side they are made for), so an 8x8 patch
+//! position (every period is below 8, the default patch side), so an 8x8 patch
 //! shows its texture wherever it is cut, yet a patch inside one region names only one texture,
 //! shared by several classes: only the *combination* of the patches of an image identifies its
 //! class, which is the co-occurrence signal BagSSL learns. (Patches across a region border show
@@ -39,9 +39,6 @@ use rayon::prelude::*;
 use crate::rng::{below, unit_f32};
 use crate::ImageStore;
 
-/// The patch side the textures are made to be recognised from: every texture period (at most
-/// 7 pixels, plus 10% jitter) fits in it, so any `MOTIF x MOTIF` crop shows a full period.
-pub const MOTIF: usize = 8;
 /// Voronoi cells per 32x32 = 1024 pixels of image (at least 2 per image).
 const CELLS_PER_1024: f32 = 6.0;
 /// Amplitude of the uniform per-pixel noise.
