@@ -5,6 +5,7 @@
 //
 // Build: cargo xtask build-kernels
 // CPU reference: crates/bagssl-autograd/src/cpu.rs (bn_*); parity: crates/bagssl-autograd/tests/cuda_parity.rs
+// Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
 // Training forward = bn_stats_fwd_f32 (column reduction) + bn_apply_fwd_f32 (elementwise).
 // Backward, with g = dy * (y > 0) when relu, xhat = (x - mean) * invstd:
@@ -14,104 +15,378 @@
 // Versions:
 //   1: column reductions with a (32 x 16) block per 32 columns, exact two-pass mean/variance
 //      (the column is re-read from L2 for the second pass), elementwise kernels grid-stride.
+//      H200, 4096 x 2048: forward 0.186 ms, backward 0.187 ms (9 % / 17 % of a copy's GB/s): 64
+//      blocks for 132 SMs, and a 64-bit `i % cols` per element.
+//   2: every kernel but the EMA on the 2-D column-tile grid of common.cuh: (32 x 8) blocks, float4
+//      columns when cols % 4 == 0, grid.y = row chunks (launch.rs `ColGrid`: >= 528 blocks, 4 per
+//      SM of an H100/H200, when the matrix is big enough; 43 chunks of 96 rows x 16 tiles of 128
+//      columns = 688 blocks at 4096 x 2048). The reductions write per-chunk partials to a scratch
+//      buffer and the last block of each column tile (atomic arrival counter) combines them in f64
+//      in a fixed order: no second kernel, no float atomics, deterministic. Statistics: per-chunk
+//      sum, and shifted mean and M2 (exact two-pass over registers), Chan's combination (bn_stats).
+//      Elementwise kernels: per-thread column parameters in registers, a 32-bit column index, one
+//      64-bit row offset per row, 4 rows' loads in flight, the rows of the training kernels walked
+//      last-first (the reduction before them read those last: L2 hits).
 //
-// Napkin math (4096 x 2048 f32 = 32 MB): forward reads x twice (stats) + once (apply) and writes
-// y once: ~130 MB, ~45 us at 3 TB/s; backward ~ the same. Column reductions use 64 blocks at
-// 2048 columns, so they reach maybe half of the bandwidth; fine next to the GEMMs.
+// Napkin math (4096 x 2048 f32, one matrix = 33.5 MB; H200 copy 4148 GB/s, HBM3e 4.8 TB/s peak):
+//   forward: stats read x (33.5 MB) + apply read x, write y (67 MB) = 100 MB, of which the second
+//     read of x can largely hit the 50 MB L2 -> 67-100 MB of DRAM traffic, 16-24 us at the copy
+//     rate. The bench counts 67 MB (x in, y out); 60 % of the copy rate is 27 us.
+//   backward: reduce reads dy, x, y (100 MB), apply reads them again and writes dx (134 MB) = 235 MB
+//     (without ReLU y is not read: 167 MB). The bench counts 134 MB; 60 % of the copy rate is 54 us,
+//     which needs ~4.3 TB/s on the nominal bytes, i.e. the L2 hits of the reversed apply walk.
+//   scratch: 3 (forward) or 2 (backward) floats per column per chunk (1 MB / 0.7 MB at 43 chunks),
+//     written once, read once by the last blocks.
 
 #include "common.cuh"
 
-// grid.x = ceil(cols / 32), block (32, BAGSSL_COL_ROWS).
-extern "C" __global__ void bn_stats_fwd_f32(const float* __restrict__ x, float* __restrict__ mean,
-                                            float* __restrict__ invstd, float* __restrict__ var_unbiased,
-                                            BagsslBnParams prm) {
-    const uint32_t c = blockIdx.x * BAGSSL_COL_TILE + threadIdx.x;
-    const bool ok = c < prm.cols;
-    float s = 0.0f;
-    if (ok)
-        for (uint32_t r = threadIdx.y; r < prm.rows; r += blockDim.y) s += x[(size_t)r * prm.cols + c];
-    const float m = column_total(s) / (float)prm.rows;
-    float ss = 0.0f;
-    if (ok)
-        for (uint32_t r = threadIdx.y; r < prm.rows; r += blockDim.y) {
-            const float d = x[(size_t)r * prm.cols + c] - m;
-            ss += d * d;
+// Arrival counters of the column reductions of this module (see last_chunk_block).
+__device__ unsigned int bn_tile_arrivals[BAGSSL_COL_MAX_TILES];
+
+// ---------------------------------------------------------------------------------------------
+// Batch statistics, from per-chunk partials combined by the last block of each column tile.
+// - mean: plain sums, f32 per lane (as v1) and per block, then f64 over the chunks (or K + md, below).
+// - M2 = sum (x - mean)^2: every value is shifted by the column's first value K = x[0, c]
+//   (d = x - K is exact when x is within a factor 2 of K, e.g. 1000 + N(0, 1)); each lane keeps the
+//   count, shifted mean and M2 of its rows, each pass of BAGSSL_COL_RPT rows computed exactly in two
+//   passes over registers and merged with Chan's formula
+//     n = na + nb, delta = mb - ma, mean = ma + delta nb / n, M2 = M2a + M2b + delta^2 na nb / n,
+//   then the lanes merge the same way in a fixed tree, and the block writes its chunk's shifted
+//   mean m_i and M2_i. The last block adds the chunks in f64: md = sum n_i m_i / N, M2 = sum M2_i +
+//   n_i (m_i - md)^2 (two passes: no cancellation).
+// Why this is as good as the v1 two-pass (and the float64 two-pass reference): the shifted means
+// are of the order of the spread, not of |mean|, so no term is large against M2 and |mean| >> std
+// costs nothing; if K is an outlier, M2 >= (K - mean)^2 bounds every error by ~ f32 eps * sqrt(N)
+// relative. The shifted means then carry an absolute error ~ eps |K - mean|, which is why the mean
+// is K + md only when |md| < |mean| and the plain sums' mean otherwise.
+template <int V>
+__device__ void bn_stats(const float* __restrict__ x, float* __restrict__ mean, float* __restrict__ invstd,
+                         float* __restrict__ var_unbiased, float* __restrict__ partial, const BagsslBnParams& prm,
+                         uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
+    const uint32_t tx = threadIdx.x, ty = threadIdx.y, n_chunks = gridDim.y;
+    float shift[V] = {}, n = 0.0f, sx[V] = {}, m[V] = {}, m2[V] = {};
+    if (s.ok) {
+        load_cols<V>(x + s.c0, shift);
+        for (uint32_t p = s.r0; p < s.r1; p += BAGSSL_COL_PASS) {
+            const uint32_t left = s.r1 - p;
+            float d[BAGSSL_COL_RPT][V];
+#pragma unroll
+            for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k) {  // clamped rows: all loads in bounds, issued together
+                const uint32_t o = ty + k * BAGSSL_COL_LANES;
+                load_cols<V>(x + (size_t)(p + (o < left ? o : left - 1)) * prm.cols + s.c0, d[k]);
+            }
+            const uint32_t np = left > ty ? (left - ty + BAGSSL_COL_LANES - 1) / BAGSSL_COL_LANES : 0;
+            if (np == 0) break;  // the later passes have even fewer rows
+            const float nb = (float)(np < BAGSSL_COL_RPT ? np : BAGSSL_COL_RPT);
+            const float nn = n + nb, fm = nb / nn, f2 = n * nb / nn;
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                float sum = 0.0f;
+#pragma unroll
+                for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+                    if (k < np) {
+                        sx[c] += d[k][c];
+                        sum += (d[k][c] -= shift[c]);
+                    }
+                const float mb = sum / nb;
+                float q = 0.0f;
+#pragma unroll
+                for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+                    if (k < np) q += (d[k][c] - mb) * (d[k][c] - mb);
+                const float delta = mb - m[c];
+                m[c] += delta * fm;
+                m2[c] += q + delta * delta * f2;
+            }
+            n = nn;
         }
-    ss = column_total(ss);
-    if (ok && threadIdx.y == 0) {
-        mean[c] = m;
-        invstd[c] = 1.0f / sqrtf(ss / (float)prm.rows + prm.eps);
-        var_unbiased[c] = prm.rows > 1 ? ss / (float)(prm.rows - 1) : 0.0f;
+    }
+    // Merge the lanes: a fixed tree in shared memory.
+    struct Tree {
+        float n[BAGSSL_COL_LANES][BAGSSL_COL_TILE];
+        float v[3][BAGSSL_COL_LANES][V][BAGSSL_COL_TILE];  // sum, shifted mean, M2
+    };
+    static_assert(sizeof(Tree) <= BAGSSL_COL_SMEM_BYTES, "col_smem too small");
+    Tree& tree = *reinterpret_cast<Tree*>(col_smem());
+    auto& sh_n = tree.n;
+    auto& sh = tree.v;
+    sh_n[ty][tx] = n;
+#pragma unroll
+    for (int c = 0; c < V; ++c) sh[0][ty][c][tx] = sx[c], sh[1][ty][c][tx] = m[c], sh[2][ty][c][tx] = m2[c];
+    __syncthreads();
+#pragma unroll
+    for (uint32_t h = BAGSSL_COL_LANES / 2; h > 0; h >>= 1) {
+        if (ty < h) {
+            const float nb = sh_n[ty + h][tx];
+            if (nb > 0.0f) {
+                const float nn = n + nb, fm = nb / nn, f2 = n * nb / nn;
+#pragma unroll
+                for (int c = 0; c < V; ++c) {
+                    const float delta = sh[1][ty + h][c][tx] - m[c];
+                    sx[c] += sh[0][ty + h][c][tx];
+                    m[c] += delta * fm;
+                    m2[c] += sh[2][ty + h][c][tx] + delta * delta * f2;
+                    sh[0][ty][c][tx] = sx[c], sh[1][ty][c][tx] = m[c], sh[2][ty][c][tx] = m2[c];
+                }
+                n = nn;
+                sh_n[ty][tx] = n;
+            }
+        }
+        __syncthreads();
+    }
+    // partial[(j * n_chunks + chunk) * cols + c]: j = 0 sum, 1 shifted mean, 2 M2.
+    auto part = [&](uint32_t j, uint32_t i) { return partial + ((size_t)j * n_chunks + i) * prm.cols + s.c0; };
+    if (s.ok && ty == 0) {
+        store_cols<V>(part(0, blockIdx.y), sx);
+        store_cols<V>(part(1, blockIdx.y), m);
+        store_cols<V>(part(2, blockIdx.y), m2);
+    }
+    if (!last_chunk_block(bn_tile_arrivals)) return;
+
+    // The last block of this column tile: combine the chunks in f64, chunk i holding
+    // min(chunk_rows, rows - i chunk_rows) rows; lane ty takes the chunks ty, ty + LANES, ...
+    auto rows_of = [&](uint32_t i) {
+        const uint32_t rest = prm.rows - i * chunk_rows;
+        return (double)(rest < chunk_rows ? rest : chunk_rows);
+    };
+    double a[2][V] = {}, b[1][V] = {};
+    if (s.ok)
+#pragma unroll 4
+        for (uint32_t i = ty; i < n_chunks; i += BAGSSL_COL_LANES) {
+            const double ni = rows_of(i);
+            float si[V], mi[V];
+            load_cols_cg<V>(part(0, i), si);
+            load_cols_cg<V>(part(1, i), mi);
+#pragma unroll
+            for (int c = 0; c < V; ++c) a[0][c] += (double)si[c], a[1][c] += ni * (double)mi[c];
+        }
+    lane_sum(a);
+    const double rows = (double)prm.rows;
+    double md[V];
+#pragma unroll
+    for (int c = 0; c < V; ++c) md[c] = a[1][c] / rows;
+    if (s.ok)
+#pragma unroll 4
+        for (uint32_t i = ty; i < n_chunks; i += BAGSSL_COL_LANES) {
+            const double ni = rows_of(i);
+            float mi[V], m2i[V];
+            load_cols_cg<V>(part(1, i), mi);
+            load_cols_cg<V>(part(2, i), m2i);
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                const double e = (double)mi[c] - md[c];
+                b[0][c] += (double)m2i[c] + ni * e * e;
+            }
+        }
+    lane_sum(b);
+    if (s.ok && ty == 0) {
+        float mo[V], io[V], vo[V];
+#pragma unroll
+        for (int c = 0; c < V; ++c) {
+            // Of the two means, the one with the smaller error bound: f32 eps times |mean| (the
+            // plain sums) or times |mean - K| (the shifted means, e.g. 1000 + N(0, 1)).
+            const double plain = a[0][c] / rows;
+            mo[c] = (float)(fabs(md[c]) < fabs(plain) ? (double)shift[c] + md[c] : plain);
+            io[c] = (float)(1.0 / sqrt(b[0][c] / rows + (double)prm.eps));
+            vo[c] = prm.rows > 1 ? (float)(b[0][c] / (rows - 1.0)) : 0.0f;
+        }
+        store_cols<V>(mean + s.c0, mo);
+        store_cols<V>(invstd + s.c0, io);
+        store_cols<V>(var_unbiased + s.c0, vo);
     }
 }
 
-// y = (x - mean) * invstd * gamma + beta, then ReLU when prm.relu.
+// mean, invstd = 1 / sqrt(biased var + eps), unbiased var (0 when rows = 1) per column.
+// Grid: launch.rs `ColGrid` (chunk_rows rows per grid.y); partial: 3 * gridDim.y * cols floats.
+extern "C" __global__ void bn_stats_fwd_f32(const float* __restrict__ x, float* __restrict__ mean,
+                                            float* __restrict__ invstd, float* __restrict__ var_unbiased,
+                                            float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0)
+        bn_stats<4>(x, mean, invstd, var_unbiased, partial, prm, chunk_rows);
+    else
+        bn_stats<1>(x, mean, invstd, var_unbiased, partial, prm, chunk_rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+template <int V>
+__device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ invstd,
+                         const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ y,
+                         const BagsslBnParams& prm, uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
+    if (!s.ok) return;
+    float m[V], is[V], g[V], b[V];
+    load_cols<V>(mean + s.c0, m);
+    load_cols<V>(invstd + s.c0, is);
+    load_cols<V>(gamma + s.c0, g);
+    load_cols<V>(beta + s.c0, b);
+    float v[BAGSSL_COL_RPT][V];
+    lane_rows_batched(
+        s, prm.cols, true,  // last-first: bn_stats read those rows last
+        [&](size_t o, uint32_t k) { load_cols<V>(x + o, v[k]); },
+        [&](size_t o, uint32_t k) {
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                v[k][c] = (v[k][c] - m[c]) * is[c] * g[c] + b[c];
+                if (prm.relu && v[k][c] < 0.0f) v[k][c] = 0.0f;  // NaN propagates, as in PyTorch
+            }
+            store_cols<V>(y + o, v[k]);
+        });
+}
+
+// y = (x - mean) * invstd * gamma + beta, then ReLU when prm.relu. Grid: `ColGrid`, as bn_stats_fwd_f32.
 extern "C" __global__ void bn_apply_fwd_f32(const float* __restrict__ x, const float* __restrict__ mean,
                                             const float* __restrict__ invstd, const float* __restrict__ gamma,
                                             const float* __restrict__ beta, float* __restrict__ y,
-                                            BagsslBnParams prm) {
-    const size_t n = (size_t)prm.rows * prm.cols;
-    for (size_t i = global_thread(); i < n; i += grid_threads()) {
-        const size_t c = i % prm.cols;
-        float v = (x[i] - mean[c]) * invstd[c] * gamma[c] + beta[c];
-        if (prm.relu && v < 0.0f) v = 0.0f;  // NaN propagates, as in PyTorch
-        y[i] = v;
+                                            BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0)
+        bn_apply<4>(x, mean, invstd, gamma, beta, y, prm, chunk_rows);
+    else
+        bn_apply<1>(x, mean, invstd, gamma, beta, y, prm, chunk_rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// g = dy, or 0 where the ReLU output is not positive (NaN included).
+template <int V>
+__device__ __forceinline__ void relu_grad(const float* __restrict__ dy, const float* __restrict__ y, bool relu,
+                                          size_t o, float (&g)[V]) {
+    load_cols<V>(dy + o, g);
+    if (relu) {
+        float yv[V];
+        load_cols<V>(y + o, yv);
+#pragma unroll
+        for (int c = 0; c < V; ++c)
+            if (!(yv[c] > 0.0f)) g[c] = 0.0f;
     }
 }
 
-// dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat. grid.x = ceil(cols / 32), block (32, BAGSSL_COL_ROWS).
+template <int V>
+__device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
+                              const float* __restrict__ mean, const float* __restrict__ invstd,
+                              float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ partial,
+                              const BagsslBnParams& prm, uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
+    float m[V] = {}, is[V] = {};
+    if (s.ok) {
+        load_cols<V>(mean + s.c0, m);
+        load_cols<V>(invstd + s.c0, is);
+    }
+    const bool relu = prm.relu != 0;
+    col_sums<V, 2>(
+        s, prm.cols, partial, bn_tile_arrivals,
+        [&](uint32_t r, float (&q)[2][V]) {
+            const size_t o = (size_t)r * prm.cols + s.c0;
+            float xv[V];
+            relu_grad<V>(dy, y, relu, o, q[0]);
+            load_cols<V>(x + o, xv);
+#pragma unroll
+            for (int c = 0; c < V; ++c) q[1][c] = q[0][c] * ((xv[c] - m[c]) * is[c]);
+        },
+        [&](const double (&tot)[2][V]) {
+            float db[V], dg[V];
+#pragma unroll
+            for (int c = 0; c < V; ++c) db[c] = (float)tot[0][c], dg[c] = (float)tot[1][c];
+            store_cols<V>(dbeta + s.c0, db);
+            store_cols<V>(dgamma + s.c0, dg);
+        });
+}
+
+// dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat. Grid: `ColGrid`; partial: 2 * gridDim.y * cols floats.
 extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                              const float* __restrict__ y, const float* __restrict__ mean,
                                              const float* __restrict__ invstd, float* __restrict__ dgamma,
-                                             float* __restrict__ dbeta, BagsslBnParams prm) {
-    const uint32_t c = blockIdx.x * BAGSSL_COL_TILE + threadIdx.x;
-    const bool ok = c < prm.cols;
-    float sg = 0.0f, sgx = 0.0f;
-    if (ok) {
-        const float m = mean[c], is = invstd[c];
-        for (uint32_t r = threadIdx.y; r < prm.rows; r += blockDim.y) {
-            const size_t i = (size_t)r * prm.cols + c;
-            const float g = (prm.relu && !(y[i] > 0.0f)) ? 0.0f : dy[i];
-            sg += g;
-            sgx += g * ((x[i] - m) * is);
-        }
-    }
-    sg = column_total(sg);
-    sgx = column_total(sgx);
-    if (ok && threadIdx.y == 0) {
-        dbeta[c] = sg;
-        dgamma[c] = sgx;
-    }
+                                             float* __restrict__ dbeta, float* __restrict__ partial,
+                                             BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0)
+        bn_bwd_reduce<4>(dy, x, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
+    else
+        bn_bwd_reduce<1>(dy, x, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
 }
 
-// dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma)
+template <int V>
+__device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
+                             const float* __restrict__ mean, const float* __restrict__ invstd,
+                             const float* __restrict__ gamma, const float* __restrict__ dgamma,
+                             const float* __restrict__ dbeta, float* __restrict__ dx, const BagsslBnParams& prm,
+                             uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
+    if (!s.ok) return;
+    const float rows = (float)prm.rows;
+    const bool relu = prm.relu != 0;
+    float m[V], is[V], a[V], dg[V], db[V];
+    load_cols<V>(mean + s.c0, m);
+    load_cols<V>(invstd + s.c0, is);
+    load_cols<V>(gamma + s.c0, a);
+    load_cols<V>(dgamma + s.c0, dg);
+    load_cols<V>(dbeta + s.c0, db);
+#pragma unroll
+    for (int c = 0; c < V; ++c) a[c] = a[c] * is[c] / rows;  // gamma * invstd / N, as v1 per element
+    float g[BAGSSL_COL_RPT][V], v[BAGSSL_COL_RPT][V];
+    lane_rows_batched(
+        s, prm.cols, true,  // last-first: bn_bwd_reduce read those rows last
+        [&](size_t o, uint32_t k) {
+            relu_grad<V>(dy, y, relu, o, g[k]);
+            load_cols<V>(x + o, v[k]);
+        },
+        [&](size_t o, uint32_t k) {
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                const float xhat = (v[k][c] - m[c]) * is[c];
+                v[k][c] = a[c] * (rows * g[k][c] - db[c] - xhat * dg[c]);
+            }
+            store_cols<V>(dx + o, v[k]);
+        });
+}
+
+// dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma). Grid: `ColGrid`, as bn_bwd_reduce_f32.
 extern "C" __global__ void bn_bwd_apply_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                             const float* __restrict__ y, const float* __restrict__ mean,
                                             const float* __restrict__ invstd, const float* __restrict__ gamma,
                                             const float* __restrict__ dgamma, const float* __restrict__ dbeta,
-                                            float* __restrict__ dx, BagsslBnParams prm) {
-    const size_t n = (size_t)prm.rows * prm.cols;
-    const float rows = (float)prm.rows;
-    for (size_t i = global_thread(); i < n; i += grid_threads()) {
-        const size_t c = i % prm.cols;
-        const float g = (prm.relu && !(y[i] > 0.0f)) ? 0.0f : dy[i];
-        const float xhat = (x[i] - mean[c]) * invstd[c];
-        dx[i] = gamma[c] * invstd[c] / rows * (rows * g - dbeta[c] - xhat * dgamma[c]);
-    }
+                                            float* __restrict__ dx, BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0)
+        bn_bwd_apply<4>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, prm, chunk_rows);
+    else
+        bn_bwd_apply<1>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, prm, chunk_rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+template <int V>
+__device__ void bn_eval(const float* __restrict__ x, const float* __restrict__ running_mean,
+                        const float* __restrict__ running_var, const float* __restrict__ gamma,
+                        const float* __restrict__ beta, float* __restrict__ y, const BagsslBnParams& prm,
+                        uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
+    if (!s.ok) return;
+    float m[V], sd[V], g[V], b[V];
+    load_cols<V>(running_mean + s.c0, m);
+    load_cols<V>(running_var + s.c0, sd);
+    load_cols<V>(gamma + s.c0, g);
+    load_cols<V>(beta + s.c0, b);
+#pragma unroll
+    for (int c = 0; c < V; ++c) sd[c] = sqrtf(sd[c] + prm.eps);
+    float v[BAGSSL_COL_RPT][V];
+    lane_rows_batched(
+        s, prm.cols, false, [&](size_t o, uint32_t k) { load_cols<V>(x + o, v[k]); },
+        [&](size_t o, uint32_t k) {
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                v[k][c] = (v[k][c] - m[c]) / sd[c] * g[c] + b[c];
+                if (prm.relu && v[k][c] < 0.0f) v[k][c] = 0.0f;  // NaN propagates, as in PyTorch
+            }
+            store_cols<V>(y + o, v[k]);
+        });
 }
 
 // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, then ReLU when prm.relu.
+// Grid: `ColGrid`.
 extern "C" __global__ void bn_eval_fwd_f32(const float* __restrict__ x, const float* __restrict__ running_mean,
                                            const float* __restrict__ running_var, const float* __restrict__ gamma,
                                            const float* __restrict__ beta, float* __restrict__ y,
-                                           BagsslBnParams prm) {
-    const size_t n = (size_t)prm.rows * prm.cols;
-    for (size_t i = global_thread(); i < n; i += grid_threads()) {
-        const size_t c = i % prm.cols;
-        float v = (x[i] - running_mean[c]) / sqrtf(running_var[c] + prm.eps) * gamma[c] + beta[c];
-        if (prm.relu && v < 0.0f) v = 0.0f;  // NaN propagates, as in PyTorch
-        y[i] = v;
-    }
+                                           BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0)
+        bn_eval<4>(x, running_mean, running_var, gamma, beta, y, prm, chunk_rows);
+    else
+        bn_eval<1>(x, running_mean, running_var, gamma, beta, y, prm, chunk_rows);
 }
 
 // running = (1 - momentum) * running + momentum * batch

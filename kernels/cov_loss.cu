@@ -117,11 +117,13 @@ extern "C" __global__ void vicreg_grad_init_f32(const float* __restrict__ z, con
     }
 }
 
-// One block: out = [loss, I, V, Cv] in f64 from the partial sums.
+// One block: out = [loss, I, V, Cv] in f64 from the partial sums, and the loss in f32 into
+// loss_f32[0] (the tape's scalar loss tensor, so the step needs no host round trip).
 extern "C" __global__ void vicreg_finalize_f32(const double* __restrict__ inv_partial, uint32_t n_inv,
                                                const double* __restrict__ cov_partial,
                                                const double* __restrict__ var_partial, uint32_t n_cov,
-                                               double* __restrict__ out, BagsslVicregParams prm) {
+                                               double* __restrict__ out, float* __restrict__ loss_f32,
+                                               BagsslVicregParams prm) {
     double si = 0.0, sc = 0.0, sv = 0.0;
     for (uint32_t i = threadIdx.x; i < n_inv; i += blockDim.x) si += inv_partial[i];
     for (uint32_t i = threadIdx.x; i < n_cov; i += blockDim.x) {
@@ -136,6 +138,7 @@ extern "C" __global__ void vicreg_finalize_f32(const double* __restrict__ inv_pa
         const double var = sv / (double)prm.dim;
         const double cov = sc / (double)prm.dim;
         out[0] = (double)prm.invariance * inv + (double)prm.variance * var + (double)prm.covariance * cov;
+        loss_f32[0] = (float)out[0];
         out[1] = inv;
         out[2] = var;
         out[3] = cov;

@@ -4,19 +4,48 @@
 //
 // Build: cargo xtask build-kernels
 // CPU reference: crates/bagssl-autograd/src/cpu.rs; parity: crates/bagssl-autograd/tests/cuda_parity.rs
+// Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
 // Versions:
 //   1: grid-stride loops, one element per thread per iteration; column sums with a (32 x 16)
 //      block per 32 columns (coalesced along rows, tree over the 16 row lanes); dot with per-block
 //      f64 partials and a one-block final sum (deterministic, no atomics).
+//      H200, 4096 x 2048: sum_rows 0.109 ms (7 % of a copy's GB/s: 64 blocks for 132 SMs).
+//   2: the column kernels (bias add, column sums, group mean) on the 2-D column-tile grid of
+//      common.cuh (as batchnorm.cu v2): float4 columns when cols % 4 == 0, no 64-bit `i % cols`;
+//      sum_rows_f32 sums row chunks into a scratch buffer and the last block of each column tile
+//      adds the chunks in f64 (fixed order, deterministic).
+//   cast_bf16_f32 (v1): the bf16 operand copies for cuBLAS (crates/bagssl-kernels/src/gemm.rs),
+//      float4 in, 4 x bf16 out; 6 bytes per element, ~12 us for a 4096 x 2048 activation.
 //
-// Napkin math: every kernel here moves 8-12 bytes per element and does ~1 FLOP: at 3 TB/s an
-// (4096 x 2048) f32 matrix pass costs ~30 us; they matter only by their launch count.
+// Napkin math: every kernel here moves 8-12 bytes per element and does ~1 FLOP: at 4.1 TB/s (an
+// H200 copy) a (4096 x 2048) f32 matrix pass (33.5 MB read + 33.5 MB written) costs ~16 us.
+// sum_rows reads it once (33.5 MB, ~8 us at the copy rate, 13.5 us is 60 % of it) and writes
+// one float per column per chunk (43 chunks: 0.35 MB) that the last blocks read back.
 
 #include "common.cuh"
 
+// Arrival counters of the column reductions of this module (see last_chunk_block).
+__device__ unsigned int sum_rows_tile_arrivals[BAGSSL_COL_MAX_TILES];
+
 extern "C" __global__ void relu_fwd_f32(const float* __restrict__ x, float* __restrict__ y, uint32_t n) {
     for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] = x[i] < 0.0f ? 0.0f : x[i];  // NaN propagates, as in PyTorch
+}
+
+// y = bf16(x): the operand copies of the bf16 GEMMs. x and y start 16- and 8-byte aligned
+// (whole allocations); four elements per thread and iteration, the n % 4 tail one by one.
+extern "C" __global__ void cast_bf16_f32(const float* __restrict__ x, uint16_t* __restrict__ y, uint32_t n) {
+    const size_t n4 = n / 4;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    uint2* y4 = reinterpret_cast<uint2*>(y);
+    for (size_t i = global_thread(); i < n4; i += grid_threads()) {
+        const float4 v = x4[i];
+        uint2 o;
+        o.x = bf16_bits(v.x) | (bf16_bits(v.y) << 16);
+        o.y = bf16_bits(v.z) | (bf16_bits(v.w) << 16);
+        y4[i] = o;
+    }
+    for (size_t i = n4 * 4 + global_thread(); i < n; i += grid_threads()) y[i] = (uint16_t)bf16_bits(x[i]);
 }
 
 // dx = dy * (y > 0)
@@ -25,46 +54,118 @@ extern "C" __global__ void relu_bwd_f32(const float* __restrict__ dy, const floa
     for (size_t i = global_thread(); i < n; i += grid_threads()) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The column kernels: grid launch.rs `ColGrid` (chunk_rows rows per grid.y), see common.cuh.
+
+template <int V>
+__device__ void bias_add(const float* __restrict__ x, const float* __restrict__ b, float* __restrict__ y,
+                         BagsslMatrixDims d, uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(d.rows, d.cols, chunk_rows);
+    if (!s.ok) return;
+    float bv[V];
+    load_cols<V>(b + s.c0, bv);
+    float v[BAGSSL_COL_RPT][V];
+    lane_rows_batched(
+        s, d.cols, false, [&](size_t o, uint32_t k) { load_cols<V>(x + o, v[k]); },
+        [&](size_t o, uint32_t k) {
+#pragma unroll
+            for (int c = 0; c < V; ++c) v[k][c] += bv[c];
+            store_cols<V>(y + o, v[k]);
+        });
+}
+
 // y = x + b (b broadcast over the rows)
 extern "C" __global__ void bias_add_fwd_f32(const float* __restrict__ x, const float* __restrict__ b,
-                                            float* __restrict__ y, BagsslMatrixDims d) {
-    const size_t n = (size_t)d.rows * d.cols;
-    for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] = x[i] + b[i % d.cols];
+                                            float* __restrict__ y, BagsslMatrixDims d, uint32_t chunk_rows) {
+    if (d.cols % 4 == 0)
+        bias_add<4>(x, b, y, d, chunk_rows);
+    else
+        bias_add<1>(x, b, y, d, chunk_rows);
 }
 
-// out[c] = sum_r x[r, c]. grid.x = ceil(cols / 32), block (32, BAGSSL_COL_ROWS).
-extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, float* __restrict__ out, BagsslMatrixDims d) {
-    const uint32_t c = blockIdx.x * BAGSSL_COL_TILE + threadIdx.x;
-    float s = 0.0f;
-    if (c < d.cols)
-        for (uint32_t r = threadIdx.y; r < d.rows; r += blockDim.y) s += x[(size_t)r * d.cols + c];
-    s = column_total(s);
-    if (c < d.cols && threadIdx.y == 0) out[c] = s;
+template <int V>
+__device__ void sum_rows(const float* __restrict__ x, float* __restrict__ out, float* __restrict__ partial,
+                         BagsslMatrixDims d, uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(d.rows, d.cols, chunk_rows);
+    col_sums<V, 1>(
+        s, d.cols, partial, sum_rows_tile_arrivals,
+        [&](uint32_t r, float (&q)[1][V]) { load_cols<V>(x + (size_t)r * d.cols + s.c0, q[0]); },
+        [&](const double (&tot)[1][V]) {
+            float o[V];
+#pragma unroll
+            for (int c = 0; c < V; ++c) o[c] = (float)tot[0][c];
+            store_cols<V>(out + s.c0, o);
+        });
 }
 
-// y[g, c] = mean over the n rows g*n .. g*n+n-1 of x[r, c]; d = dims of y (groups, cols).
+// out[c] = sum_r x[r, c] (rows >= 1). partial: gridDim.y * cols floats.
+extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, float* __restrict__ out,
+                                        float* __restrict__ partial, BagsslMatrixDims d, uint32_t chunk_rows) {
+    if (d.cols % 4 == 0)
+        sum_rows<4>(x, out, partial, d, chunk_rows);
+    else
+        sum_rows<1>(x, out, partial, d, chunk_rows);
+}
+
+template <int V>
+__device__ void group_mean_fwd(const float* __restrict__ x, float* __restrict__ y, BagsslMatrixDims d, uint32_t n,
+                               uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(d.rows, d.cols, chunk_rows);
+    if (!s.ok) return;
+    const uint32_t n_rows = lane_rows(s);
+    for (uint32_t k = 0; k < n_rows; ++k) {
+        const uint32_t g = s.r0 + threadIdx.y + k * BAGSSL_COL_LANES;
+        const float* src = x + (size_t)g * n * d.cols + s.c0;
+        float acc[V] = {};
+#pragma unroll 4
+        for (uint32_t i = 0; i < n; ++i) {
+            float v[V];
+            load_cols<V>(src + (size_t)i * d.cols, v);
+#pragma unroll
+            for (int c = 0; c < V; ++c) acc[c] += v[c];
+        }
+#pragma unroll
+        for (int c = 0; c < V; ++c) acc[c] /= (float)n;
+        store_cols<V>(y + (size_t)g * d.cols + s.c0, acc);
+    }
+}
+
+// y[g, c] = mean over the n rows g*n .. g*n+n-1 of x[r, c]; d = dims of y (groups, cols), the grid's rows.
 extern "C" __global__ void group_mean_fwd_f32(const float* __restrict__ x, float* __restrict__ y, BagsslMatrixDims d,
-                                              uint32_t n) {
-    const size_t total = (size_t)d.rows * d.cols;
-    for (size_t i = global_thread(); i < total; i += grid_threads()) {
-        const size_t g = i / d.cols, c = i % d.cols;
-        const float* src = x + g * n * d.cols + c;
-        float s = 0.0f;
-        for (uint32_t k = 0; k < n; ++k) s += src[(size_t)k * d.cols];
-        y[i] = s / (float)n;
+                                              uint32_t n, uint32_t chunk_rows) {
+    if (d.cols % 4 == 0)
+        group_mean_fwd<4>(x, y, d, n, chunk_rows);
+    else
+        group_mean_fwd<1>(x, y, d, n, chunk_rows);
+}
+
+template <int V>
+__device__ void group_mean_bwd(const float* __restrict__ dy, float* __restrict__ dx, BagsslMatrixDims d, uint32_t n,
+                               uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(d.rows, d.cols, chunk_rows);
+    if (!s.ok) return;
+    const uint32_t n_rows = lane_rows(s);
+#pragma unroll 4
+    for (uint32_t k = 0; k < n_rows; ++k) {
+        const uint32_t r = s.r0 + threadIdx.y + k * BAGSSL_COL_LANES;
+        float v[V];
+        load_cols<V>(dy + (size_t)(r / n) * d.cols + s.c0, v);
+#pragma unroll
+        for (int c = 0; c < V; ++c) v[c] /= (float)n;
+        store_cols<V>(dx + (size_t)r * d.cols + s.c0, v);
     }
 }
 
-// dx[r, c] = dy[r / n, c] / n; d = dims of dx (groups * n, cols).
+// dx[r, c] = dy[r / n, c] / n; d = dims of dx (groups * n, cols), the grid's rows.
 extern "C" __global__ void group_mean_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx, BagsslMatrixDims d,
-                                              uint32_t n) {
-    const size_t total = (size_t)d.rows * d.cols;
-    for (size_t i = global_thread(); i < total; i += grid_threads()) {
-        const size_t r = i / d.cols, c = i % d.cols;
-        dx[i] = dy[(r / n) * d.cols + c] / (float)n;
-    }
+                                              uint32_t n, uint32_t chunk_rows) {
+    if (d.cols % 4 == 0)
+        group_mean_bwd<4>(dy, dx, d, n, chunk_rows);
+    else
+        group_mean_bwd<1>(dy, dx, d, n, chunk_rows);
 }
 
+// ---------------------------------------------------------------------------------------------
 // y += alpha * x
 extern "C" __global__ void axpy_f32(float* __restrict__ y, float alpha, const float* __restrict__ x, uint32_t n) {
     for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] += alpha * x[i];

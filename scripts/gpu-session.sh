@@ -7,10 +7,12 @@
 # Then, with the device tool: run(command="bash scripts/gpu-session.sh", carry=[".device"], timeout_s=600)
 #
 # 1. scripts/gpu-check.sh: every GPU parity test (skips are failures) + bench_kernels table
-# 2. bagssl-train bench --device cuda: the reference configuration over 300 steps, and its scale
-#    (8192-wide projector; 1024 images x 16 patches)
+# 2. bagssl-train bench --device cuda: the reference configuration over 300 steps (bf16 GEMMs;
+#    then TF32), and its scale (8192-wide projector; 1024 images x 16 patches; narrower, smaller)
 # 3. benchmarks/compare_torch.sh PRESET=gpu: our step and evaluation beside PyTorch's
-# 4. a 30-epoch CIFAR-10 run of the reference configuration (held-out 10%), with evaluation
+# 4. a 30-epoch CIFAR-10 run of the reference configuration on a held-out 10% (every 10th image
+#    of each class), with evaluation
+# 5./6. the PyTorch reference on the same split, with and without bf16 autocast
 #
 # The steps' own limits add up to ~16 minutes, more than one device command may run (600 s), so
 # each is also capped by what is left of BAGSSL_SESSION_BUDGET (default 540 s) and skipped, with a
@@ -43,36 +45,71 @@ if t=$(limit 240); then
   OUT=.device/out timeout "$t" bash scripts/gpu-check.sh 2>&1 | tail -n 60 | tee -a "$SUM"
 else skipped "gpu-check"; fi
 
-log "## 2. bagssl-train bench --device cuda (reference config, 300 steps)"
-if t=$(limit 120); then
+log "## 2. bagssl-train bench --device cuda (reference config, 300 steps; bf16, then tf32)"
+if t=$(limit 90); then
   timeout "$t" "$CLI" bench --device cuda --steps 300 --warmup 20 --eval-images 10000 --set eval.batch_images=500 \
     2>&1 | tail -n 6 | tee -a "$SUM"
 else skipped "bench"; fi
-for scale in "model.proj=8192" "train.batch_images=1024" "model.proj=8192 train.batch_images=1024"; do
-  sets=(); for kv in $scale; do sets+=(--set "$kv"); done
-  log "### scale: $scale"
-  if t=$(limit 60); then
-    timeout "$t" "$CLI" bench --device cuda --steps 50 --warmup 5 --eval-images 0 "${sets[@]}" 2>&1 | tail -n 1 | tee -a "$SUM"
-  else skipped "bench $scale"; fi
-done
-
+if t=$(limit 40); then
+  timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 --set gpu_precision=tf32 \
+    2>&1 | tail -n 1 | tee -a "$SUM"
+else skipped "bench tf32"; fi
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"
-  if t=$(limit 180); then
+  if t=$(limit 120); then
     PRESET=gpu BIN="$CLI" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data STEPS=200 \
       BAGSSL_CACHE=/tmp/bagssl-cache timeout "$t" bash benchmarks/compare_torch.sh 2>&1 | tail -n 8 | tee -a "$SUM"
   else skipped "compare_torch"; fi
 
-  log "## 4. CIFAR-10, reference configuration, 30 epochs, on the GPU"
-  if t=$(limit 240); then
-    rm -rf /tmp/cifar-run && mkdir -p /tmp/cifar && tar xJf .device/shared/data/cifar10-train-jpeg.tar.xz -C /tmp/cifar
-    t=$(limit 240) || t=20
-    timeout "$t" "$CLI" train --config configs/reference.toml --data /tmp/cifar --out /tmp/cifar-run --quiet \
-      --set data.cache_dir=/tmp/bagssl-cache 2>&1 | tail -n 8 | tee -a "$SUM"
+  # One held-out split for both trainers: every 10th image of each class (sorted names) -> test/.
+  rm -rf /tmp/split && mkdir -p /tmp/split && tar xJf .device/shared/data/cifar10-train-jpeg.tar.xz -C /tmp/split
+  for c in /tmp/split/train/*/; do
+    n=$(basename "$c"); mkdir -p "/tmp/split/test/$n"
+    ls "$c" | sort | awk 'NR % 10 == 1' | while read -r f; do mv "$c$f" "/tmp/split/test/$n/"; done
+  done
+  log "split: $(find /tmp/split/train -name '*.jpg' | wc -l) train, $(find /tmp/split/test -name '*.jpg' | wc -l) test"
+
+  log "## 4. CIFAR-10, reference configuration (bf16 GEMMs), 30 epochs, on the GPU"
+  if t=$(limit 120); then
+    timeout "$t" "$CLI" train --config configs/reference.toml --data /tmp/split --eval-data /tmp/split \
+      --out /tmp/cifar-run --quiet --set data.cache_dir=/tmp/bagssl-cache --set train.log_every=25 \
+      2>&1 | tail -n 8 | tee -a "$SUM"
     cp /tmp/cifar-run/eval.json "$OUT/cifar_eval.json" 2>/dev/null
+    cp /tmp/cifar-run/metrics.jsonl .device/out/cifar_metrics.jsonl 2>/dev/null
   else skipped "CIFAR-10 run"; fi
+
+  log "## 5. the PyTorch reference on the same split, 30 epochs, bf16 autocast"
+  if t=$(limit 100); then
+    PYTHONUNBUFFERED=1 BAGSSL_CACHE=/tmp/torch-split timeout "$t" python3 .device/shared/reference/torch_bagssl.py \
+      --data /tmp/split --epochs 30 --amp --eval-every 10 --eval-init 2>&1 | tail -n 5 | tee -a "$SUM"
+  else skipped "torch CIFAR-10"; fi
+
+  log "## 6. the PyTorch reference without autocast (TF32), same split: does bf16 matter?"
+  if t=$(limit 100); then
+    PYTHONUNBUFFERED=1 BAGSSL_CACHE=/tmp/torch-split timeout "$t" python3 .device/shared/reference/torch_bagssl.py \
+      --data /tmp/split --epochs 30 --eval-every 10 2>&1 | tail -n 4 | tee -a "$SUM"
+  else skipped "torch CIFAR-10 without autocast"; fi
+
+  log "## 7. PyTorch loss curve, first 1000 steps (bf16 autocast), to lay beside metrics.jsonl"
+  if t=$(limit 40); then
+    BAGSSL_CACHE=/tmp/torch-split timeout "$t" python3 benchmarks/torch_loss_trace.py \
+      --ref .device/shared/reference/torch_bagssl.py --data /tmp/split --val-fraction 0 --amp \
+      --warmup-steps 350 --total-steps 5250 --steps 1000 --log-every 25 >.device/out/torch_trace_amp.jsonl 2>&1
+    tail -n 2 .device/out/torch_trace_amp.jsonl | tee -a "$SUM"
+  else skipped "torch loss curve"; fi
 else
-  log "## 3-4 skipped: .device/shared lacks the reference or the CIFAR archive (run cargo xtask device-tests)"
+  log "## 3-7 skipped: .device/shared lacks the reference or the CIFAR archive (run cargo xtask device-tests)"
 fi
+
+log "## 8. scale"
+for scale in "model.proj=8192" "train.batch_images=1024" "model.proj=8192 train.batch_images=1024" \
+  "model.hidden=1024 model.proj=1024" "train.batch_images=128"; do
+  sets=(); for kv in $scale; do sets+=(--set "$kv"); done
+  log "### scale: $scale"
+  if t=$(limit 45); then
+    timeout "$t" "$CLI" bench --device cuda --steps 50 --warmup 5 --eval-images 0 "${sets[@]}" 2>&1 | tail -n 1 | tee -a "$SUM"
+  else skipped "bench $scale"; fi
+done
+
 tar czf "$OUT/logs.tar.gz" -C .device out 2>/dev/null
 log "# done $(date -u +%FT%TZ) after $(($(date +%s) - START)) s"

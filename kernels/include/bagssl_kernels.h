@@ -11,10 +11,18 @@
 
 #include <stdint.h>
 
-/* Column-reduction blocks: BAGSSL_COL_TILE columns (one warp, coalesced along a row) by
- * BAGSSL_COL_ROWS row lanes (a power of two); the launchers use the same numbers. */
+/* The column kernels (batch norm, column sums, bias add, group mean) run on a 2-D grid of
+ * (BAGSSL_COL_TILE, BAGSSL_COL_LANES) blocks: grid.x = column tiles of BAGSSL_COL_TILE threads,
+ * each thread owning V adjacent columns (V = 4, float4 loads, when cols % 4 == 0, else 1);
+ * grid.y = chunks of chunk_rows rows (a multiple of BAGSSL_COL_PASS), walked by the row lanes.
+ * A column reduction loads BAGSSL_COL_RPT rows per lane per pass. The launchers
+ * (crates/bagssl-kernels/src/launch.rs, `ColGrid`) use the same numbers. */
 #define BAGSSL_COL_TILE 32u
-#define BAGSSL_COL_ROWS 16u
+#define BAGSSL_COL_LANES 8u
+#define BAGSSL_COL_RPT 4u
+#define BAGSSL_COL_PASS 32u /* BAGSSL_COL_LANES * BAGSSL_COL_RPT */
+/* Column tiles a reduction may have: the size of its per-module arrival counters. */
+#define BAGSSL_COL_MAX_TILES 16384u
 
 /* PatchSpec.flags bits */
 #define BAGSSL_PATCH_FLIP 1u   /* mirror the crop left-right */

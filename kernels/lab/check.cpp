@@ -1,7 +1,8 @@
 // check.cpp — the kernel lab's correctness pass without a GPU: every kernel of kernels/*.cu,
 // run by the CPU emulator (emu.hpp) with the launch shapes of crates/bagssl-kernels, against a
 // plain double-precision reference written from DESIGN.md §3. Small awkward sizes, plus tiny
-// grids so the grid-stride loops take several turns.
+// grids so the grid-stride loops take several turns; the column kernels at sizes that give one or
+// many row chunks, scalar and float4 columns, and in shuffled block orders (same bits required).
 //
 // Build and run: cargo xtask emulate-kernels
 //   (g++ -std=c++17 -O1 -g -fsanitize=address,undefined -Ikernels/include -Ikernels
@@ -17,6 +18,7 @@
 #include "../patch_embed.cu"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 using std::vector;
@@ -26,8 +28,26 @@ static int g_failures = 0;
 // Mirrors crates/bagssl-kernels/src/launch.rs.
 static const unsigned BLOCK = 256;
 static unsigned grid_1d(size_t n, size_t cap = 8192) { return (unsigned)std::max<size_t>(1, std::min((n + BLOCK - 1) / BLOCK, cap)); }
-static dim3 cols_grid(size_t cols) { return dim3((unsigned)std::max<size_t>(1, (cols + 31) / 32)); }
-static dim3 cols_block() { return dim3(BAGSSL_COL_TILE, BAGSSL_COL_ROWS); }
+// launch.rs ColGrid::new, or, with `chunk_rows` (a multiple of BAGSSL_COL_PASS), the same tiles with
+// other chunks: the kernels take any such chunk_rows, and the emulator cannot afford the launcher's
+// ~500 blocks per launch at 4099 rows.
+struct ColGrid {
+    size_t tiles, chunks;
+    uint32_t chunk_rows;
+    explicit ColGrid(size_t rows, size_t cols, size_t chunk = 0) {
+        const size_t vec = cols % 4 == 0 ? 4 : 1, target = 4 * 132;
+        tiles = std::max<size_t>(1, (cols + BAGSSL_COL_TILE * vec - 1) / (BAGSSL_COL_TILE * vec));
+        const size_t passes = std::max<size_t>(1, (rows + BAGSSL_COL_PASS - 1) / BAGSSL_COL_PASS);
+        const size_t cr = chunk ? chunk : std::clamp<size_t>(passes * tiles / target, 1, passes) * BAGSSL_COL_PASS;
+        chunks = std::max<size_t>(1, (rows + cr - 1) / cr);
+        chunk_rows = (uint32_t)cr;
+    }
+    dim3 grid() const { return dim3((unsigned)tiles, (unsigned)chunks); }
+    static dim3 block() { return dim3(BAGSSL_COL_TILE, BAGSSL_COL_LANES); }
+    std::string str() const {
+        return std::to_string(tiles) + "x" + std::to_string(chunks) + "/" + std::to_string(chunk_rows);
+    }
+};
 
 struct Rng {
     uint64_t s;
@@ -76,13 +96,46 @@ static void check1(const std::string& name, double got, double want, double rtol
     check(name, vector<double>{got}, vector<double>{want}, rtol, atol);
 }
 
+// Per element: |got - want| <= rtol |want| (for the per-column statistics, whose scales differ).
+template <typename A, typename B>
+static void check_rel(const std::string& name, const A& got, const B& want, double rtol) {
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        const double e = std::fabs((double)got[i] - (double)want[i]) / std::max(std::fabs((double)want[i]), 1e-300);
+        if (!(e <= worst)) worst = std::isnan(e) ? INFINITY : e, at = i;
+    }
+    const bool ok = got.size() == want.size() && worst <= rtol;
+    std::printf("%s %-44s max rel diff %.3e at %zu (bound %.1e)\n", ok ? "OK    " : "NOT OK", name.c_str(), worst, at, rtol);
+    if (!ok) {
+        ++g_failures;
+        std::printf("       got %.9g want %.9g\n", (double)got[at], (double)want[at]);
+    }
+}
+
+// The arrival counters of the "last block done" reductions are back at 0 after every launch.
+static void check_arrivals(const std::string& name, const unsigned* counters) {
+    const size_t busy = std::count_if(counters, counters + BAGSSL_COL_MAX_TILES, [](unsigned c) { return c != 0; });
+    if (busy) {
+        std::printf("NOT OK %-44s %zu arrival counters left non-zero\n", name.c_str(), busy);
+        ++g_failures;
+    }
+}
+
+// Same bits (deterministic reductions, whatever order the blocks run in).
+static void check_same(const std::string& name, const vector<float>& a, const vector<float>& b) {
+    const bool same = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    std::printf("%s %-44s\n", same ? "OK    " : "NOT OK", (name + (same ? ": same bits" : ": bits differ")).c_str());
+    if (!same) ++g_failures;
+}
+
 // ------------------------------------------------------------------------------------------
 static void elementwise(Rng& r) {
     for (auto [rows, cols, cap] : {std::tuple<size_t, size_t, size_t>{37, 45, 8192}, {3, 1, 8192}, {300, 7, 2}}) {
         const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + " grid<=" + std::to_string(cap);
         const size_t n = rows * cols;
-        auto x = r.vec(n), dy = r.vec(n), b = r.vec(cols), w = r.vec(n);
-        vector<float> y(n), dx(n), out(cols);
+        auto x = r.vec(n), dy = r.vec(n), w = r.vec(n);
+        vector<float> y(n), dx(n);
         emu::launch(relu_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), y.data(), (uint32_t)n);
         vector<double> ref(n);
         for (size_t i = 0; i < n; ++i) ref[i] = x[i] > 0 ? x[i] : 0;
@@ -90,14 +143,6 @@ static void elementwise(Rng& r) {
         emu::launch(relu_bwd_f32, grid_1d(n, cap), BLOCK, dy.data(), y.data(), dx.data(), (uint32_t)n);
         for (size_t i = 0; i < n; ++i) ref[i] = y[i] > 0 ? dy[i] : 0;
         check("relu_bwd " + tag, dx, ref, 0);
-        BagsslMatrixDims d{(uint32_t)rows, (uint32_t)cols};
-        emu::launch(bias_add_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), b.data(), y.data(), d);
-        for (size_t i = 0; i < n; ++i) ref[i] = (double)x[i] + b[i % cols];
-        check("bias_add " + tag, y, ref, 1e-7);
-        emu::launch(sum_rows_f32, cols_grid(cols), cols_block(), x.data(), out.data(), d);
-        vector<double> cs(cols, 0);
-        for (size_t i = 0; i < n; ++i) cs[i % cols] += x[i];
-        check("sum_rows " + tag, out, cs, 1e-6, 1e-6);
         vector<float> ya = w;
         emu::launch(axpy_f32, grid_1d(n, cap), BLOCK, ya.data(), -0.37f, x.data(), (uint32_t)n);
         for (size_t i = 0; i < n; ++i) ref[i] = (double)w[i] - 0.37 * x[i];
@@ -113,58 +158,122 @@ static void elementwise(Rng& r) {
         for (size_t i = 0; i < n; ++i) dref += (double)x[i] * w[i];
         check1("dot " + tag, tot[0], dref, 1e-12);
     }
-    for (auto [groups, g, cols, cap] : {std::tuple<size_t, size_t, size_t, size_t>{13, 3, 29, 8192}, {4, 5, 70, 1}}) {
+    // The column kernels, on the grid of launch.rs: scalar columns (cols % 4 != 0) and float4
+    // columns, one or many row chunks, partial last tiles.
+    for (auto [rows, cols, offset, chunk] :
+         {std::tuple<size_t, size_t, float, size_t>{37, 45, 0, 0}, {3, 1, 0, 0}, {300, 7, 0, 0}, {1, 3, 0, 0},
+          {2, 2050, 0, 0}, {17, 31, 0, 0}, {1000, 130, 0, 256}, {4099, 33, 1000, 512}, {64, 8, 0, 0}, {3, 132, 0, 0},
+          {1000, 516, 0, 320}, {4099, 4, 0, 1024}, {1000, 3, 0, 0}, {4099, 2050, 0, 0}}) {
+        const ColGrid cg(rows, cols, chunk);
+        const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + " grid " + cg.str();
+        const size_t n = rows * cols;
+        auto x = r.vec(n, offset - 1, offset + 1), b = r.vec(cols);
+        vector<float> y(n), out(cols, NAN), partial(cg.chunks * cols, NAN);
+        BagsslMatrixDims d{(uint32_t)rows, (uint32_t)cols};
+        emu::launch(bias_add_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)b.data(), y.data(),
+                    d, cg.chunk_rows);
+        vector<double> ref(n);
+        for (size_t i = 0; i < n; ++i) ref[i] = (double)x[i] + b[i % cols];
+        check("bias_add " + tag, y, ref, 1e-7);
+        emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), out.data(), partial.data(), d,
+                    cg.chunk_rows);
+        check_arrivals("sum_rows " + tag, sum_rows_tile_arrivals);
+        vector<double> cs(cols, 0);
+        for (size_t i = 0; i < n; ++i) cs[i % cols] += x[i];
+        check("sum_rows " + tag, out, cs, 1e-6, 1e-6);
+        if (cg.chunks > 1) {  // the same bits whichever block finishes the tile
+            vector<float> out2(cols, NAN);
+            emu::g_block_order = 3;
+            emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), out2.data(), partial.data(), d,
+                        cg.chunk_rows);
+            emu::g_block_order = 0;
+            check_same("sum_rows " + tag + " shuffled blocks", out2, out);
+        }
+    }
+    for (auto [groups, g, cols] : {std::tuple<size_t, size_t, size_t>{13, 3, 29}, {4, 5, 70}, {33, 4, 132}, {2, 1, 3},
+                                   {40, 2, 8}}) {
         const std::string tag = std::to_string(groups) + "x" + std::to_string(g) + "x" + std::to_string(cols);
         auto x = r.vec(groups * g * cols), dy = r.vec(groups * cols);
         vector<float> y(groups * cols), dx(groups * g * cols);
-        emu::launch(group_mean_fwd_f32, grid_1d(y.size(), cap), BLOCK, x.data(), y.data(),
-                    BagsslMatrixDims{(uint32_t)groups, (uint32_t)cols}, (uint32_t)g);
+        const ColGrid fg(groups, cols), bg(groups * g, cols);
+        emu::launch(group_mean_fwd_f32, fg.grid(), ColGrid::block(), (const float*)x.data(), y.data(),
+                    BagsslMatrixDims{(uint32_t)groups, (uint32_t)cols}, (uint32_t)g, fg.chunk_rows);
         vector<double> ref(y.size(), 0), refb(dx.size());
         for (size_t rr = 0; rr < groups * g; ++rr)
             for (size_t c = 0; c < cols; ++c) ref[(rr / g) * cols + c] += x[rr * cols + c] / (double)g;
         check("group_mean_fwd " + tag, y, ref, 1e-6);
-        emu::launch(group_mean_bwd_f32, grid_1d(dx.size(), cap), BLOCK, dy.data(), dx.data(),
-                    BagsslMatrixDims{(uint32_t)(groups * g), (uint32_t)cols}, (uint32_t)g);
+        emu::launch(group_mean_bwd_f32, bg.grid(), ColGrid::block(), (const float*)dy.data(), dx.data(),
+                    BagsslMatrixDims{(uint32_t)(groups * g), (uint32_t)cols}, (uint32_t)g, bg.chunk_rows);
         for (size_t i = 0; i < dx.size(); ++i) refb[i] = dy[(i / cols / g) * cols + i % cols] / (double)g;
         check("group_mean_bwd " + tag, dx, refb, 1e-6);
     }
 }
 
 // ------------------------------------------------------------------------------------------
+// BatchNorm on the grid of launch.rs. `offset` shifts every value (|mean| >> std: a one-pass
+// E[x^2] - E[x]^2 in f32 fails the variance check by orders of magnitude); `outlier` makes x[0, c]
+// of every third column an outlier (the statistics shift by x[0, c]).
 static void batchnorm(Rng& r) {
-    for (auto [rows, cols, cap] : {std::tuple<size_t, size_t, size_t>{37, 45, 8192}, {2, 3, 8192}, {100, 33, 3}}) {
+    struct Case {
+        size_t rows, cols;
+        float offset;
+        bool outlier;
+        size_t chunk;  // 0: the launcher's chunks
+    };
+    const Case cases[] = {{1, 3, 0, false, 0},          {2, 1, 0, false, 0},         {3, 33, 0, false, 0},
+                          {17, 31, 0, false, 0},        {2, 2050, 0, false, 0},      {17, 130, 0, true, 0},
+                          {37, 45, 0, false, 0},        {100, 33, 0, false, 0},      {1000, 130, 0, false, 256},
+                          {1000, 3, 1000, true, 0},     {4099, 33, 1000, false, 1024}, {4099, 1, 0, false, 512},
+                          {3, 132, 0, false, 0},        {1000, 4, 0, false, 0},      {300, 516, 1000, false, 0},
+                          {4099, 8, 0, true, 864}};
+    for (const Case& k : cases) {
+        const size_t rows = k.rows, cols = k.cols;
+        const ColGrid cg(rows, cols, k.chunk);
         for (int relu = 0; relu < 2; ++relu) {
-            const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + (relu ? " relu" : "");
+            const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + (relu ? " relu" : "") +
+                                    (k.offset != 0 ? " +1000" : "") + (k.outlier ? " outlier" : "") + " grid " + cg.str();
             const size_t n = rows * cols;
             auto x = r.vec(n), gamma = r.vec(cols, 0.5, 1.5), beta = r.vec(cols), dy = r.vec(n);
-            for (size_t i = 0; i < n; ++i) x[i] = x[i] * (1 + (i % cols) * 0.1f) + 0.3f;
+            for (size_t i = 0; i < n; ++i) x[i] = x[i] * (1 + (i % cols) * 0.1f) + 0.3f + k.offset;
+            if (k.outlier)
+                for (size_t c = 0; c < cols; c += 3) x[c] = k.offset + 1e4f;
             const float eps = 1e-5f;
             BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, eps, (uint32_t)relu};
-            vector<float> mean(cols), invstd(cols), varu(cols), y(n), dgamma(cols), dbeta(cols), dx(n);
-            emu::launch(bn_stats_fwd_f32, cols_grid(cols), cols_block(), x.data(), mean.data(), invstd.data(), varu.data(), prm);
-            emu::launch(bn_apply_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), mean.data(), invstd.data(), gamma.data(),
-                        beta.data(), y.data(), prm);
+            vector<float> mean(cols, NAN), invstd(cols, NAN), varu(cols, NAN), y(n, NAN), dgamma(cols, NAN),
+                dbeta(cols, NAN), dx(n, NAN), partial(3 * cg.chunks * cols, NAN);
+            emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean.data(), invstd.data(),
+                        varu.data(), partial.data(), prm, cg.chunk_rows);
+            check_arrivals("bn_stats " + tag, bn_tile_arrivals);
+            emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
+                        (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), prm,
+                        cg.chunk_rows);
             vector<double> rm(cols, 0), rv(cols, 0), ris(cols), rvu(cols), ry(n), xhat(n);
             for (size_t i = 0; i < n; ++i) rm[i % cols] += x[i] / (double)rows;
             for (size_t i = 0; i < n; ++i) rv[i % cols] += (x[i] - rm[i % cols]) * (x[i] - rm[i % cols]);
             for (size_t c = 0; c < cols; ++c) {
-                rvu[c] = rv[c] / (rows - 1);
+                rvu[c] = rows > 1 ? rv[c] / (rows - 1) : 0;
                 ris[c] = 1 / std::sqrt(rv[c] / rows + eps);
             }
+            // The elementwise kernels are checked against the statistics they are given (f32: at
+            // |mean| = 1000 the rounding of the mean alone moves y by ~1e-4).
             for (size_t i = 0; i < n; ++i) {
                 const size_t c = i % cols;
-                xhat[i] = (x[i] - rm[c]) * ris[c];
+                xhat[i] = ((double)x[i] - mean[c]) * invstd[c];
                 ry[i] = xhat[i] * gamma[c] + beta[c];
                 if (relu && ry[i] < 0) ry[i] = 0;
             }
-            check("bn_stats mean " + tag, mean, rm, 1e-5, 1e-6);
-            check("bn_stats invstd " + tag, invstd, ris, 1e-5);
-            check("bn_stats var_unbiased " + tag, varu, rvu, 1e-5);
+            check("bn_stats mean " + tag, mean, rm, k.offset != 0 ? 1e-7 : 1e-5, 1e-6);
+            check_rel("bn_stats invstd " + tag, invstd, ris, 1e-6);
+            if (rows > 1) check_rel("bn_stats var_unbiased " + tag, varu, rvu, 1e-6);
             check("bn_apply y " + tag, y, ry, 1e-5, 1e-6);
-            emu::launch(bn_bwd_reduce_f32, cols_grid(cols), cols_block(), dy.data(), x.data(), y.data(), mean.data(),
-                        invstd.data(), dgamma.data(), dbeta.data(), prm);
-            emu::launch(bn_bwd_apply_f32, grid_1d(n, cap), BLOCK, dy.data(), x.data(), y.data(), mean.data(), invstd.data(),
-                        gamma.data(), dgamma.data(), dbeta.data(), dx.data(), prm);
+            emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                        (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dgamma.data(),
+                        dbeta.data(), partial.data(), prm, cg.chunk_rows);
+            check_arrivals("bn_bwd_reduce " + tag, bn_tile_arrivals);
+            emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                        (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                        (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx.data(), prm,
+                        cg.chunk_rows);
             vector<double> rdg(cols, 0), rdb(cols, 0), rdx(n);
             auto gof = [&](size_t i) { return (relu && !(y[i] > 0)) ? 0.0 : (double)dy[i]; };
             for (size_t i = 0; i < n; ++i) {
@@ -173,27 +282,84 @@ static void batchnorm(Rng& r) {
             }
             for (size_t i = 0; i < n; ++i) {
                 const size_t c = i % cols;
-                rdx[i] = gamma[c] * ris[c] / rows * (rows * gof(i) - rdb[c] - xhat[i] * rdg[c]);
+                rdx[i] = (double)gamma[c] * invstd[c] / rows * (rows * gof(i) - rdb[c] - xhat[i] * rdg[c]);
             }
             check("bn_bwd dgamma " + tag, dgamma, rdg, 1e-5, 1e-5);
             check("bn_bwd dbeta " + tag, dbeta, rdb, 1e-5, 1e-5);
             check("bn_bwd dx " + tag, dx, rdx, 1e-4, 1e-6);
+            if (cg.chunks > 1) {  // the same bits whichever blocks finish the tiles
+                vector<float> mean2(cols), invstd2(cols), varu2(cols), dgamma2(cols), dbeta2(cols);
+                emu::g_block_order = 1 + relu;
+                emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean2.data(),
+                            invstd2.data(), varu2.data(), partial.data(), prm, cg.chunk_rows);
+                emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                            (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dgamma2.data(),
+                            dbeta2.data(), partial.data(), prm, cg.chunk_rows);
+                emu::g_block_order = 0;
+                check_same("bn_stats + bn_bwd_reduce " + tag + " reordered blocks",
+                           [&] {
+                               vector<float> v = mean2;
+                               v.insert(v.end(), invstd2.begin(), invstd2.end());
+                               v.insert(v.end(), varu2.begin(), varu2.end());
+                               v.insert(v.end(), dgamma2.begin(), dgamma2.end());
+                               v.insert(v.end(), dbeta2.begin(), dbeta2.end());
+                               return v;
+                           }(),
+                           [&] {
+                               vector<float> v = mean;
+                               v.insert(v.end(), invstd.begin(), invstd.end());
+                               v.insert(v.end(), varu.begin(), varu.end());
+                               v.insert(v.end(), dgamma.begin(), dgamma.end());
+                               v.insert(v.end(), dbeta.begin(), dbeta.end());
+                               return v;
+                           }());
+            }
             auto runm = r.vec(cols), runv = r.vec(cols, 0.1, 2);
-            emu::launch(bn_eval_fwd_f32, grid_1d(n, cap), BLOCK, x.data(), runm.data(), runv.data(), gamma.data(),
-                        beta.data(), y.data(), prm);
+            emu::launch(bn_eval_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)runm.data(),
+                        (const float*)runv.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), prm,
+                        cg.chunk_rows);
             for (size_t i = 0; i < n; ++i) {
                 const size_t c = i % cols;
                 ry[i] = (x[i] - runm[c]) / std::sqrt((double)runv[c] + eps) * gamma[c] + beta[c];
                 if (relu && ry[i] < 0) ry[i] = 0;
             }
-            check("bn_eval_fwd " + tag, y, ry, 1e-5, 1e-6);
+            check("bn_eval_fwd " + tag, y, ry, 1e-5, 1e-6 * (1 + k.offset));
             vector<float> run = runm;
-            emu::launch(bn_ema_f32, grid_1d(cols, cap), BLOCK, run.data(), mean.data(), 0.1f, (uint32_t)cols);
+            emu::launch(bn_ema_f32, grid_1d(cols, 3), BLOCK, run.data(), (const float*)mean.data(), 0.1f, (uint32_t)cols);
             vector<double> rr(cols);
             for (size_t c = 0; c < cols; ++c) rr[c] = 0.9 * runm[c] + 0.1 * mean[c];
             check("bn_ema " + tag, run, rr, 1e-6);
         }
     }
+}
+
+// NaN and infinity go where PyTorch puts them: ReLU keeps a NaN (max(NaN, 0) = NaN), the backward
+// mask drops the gradient where y is NaN, a NaN in a column makes its statistics NaN.
+static void batchnorm_nan() {
+    const size_t rows = 70, cols = 8;
+    const ColGrid cg(rows, cols);
+    vector<float> x(rows * cols), gamma(cols, 1), beta(cols, 0), dy(rows * cols, 1);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 37) % 11) - 5;
+    x[5 * cols + 2] = NAN;
+    BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, 1e-5f, 1};
+    vector<float> mean(cols), invstd(cols), varu(cols), y(x.size()), dg(cols), db(cols), dx(x.size()), partial(3 * cg.chunks * cols);
+    emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean.data(), invstd.data(), varu.data(),
+                partial.data(), prm, cg.chunk_rows);
+    emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
+                (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), prm, cg.chunk_rows);
+    bool ok = std::isnan(mean[2]) && std::isnan(invstd[2]) && !std::isnan(mean[1]) && !std::isnan(invstd[3]);
+    for (size_t rr = 0; rr < rows; ++rr) ok = ok && std::isnan(y[rr * cols + 2]) && !std::isnan(y[rr * cols + 1]);
+    // Backward: a NaN y masks its gradient (dbeta of column 4 counts the positive y only); column 2,
+    // with a NaN mean, has a NaN dgamma (0 * NaN).
+    y[7 * cols + 4] = NAN;
+    emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dg.data(), db.data(),
+                partial.data(), prm, cg.chunk_rows);
+    double want = 0;
+    for (size_t rr = 0; rr < rows; ++rr) want += y[rr * cols + 4] > 0 ? 1.0 : 0.0;
+    ok = ok && db[4] == (float)want && std::isnan(dg[2]);
+    std::printf("%s %-44s\n", ok ? "OK    " : "NOT OK", "bn NaN propagation");
+    if (!ok) ++g_failures;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -248,6 +414,7 @@ static void vicreg(Rng& r) {
         const unsigned ib = grid_1d((N / n) * D, std::min<size_t>(cap, 1024)), cb = grid_1d(D * D, std::min<size_t>(cap, 1024));
         vector<float> gm((N / n) * D), colm(D), zc(N * D), c(D * D), vcoef(D), dz(N * D);
         vector<double> ip(ib), cp(cb), vp(cb), out(4);
+        vector<float> loss32(1);
         emu::launch(vicreg_group_stats_f32, ib, BLOCK, (const float*)z.data(), gm.data(), ip.data(), prm);
         emu::launch(vicreg_colmean_f32, grid_1d(D, cap), BLOCK, (const float*)gm.data(), colm.data(), prm);
         emu::launch(vicreg_center_f32, grid_1d(N * D, cap), BLOCK, (const float*)z.data(), (const float*)colm.data(), zc.data(), prm);
@@ -257,7 +424,8 @@ static void vicreg(Rng& r) {
                     (const float*)zc.data(), (const float*)vcoef.data(), dz.data(), prm);
         gemm_rowmajor(false, N, D, D, (float)(4.0 * nu / (D * (N - 1.0))), zc.data(), c.data(), 1, dz.data());
         emu::launch(vicreg_finalize_f32, 1u, BLOCK, (const double*)ip.data(), ib, (const double*)cp.data(),
-                    (const double*)vp.data(), cb, out.data(), prm);
+                    (const double*)vp.data(), cb, out.data(), loss32.data(), prm);
+        check1(std::string("vicreg loss f32 ") + tag, loss32[0], out[0], 1e-7, 0);
 
         vector<double> zd(z.begin(), z.end());
         const auto ref = vicreg_ref(zd, N, D, n, lam, mu, nu, eps);
@@ -379,10 +547,55 @@ static void patches(Rng& r) {
     }
 }
 
+// cast_bf16_f32 against an independent rounding: the nearer of the two bf16 neighbours in
+// double, ties to the even one; specials (NaN, infinities, signed zeros, overflow to inf).
+static uint16_t bf16_ref(float f) {
+    if (std::isnan(f)) return 0x7fc0;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    // IEEE rounding treats the step past the largest finite value as 2^128 (then overflows to inf).
+    auto val = [](uint16_t b) {
+        if ((b & 0x7fff) == 0x7f80) return (b & 0x8000) ? -std::ldexp(1.0, 128) : std::ldexp(1.0, 128);
+        uint32_t v = (uint32_t)b << 16;
+        float g;
+        std::memcpy(&g, &v, 4);
+        return (double)g;
+    };
+    if ((u & 0xffff) == 0) return lo;
+    const double dl = std::fabs((double)f - val(lo)), dh = std::fabs((double)f - val(hi));
+    if (dl < dh) return lo;
+    if (dh < dl) return hi;
+    return (lo & 1) ? hi : lo;
+}
+
+static void cast_bf16(Rng& r) {
+    for (size_t n : {1, 3, 4, 5, 1000, 4099}) {
+        vector<float> x = r.vec(n);
+        for (size_t i = 0; i < n; ++i) x[i] *= (i % 3 == 0) ? 1e30f : (i % 3 == 1 ? 1e-30f : 1.0f);
+        const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 3.4028235e38f, 1.0039062f, 1.0117188f};
+        for (size_t i = 0; i < n && i < 9; ++i) x[i * 7 % n] = specials[i];
+        vector<uint16_t> y(n);
+        for (unsigned cap : {8192u, 2u})
+            emu::launch(cast_bf16_f32, grid_1d(n, cap), BLOCK, (const float*)x.data(), y.data(), (uint32_t)n);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; ++i) {
+            const uint16_t want = bf16_ref(x[i]);
+            const bool ok = std::isnan(x[i]) ? ((y[i] & 0x7f80) == 0x7f80 && (y[i] & 0x7f)) : y[i] == want;
+            bad += !ok;
+        }
+        const std::string name = "cast_bf16 n=" + std::to_string(n);
+        std::printf("%s %-44s %zu of %zu differ from round-to-nearest-even\n", bad ? "NOT OK" : "OK    ", name.c_str(), bad, n);
+        g_failures += bad != 0;
+    }
+}
+
 int main() {
     Rng r(42);
     elementwise(r);
+    cast_bf16(r);
     batchnorm(r);
+    batchnorm_nan();
     vicreg(r);
     adamw(r);
     patches(r);

@@ -511,7 +511,7 @@ fn emulate_kernels() -> Result<()> {
 
 /// The test executables that exercise the GPU (or its absence) when no `-p` is given.
 const DEVICE_TESTS: &[&str] =
-    &["bagssl_kernels", "generated", "patch_parity", "cuda_parity", "cpu_gpu_step", "gpu_embed"];
+    &["bagssl_kernels", "generated", "patch_parity", "cast_parity", "cuda_parity", "cpu_gpu_step", "gpu_embed"];
 /// Example binaries copied too (scripts/gpu-check.sh runs bench_kernels after the tests; bench_cpu
 /// is there to time the GPU host's CPU by hand).
 const DEVICE_EXAMPLES: &[&str] = &["bench_kernels", "bench_cpu"];

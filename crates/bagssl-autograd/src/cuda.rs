@@ -5,13 +5,14 @@
 //!
 //! Precision: elementwise ops and BatchNorm are f32 like the CPU kernels (reductions in f32,
 //! tree-ordered, so sums differ from the CPU's in the last bits); `matmul` and the two products
-//! inside `vicreg_fwd_bwd` run at the GPU's `GemmPrecision` (TF32 by default: relative error
-//! ~1e-3 of the operands' scale; `BAGSSL_GEMM_PRECISION=f32` for plain f32).
+//! inside `vicreg_fwd_bwd` run at the GPU's `GemmPrecision` (bf16 operands with f32
+//! accumulation by default, relative error a few 1e-3 of the operands' scale;
+//! `BAGSSL_GEMM_PRECISION=tf32|f32` or the config key `gpu_precision` for the others).
 
 use bagssl_kernels as k;
 use bagssl_kernels::GpuBuf;
 
-use crate::ops::{self, AdamW, BnForward, VicregParts, VicregWeights};
+use crate::ops::{self, AdamW, BnForward, PendingParts, VicregWeights};
 use crate::tensor::{Storage, Tensor};
 use crate::{Error, Result};
 
@@ -123,15 +124,18 @@ pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_gpu(dy.shape(), k::relu_bwd_f32(buf(dy, "relu_bwd")?, buf(y, "relu_bwd")?)?))
 }
 
-/// The loss terms come back as four f64 (32 bytes, the only device-to-host copy); dL/dz stays
-/// on the GPU.
-pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
+/// dL/dz and the weighted loss (1 f32) stay on the GPU; the four f64 loss terms (32 bytes, the
+/// only device-to-host copy) are queued into page-locked memory, not waited for.
+pub fn vicreg_fwd_bwd_async(
+    z: &Tensor,
+    n_per_image: usize,
+    w: VicregWeights,
+) -> Result<(PendingParts, Tensor, Tensor)> {
     let (rows, d) = z.dims2();
     let cfg = k::VicregConfig { invariance: w.invariance, variance: w.variance, covariance: w.covariance, eps: w.eps };
     let out = k::vicreg_fwd_bwd_f32(buf(z, "vicreg_fwd_bwd")?, rows, d, n_per_image, cfg)?;
-    let s = out.scalars()?;
-    let parts = VicregParts { loss: s.loss, invariance: s.invariance, variance: s.variance, covariance: s.covariance };
-    Ok((parts, Tensor::from_gpu(z.shape(), out.dz)))
+    let parts = PendingParts::gpu(out.scalars_async()?);
+    Ok((parts, Tensor::from_gpu(&[1], out.loss), Tensor::from_gpu(z.shape(), out.dz)))
 }
 
 pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {

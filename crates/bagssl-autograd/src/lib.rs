@@ -13,7 +13,7 @@ pub mod ops;
 pub mod tape;
 pub mod tensor;
 
-pub use ops::{AdamW, BnForward, VicregParts, VicregWeights};
+pub use ops::{AdamW, BnForward, PendingParts, VicregParts, VicregWeights};
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::{Device, Storage, Tensor};
 

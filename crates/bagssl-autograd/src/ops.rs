@@ -6,7 +6,7 @@
 //! so a kernel on either device may assume consistent shapes; a mismatch is an
 //! [`Error::Shape`] naming the op, never a panic.
 
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{Device, Storage, Tensor};
 use crate::{cpu, cuda, Error, Result};
 
 /// Loss weights and epsilon of bag-VICReg (DESIGN §3).
@@ -31,6 +31,42 @@ pub struct VicregParts {
     pub invariance: f64,
     pub variance: f64,
     pub covariance: f64,
+}
+
+/// The loss parts of a bag-VICReg call, possibly still on their way from the GPU (an
+/// asynchronous copy of 32 bytes into page-locked memory): a training step can queue its backward
+/// pass before it waits for the loss.
+#[derive(Debug)]
+pub struct PendingParts(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Ready(VicregParts),
+    Gpu(bagssl_kernels::PendingScalars),
+}
+
+impl PendingParts {
+    pub fn ready(parts: VicregParts) -> Self {
+        PendingParts(Pending::Ready(parts))
+    }
+    pub(crate) fn gpu(s: bagssl_kernels::PendingScalars) -> Self {
+        PendingParts(Pending::Gpu(s))
+    }
+    /// The parts; on a GPU waits for their copy only, not for the work queued after it.
+    pub fn wait(&self) -> Result<VicregParts> {
+        match &self.0 {
+            Pending::Ready(p) => Ok(*p),
+            Pending::Gpu(s) => {
+                let v = s.wait()?;
+                Ok(VicregParts {
+                    loss: v.loss,
+                    invariance: v.invariance,
+                    variance: v.variance,
+                    covariance: v.covariance,
+                })
+            }
+        }
+    }
 }
 
 /// What a training-mode BatchNorm forward produces and its backward needs.
@@ -230,6 +266,17 @@ pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 /// bag-VICReg on `z` (B*n, D): the loss parts and dL/dz of the weighted loss (DESIGN §3).
 pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
+    let (parts, _, dz) = vicreg_fwd_bwd_async(z, n_per_image, w)?;
+    Ok((parts.wait()?, dz))
+}
+
+/// [`vicreg_fwd_bwd`] without waiting for the loss on a GPU: the parts (pending there), the
+/// weighted loss as a 1-element tensor on `z`'s device (computed there), and dL/dz.
+pub fn vicreg_fwd_bwd_async(
+    z: &Tensor,
+    n_per_image: usize,
+    w: VicregWeights,
+) -> Result<(PendingParts, Tensor, Tensor)> {
     let (rows, d) = z.dims2();
     if z.shape().len() != 2 || d == 0 || rows < 2 || n_per_image == 0 || !rows.is_multiple_of(n_per_image) {
         return Err(shape_err(
@@ -237,7 +284,13 @@ pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Resul
             format!("z {:?} must be (B*n, D) with D >= 1, B*n >= 2, n = {n_per_image} >= 1 dividing B*n", z.shape()),
         ));
     }
-    dispatch!("vicreg_fwd_bwd", [z], vicreg_fwd_bwd(z, n_per_image, w))
+    if same_device("vicreg_fwd_bwd", &[z])? {
+        cuda::vicreg_fwd_bwd_async(z, n_per_image, w)
+    } else {
+        let (parts, dz) = cpu::vicreg_fwd_bwd(z, n_per_image, w)?;
+        let loss = Tensor::full(&[1], parts.loss as f32, &Device::Cpu)?;
+        Ok((PendingParts::ready(parts), loss, dz))
+    }
 }
 
 /// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).

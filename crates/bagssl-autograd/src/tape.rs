@@ -9,7 +9,7 @@
 //! Everything goes through [`crate::ops`], never through tensor storage, so the same tape runs
 //! on the CPU and on a GPU.
 
-use crate::ops::{self, VicregParts, VicregWeights};
+use crate::ops::{self, PendingParts, VicregParts, VicregWeights};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -193,9 +193,15 @@ impl<'a> Tape<'a> {
 
     /// bag-VICReg as one op: a scalar whose backward is the hand-derived dL/dz.
     pub fn bag_vicreg(&mut self, z: Var, n_per_image: usize, w: VicregWeights) -> Result<(Var, VicregParts)> {
+        let (loss, parts) = self.bag_vicreg_async(z, n_per_image, w)?;
+        Ok((loss, parts.wait()?))
+    }
+
+    /// [`Tape::bag_vicreg`] without waiting for the loss terms on a GPU: queue the backward pass
+    /// first, then [`PendingParts::wait`], and the wait overlaps the GPU's work.
+    pub fn bag_vicreg_async(&mut self, z: Var, n_per_image: usize, w: VicregWeights) -> Result<(Var, PendingParts)> {
         let zt = self.value(z);
-        let (parts, dz) = ops::vicreg_fwd_bwd(zt, n_per_image, w)?;
-        let loss = Tensor::full(&[1], parts.loss as f32, &zt.device())?;
+        let (parts, loss, dz) = ops::vicreg_fwd_bwd_async(zt, n_per_image, w)?;
         Ok((self.push_op(loss, Op::Vicreg { z, dz }, &[z]), parts))
     }
 

@@ -11,8 +11,9 @@
 //!   sums on the GPU vs f64 or sequential f32 on the CPU: ~sqrt(rows) ulps, bound 1e-5 relative
 //!   (1e-4 for BatchNorm backward, whose dx is a difference of sums).
 //! - GEMMs (matmul, the two products of bag-VICReg): plain f32 (`GemmPrecision::F32`) 1e-5;
-//!   TF32 (the default) rounds operands to 10 mantissa bits, ~5e-4 relative per product, so
-//!   5e-3 of the output scale for matmul and 1e-2 for bag-VICReg's terms and gradient.
+//!   TF32 rounds operands to 10 mantissa bits, ~5e-4 relative per product, so 5e-3 of the
+//!   output scale for matmul and 1e-2 for bag-VICReg's terms and gradient; bf16 (the default)
+//!   keeps 8 bits, 4x that error, so 2e-2 and 4e-2.
 
 use bagssl_autograd::{ops, AdamW, Device, Tensor, VicregWeights};
 use bagssl_kernels::GemmPrecision;
@@ -113,7 +114,9 @@ fn gemm_backed_ops_match_cpu() {
     let mut r = ChaCha8Rng::seed_from_u64(1);
     let mut rep = Report::new("matmul + bag-VICReg, CUDA vs CPU");
     let before = g.gemm_precision();
-    for (prec, mm_tol, vic_tol) in [(GemmPrecision::F32, 1e-5, 1e-4), (GemmPrecision::Tf32, 5e-3, 1e-2)] {
+    for (prec, mm_tol, vic_tol) in
+        [(GemmPrecision::F32, 1e-5, 1e-4), (GemmPrecision::Tf32, 5e-3, 1e-2), (GemmPrecision::Bf16, 2e-2, 4e-2)]
+    {
         g.set_gemm_precision(prec);
         for &(m, k, n) in &[(37, 29, 41), (1, 1, 1), (5, 300, 3), (256, 192, 512)] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

@@ -4,7 +4,7 @@ use cudarc::driver::PushKernelArg;
 
 use crate::device::same_gpu;
 use crate::ffi::BagsslBnParams;
-use crate::launch::{cfg_1d, cfg_cols, check_len, u32_of};
+use crate::launch::{cfg_1d, check_len, u32_of, ColGrid};
 use crate::{GpuBuf, KernelError};
 
 /// Output of [`bn_train_fwd_f32`].
@@ -33,7 +33,8 @@ fn check_vecs(op: &str, x: &GpuBuf, cols: usize, vecs: &[(&str, &GpuBuf)]) -> Re
     Ok(())
 }
 
-/// Training-mode forward: batch statistics (two-pass), normalise, affine, optional ReLU.
+/// Training-mode forward: batch statistics (per-chunk two-pass, combined in f64), normalise, affine,
+/// optional ReLU.
 pub fn bn_train_fwd_f32(
     x: &GpuBuf,
     gamma: &GpuBuf,
@@ -49,21 +50,26 @@ pub fn bn_train_fwd_f32(
     if rows == 0 {
         return Err(KernelError::Invalid(format!("{op}: batch statistics of 0 rows")));
     }
+    let grid = ColGrid::reduction(op, rows, cols)?;
     let gpu = x.gpu();
     let mut mean = gpu.uninit(cols)?;
     let mut invstd = gpu.uninit(cols)?;
     let mut var_unbiased = gpu.uninit(cols)?;
     let mut y = gpu.uninit(rows * cols)?;
     if cols > 0 {
+        // Per-chunk (sum, shifted mean, M2) of every column, combined by the last block of each tile.
+        let mut partial = gpu.alloc_raw::<f32>(3 * grid.chunks * cols)?;
         let mut b = gpu.stream().launch_builder(gpu.function("bn_stats_fwd_f32")?);
-        b.arg(x.slice()).arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut()).arg(&prm);
-        // SAFETY: x holds rows*cols floats, the statistics cols each.
-        unsafe { b.launch(cfg_cols(cols)) }?;
+        b.arg(x.slice()).arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut());
+        b.arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
+        // SAFETY: x holds rows*cols floats, the statistics cols each, partial 3*chunks*cols; the
+        // grid is `grid`, whose chunk_rows the kernel gets.
+        unsafe { b.launch(grid.cfg()) }?;
         let mut b = gpu.stream().launch_builder(gpu.function("bn_apply_fwd_f32")?);
         b.arg(x.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice()).arg(beta.slice()).arg(y.slice_mut());
-        b.arg(&prm);
+        b.arg(&prm).arg(&grid.chunk_rows);
         // SAFETY: as above; y holds rows*cols floats.
-        unsafe { b.launch(cfg_1d(rows * cols)) }?;
+        unsafe { b.launch(grid.cfg()) }?;
     }
     Ok(BnTrainOut { y, mean, invstd, var_unbiased })
 }
@@ -88,21 +94,26 @@ pub fn bn_train_bwd_f32(
     same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
     check_vecs(op, x, cols, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
     let gpu = x.gpu();
-    let mut dgamma = gpu.zeros(cols)?;
-    let mut dbeta = gpu.zeros(cols)?;
-    let mut dx = gpu.zeros(rows * cols)?;
-    if cols > 0 && rows > 0 {
-        let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
-        b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice());
-        b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&prm);
-        // SAFETY: lengths checked above.
-        unsafe { b.launch(cfg_cols(cols)) }?;
-        let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
-        b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
-        b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut()).arg(&prm);
-        // SAFETY: lengths checked above.
-        unsafe { b.launch(cfg_1d(rows * cols)) }?;
+    if cols == 0 || rows == 0 {
+        // Sums over no rows, or no columns: zeros, and an empty dx.
+        return Ok((gpu.zeros(rows * cols)?, gpu.zeros(cols)?, gpu.zeros(cols)?));
     }
+    let grid = ColGrid::reduction(op, rows, cols)?;
+    let mut dgamma = gpu.uninit(cols)?;
+    let mut dbeta = gpu.uninit(cols)?;
+    let mut dx = gpu.uninit(rows * cols)?;
+    // Per-chunk sums of g and g * xhat, added by the last block of each column tile.
+    let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
+    let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
+    b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice());
+    b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
+    // SAFETY: lengths checked above; partial holds 2*chunks*cols floats for the grid `grid`.
+    unsafe { b.launch(grid.cfg()) }?;
+    let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
+    b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
+    b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut()).arg(&prm).arg(&grid.chunk_rows);
+    // SAFETY: lengths checked above; every element of dx, dgamma and dbeta is written.
+    unsafe { b.launch(grid.cfg()) }?;
     Ok((dx, dgamma, dbeta))
 }
 
@@ -130,11 +141,12 @@ pub fn bn_eval_fwd_f32(
     let gpu = x.gpu();
     let mut y = gpu.uninit(rows * cols)?;
     if !y.is_empty() {
+        let grid = ColGrid::new(rows, cols);
         let mut b = gpu.stream().launch_builder(gpu.function("bn_eval_fwd_f32")?);
         b.arg(x.slice()).arg(running_mean.slice()).arg(running_var.slice()).arg(gamma.slice()).arg(beta.slice());
-        b.arg(y.slice_mut()).arg(&prm);
+        b.arg(y.slice_mut()).arg(&prm).arg(&grid.chunk_rows);
         // SAFETY: lengths checked above.
-        unsafe { b.launch(cfg_1d(rows * cols)) }?;
+        unsafe { b.launch(grid.cfg()) }?;
     }
     Ok(y)
 }

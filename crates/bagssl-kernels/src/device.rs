@@ -4,10 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::ffi::MODULES;
@@ -126,6 +129,9 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     module_kind: ModuleKind,
     precision: AtomicU8,
+    /// Page-locked 4 x f64 buffers for asynchronous scalar read-backs (see [`PinnedScalars`]),
+    /// kept for reuse: allocating page-locked memory costs far more than the copy.
+    pinned: Mutex<Vec<(PinnedHostSlice<f64>, CudaEvent)>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -137,8 +143,8 @@ impl std::fmt::Debug for Gpu {
 impl Gpu {
     /// Opens device `ordinal`: loads the sm_90a cubins on compute capability 9.0, else (or with
     /// `BAGSSL_KERNELS=ptx`) the PTX;
-    /// creates a stream and a cuBLAS handle. GEMM precision starts as TF32, or as set by
-    /// `BAGSSL_GEMM_PRECISION=f32|tf32`.
+    /// creates a stream and a cuBLAS handle. GEMM precision starts as bf16, or as set by
+    /// `BAGSSL_GEMM_PRECISION=bf16|tf32|f32`.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>, KernelError> {
         let p = probe();
         if let Some(reason) = p.reason {
@@ -189,10 +195,11 @@ impl Gpu {
             }
         }
         let blas = CudaBlas::new(stream.clone())?;
-        let precision = match std::env::var("BAGSSL_GEMM_PRECISION").as_deref() {
-            Ok("f32") => GemmPrecision::F32,
-            _ => GemmPrecision::Tf32,
-        };
+        // BAGSSL_GEMM_PRECISION=bf16|tf32|f32 sets the starting precision (default bf16).
+        let precision = std::env::var("BAGSSL_GEMM_PRECISION")
+            .ok()
+            .and_then(|v| GemmPrecision::parse(&v))
+            .unwrap_or(GemmPrecision::Bf16);
         Ok(Arc::new(Gpu {
             info,
             ctx,
@@ -201,6 +208,7 @@ impl Gpu {
             functions,
             module_kind,
             precision: AtomicU8::new(precision as u8),
+            pinned: Mutex::new(Vec::new()),
         }))
     }
 
@@ -256,17 +264,17 @@ impl Gpu {
 
     /// `n` zeros.
     pub fn zeros(self: &Arc<Self>, n: usize) -> Result<GpuBuf, KernelError> {
-        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_zeros_raw(n)?, len: n })
+        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_zeros_raw(n)?, len: n, bf16: OnceLock::new() })
     }
 
     /// `n` elements whose values are unspecified until written (for kernel outputs).
     pub fn uninit(self: &Arc<Self>, n: usize) -> Result<GpuBuf, KernelError> {
-        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_raw(n)?, len: n })
+        Ok(GpuBuf { gpu: self.clone(), data: self.alloc_raw(n)?, len: n, bf16: OnceLock::new() })
     }
 
     /// A device copy of `v`.
     pub fn upload(self: &Arc<Self>, v: &[f32]) -> Result<GpuBuf, KernelError> {
-        Ok(GpuBuf { gpu: self.clone(), data: self.upload_raw(v)?, len: v.len() })
+        Ok(GpuBuf { gpu: self.clone(), data: self.upload_raw(v)?, len: v.len(), bf16: OnceLock::new() })
     }
 
     /// A device copy of a device buffer.
@@ -275,7 +283,7 @@ impl Gpu {
         if !b.is_empty() {
             self.stream.memcpy_dtod(&b.data.slice(..b.len()), &mut data)?;
         }
-        Ok(GpuBuf { gpu: self.clone(), data, len: b.len() })
+        Ok(GpuBuf { gpu: self.clone(), data, len: b.len(), bf16: OnceLock::new() })
     }
 
     /// A device copy of bytes (e.g. the u8 dataset).
@@ -306,6 +314,33 @@ impl Gpu {
     }
 
     /// The first `len` elements of `d` on the host (waits for the stream).
+    /// Starts copying `src[..4]` to the host without waiting: the copy is queued on the stream
+    /// into page-locked memory, and [`PinnedScalars::wait`] blocks only until it has landed (work
+    /// queued after it keeps running).
+    pub(crate) fn read_scalars_async(self: &Arc<Self>, src: &CudaSlice<f64>) -> Result<PinnedScalars, KernelError> {
+        if src.len() < PINNED_SCALARS {
+            return Err(KernelError::Invalid(format!(
+                "read_scalars_async: {} values, need {PINNED_SCALARS}",
+                src.len()
+            )));
+        }
+        let reuse = self.pinned.lock().map_err(|_| KernelError::Cuda("pinned pool poisoned".into()))?.pop();
+        let (mut host, done) = match reuse {
+            Some(h) => h,
+            None => (
+                // SAFETY: the buffer is written by the copy below before anyone reads it.
+                unsafe { self.ctx.alloc_pinned_with_flags::<f64>(PINNED_SCALARS, 0) }?,
+                self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?,
+            ),
+        };
+        // A pooled buffer's previous copy has landed: its `wait` or its drop waited for it.
+        self.stream.memcpy_dtoh(&src.slice(..PINNED_SCALARS), &mut host)?;
+        // cudarc records the pinned slice's own event only with event tracking on (it is off,
+        // see `Gpu::new`), so this event marks the copy's completion.
+        done.record(&self.stream)?;
+        Ok(PinnedScalars { gpu: self.clone(), host: Some((host, done)) })
+    }
+
     pub(crate) fn download_raw<T: DeviceRepr + Default + Clone>(
         &self,
         d: &CudaSlice<T>,
@@ -353,6 +388,9 @@ pub struct GpuBuf {
     gpu: Arc<Gpu>,
     data: CudaSlice<f32>,
     len: usize,
+    /// bf16 copy of the elements for the bf16 GEMMs, made on first use and dropped by every
+    /// mutable access (see [`GpuBuf::bf16`]).
+    bf16: OnceLock<CudaSlice<u16>>,
 }
 
 impl GpuBuf {
@@ -379,6 +417,7 @@ impl GpuBuf {
             )));
         }
         if !v.is_empty() {
+            self.bf16.take();
             self.gpu.stream.memcpy_htod(v, &mut self.data)?;
         }
         Ok(())
@@ -388,8 +427,29 @@ impl GpuBuf {
     pub fn slice(&self) -> &CudaSlice<f32> {
         &self.data
     }
+    /// Mutable access for a launch that writes the buffer (drops the bf16 copy, now stale).
     pub fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
+        self.bf16.take();
         &mut self.data
+    }
+
+    /// Installs `b` as the bf16 copy: for kernels that write it beside the f32 values (with
+    /// `bf16_bits` of kernels/common.cuh, so it is exactly what [`GpuBuf::bf16`] would make).
+    pub(crate) fn set_bf16(&mut self, b: CudaSlice<u16>) {
+        self.bf16 = OnceLock::from(b);
+    }
+
+    /// The elements rounded to bf16 (nearest even), as bit patterns: the operand a bf16 GEMM
+    /// reads. Made by one cast kernel on first use and kept until the buffer is next written,
+    /// so a weight is cast once per update and an activation once for its forward and backward
+    /// products. Every write goes through [`GpuBuf::slice_mut`] or [`GpuBuf::write`], which drop it.
+    pub fn bf16(&self) -> Result<&CudaSlice<u16>, KernelError> {
+        if let Some(b) = self.bf16.get() {
+            return Ok(b);
+        }
+        let b = crate::elementwise::cast_bf16_raw(&self.gpu, &self.data, self.len)?;
+        let _ = self.bf16.set(b); // a racing caller's identical copy wins instead: same bits
+        self.bf16.get().ok_or_else(|| KernelError::Invalid("GpuBuf::bf16: copy missing".into()))
     }
 }
 
@@ -436,4 +496,43 @@ pub(crate) fn same_gpu(op: &str, gpu: &Gpu, others: &[&Arc<Gpu>]) -> Result<(), 
         return Err(KernelError::Invalid(format!("{op}: buffers on different GPUs")));
     }
     Ok(())
+}
+
+/// Values per asynchronous scalar read-back.
+pub(crate) const PINNED_SCALARS: usize = 4;
+
+/// Four f64 on their way from the device (see `Gpu::read_scalars_async`); the page-locked
+/// buffer returns to the GPU's pool on drop.
+pub struct PinnedScalars {
+    gpu: Arc<Gpu>,
+    host: Option<(PinnedHostSlice<f64>, CudaEvent)>,
+}
+
+impl PinnedScalars {
+    /// Waits until the copy has landed (not for later work on the stream) and returns the values.
+    pub fn wait(&self) -> Result<[f64; PINNED_SCALARS], KernelError> {
+        let (host, done) = self.host.as_ref().ok_or_else(|| KernelError::Invalid("PinnedScalars: no buffer".into()))?;
+        done.synchronize()?;
+        let v = host.as_slice()?;
+        Ok([v[0], v[1], v[2], v[3]])
+    }
+}
+
+impl Drop for PinnedScalars {
+    fn drop(&mut self) {
+        if let Some((h, done)) = self.host.take() {
+            // The copy must land before the buffer is reused (or freed).
+            if done.synchronize().is_ok() {
+                if let Ok(mut pool) = self.gpu.pinned.lock() {
+                    pool.push((h, done));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PinnedScalars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinnedScalars({:?})", self.gpu)
+    }
 }

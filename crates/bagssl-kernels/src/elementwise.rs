@@ -1,15 +1,35 @@
 //! Launchers of `kernels/elementwise.cu`: ReLU, bias add, column sums, group mean, axpy, scale, dot.
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use crate::device::same_gpu;
 use crate::ffi::BagsslMatrixDims;
-use crate::launch::{cfg_1d, cfg_blocks, cfg_cols, check_len, partial_blocks, u32_of};
-use crate::{GpuBuf, KernelError};
+use crate::launch::{cfg_1d, cfg_blocks, check_len, partial_blocks, u32_of, ColGrid};
+use crate::{Gpu, GpuBuf, KernelError};
 
 fn dims(rows: usize, cols: usize) -> Result<BagsslMatrixDims, KernelError> {
     u32_of(rows * cols, "rows * cols")?;
     Ok(BagsslMatrixDims { rows: rows as u32, cols: cols as u32 })
+}
+
+/// `bf16(x[..n])` (round to nearest even) into a new buffer of `max(n, 1)` bf16 bit patterns:
+/// the operand copies of the bf16 GEMMs (see [`GpuBuf::bf16`]).
+pub(crate) fn cast_bf16_raw(gpu: &Gpu, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<u16>, KernelError> {
+    let mut y = gpu.alloc_raw::<u16>(n.max(1))?;
+    let n32 = u32_of(n, "cast_bf16_f32 n")?;
+    if n > 0 {
+        let mut b = gpu.stream().launch_builder(gpu.function("cast_bf16_f32")?);
+        b.arg(x).arg(&mut y).arg(&n32);
+        // SAFETY: x holds at least n floats and y n u16, both whole (aligned) allocations.
+        unsafe { b.launch(cfg_1d(n.div_ceil(4))) }?;
+    }
+    Ok(y)
+}
+
+/// `x` rounded to bf16 (nearest even) as bit patterns, always a fresh copy (the cached one is
+/// [`GpuBuf::bf16`]).
+pub fn cast_bf16_f32(x: &GpuBuf) -> Result<CudaSlice<u16>, KernelError> {
+    cast_bf16_raw(x.gpu(), x.slice(), x.len())
 }
 
 /// `max(x, 0)`.
@@ -51,10 +71,11 @@ pub fn bias_add_fwd_f32(x: &GpuBuf, bias: &GpuBuf, rows: usize, cols: usize) -> 
     let mut y = gpu.uninit(x.len())?;
     let d = dims(rows, cols)?;
     if !x.is_empty() {
+        let grid = ColGrid::new(rows, cols);
         let mut b = gpu.stream().launch_builder(gpu.function("bias_add_fwd_f32")?);
-        b.arg(x.slice()).arg(bias.slice()).arg(y.slice_mut()).arg(&d);
+        b.arg(x.slice()).arg(bias.slice()).arg(y.slice_mut()).arg(&d).arg(&grid.chunk_rows);
         // SAFETY: lengths checked above.
-        unsafe { b.launch(cfg_1d(x.len())) }?;
+        unsafe { b.launch(grid.cfg()) }?;
     }
     Ok(y)
 }
@@ -63,14 +84,18 @@ pub fn bias_add_fwd_f32(x: &GpuBuf, bias: &GpuBuf, rows: usize, cols: usize) -> 
 pub fn sum_rows_f32(x: &GpuBuf, rows: usize, cols: usize) -> Result<GpuBuf, KernelError> {
     let gpu = x.gpu();
     check_len("sum_rows_f32", "x", x.len(), rows * cols)?;
-    let mut out = gpu.zeros(cols)?;
     let d = dims(rows, cols)?;
-    if cols > 0 {
-        let mut b = gpu.stream().launch_builder(gpu.function("sum_rows_f32")?);
-        b.arg(x.slice()).arg(out.slice_mut()).arg(&d);
-        // SAFETY: x holds rows*cols floats, out holds cols.
-        unsafe { b.launch(cfg_cols(cols)) }?;
+    if rows == 0 || cols == 0 {
+        return gpu.zeros(cols);
     }
+    let grid = ColGrid::reduction("sum_rows_f32", rows, cols)?;
+    let mut out = gpu.uninit(cols)?;
+    // Per-chunk column sums, added by the last block of each column tile.
+    let mut partial = gpu.alloc_raw::<f32>(grid.chunks * cols)?;
+    let mut b = gpu.stream().launch_builder(gpu.function("sum_rows_f32")?);
+    b.arg(x.slice()).arg(out.slice_mut()).arg(&mut partial).arg(&d).arg(&grid.chunk_rows);
+    // SAFETY: x holds rows*cols floats, out holds cols, partial chunks*cols for the grid `grid`.
+    unsafe { b.launch(grid.cfg()) }?;
     Ok(out)
 }
 
@@ -86,10 +111,11 @@ pub fn group_mean_fwd_f32(x: &GpuBuf, rows: usize, cols: usize, n: usize) -> Res
     let d = dims(groups, cols)?;
     let n32 = u32_of(n, "group size")?;
     if !y.is_empty() {
+        let grid = ColGrid::new(groups, cols);
         let mut b = gpu.stream().launch_builder(gpu.function("group_mean_fwd_f32")?);
-        b.arg(x.slice()).arg(y.slice_mut()).arg(&d).arg(&n32);
+        b.arg(x.slice()).arg(y.slice_mut()).arg(&d).arg(&n32).arg(&grid.chunk_rows);
         // SAFETY: x holds groups*n*cols floats, y groups*cols.
-        unsafe { b.launch(cfg_1d(groups * cols)) }?;
+        unsafe { b.launch(grid.cfg()) }?;
     }
     Ok(y)
 }
@@ -105,11 +131,11 @@ pub fn group_mean_bwd_f32(dy: &GpuBuf, groups: usize, cols: usize, n: usize) -> 
     let d = dims(groups * n, cols)?;
     let n32 = u32_of(n, "group size")?;
     if !dx.is_empty() {
-        let cfg = cfg_1d(dx.len());
+        let grid = ColGrid::new(groups * n, cols);
         let mut b = gpu.stream().launch_builder(gpu.function("group_mean_bwd_f32")?);
-        b.arg(dy.slice()).arg(dx.slice_mut()).arg(&d).arg(&n32);
+        b.arg(dy.slice()).arg(dx.slice_mut()).arg(&d).arg(&n32).arg(&grid.chunk_rows);
         // SAFETY: dy holds groups*cols floats, dx groups*n*cols.
-        unsafe { b.launch(cfg) }?;
+        unsafe { b.launch(grid.cfg()) }?;
     }
     Ok(dx)
 }

@@ -18,6 +18,8 @@ include!("generated/modules.rs");
 // SAFETY: plain-old-data C structs (fixed-width integers and floats, no pointers), passed to the
 // kernels by value with the layout bindgen asserts above.
 unsafe impl cudarc::driver::DeviceRepr for BagsslPatchSpec {}
+// SAFETY: plain integers and floats; all-zero bits is a valid (if meaningless) spec.
+unsafe impl cudarc::driver::ValidAsZeroBits for BagsslPatchSpec {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslImageDims {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslPatchParams {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslGridParams {}

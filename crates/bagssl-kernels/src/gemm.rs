@@ -1,13 +1,17 @@
-//! Row-major f32 GEMMs on cuBLAS (`cublasGemmEx`).
+//! Row-major GEMMs on cuBLAS (`cublasGemmEx`), f32 output.
 //!
 //! cuBLAS is column-major, and a row-major (r, c) matrix is the column-major (c, r) matrix of
 //! its transpose, so the row-major `C = op(A) op(B)` is issued as the column-major
 //! `C^T = op(B)^T op(A)^T`: swap the operands, keep each one's transpose flag.
 //!
-//! Precision ([`GemmPrecision`], per [`crate::Gpu`]): f32 in and out, f32 accumulation; with
-//! `Tf32` (the default) the products run on TF32 tensor cores (10-bit mantissa inputs), so
-//! compare with a relative error of about 1e-3 times the norm of the operands; with `F32` they
-//! are exact f32 FMAs (relative error ~1e-6 * sqrt(k)) at ~8x the time.
+//! Precision ([`GemmPrecision`], per [`crate::Gpu`]); f32 accumulation and f32 output always:
+//! - `Bf16` (the default, like PyTorch's bf16 autocast): the operands are the buffers' bf16
+//!   copies ([`GpuBuf::bf16`], round to nearest even, cached until the buffer is written) and
+//!   cuBLAS runs the bf16 tensor cores at their full rate; relative error a few 1e-3 of the
+//!   operands' scale. (`CUBLAS_COMPUTE_32F_FAST_16BF` on f32 operands rounds the same way but
+//!   measured no faster than TF32 on an H200, so the copies are made explicitly.)
+//! - `Tf32`: f32 operands on the TF32 tensor cores (10-bit mantissa), relative error ~1e-3.
+//! - `F32`: exact f32 FMAs (relative error ~1e-6 * sqrt(k)) at ~8x the TF32 time.
 
 use cudarc::cublas::sys;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -23,21 +27,47 @@ pub enum GemmPrecision {
     Tf32 = 0,
     /// Plain f32 (`CUBLAS_COMPUTE_32F`).
     F32 = 1,
+    /// bf16 copies of the operands, bf16 tensor cores, f32 accumulation and output.
+    Bf16 = 2,
 }
 
 impl GemmPrecision {
+    /// Every precision, the default first.
+    pub const ALL: [GemmPrecision; 3] = [GemmPrecision::Bf16, GemmPrecision::Tf32, GemmPrecision::F32];
+
     pub(crate) fn from_u8(v: u8) -> GemmPrecision {
-        if v == GemmPrecision::F32 as u8 {
-            GemmPrecision::F32
-        } else {
-            GemmPrecision::Tf32
+        match v {
+            1 => GemmPrecision::F32,
+            2 => GemmPrecision::Bf16,
+            _ => GemmPrecision::Tf32,
         }
     }
+
+    /// `bf16`, `tf32` or `f32` (the config and `BAGSSL_GEMM_PRECISION` spelling).
+    pub fn parse(s: &str) -> Option<GemmPrecision> {
+        match s {
+            "bf16" => Some(GemmPrecision::Bf16),
+            "tf32" => Some(GemmPrecision::Tf32),
+            "f32" => Some(GemmPrecision::F32),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmPrecision::Bf16 => "bf16",
+            GemmPrecision::Tf32 => "tf32",
+            GemmPrecision::F32 => "f32",
+        }
+    }
+
     /// A relative error bound for parity tests of a GEMM with inner dimension `k` (scaled by the
-    /// magnitude of the inputs, |A||B|).
+    /// magnitude of the inputs, |A||B|). One rounding of each operand costs 2^-11 (TF32) or
+    /// 2^-9 (bf16) relative; the bounds leave 4x for the sum of the two and for accumulation.
     pub fn tolerance(self, k: usize) -> f32 {
         match self {
             GemmPrecision::Tf32 => 2e-3,
+            GemmPrecision::Bf16 => 8e-3,
             GemmPrecision::F32 => 1e-6 * (k.max(1) as f32).sqrt() * 4.0,
         }
     }
@@ -118,6 +148,8 @@ where
     let compute = match gpu.gemm_precision() {
         GemmPrecision::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
         GemmPrecision::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        // f32 operands that the caller did not give as bf16 copies: cuBLAS rounds them itself.
+        GemmPrecision::Bf16 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
     };
     let blas = gpu.blas()?;
     let stream = gpu.stream();
@@ -153,7 +185,65 @@ where
     Ok(())
 }
 
-/// Row-major `c = alpha op(a) op(b) + beta c` on [`GpuBuf`]s.
+/// Row-major GEMM of bf16 operands (bit patterns, e.g. [`GpuBuf::bf16`]) into f32 `c`, f32
+/// accumulation on the bf16 tensor cores. The lengths are checked against the shape.
+pub(crate) fn gemm_bf16_raw<A, B, C>(gpu: &crate::Gpu, g: Gemm, a: &A, b: &B, c: &mut C) -> Result<(), KernelError>
+where
+    A: DevicePtr<u16>,
+    B: DevicePtr<u16>,
+    C: DevicePtrMut<f32>,
+{
+    let Gemm { m, n, k, alpha, beta, .. } = g;
+    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
+        return Err(KernelError::Invalid(format!(
+            "bf16 gemm (m={m}, n={n}, k={k}): operand lengths {}, {}, {}, expected {}, {}, {}",
+            a.len(),
+            b.len(),
+            c.len(),
+            m * k,
+            k * n,
+            m * n
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let cm = ColMajor::of(&g);
+    let op = |t: bool| if t { sys::cublasOperation_t::CUBLAS_OP_T } else { sys::cublasOperation_t::CUBLAS_OP_N };
+    let blas = gpu.blas()?;
+    let stream = gpu.stream();
+    let (pa, _ra) = a.device_ptr(stream);
+    let (pb, _rb) = b.device_ptr(stream);
+    let (pc, _rc) = c.device_ptr_mut(stream);
+    // SAFETY: as in `gemm_raw`; A and B hold bf16 (2-byte) values, C f32.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle(),
+            op(cm.trans_first),
+            op(cm.trans_second),
+            to_i32(cm.m, "n")?,
+            to_i32(cm.n, "m")?,
+            to_i32(cm.k, "k")?,
+            (&alpha) as *const f32 as *const _,
+            pb as *const _,
+            sys::cudaDataType_t::CUDA_R_16BF,
+            to_i32(cm.ld_first, "ld")?,
+            pa as *const _,
+            sys::cudaDataType_t::CUDA_R_16BF,
+            to_i32(cm.ld_second, "ld")?,
+            (&beta) as *const f32 as *const _,
+            pc as *mut _,
+            sys::cudaDataType_t::CUDA_R_32F,
+            to_i32(cm.ldc, "ldc")?,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )?;
+    }
+    Ok(())
+}
+
+/// Row-major `c = alpha op(a) op(b) + beta c` on [`GpuBuf`]s, at the GPU's precision (with
+/// `Bf16`, on the buffers' cached bf16 copies).
 pub fn gemm_f32(g: Gemm, a: &GpuBuf, b: &GpuBuf, c: &mut GpuBuf) -> Result<(), KernelError> {
     let gpu = c.gpu().clone();
     same_gpu("gemm_f32", &gpu, &[a.gpu(), b.gpu()])?;
@@ -169,7 +259,10 @@ pub fn gemm_f32(g: Gemm, a: &GpuBuf, b: &GpuBuf, c: &mut GpuBuf) -> Result<(), K
             m * n
         )));
     }
-    gemm_raw(&gpu, g, a.slice(), b.slice(), c.slice_mut())
+    match gpu.gemm_precision() {
+        GemmPrecision::Bf16 => gemm_bf16_raw(&gpu, g, a.bf16()?, b.bf16()?, c.slice_mut()),
+        _ => gemm_raw(&gpu, g, a.slice(), b.slice(), c.slice_mut()),
+    }
 }
 
 /// Row-major `op(a) op(b)` into a new (m, n) buffer.

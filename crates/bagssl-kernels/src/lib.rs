@@ -28,15 +28,15 @@ use std::sync::{Arc, OnceLock};
 pub use batchnorm::{bn_ema_f32, bn_eval_fwd_f32, bn_train_bwd_f32, bn_train_fwd_f32, BnTrainOut};
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
-    axpy_f32, bias_add_fwd_f32, dot_f32, group_mean_bwd_f32, group_mean_fwd_f32, relu_bwd_f32, relu_fwd_f32, scale_f32,
-    sum_rows_f32,
+    axpy_f32, bias_add_fwd_f32, cast_bf16_f32, dot_f32, group_mean_bwd_f32, group_mean_fwd_f32, relu_bwd_f32,
+    relu_fwd_f32, scale_f32, sum_rows_f32,
 };
 pub use gemm::{gemm_f32, matmul_f32, Gemm, GemmPrecision};
 pub use optim::{adamw_f32, AdamWConfig};
 pub use patch::{
     grid_len, patch_embed_fwd_f32, patch_embed_fwd_f32_into, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, PatchSpec,
 };
-pub use vicreg::{vicreg_fwd_bwd_f32, VicregConfig, VicregOut, VicregScalars};
+pub use vicreg::{vicreg_fwd_bwd_f32, PendingScalars, VicregConfig, VicregOut, VicregScalars};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

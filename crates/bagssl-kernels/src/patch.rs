@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::LaunchConfig;
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice, PushKernelArg};
 
 use crate::device::same_gpu;
 use crate::ffi::{
@@ -94,6 +95,10 @@ impl GpuImages {
 pub struct GpuPatchSpecs {
     gpu: Arc<Gpu>,
     data: CudaSlice<PatchSpec>,
+    /// Page-locked staging copy of the specs: the host -> device copy is then truly
+    /// asynchronous (from pageable memory the driver may wait for the stream), and the next
+    /// `write` waits only for that copy (the buffer's event) before it overwrites the buffer.
+    staging: Option<(PinnedHostSlice<PatchSpec>, CudaEvent)>,
     len: usize,
     /// Largest image index, oy and ox of the current specs.
     max: (u32, u32, u32),
@@ -101,18 +106,36 @@ pub struct GpuPatchSpecs {
 
 impl GpuPatchSpecs {
     pub fn upload(gpu: &Arc<Gpu>, specs: &[PatchSpec]) -> Result<GpuPatchSpecs, KernelError> {
-        let mut s = GpuPatchSpecs { gpu: gpu.clone(), data: gpu.alloc_raw(specs.len())?, len: 0, max: (0, 0, 0) };
+        let data = gpu.alloc_raw(specs.len())?;
+        let mut s = GpuPatchSpecs { gpu: gpu.clone(), data, staging: None, len: 0, max: (0, 0, 0) };
         s.write(specs)?;
         Ok(s)
     }
 
-    /// Replaces the specs, reusing the allocation when it is large enough.
+    /// Replaces the specs, reusing the allocations when they are large enough.
     pub fn write(&mut self, specs: &[PatchSpec]) -> Result<(), KernelError> {
         if specs.len() > self.data.len() {
             self.data = self.gpu.alloc_raw(specs.len())?;
         }
         if !specs.is_empty() {
-            self.gpu.stream().memcpy_htod(specs, &mut self.data)?;
+            if self.staging.as_ref().is_none_or(|(s, _)| s.len() < specs.len()) {
+                if let Some((_, copied)) = self.staging.take() {
+                    copied.synchronize()?; // the old buffer's last copy, before it is freed
+                }
+                let ctx = self.gpu.context();
+                // SAFETY: written below before the copy reads it.
+                let buf = unsafe { ctx.alloc_pinned_with_flags(self.data.len(), 0) }?;
+                self.staging = Some((buf, ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?));
+            }
+            let (staging, copied) =
+                self.staging.as_mut().ok_or_else(|| KernelError::Invalid("no staging buffer".into()))?;
+            // The previous copy out of this buffer must have landed before it is overwritten
+            // (cudarc's own event on the slice is only recorded with event tracking on; it is off).
+            copied.synchronize()?;
+            staging.as_mut_slice()?[..specs.len()].copy_from_slice(specs);
+            // The whole buffer (as long as `data`; a stale tail is never read).
+            self.gpu.stream().memcpy_htod(staging, &mut self.data)?;
+            copied.record(self.gpu.stream())?;
         }
         self.len = specs.len();
         self.max = specs.iter().fold((0, 0, 0), |m, s| (m.0.max(s.image), m.1.max(s.oy), m.2.max(s.ox)));
@@ -123,6 +146,14 @@ impl GpuPatchSpecs {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+impl Drop for GpuPatchSpecs {
+    fn drop(&mut self) {
+        if let Some((_, copied)) = &self.staging {
+            let _ = copied.synchronize(); // no DMA may read the page-locked buffer once it is freed
+        }
     }
 }
 

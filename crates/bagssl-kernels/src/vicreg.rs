@@ -2,8 +2,10 @@
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
+use crate::device::PinnedScalars;
+use crate::elementwise::cast_bf16_raw;
 use crate::ffi::BagsslVicregParams;
-use crate::gemm::{gemm_raw, Gemm};
+use crate::gemm::{gemm_bf16_raw, gemm_raw, Gemm, GemmPrecision};
 use crate::launch::{cfg_1d, cfg_blocks, check_len, partial_blocks, u32_of};
 use crate::{GpuBuf, KernelError};
 
@@ -31,9 +33,12 @@ pub struct VicregScalars {
     pub covariance: f64,
 }
 
-/// Result of [`vicreg_fwd_bwd_f32`]: dL/dz, and the scalars still on the device.
+/// Result of [`vicreg_fwd_bwd_f32`]: dL/dz, the weighted loss as one f32 on the device, and the
+/// scalars still on the device.
 pub struct VicregOut {
     pub dz: GpuBuf,
+    /// The weighted loss, 1 f32 (a tape's scalar loss tensor without a host round trip).
+    pub loss: GpuBuf,
     /// [loss, invariance, variance, covariance] in f64, on the device.
     pub scalars: CudaSlice<f64>,
 }
@@ -41,7 +46,24 @@ pub struct VicregOut {
 impl VicregOut {
     /// Copies the four scalars (32 bytes) to the host; waits for the stream.
     pub fn scalars(&self) -> Result<VicregScalars, KernelError> {
-        let v = self.dz.gpu().download_raw(&self.scalars, 4)?;
+        self.scalars_async()?.wait()
+    }
+
+    /// Queues the copy of the four scalars to the host and returns at once: launch more work,
+    /// then [`PendingScalars::wait`] blocks only until the copy has landed.
+    pub fn scalars_async(&self) -> Result<PendingScalars, KernelError> {
+        Ok(PendingScalars(self.dz.gpu().read_scalars_async(&self.scalars)?))
+    }
+}
+
+/// The loss scalars on their way to the host (page-locked memory, an event).
+#[derive(Debug)]
+pub struct PendingScalars(PinnedScalars);
+
+impl PendingScalars {
+    /// Waits for the copy (not for the work queued after it) and returns the scalars.
+    pub fn wait(&self) -> Result<VicregScalars, KernelError> {
+        let v = self.0.wait()?;
         Ok(VicregScalars { loss: v[0], invariance: v[1], variance: v[2], covariance: v[3] })
     }
 }
@@ -91,6 +113,7 @@ pub fn vicreg_fwd_bwd_f32(
     let mut cov_partial = gpu.alloc_raw::<f64>(cov_blocks)?;
     let mut var_partial = gpu.alloc_raw::<f64>(cov_blocks)?;
     let mut scalars = gpu.alloc_raw::<f64>(4)?;
+    let mut loss = gpu.uninit(1)?;
     let mut dz = gpu.uninit(n_rows * dim)?;
 
     // SAFETY (all launches): every buffer was allocated above with the length its kernel
@@ -107,10 +130,17 @@ pub fn vicreg_fwd_bwd_f32(
     b.arg(z.slice()).arg(&mu).arg(&mut zc).arg(&prm);
     unsafe { b.launch(cfg_1d(n_rows * dim)) }?;
 
-    // C = Zc^T Zc / (N - 1)
+    // C = Zc^T Zc / (N - 1); with bf16 GEMMs Zc's bf16 copy serves both products.
+    let zc16 = match gpu.gemm_precision() {
+        GemmPrecision::Bf16 => Some(cast_bf16_raw(gpu, &zc, n_rows * dim)?),
+        _ => None,
+    };
     let g =
         Gemm { m: dim, n: dim, k: n_rows, trans_a: true, trans_b: false, alpha: 1.0 / (n_rows - 1) as f32, beta: 0.0 };
-    gemm_raw(gpu, g, &zc, &zc, &mut c)?;
+    match &zc16 {
+        Some(z16) => gemm_bf16_raw(gpu, g, z16, z16, &mut c)?,
+        None => gemm_raw(gpu, g, &zc, &zc, &mut c)?,
+    }
 
     let mut b = s.launch_builder(gpu.function("vicreg_cov_terms_f32")?);
     b.arg(&mut c).arg(&mut vcoef).arg(&mut cov_partial).arg(&mut var_partial).arg(&prm);
@@ -123,12 +153,16 @@ pub fn vicreg_fwd_bwd_f32(
     // dz += 4 nu / (D (N - 1)) Zc Coff
     let alpha = (4.0 * f64::from(w.covariance) / (dim as f64 * (n_rows - 1) as f64)) as f32;
     let g = Gemm { m: n_rows, n: dim, k: dim, trans_a: false, trans_b: false, alpha, beta: 1.0 };
-    gemm_raw(gpu, g, &zc, &c, dz.slice_mut())?;
+    match &zc16 {
+        Some(z16) => gemm_bf16_raw(gpu, g, z16, &cast_bf16_raw(gpu, &c, dim * dim)?, dz.slice_mut())?,
+        None => gemm_raw(gpu, g, &zc, &c, dz.slice_mut())?,
+    }
 
     let (ni, nc) = (inv_blocks as u32, cov_blocks as u32);
     let mut b = s.launch_builder(gpu.function("vicreg_finalize_f32")?);
-    b.arg(&inv_partial).arg(&ni).arg(&cov_partial).arg(&var_partial).arg(&nc).arg(&mut scalars).arg(&prm);
+    b.arg(&inv_partial).arg(&ni).arg(&cov_partial).arg(&var_partial).arg(&nc).arg(&mut scalars);
+    b.arg(loss.slice_mut()).arg(&prm);
     unsafe { b.launch(cfg_blocks(1)) }?;
 
-    Ok(VicregOut { dz, scalars })
+    Ok(VicregOut { dz, loss, scalars })
 }

@@ -207,10 +207,9 @@ impl Trainer {
         let (parts, grads, batch_stats) = {
             let mut tape = Tape::new();
             let fw = self.model.forward_train(&mut tape, x, false)?;
-            let (loss, parts) = tape.bag_vicreg(fw.z, c.per_image, c.loss.vicreg())?;
-            if !parts.loss.is_finite() {
-                return Err(ModelError::NonFiniteLoss { step: number });
-            }
+            // On a GPU the loss terms travel to the host while the backward pass is queued and
+            // runs; the step waits for them (not for the backward) before it updates anything.
+            let (loss, pending) = tape.bag_vicreg_async(fw.z, c.per_image, c.loss.vicreg())?;
             let batch_stats = fw.batch_stats(&tape)?;
             let mut g = tape.backward(loss)?;
             let grads = fw
@@ -219,6 +218,10 @@ impl Trainer {
                 .zip(self.model.params())
                 .map(|(&v, p)| g.take(v).ok_or_else(|| ModelError::Internal(format!("no gradient for `{}`", p.name))))
                 .collect::<Result<Vec<_>>>()?;
+            let parts = pending.wait()?;
+            if !parts.loss.is_finite() {
+                return Err(ModelError::NonFiniteLoss { step: number });
+            }
             (parts, grads, batch_stats)
         };
 

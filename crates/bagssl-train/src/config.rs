@@ -15,6 +15,9 @@ pub struct Config {
     pub seed: u64,
     /// `cpu` or `cuda`.
     pub device: String,
+    /// Math of the GEMMs on a GPU: `bf16` (operands rounded to bf16, f32 accumulation, like
+    /// PyTorch's bf16 autocast), `tf32` or `f32`. The CPU always computes in f32.
+    pub gpu_precision: String,
     pub data: DataConfig,
     pub patches: PatchConfig,
     pub model: ModelSection,
@@ -99,6 +102,7 @@ impl Default for Config {
         Config {
             seed: 0,
             device: "cpu".into(),
+            gpu_precision: "bf16".into(),
             data: DataConfig::default(),
             patches: PatchConfig::default(),
             model: ModelSection::default(),
@@ -225,6 +229,9 @@ impl Config {
         }
         if !matches!(self.device.as_str(), "cpu" | "cuda") {
             bail!("config key `device` must be \"cpu\" or \"cuda\" (got {:?})", self.device);
+        }
+        if bagssl_kernels::GemmPrecision::parse(&self.gpu_precision).is_none() {
+            bail!("config key `gpu_precision` must be \"bf16\", \"tf32\" or \"f32\" (got {:?})", self.gpu_precision);
         }
         if !matches!(self.train.optimizer.as_str(), "adamw" | "lars") {
             bail!("config key `train.optimizer` must be \"adamw\" or \"lars\" (got {:?})", self.train.optimizer);
@@ -407,6 +414,7 @@ mod tests {
             ("train.batch_images=0", "train.batch_images"),
             ("train.lr=-1", "train.lr"),
             ("device=tpu", "device"),
+            ("gpu_precision=fp8", "gpu_precision"),
             ("train.optimizer=sgd", "train.optimizer"),
             ("data.val_fraction=1.5", "data.val_fraction"),
             ("patches.size=40", "patches.size"),

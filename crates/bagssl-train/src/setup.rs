@@ -46,12 +46,16 @@ pub fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-/// `cpu`, or the first CUDA GPU with a clear error when there is none.
-pub fn resolve_device(name: &str) -> Result<Device> {
+/// `cpu`, or the first CUDA GPU (GEMMs at `gpu_precision`) with a clear error when there is none.
+pub fn resolve_device(name: &str, gpu_precision: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => {
+            let precision = bagssl_kernels::GemmPrecision::parse(gpu_precision).ok_or_else(|| {
+                anyhow::anyhow!("config key `gpu_precision` must be bf16, tf32 or f32 (got {gpu_precision:?})")
+            })?;
             let gpu = bagssl_kernels::Gpu::new(0).context("--device cuda: no usable CUDA GPU")?;
+            gpu.set_gemm_precision(precision);
             Ok(Device::Cuda(gpu))
         }
         other => bail!("unknown device {other:?}: expected cpu or cuda"),

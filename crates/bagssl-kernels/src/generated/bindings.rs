@@ -4,7 +4,10 @@
 // Source: kernels/include/*.h, the #[repr(C)] parameter structs shared with the kernels.
 
 pub const BAGSSL_COL_TILE: u32 = 32;
-pub const BAGSSL_COL_ROWS: u32 = 16;
+pub const BAGSSL_COL_LANES: u32 = 8;
+pub const BAGSSL_COL_RPT: u32 = 4;
+pub const BAGSSL_COL_PASS: u32 = 32;
+pub const BAGSSL_COL_MAX_TILES: u32 = 16384;
 pub const BAGSSL_PATCH_FLIP: u32 = 1;
 pub const BAGSSL_PATCH_JITTER: u32 = 2;
 pub const BAGSSL_PATCH_GRAY: u32 = 4;

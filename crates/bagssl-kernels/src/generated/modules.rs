@@ -18,7 +18,7 @@ pub(crate) const MODULES: &[KernelModule] = &[
         family: "elementwise",
         ptx: include_str!("elementwise.ptx"),
         cubin: include_bytes!("elementwise.sm_90a.cubin"),
-        kernels: &["axpy_f32", "bias_add_fwd_f32", "dot_partial_f32", "group_mean_bwd_f32", "group_mean_fwd_f32", "relu_bwd_f32", "relu_fwd_f32", "scale_f32", "sum_f64", "sum_rows_f32"],
+        kernels: &["axpy_f32", "bias_add_fwd_f32", "cast_bf16_f32", "dot_partial_f32", "group_mean_bwd_f32", "group_mean_fwd_f32", "relu_bwd_f32", "relu_fwd_f32", "scale_f32", "sum_f64", "sum_rows_f32"],
     },
     KernelModule {
         family: "optim",

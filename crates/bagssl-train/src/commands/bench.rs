@@ -17,7 +17,7 @@ const REFERENCE: &str = include_str!("../../../../configs/reference.toml");
 pub fn run(args: BenchArgs) -> Result<()> {
     let preset = ["data.synthetic_images=50000", "data.synthetic_size=32", "device=\"cpu\""];
     let cfg = setup::resolve_config_or(&args.cfg, REFERENCE, "configs/reference.toml (embedded)", &preset)?;
-    let device = setup::resolve_device(&cfg.device)?;
+    let device = setup::resolve_device(&cfg.device, &cfg.gpu_precision)?;
     let data = setup::load_datasets(&cfg, false)?;
     let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;
     // The schedule must not reach zero inside the benchmark.
@@ -28,12 +28,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for _ in 0..args.warmup {
         trainer.step(&data.train)?;
     }
-    let mut times = Vec::with_capacity(args.steps);
-    for _ in 0..args.steps.max(1) {
+    // Steps run back to back as in training (a GPU step does not wait for its predecessor), timed
+    // in chunks of CHUNK with the device drained at each end: ms/step is the median chunk mean.
+    const CHUNK: usize = 10;
+    let steps = args.steps.max(1);
+    let mut times = Vec::with_capacity(steps.div_ceil(CHUNK));
+    gpu_free_bytes(&device)?;
+    let mut done = 0;
+    while done < steps {
+        let k = CHUNK.min(steps - done);
         let t = Instant::now();
-        trainer.step(&data.train)?;
-        gpu_free_bytes(&device)?; // waits for the GPU, so the time is the step's, not its launch's
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        for _ in 0..k {
+            trainer.step(&data.train)?;
+        }
+        gpu_free_bytes(&device)?; // waits for the GPU, so the time is the steps', not their launch's
+        times.push(t.elapsed().as_secs_f64() * 1e3 / k as f64);
+        done += k;
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
@@ -73,17 +83,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     println!(
-        "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {}",
+        "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {}{}",
         cfg.patches.size,
         cfg.patches.per_image,
         cfg.train.batch_images,
         cfg.model.hidden,
         cfg.model.proj,
         cfg.model.layers,
-        device_label(&device)
+        device_label(&device),
+        match device {
+            bagssl_autograd::Device::Cuda(_) => format!(" | {} GEMMs", cfg.gpu_precision),
+            bagssl_autograd::Device::Cpu => String::new(),
+        }
     );
     println!(
-        "train step: {ms:.2} ms median of {} (min {:.2}, max {:.2}) | {:.0} patches/s | {gflops:.1} GFLOP/s ({:.2} GFLOP/step)",
+        "train step: {ms:.3} ms (median of {} means of {CHUNK} steps, min {:.3}, max {:.3}) | {:.0} patches/s | {gflops:.1} GFLOP/s ({:.2} GFLOP/step)",
         times.len(),
         times[0],
         times[times.len() - 1],
@@ -112,7 +126,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "peak_rss_mib": peak,
             "gpu_memory_mib": gpu_mib,
             "device": device_label(&device),
-            "steps": times.len(),
+            "steps": steps,
+            "gpu_precision": if matches!(device, bagssl_autograd::Device::Cuda(_)) { cfg.gpu_precision.as_str() } else { "f32" },
             "config": {
                 "patch": cfg.patches.size, "per_image": cfg.patches.per_image,
                 "batch_images": cfg.train.batch_images, "hidden": cfg.model.hidden,
