@@ -35,8 +35,10 @@ if [ ! -x "$BIN" ]; then cargo build --release -p bagssl-train; fi
 
 echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2
 echo "# bagssl: $BIN bench --device $DEVICE --config $CONFIG --steps $STEPS" >&2
+# EXTRA_SETS: more bench arguments, e.g. "--set gpu_precision=tf32".
+# shellcheck disable=SC2086
 ours=$("$BIN" bench --device "$DEVICE" --config "$CONFIG" --steps "$STEPS" --eval-images "$EVAL_IMAGES" \
-  --set eval.batch_images=$EVAL_BATCH | tail -n 1)
+  --set eval.batch_images=$EVAL_BATCH ${EXTRA_SETS:-} | tail -n 1)
 echo "# pytorch: $REF --bench-steps $STEPS (same shapes)" >&2
 theirs=$(BAGSSL_CACHE="$CACHE/torch-data" PYTHONUNBUFFERED=1 python3 benchmarks/torch_bench.py --reference "$REF" \
   --data "$DATA" --patch $P --n-patches $N --batch $B --hidden $H --proj $Z --layers $L --steps "$STEPS" \

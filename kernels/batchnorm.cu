@@ -27,6 +27,12 @@
 //      Elementwise kernels: per-thread column parameters in registers, a 32-bit column index, one
 //      64-bit row offset per row, 4 rows' loads in flight, the rows of the training kernels walked
 //      last-first (the reduction before them read those last: L2 hits).
+//   3: bn_apply_fwd_f32 and bn_bwd_apply_f32 take an optional (null: none) bf16 output y16 / dx16
+//      and store bf16_bits of every f32 they store (4 x bf16 in one 8-byte store on the float4
+//      path): the bf16 GEMM operand copy (GpuBuf::bf16, installed by the launcher when the GEMMs
+//      run in bf16; BAGSSL_BN_BF16=0 turns it off) without cast_bf16_f32 re-reading the output:
+//      +2 B written per element (16.8 MB at 4096 x 2048), -6 B of the cast kernel. Separate
+//      template instances with and without the copy: the f32 results and the f32-only path are v2's.
 //
 // Napkin math (4096 x 2048 f32, one matrix = 33.5 MB; H200 copy 4148 GB/s, HBM3e 4.8 TB/s peak):
 //   forward: stats read x (33.5 MB) + apply read x, write y (67 MB) = 100 MB, of which the second
@@ -208,10 +214,28 @@ extern "C" __global__ void bn_stats_fwd_f32(const float* __restrict__ x, float* 
 }
 
 // ---------------------------------------------------------------------------------------------
+// The bf16 copy (bf16_bits, exactly what cast_bf16_f32 writes) of the V values store_cols<V> stored
+// at the same element offset: one 8-byte store of 4 x bf16 for V = 4 (p 8-byte aligned: the offset
+// is a multiple of 4 and the copy starts an allocation), a 2-byte store for V = 1.
 template <int V>
+__device__ __forceinline__ void store_cols_bf16(uint16_t* p, const float (&v)[V]);
+template <>
+__device__ __forceinline__ void store_cols_bf16<1>(uint16_t* p, const float (&v)[1]) {
+    *p = (uint16_t)bf16_bits(v[0]);
+}
+template <>
+__device__ __forceinline__ void store_cols_bf16<4>(uint16_t* p, const float (&v)[4]) {
+    uint2 t;
+    t.x = bf16_bits(v[0]) | (bf16_bits(v[1]) << 16);
+    t.y = bf16_bits(v[2]) | (bf16_bits(v[3]) << 16);
+    *reinterpret_cast<uint2*>(p) = t;
+}
+
+// W16: also write the bf16 copy y16 (a separate instance, so the f32-only one is v2's code).
+template <int V, bool W16>
 __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ invstd,
                          const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ y,
-                         const BagsslBnParams& prm, uint32_t chunk_rows) {
+                         uint16_t* __restrict__ y16, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     if (!s.ok) return;
     float m[V], is[V], g[V], b[V];
@@ -230,18 +254,28 @@ __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ 
                 if (prm.relu && v[k][c] < 0.0f) v[k][c] = 0.0f;  // NaN propagates, as in PyTorch
             }
             store_cols<V>(y + o, v[k]);
+            if (W16) store_cols_bf16<V>(y16 + o, v[k]);
         });
 }
 
 // y = (x - mean) * invstd * gamma + beta, then ReLU when prm.relu. Grid: `ColGrid`, as bn_stats_fwd_f32.
+// y16: null, or rows * cols bf16 (as bit patterns) that get bf16_bits of every y: the bf16 GEMM
+// operand copy of y (GpuBuf::bf16), without a cast kernel re-reading y.
 extern "C" __global__ void bn_apply_fwd_f32(const float* __restrict__ x, const float* __restrict__ mean,
                                             const float* __restrict__ invstd, const float* __restrict__ gamma,
                                             const float* __restrict__ beta, float* __restrict__ y,
-                                            BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0)
-        bn_apply<4>(x, mean, invstd, gamma, beta, y, prm, chunk_rows);
-    else
-        bn_apply<1>(x, mean, invstd, gamma, beta, y, prm, chunk_rows);
+                                            uint16_t* __restrict__ y16, BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0) {
+        if (y16)
+            bn_apply<4, true>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+        else
+            bn_apply<4, false>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+    } else {
+        if (y16)
+            bn_apply<1, true>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+        else
+            bn_apply<1, false>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,12 +336,13 @@ extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ dy, const
         bn_bwd_reduce<1>(dy, x, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
 }
 
-template <int V>
+// W16: also write the bf16 copy dx16 (as bn_apply).
+template <int V, bool W16>
 __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
                              const float* __restrict__ mean, const float* __restrict__ invstd,
                              const float* __restrict__ gamma, const float* __restrict__ dgamma,
-                             const float* __restrict__ dbeta, float* __restrict__ dx, const BagsslBnParams& prm,
-                             uint32_t chunk_rows) {
+                             const float* __restrict__ dbeta, float* __restrict__ dx, uint16_t* __restrict__ dx16,
+                             const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     if (!s.ok) return;
     const float rows = (float)prm.rows;
@@ -334,19 +369,29 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
                 v[k][c] = a[c] * (rows * g[k][c] - db[c] - xhat * dg[c]);
             }
             store_cols<V>(dx + o, v[k]);
+            if (W16) store_cols_bf16<V>(dx16 + o, v[k]);
         });
 }
 
 // dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma). Grid: `ColGrid`, as bn_bwd_reduce_f32.
+// dx16: null, or rows * cols bf16 that get bf16_bits of every dx (its GEMM operand copy, as y16).
 extern "C" __global__ void bn_bwd_apply_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                             const float* __restrict__ y, const float* __restrict__ mean,
                                             const float* __restrict__ invstd, const float* __restrict__ gamma,
                                             const float* __restrict__ dgamma, const float* __restrict__ dbeta,
-                                            float* __restrict__ dx, BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0)
-        bn_bwd_apply<4>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, prm, chunk_rows);
-    else
-        bn_bwd_apply<1>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, prm, chunk_rows);
+                                            float* __restrict__ dx, uint16_t* __restrict__ dx16, BagsslBnParams prm,
+                                            uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0) {
+        if (dx16)
+            bn_bwd_apply<4, true>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+        else
+            bn_bwd_apply<4, false>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+    } else {
+        if (dx16)
+            bn_bwd_apply<1, true>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+        else
+            bn_bwd_apply<1, false>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 // Build: cargo xtask build-kernels
 // CPU reference: crates/bagssl-autograd/src/cpu.rs (vicreg_fwd_bwd); golden: shared/golden/vicreg_bag.json
 // parity: crates/bagssl-autograd/tests/cuda_parity.rs (N = 4096, D = 2048 among others)
+// Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
 //   gm[b]  = mean of image b's rows                      I  = mean over b,i,d of (z - gm[b])^2
 //   mu     = column means, Zc = z - mu                   C  = Zc^T Zc / (N - 1)     (cuBLAS)
@@ -16,105 +17,343 @@
 //          + 4 nu / (D (N-1)) Zc Coff                                      (covariance, cuBLAS, beta = 1)
 // (the centering's own gradient vanishes: every term above already has zero column means.)
 //
-// Launch order (crates/bagssl-kernels/src/vicreg.rs): vicreg_group_stats_f32 -> vicreg_colmean_f32
-// -> vicreg_center_f32 -> GEMM C -> vicreg_cov_terms_f32 (makes Coff in place) ->
-// vicreg_grad_init_f32 -> GEMM dz += Zc Coff -> vicreg_finalize_f32.
+// Launch order (crates/bagssl-kernels/src/vicreg.rs): vicreg_group_stats_f32 (gm, mu, I partials)
+// -> vicreg_center_f32 (Zc f32, or its bf16 copy when the GEMMs are bf16) -> GEMM C ->
+// vicreg_cov_terms_f32 (Coff in place, its bf16 copy when bf16) -> vicreg_grad_init_f32 ->
+// GEMM dz += Zc Coff -> vicreg_finalize_f32.
 //
 // Versions:
 //   1: the two D x D x N products on cuBLAS (TF32 tensor cores or full f32, see Gpu::gemm_precision),
 //      the rest as fused memory-bound kernels with per-block f64 partials (deterministic, no atomics).
+//      With bf16 GEMMs, two more passes cast Zc and Coff (cast_bf16_f32). H200, 4096 x 2048, bf16:
+//      0.375 ms, of which ~0.1 ms GEMMs and ~0.17-0.2 ms the memory-bound kernels around them.
+//   2: every kernel but the finalize on the 2-D column-tile grid of common.cuh (float4 columns when
+//      D % 4 == 0, 32-bit column index, one 64-bit row offset per row; no 64-bit `/` or `%` per
+//      element). vicreg_group_stats_f32 keeps a group's rows (<= 16) in registers for the exact
+//      two-pass (z - gm)^2, and also sums gm per column chunk; the last block of each column tile
+//      adds the chunks in f64 (fixed order, as sum_rows_f32) and writes mu: vicreg_colmean_f32 is
+//      gone. vicreg_center_f32 writes Zc in f32 (TF32/F32 GEMMs) or only its bf16 copy (bf16
+//      GEMMs: nothing reads the f32 Zc then), vicreg_cov_terms_f32 writes Coff's bf16 copy in the
+//      same pass: both casts are gone. vicreg_grad_init_f32 recomputes Zc = z - mu (same bits) and
+//      no longer reads Zc. Loss partials: f64 per block, f32 only within <= 16 rows of a group.
 //
-// Napkin math (N = 4096, D = 2048): each GEMM is 2*N*D^2 = 34 GFLOP, ~0.1 ms each in TF32 on an
-// H100/H200 (~400 TFLOP/s sustained), ~0.7 ms each in plain f32; the fused kernels move z (32 MB)
-// ~5 times and C (16 MB) twice, ~0.07 ms. The GEMMs bound it.
+// Napkin math (N = 4096, D = 2048; an N x D f32 matrix is 33.5 MB, bf16 16.8 MB; C 16.8 MB; copy
+// rate ~4.1 TB/s): each GEMM is 2*N*D^2 = 34 GFLOP, ~0.05 ms each in bf16, ~0.1 ms in TF32, ~0.7 ms
+// in plain f32.
+//   v1 (bf16): group_stats R z 33.5 | center R z, W Zc 67 | cast R Zc, W Zc16 50 | grad_init R z, Zc,
+//      W dz 100.5 = 251 MB over N x D, + C: cov_terms R 16.8, cast R 16.8 W 8.4 = 42 MB: ~293 MB, 71 us.
+//   v2 (bf16): group_stats R z 33.5 (+ gm 2 MB) | center R z, W Zc16 50 | grad_init R z, W dz 67
+//      (+ gm from L2) = 151 MB, + C: cov_terms R 16.8, W Coff16 8.4 = 25 MB: ~176 MB, ~43 us at the
+//      copy rate. TF32/F32: center writes Zc in f32 (+16.8 MB): ~193 MB. 5 kernels instead of 8.
 
 #include "common.cuh"
 
-// gm[b, d] = mean_i z[b*n + i, d]; partial[blockIdx.x] = sum over this block's (b, d) of
-// sum_i (z[b*n+i, d] - gm[b, d])^2. Grid-stride over n_groups * dim.
-extern "C" __global__ void vicreg_group_stats_f32(const float* __restrict__ z, float* __restrict__ gm,
-                                                  double* __restrict__ partial, BagsslVicregParams prm) {
-    const size_t total = (size_t)prm.n_groups * prm.dim;
-    const uint32_t n = prm.n_per_image;
-    float acc = 0.0f;
-    for (size_t i = global_thread(); i < total; i += grid_threads()) {
-        const size_t b = i / prm.dim, d = i % prm.dim;
-        const float* src = z + b * n * prm.dim + d;
-        float s = 0.0f;
-        for (uint32_t k = 0; k < n; ++k) s += src[(size_t)k * prm.dim];
-        const float g = s / (float)n;
-        gm[i] = g;
-        for (uint32_t k = 0; k < n; ++k) {
-            const float e = src[(size_t)k * prm.dim] - g;
-            acc += e * e;
+// Arrival counters of the column-mean reduction of vicreg_group_stats_f32 (see last_chunk_block).
+__device__ unsigned int vicreg_tile_arrivals[BAGSSL_COL_MAX_TILES];
+
+// Rows of a group that vicreg_group_stats_f32 keeps in registers (loads in flight per thread); a
+// group of more rows is read in batches of this many, twice (the second time mostly from L1/L2).
+#define VICREG_GROUP_BATCH 16u
+
+// V bf16 bit patterns at p (one 8-byte store when V = 4: p is then 8-byte aligned, see common.cuh).
+template <int V>
+__device__ __forceinline__ void vicreg_store_bf16(uint16_t* p, const float (&v)[V]);
+template <>
+__device__ __forceinline__ void vicreg_store_bf16<1>(uint16_t* p, const float (&v)[1]) {
+    *p = (uint16_t)bf16_bits(v[0]);
+}
+template <>
+__device__ __forceinline__ void vicreg_store_bf16<4>(uint16_t* p, const float (&v)[4]) {
+    uint2 o;
+    o.x = bf16_bits(v[0]) | (bf16_bits(v[1]) << 16);
+    o.y = bf16_bits(v[2]) | (bf16_bits(v[3]) << 16);
+    *reinterpret_cast<uint2*>(p) = o;
+}
+
+// Sum of v over the whole (BAGSSL_COL_TILE x BAGSSL_COL_LANES) block in a fixed order: the lane tree
+// of lane_sum, then the 32 columns of warp 0 (a warp is one row lane: blockDim.x = 32). Every thread
+// gets the total; every thread of the block must call it.
+__device__ __forceinline__ double vicreg_block_total(double v) {
+    double t[1][1] = {{v}};
+    lane_sum(t);
+    return warp_sum(t[0][0]);
+}
+
+// lane_rows_batched of common.cuh with the row index: load(r, o, k) / store(r, o, k), o = r * cols + c0.
+template <typename Load, typename Store>
+__device__ __forceinline__ void vicreg_rows_batched(const ColSpan& s, uint32_t cols, bool last_first, Load load,
+                                                    Store store) {
+    const uint32_t n = lane_rows(s), n_batches = (n + BAGSSL_COL_RPT - 1) / BAGSSL_COL_RPT;
+    for (uint32_t i = 0; i < n_batches; ++i) {
+        const uint32_t k0 = (last_first ? n_batches - 1 - i : i) * BAGSSL_COL_RPT;
+#pragma unroll
+        for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k) {
+            const uint32_t kk = k0 + k < n ? k0 + k : n - 1;
+            const uint32_t r = s.r0 + threadIdx.y + kk * BAGSSL_COL_LANES;
+            load(r, (size_t)r * cols + s.c0, k);
         }
-    }
-    const double t = block_sum((double)acc);
-    if (threadIdx.x == 0) partial[blockIdx.x] = t;
-}
-
-// mu[d] = mean_b gm[b, d] (the column mean: every group has n rows). Grid-stride over dim.
-extern "C" __global__ void vicreg_colmean_f32(const float* __restrict__ gm, float* __restrict__ mu,
-                                              BagsslVicregParams prm) {
-    for (size_t d = global_thread(); d < prm.dim; d += grid_threads()) {
-        float s = 0.0f;
-        for (uint32_t b = 0; b < prm.n_groups; ++b) s += gm[(size_t)b * prm.dim + d];
-        mu[d] = s / (float)prm.n_groups;
-    }
-}
-
-// zc = z - mu (broadcast over rows).
-extern "C" __global__ void vicreg_center_f32(const float* __restrict__ z, const float* __restrict__ mu,
-                                             float* __restrict__ zc, BagsslVicregParams prm) {
-    const size_t total = (size_t)prm.n_rows * prm.dim;
-    for (size_t i = global_thread(); i < total; i += grid_threads()) zc[i] = z[i] - mu[i % prm.dim];
-}
-
-// On C (dim x dim, already divided by N - 1): zeroes the diagonal in place (C becomes Coff),
-// vcoef[d] = -mu / (D (N-1)) [s_d < 1] / s_d, and per-block f64 partials of sum(Coff^2) and
-// sum_d relu(1 - s_d). Grid-stride over dim * dim.
-extern "C" __global__ void vicreg_cov_terms_f32(float* __restrict__ c, float* __restrict__ vcoef,
-                                                double* __restrict__ cov_partial, double* __restrict__ var_partial,
-                                                BagsslVicregParams prm) {
-    const size_t total = (size_t)prm.dim * prm.dim;
-    const double coef = -(double)prm.variance / ((double)prm.dim * (double)(prm.n_rows - 1));
-    double off = 0.0, hinge = 0.0;
-    for (size_t i = global_thread(); i < total; i += grid_threads()) {
-        const size_t r = i / prm.dim, col = i % prm.dim;
-        const float v = c[i];
-        if (r == col) {
-            const float s = sqrtf(v + prm.eps);
-            const float h = 1.0f - s;
-            if (h > 0.0f) {
-                hinge += (double)h;
-                vcoef[r] = (float)(coef / (double)s);
-            } else {
-                vcoef[r] = 0.0f;
+#pragma unroll
+        for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+            if (k0 + k < n) {
+                const uint32_t r = s.r0 + threadIdx.y + (k0 + k) * BAGSSL_COL_LANES;
+                store(r, (size_t)r * cols + s.c0, k);
             }
-            c[i] = 0.0f;
-        } else {
-            off += (double)v * (double)v;
-        }
-    }
-    off = block_sum(off);
-    hinge = block_sum(hinge);
-    if (threadIdx.x == 0) {
-        cov_partial[blockIdx.x] = off;
-        var_partial[blockIdx.x] = hinge;
     }
 }
 
-// dz = 2 lambda / (N D) (z - gm[row / n]) + vcoef[d] * zc  (the covariance GEMM adds on top).
-extern "C" __global__ void vicreg_grad_init_f32(const float* __restrict__ z, const float* __restrict__ gm,
-                                                const float* __restrict__ zc, const float* __restrict__ vcoef,
-                                                float* __restrict__ dz, BagsslVicregParams prm) {
-    const size_t total = (size_t)prm.n_rows * prm.dim;
-    const float c_inv = (float)(2.0 * (double)prm.invariance / ((double)prm.n_rows * (double)prm.dim));
-    for (size_t i = global_thread(); i < total; i += grid_threads()) {
-        const size_t r = i / prm.dim, d = i % prm.dim;
-        const float g = gm[(r / prm.n_per_image) * prm.dim + d];
-        dz[i] = c_inv * (z[i] - g) + vcoef[d] * zc[i];
+// ---------------------------------------------------------------------------------------------
+// Group statistics on the column grid over the n_groups rows of gm (launch.rs ColGrid tiles,
+// chunk_groups groups per grid.y): thread (tx, ty) reads its V columns of the n rows of each group
+// g = r0 + ty + k * BAGSSL_COL_LANES of its chunk, writes gm[g], adds sum_i (z - gm[g])^2 (f32 per
+// batch of <= VICREG_GROUP_BATCH rows, then f64) to the block's invariance partial, and gm[g] to the
+// column sums of its chunk. The last block of each column tile adds the chunks' column sums in f64
+// (fixed order) and writes mu = sum / n_groups (every group has n rows: the column mean).
+template <int V>
+__device__ void vicreg_group_stats(const float* __restrict__ z, float* __restrict__ gm, float* __restrict__ mu,
+                                   float* __restrict__ col_partial, double* __restrict__ inv_partial,
+                                   const BagsslVicregParams& prm, uint32_t chunk_groups) {
+    const uint32_t cols = prm.dim, n = prm.n_per_image, ty = threadIdx.y;
+    const ColSpan s = col_span<V>(prm.n_groups, cols, chunk_groups);
+    float csum[1][V] = {};
+    double inv = 0.0;
+    if (s.ok)
+        for (uint32_t g = s.r0 + ty; g < s.r1; g += BAGSSL_COL_LANES) {
+            const float* src = z + (size_t)g * n * cols + s.c0;
+            float mean[V], sq[V] = {};
+            if (n <= VICREG_GROUP_BATCH) {
+                // The group's rows stay in registers: all loads in flight, then both passes.
+                float q[VICREG_GROUP_BATCH][V], sum[V] = {};
+                const float* p = src;  // one pointer bump per row: fewer live 64-bit addresses
+#pragma unroll
+                for (uint32_t k = 0; k < VICREG_GROUP_BATCH; ++k) {
+                    if (k < n) load_cols<V>(p, q[k]);
+                    p += cols;
+                }
+#pragma unroll
+                for (uint32_t k = 0; k < VICREG_GROUP_BATCH; ++k)
+                    if (k < n)
+#pragma unroll
+                        for (int c = 0; c < V; ++c) sum[c] += q[k][c];
+#pragma unroll
+                for (int c = 0; c < V; ++c) mean[c] = sum[c] / (float)n;
+#pragma unroll
+                for (uint32_t k = 0; k < VICREG_GROUP_BATCH; ++k)
+                    if (k < n)
+#pragma unroll
+                        for (int c = 0; c < V; ++c) {
+                            const float e = q[k][c] - mean[c];
+                            sq[c] += e * e;
+                        }
+            } else {
+                // Larger groups: two passes over the rows, BAGSSL_COL_RPT loads in flight; the
+                // second reads them again (L1/L2), its f32 sums go to f64 every VICREG_GROUP_BATCH rows.
+                float sum[V] = {};
+                for (uint32_t k0 = 0; k0 < n; k0 += BAGSSL_COL_RPT) {
+                    float q[BAGSSL_COL_RPT][V];
+#pragma unroll
+                    for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+                        if (k0 + k < n) load_cols<V>(src + (size_t)(k0 + k) * cols, q[k]);
+#pragma unroll
+                    for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+                        if (k0 + k < n)
+#pragma unroll
+                            for (int c = 0; c < V; ++c) sum[c] += q[k][c];
+                }
+#pragma unroll
+                for (int c = 0; c < V; ++c) mean[c] = sum[c] / (float)n;
+                for (uint32_t k0 = 0; k0 < n; k0 += BAGSSL_COL_RPT) {
+                    float q[BAGSSL_COL_RPT][V];
+#pragma unroll
+                    for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+                        if (k0 + k < n) load_cols<V>(src + (size_t)(k0 + k) * cols, q[k]);
+#pragma unroll
+                    for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
+                        if (k0 + k < n)
+#pragma unroll
+                            for (int c = 0; c < V; ++c) {
+                                const float e = q[k][c] - mean[c];
+                                sq[c] += e * e;
+                            }
+                    if ((k0 + BAGSSL_COL_RPT) % VICREG_GROUP_BATCH == 0 || k0 + BAGSSL_COL_RPT >= n) {
+#pragma unroll
+                        for (int c = 0; c < V; ++c) {
+                            inv += (double)sq[c];
+                            sq[c] = 0.0f;
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                inv += (double)sq[c];
+                csum[0][c] += mean[c];
+            }
+            store_cols<V>(gm + (size_t)g * cols + s.c0, mean);
+        }
+    lane_sum(csum);
+    if (s.ok && ty == 0) store_cols<V>(col_partial + (size_t)blockIdx.y * cols + s.c0, csum[0]);
+    inv = vicreg_block_total(inv);
+    if (threadIdx.x == 0 && ty == 0) inv_partial[blockIdx.y * gridDim.x + blockIdx.x] = inv;
+    if (!last_chunk_block(vicreg_tile_arrivals)) return;
+    double tot[1][V] = {};
+    if (s.ok)
+#pragma unroll 4
+        for (uint32_t i = ty; i < gridDim.y; i += BAGSSL_COL_LANES) {
+            float v[V];
+            load_cols_cg<V>(col_partial + (size_t)i * cols + s.c0, v);
+#pragma unroll
+            for (int c = 0; c < V; ++c) tot[0][c] += (double)v[c];
+        }
+    lane_sum(tot);
+    if (s.ok && ty == 0) {
+        float m[V];
+#pragma unroll
+        for (int c = 0; c < V; ++c) m[c] = (float)(tot[0][c] / (double)prm.n_groups);
+        store_cols<V>(mu + s.c0, m);
     }
+}
+
+// gm[b, d] = mean_i z[b*n + i, d]; mu[d] = mean_b gm[b, d]; inv_partial[by * gridDim.x + bx] = the
+// block's sum of (z - gm)^2. Grid: (ColGrid tiles over dim, ceil(n_groups / chunk_groups)) blocks of
+// (BAGSSL_COL_TILE, BAGSSL_COL_LANES). col_partial: gridDim.y * dim floats (scratch).
+extern "C" __global__ void vicreg_group_stats_f32(const float* __restrict__ z, float* __restrict__ gm,
+                                                  float* __restrict__ mu, float* __restrict__ col_partial,
+                                                  double* __restrict__ inv_partial, BagsslVicregParams prm,
+                                                  uint32_t chunk_groups) {
+    if (prm.dim % 4 == 0)
+        vicreg_group_stats<4>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups);
+    else
+        vicreg_group_stats<1>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups);
+}
+
+// ---------------------------------------------------------------------------------------------
+template <int V>
+__device__ void vicreg_center(const float* __restrict__ z, const float* __restrict__ mu, float* __restrict__ zc,
+                              uint16_t* __restrict__ zc16, const BagsslVicregParams& prm, uint32_t chunk_rows) {
+    const ColSpan s = col_span<V>(prm.n_rows, prm.dim, chunk_rows);
+    if (!s.ok) return;
+    float m[V];
+    load_cols<V>(mu + s.c0, m);
+    float v[BAGSSL_COL_RPT][V];
+    vicreg_rows_batched(
+        s, prm.dim, true, [&](uint32_t, size_t o, uint32_t k) { load_cols<V>(z + o, v[k]); },
+        [&](uint32_t, size_t o, uint32_t k) {
+#pragma unroll
+            for (int c = 0; c < V; ++c) v[k][c] -= m[c];
+            if (zc) store_cols<V>(zc + o, v[k]);
+            if (zc16) vicreg_store_bf16<V>(zc16 + o, v[k]);
+        });
+}
+
+// Zc = z - mu (broadcast over rows) into zc (f32) and/or zc16 (its bf16 bits, round to nearest
+// even); either may be null (not written). Grid: launch.rs ColGrid over (n_rows, dim).
+extern "C" __global__ void vicreg_center_f32(const float* __restrict__ z, const float* __restrict__ mu,
+                                             float* __restrict__ zc, uint16_t* __restrict__ zc16,
+                                             BagsslVicregParams prm, uint32_t chunk_rows) {
+    if (prm.dim % 4 == 0)
+        vicreg_center<4>(z, mu, zc, zc16, prm, chunk_rows);
+    else
+        vicreg_center<1>(z, mu, zc, zc16, prm, chunk_rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+template <int V>
+__device__ void vicreg_cov_terms(float* __restrict__ c, uint16_t* __restrict__ c16, float* __restrict__ vcoef,
+                                 double* __restrict__ cov_partial, double* __restrict__ var_partial,
+                                 const BagsslVicregParams& prm, uint32_t chunk_rows) {
+    const uint32_t dim = prm.dim;
+    const ColSpan s = col_span<V>(dim, dim, chunk_rows);
+    const double coef = -(double)prm.variance / ((double)dim * (double)(prm.n_rows - 1));
+    double off = 0.0, hinge = 0.0;
+    if (s.ok) {
+        float v[BAGSSL_COL_RPT][V];
+        vicreg_rows_batched(
+            s, dim, false, [&](uint32_t, size_t o, uint32_t k) { load_cols<V>(c + o, v[k]); },
+            [&](uint32_t r, size_t o, uint32_t k) {
+                const uint32_t j = r - s.c0;  // the diagonal's slot among the V columns, if < V
+#pragma unroll
+                for (int cc = 0; cc < V; ++cc) {
+                    const float x = v[k][cc];
+                    if ((uint32_t)cc == j) {
+                        const float sd = sqrtf(x + prm.eps);
+                        const float h = 1.0f - sd;
+                        if (h > 0.0f) {
+                            hinge += (double)h;
+                            vcoef[r] = (float)(coef / (double)sd);
+                        } else {
+                            vcoef[r] = 0.0f;
+                        }
+                        v[k][cc] = 0.0f;
+                    } else {
+                        off += (double)x * (double)x;
+                    }
+                }
+                if (j < (uint32_t)V) store_cols<V>(c + o, v[k]);
+                if (c16) vicreg_store_bf16<V>(c16 + o, v[k]);
+            });
+    }
+    off = vicreg_block_total(off);
+    hinge = vicreg_block_total(hinge);
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        cov_partial[blockIdx.y * gridDim.x + blockIdx.x] = off;
+        var_partial[blockIdx.y * gridDim.x + blockIdx.x] = hinge;
+    }
+}
+
+// On C (dim x dim, already divided by N - 1): zeroes the diagonal in place (C becomes Coff), writes
+// Coff's bf16 bits to c16 unless it is null, vcoef[d] = -mu / (D (N-1)) [s_d < 1] / s_d, and per-block
+// f64 partials of sum(Coff^2) and sum_d relu(1 - s_d) at [by * gridDim.x + bx]. Grid: launch.rs
+// ColGrid over (dim, dim).
+extern "C" __global__ void vicreg_cov_terms_f32(float* __restrict__ c, uint16_t* __restrict__ c16,
+                                                float* __restrict__ vcoef, double* __restrict__ cov_partial,
+                                                double* __restrict__ var_partial, BagsslVicregParams prm,
+                                                uint32_t chunk_rows) {
+    if (prm.dim % 4 == 0)
+        vicreg_cov_terms<4>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows);
+    else
+        vicreg_cov_terms<1>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+template <int V>
+__device__ void vicreg_grad_init(const float* __restrict__ z, const float* __restrict__ gm,
+                                 const float* __restrict__ mu, const float* __restrict__ vcoef, float* __restrict__ dz,
+                                 const BagsslVicregParams& prm, uint32_t chunk_rows) {
+    const uint32_t cols = prm.dim, n = prm.n_per_image;
+    const ColSpan s = col_span<V>(prm.n_rows, cols, chunk_rows);
+    if (!s.ok) return;
+    const float c_inv = (float)(2.0 * (double)prm.invariance / ((double)prm.n_rows * (double)prm.dim));
+    float m[V], vc[V];
+    load_cols<V>(mu + s.c0, m);
+    load_cols<V>(vcoef + s.c0, vc);
+    float v[BAGSSL_COL_RPT][V], g[BAGSSL_COL_RPT][V];
+    vicreg_rows_batched(
+        s, cols, false,
+        [&](uint32_t r, size_t o, uint32_t k) {
+            load_cols<V>(z + o, v[k]);
+            load_cols<V>(gm + (size_t)(r / n) * cols + s.c0, g[k]);
+        },
+        [&](uint32_t, size_t o, uint32_t k) {
+            float d[V];
+#pragma unroll
+            for (int c = 0; c < V; ++c) {
+                const float zc = v[k][c] - m[c];  // the bits vicreg_center_f32 wrote
+                d[c] = c_inv * (v[k][c] - g[k][c]) + vc[c] * zc;
+            }
+            store_cols<V>(dz + o, d);
+        });
+}
+
+// dz = 2 lambda / (N D) (z - gm[row / n]) + vcoef[d] * (z - mu[d])  (the covariance GEMM adds on
+// top); Zc is recomputed from z and mu (one matrix fewer to read). Grid: launch.rs ColGrid over
+// (n_rows, dim).
+extern "C" __global__ void vicreg_grad_init_f32(const float* __restrict__ z, const float* __restrict__ gm,
+                                                const float* __restrict__ mu, const float* __restrict__ vcoef,
+                                                float* __restrict__ dz, BagsslVicregParams prm, uint32_t chunk_rows) {
+    if (prm.dim % 4 == 0)
+        vicreg_grad_init<4>(z, gm, mu, vcoef, dz, prm, chunk_rows);
+    else
+        vicreg_grad_init<1>(z, gm, mu, vcoef, dz, prm, chunk_rows);
 }
 
 // One block: out = [loss, I, V, Cv] in f64 from the partial sums, and the loss in f32 into

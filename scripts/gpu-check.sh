@@ -14,8 +14,10 @@ export BAGSSL_REQUIRE_GPU=1
 . scripts/gpu-env.sh
 export RUST_BACKTRACE=1
 
-if [ ! -s .device/tests.txt ]; then
-  echo "no .device/tests.txt: run \`cargo xtask device-tests\` on the CPU machine and carry .device" >&2
+# BAGSSL_DEVICE_DIR: where bin/ and tests.txt are (default .device; a second build can sit beside).
+DEV=${BAGSSL_DEVICE_DIR:-.device}
+if [ ! -s "$DEV/tests.txt" ]; then
+  echo "no $DEV/tests.txt: run \`cargo xtask device-tests\` on the CPU machine and carry .device" >&2
   exit 2
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -28,7 +30,7 @@ passed=0
 failed=0
 while read -r name; do
   [ -n "$name" ] || continue
-  exe=".device/bin/$name"
+  exe="$DEV/bin/$name"
   start=$(date +%s%N)
   # --nocapture: the OK / NOT OK parity lines and "skipped:" lines show in the log.
   if "$exe" --test-threads=4 --nocapture "$@" >"$out/$name.log" 2>&1; then
@@ -44,10 +46,10 @@ while read -r name; do
   if [ "$status" = FAILED ]; then
     grep -E 'NOT OK|panicked|FAILED|error' "$out/$name.log" | head -n 40
   fi
-done <.device/tests.txt
-if [ -x .device/bin/bench_kernels ] && [ "${BAGSSL_BENCH:-1}" != 0 ]; then
+done <"$DEV/tests.txt"
+if [ -x "$DEV/bin/bench_kernels" ] && [ "${BAGSSL_BENCH:-1}" != 0 ]; then
   echo "== bench_kernels (BAGSSL_BENCH=0 skips)"
-  timeout 300 .device/bin/bench_kernels 2>&1 | tee "$out/bench_kernels.txt"
+  timeout 300 "$DEV/bin/bench_kernels" 2>&1 | tee "$out/bench_kernels.txt"
 fi
 grep -h -E '^(OK|NOT OK) ' "$out"/*.log >"$out/parity.txt" 2>/dev/null
 n_ok=$(grep -c '^OK ' "$out/parity.txt" 2>/dev/null)

@@ -12,7 +12,10 @@
 # 3. benchmarks/compare_torch.sh PRESET=gpu: our step and evaluation beside PyTorch's
 # 4. a 30-epoch CIFAR-10 run of the reference configuration on a held-out 10% (every 10th image
 #    of each class), with evaluation
-# 5./6. the PyTorch reference on the same split, with and without bf16 autocast
+#    (EXTRA_SEEDS="1 2": more seeds of it, trained encoder only)
+# 5./6./7. the PyTorch reference on the same split, with and without bf16 autocast, and its loss
+#    curve (TORCH_CIFAR=0 skips these)
+# 8. scale: wider projector, bigger batch, both; narrower; smaller batch
 #
 # The steps' own limits add up to ~16 minutes, more than one device command may run (600 s), so
 # each is also capped by what is left of BAGSSL_SESSION_BUDGET (default 540 s) and skipped, with a
@@ -41,23 +44,41 @@ log "# gpu-session $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$SUM"
 
 log "## 1. parity tests and kernel bench"
+# Every later step uses $CLI with ${EXTRA[@]}. Fallback ladder, for a build that has never met a
+# GPU: when a parity test fails and a second, earlier build sits in .device/safe (same layout),
+# its tests run too and, if they pass, its binary does the measurements; if they fail as well, the
+# measurements fall back to TF32 GEMMs (a path an earlier session validated). The summary says which.
+EXTRA=()
 if t=$(limit 240); then
   OUT=.device/out timeout "$t" bash scripts/gpu-check.sh 2>&1 | tail -n 60 | tee -a "$SUM"
+  if [ "${PIPESTATUS[0]}" != 0 ] && [ -s .device/safe/tests.txt ]; then
+    log "## 1b. parity FAILED: the earlier build in .device/safe"
+    BAGSSL_DEVICE_DIR=.device/safe BAGSSL_BENCH=0 OUT=.device/out-safe timeout "$(limit 120 || echo 20)" \
+      bash scripts/gpu-check.sh 2>&1 | tail -n 30 | tee -a "$SUM"
+    CLI=.device/safe/bin/bagssl-train
+    if [ "${PIPESTATUS[0]}" != 0 ]; then EXTRA=(--set gpu_precision=tf32); fi
+    log "measuring with $CLI ${EXTRA[*]}"
+  fi
 else skipped "gpu-check"; fi
 
 log "## 2. bagssl-train bench --device cuda (reference config, 300 steps; bf16, then tf32)"
 if t=$(limit 90); then
   timeout "$t" "$CLI" bench --device cuda --steps 300 --warmup 20 --eval-images 10000 --set eval.batch_images=500 \
-    2>&1 | tail -n 6 | tee -a "$SUM"
+    "${EXTRA[@]}" 2>&1 | tail -n 6 | tee -a "$SUM"
 else skipped "bench"; fi
 if t=$(limit 40); then
   timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 --set gpu_precision=tf32 \
     2>&1 | tail -n 1 | tee -a "$SUM"
 else skipped "bench tf32"; fi
+if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
+  log "### without the BatchNorm kernels' bf16 copies (BAGSSL_BN_BF16=0: cast kernels instead)"
+  BAGSSL_BN_BF16=0 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
+    2>&1 | tail -n 1 | tee -a "$SUM"
+fi
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"
   if t=$(limit 120); then
-    PRESET=gpu BIN="$CLI" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data STEPS=200 \
+    PRESET=gpu BIN="$CLI" EXTRA_SETS="${EXTRA[*]}" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data STEPS=200 \
       BAGSSL_CACHE=/tmp/bagssl-cache timeout "$t" bash benchmarks/compare_torch.sh 2>&1 | tail -n 8 | tee -a "$SUM"
   else skipped "compare_torch"; fi
 
@@ -72,12 +93,24 @@ if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/c
   log "## 4. CIFAR-10, reference configuration (bf16 GEMMs), 30 epochs, on the GPU"
   if t=$(limit 120); then
     timeout "$t" "$CLI" train --config configs/reference.toml --data /tmp/split --eval-data /tmp/split \
-      --out /tmp/cifar-run --quiet --set data.cache_dir=/tmp/bagssl-cache --set train.log_every=25 \
+      --out /tmp/cifar-run --quiet --set data.cache_dir=/tmp/bagssl-cache --set train.log_every=25 "${EXTRA[@]}" \
       2>&1 | tail -n 8 | tee -a "$SUM"
     cp /tmp/cifar-run/eval.json "$OUT/cifar_eval.json" 2>/dev/null
     cp /tmp/cifar-run/metrics.jsonl .device/out/cifar_metrics.jsonl 2>/dev/null
   else skipped "CIFAR-10 run"; fi
 
+  for seed in ${EXTRA_SEEDS:-}; do
+    log "## 4b. the same, seed $seed (trained encoder only)"
+    if t=$(limit 60); then
+      timeout "$t" "$CLI" train --config configs/reference.toml --data /tmp/split --eval-data /tmp/split \
+        --out "/tmp/cifar-run-$seed" --quiet --set data.cache_dir=/tmp/bagssl-cache --set seed="$seed" \
+        --set eval.untrained=false "${EXTRA[@]}" 2>&1 | grep -E 'steps in|trained' | tee -a "$SUM"
+    else skipped "CIFAR-10 seed $seed"; fi
+  done
+
+  if [ "${TORCH_CIFAR:-1}" = 0 ]; then
+    log "## 5-7 skipped (TORCH_CIFAR=0)"
+  else
   log "## 5. the PyTorch reference on the same split, 30 epochs, bf16 autocast"
   if t=$(limit 100); then
     PYTHONUNBUFFERED=1 BAGSSL_CACHE=/tmp/torch-split timeout "$t" python3 .device/shared/reference/torch_bagssl.py \
@@ -97,6 +130,7 @@ if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/c
       --warmup-steps 350 --total-steps 5250 --steps 1000 --log-every 25 >.device/out/torch_trace_amp.jsonl 2>&1
     tail -n 2 .device/out/torch_trace_amp.jsonl | tee -a "$SUM"
   else skipped "torch loss curve"; fi
+  fi
 else
   log "## 3-7 skipped: .device/shared lacks the reference or the CIFAR archive (run cargo xtask device-tests)"
 fi
@@ -107,7 +141,7 @@ for scale in "model.proj=8192" "train.batch_images=1024" "model.proj=8192 train.
   sets=(); for kv in $scale; do sets+=(--set "$kv"); done
   log "### scale: $scale"
   if t=$(limit 45); then
-    timeout "$t" "$CLI" bench --device cuda --steps 50 --warmup 5 --eval-images 0 "${sets[@]}" 2>&1 | tail -n 1 | tee -a "$SUM"
+    timeout "$t" "$CLI" bench --device cuda --steps 50 --warmup 5 --eval-images 0 "${sets[@]}" "${EXTRA[@]}" 2>&1 | tail -n 1 | tee -a "$SUM"
   else skipped "bench $scale"; fi
 done
 

@@ -210,6 +210,25 @@ static void elementwise(Rng& r) {
 }
 
 // ------------------------------------------------------------------------------------------
+static uint16_t bf16_ref(float f);
+
+// The bf16 copy a kernel wrote beside its f32 output f: bf16_ref of every element, bit-exact (any
+// NaN for a NaN, as in cast_bf16).
+static void check_bf16_copy(const std::string& name, const vector<uint16_t>& got, const vector<float>& f) {
+    size_t bad = 0, at = 0;
+    for (size_t i = 0; i < f.size(); ++i) {
+        const bool ok = std::isnan(f[i]) ? ((got[i] & 0x7f80) == 0x7f80 && (got[i] & 0x7f)) : got[i] == bf16_ref(f[i]);
+        if (!ok && !bad++) at = i;
+    }
+    bad += got.size() != f.size();
+    std::printf("%s %-44s %zu of %zu differ from round-to-nearest-even\n", bad ? "NOT OK" : "OK    ", name.c_str(), bad,
+                f.size());
+    if (bad) {
+        ++g_failures;
+        if (at < f.size() && at < got.size()) std::printf("       at %zu: f32 %.9g, bf16 0x%04x\n", at, (double)f[at], got[at]);
+    }
+}
+
 // BatchNorm on the grid of launch.rs. `offset` shifts every value (|mean| >> std: a one-pass
 // E[x^2] - E[x]^2 in f32 fails the variance check by orders of magnitude); `outlier` makes x[0, c]
 // of every third column an outlier (the statistics shift by x[0, c]).
@@ -245,8 +264,17 @@ static void batchnorm(Rng& r) {
                         varu.data(), partial.data(), prm, cg.chunk_rows);
             check_arrivals("bn_stats " + tag, bn_tile_arrivals);
             emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
-                        (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), prm,
-                        cg.chunk_rows);
+                        (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(),
+                        (uint16_t*)nullptr, prm, cg.chunk_rows);
+            {  // with the bf16 copy: the same f32 bits, and bf16_bits of each beside them
+                vector<float> y2(n, NAN);
+                vector<uint16_t> y16(n, 0x1234);
+                emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(),
+                            (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
+                            (const float*)beta.data(), y2.data(), y16.data(), prm, cg.chunk_rows);
+                check_same("bn_apply y with y16 " + tag, y2, y);
+                check_bf16_copy("bn_apply y16 " + tag, y16, y);
+            }
             vector<double> rm(cols, 0), rv(cols, 0), ris(cols), rvu(cols), ry(n), xhat(n);
             for (size_t i = 0; i < n; ++i) rm[i % cols] += x[i] / (double)rows;
             for (size_t i = 0; i < n; ++i) rv[i % cols] += (x[i] - rm[i % cols]) * (x[i] - rm[i % cols]);
@@ -272,8 +300,18 @@ static void batchnorm(Rng& r) {
             check_arrivals("bn_bwd_reduce " + tag, bn_tile_arrivals);
             emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
                         (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
-                        (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx.data(), prm,
-                        cg.chunk_rows);
+                        (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx.data(),
+                        (uint16_t*)nullptr, prm, cg.chunk_rows);
+            {  // with the bf16 copy (as bn_apply)
+                vector<float> dx2(n, NAN);
+                vector<uint16_t> dx16(n, 0x1234);
+                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                            (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                            (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx2.data(),
+                            dx16.data(), prm, cg.chunk_rows);
+                check_same("bn_bwd dx with dx16 " + tag, dx2, dx);
+                check_bf16_copy("bn_bwd dx16 " + tag, dx16, dx);
+            }
             vector<double> rdg(cols, 0), rdb(cols, 0), rdx(n);
             auto gof = [&](size_t i) { return (relu && !(y[i] > 0)) ? 0.0 : (double)dy[i]; };
             for (size_t i = 0; i < n; ++i) {
@@ -334,32 +372,44 @@ static void batchnorm(Rng& r) {
 }
 
 // NaN and infinity go where PyTorch puts them: ReLU keeps a NaN (max(NaN, 0) = NaN), the backward
-// mask drops the gradient where y is NaN, a NaN in a column makes its statistics NaN.
+// mask drops the gradient where y is NaN, a NaN in a column makes its statistics NaN. The bf16
+// copies keep the NaNs (float4 columns at cols = 8, scalar at 7).
 static void batchnorm_nan() {
-    const size_t rows = 70, cols = 8;
-    const ColGrid cg(rows, cols);
-    vector<float> x(rows * cols), gamma(cols, 1), beta(cols, 0), dy(rows * cols, 1);
-    for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 37) % 11) - 5;
-    x[5 * cols + 2] = NAN;
-    BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, 1e-5f, 1};
-    vector<float> mean(cols), invstd(cols), varu(cols), y(x.size()), dg(cols), db(cols), dx(x.size()), partial(3 * cg.chunks * cols);
-    emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean.data(), invstd.data(), varu.data(),
-                partial.data(), prm, cg.chunk_rows);
-    emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
-                (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), prm, cg.chunk_rows);
-    bool ok = std::isnan(mean[2]) && std::isnan(invstd[2]) && !std::isnan(mean[1]) && !std::isnan(invstd[3]);
-    for (size_t rr = 0; rr < rows; ++rr) ok = ok && std::isnan(y[rr * cols + 2]) && !std::isnan(y[rr * cols + 1]);
-    // Backward: a NaN y masks its gradient (dbeta of column 4 counts the positive y only); column 2,
-    // with a NaN mean, has a NaN dgamma (0 * NaN).
-    y[7 * cols + 4] = NAN;
-    emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dg.data(), db.data(),
-                partial.data(), prm, cg.chunk_rows);
-    double want = 0;
-    for (size_t rr = 0; rr < rows; ++rr) want += y[rr * cols + 4] > 0 ? 1.0 : 0.0;
-    ok = ok && db[4] == (float)want && std::isnan(dg[2]);
-    std::printf("%s %-44s\n", ok ? "OK    " : "NOT OK", "bn NaN propagation");
-    if (!ok) ++g_failures;
+    for (const size_t cols : {8, 7}) {
+        const size_t rows = 70;
+        const ColGrid cg(rows, cols);
+        vector<float> x(rows * cols), gamma(cols, 1), beta(cols, 0), dy(rows * cols, 1);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (float)((i * 37) % 11) - 5;
+        x[5 * cols + 2] = NAN;
+        BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, 1e-5f, 1};
+        vector<float> mean(cols), invstd(cols), varu(cols), y(x.size()), dg(cols), db(cols), dx(x.size()), partial(3 * cg.chunks * cols);
+        vector<uint16_t> y16(x.size(), 0x1234), dx16(x.size(), 0x1234);
+        emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean.data(), invstd.data(), varu.data(),
+                    partial.data(), prm, cg.chunk_rows);
+        emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
+                    (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), y16.data(), prm,
+                    cg.chunk_rows);
+        const std::string tag = " cols=" + std::to_string(cols);
+        check_bf16_copy("bn NaN y16" + tag, y16, y);
+        bool ok = std::isnan(mean[2]) && std::isnan(invstd[2]) && !std::isnan(mean[1]) && !std::isnan(invstd[3]);
+        for (size_t rr = 0; rr < rows; ++rr) ok = ok && std::isnan(y[rr * cols + 2]) && !std::isnan(y[rr * cols + 1]);
+        // Backward: a NaN y masks its gradient (dbeta of column 4 counts the positive y only); column 2,
+        // with a NaN mean, has a NaN dgamma (0 * NaN).
+        y[7 * cols + 4] = NAN;
+        emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                    (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dg.data(), db.data(),
+                    partial.data(), prm, cg.chunk_rows);
+        double want = 0;
+        for (size_t rr = 0; rr < rows; ++rr) want += y[rr * cols + 4] > 0 ? 1.0 : 0.0;
+        ok = ok && db[4] == (float)want && std::isnan(dg[2]);
+        emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                    (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
+                    (const float*)dg.data(), (const float*)db.data(), dx.data(), dx16.data(), prm, cg.chunk_rows);
+        ok = ok && std::isnan(dx[2]) && !std::isnan(dx[1]);  // column 2: NaN dgamma
+        check_bf16_copy("bn NaN dx16" + tag, dx16, dx);
+        std::printf("%s %-44s\n", ok ? "OK    " : "NOT OK", ("bn NaN propagation" + tag).c_str());
+        if (!ok) ++g_failures;
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -403,34 +453,109 @@ static void gemm_rowmajor(bool ta, size_t m, size_t nn, size_t k, float alpha, c
         }
 }
 
+// Mirrors vicreg.rs group_grid: column tiles over dim, chunks of a multiple of BAGSSL_COL_LANES
+// groups; `chunk` (a multiple of BAGSSL_COL_LANES) forces smaller chunks (more "last block" cases).
+static ColGrid vicreg_group_grid(size_t groups, size_t D, size_t chunk = 0) {
+    const ColGrid t(groups, D);
+    const size_t lanes = BAGSSL_COL_LANES, rounds = std::max<size_t>(1, (groups + lanes - 1) / lanes);
+    return ColGrid(groups, D, chunk ? chunk : std::clamp<size_t>(rounds * t.tiles / (4 * 132), 1, rounds) * lanes);
+}
+
+template <typename T>
+static void vicreg_same(const std::string& name, const vector<T>& a, const vector<T>& b) {
+    const bool same = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    std::printf("%s %-44s\n", same ? "OK    " : "NOT OK", (name + (same ? ": same bits" : ": bits differ")).c_str());
+    if (!same) ++g_failures;
+}
+
+// Everything one vicreg_fwd_bwd_f32 computes, with the launch sequence of vicreg.rs (the GEMMs in
+// f32 on the host). Each kernel that can write a bf16 copy runs twice: without it (the f32 path)
+// and with only / also it (the bf16 path), so both pointer modes are covered.
+struct VicregRun {
+    vector<float> gm, mu, zc, c, vcoef, dz;
+    vector<uint16_t> zc16, c16;
+    vector<double> out;
+    float loss32 = NAN;
+};
+
+static VicregRun vicreg_run(const vector<float>& z, const BagsslVicregParams& prm, const ColGrid& gg, const ColGrid& rg,
+                            const ColGrid& cg) {
+    const size_t N = prm.n_rows, D = prm.dim;
+    VicregRun o;
+    o.gm.assign(prm.n_groups * D, NAN), o.mu.assign(D, NAN), o.zc.assign(N * D, NAN), o.c.assign(D * D, NAN);
+    o.vcoef.assign(D, NAN), o.dz.assign(N * D, NAN), o.zc16.assign(N * D, 0x1234), o.c16.assign(D * D, 0x1234);
+    o.out.assign(4, NAN);
+    const size_t ib = gg.tiles * gg.chunks, cb = cg.tiles * cg.chunks;
+    vector<float> col_partial(gg.chunks * D, NAN), loss32(1, NAN);
+    vector<double> ip(ib, NAN), cp(cb, NAN), vp(cb, NAN);
+    emu::launch(vicreg_group_stats_f32, gg.grid(), ColGrid::block(), z.data(), o.gm.data(), o.mu.data(), col_partial.data(),
+                ip.data(), prm, gg.chunk_rows);
+    check_arrivals("vicreg_group_stats arrivals", vicreg_tile_arrivals);
+    emu::launch(vicreg_center_f32, rg.grid(), ColGrid::block(), z.data(), (const float*)o.mu.data(), o.zc.data(),
+                (uint16_t*)nullptr, prm, rg.chunk_rows);
+    emu::launch(vicreg_center_f32, rg.grid(), ColGrid::block(), z.data(), (const float*)o.mu.data(), (float*)nullptr,
+                o.zc16.data(), prm, rg.chunk_rows);
+    o.c.assign(D * D, 0.0f);  // beta = 0 still reads C (0 * NaN)
+    gemm_rowmajor(true, D, D, N, 1.0f / (N - 1), o.zc.data(), o.zc.data(), 0, o.c.data());
+    vector<float> c2 = o.c, vcoef2(D, NAN);
+    vector<double> cp2(cb, NAN), vp2(cb, NAN);
+    emu::launch(vicreg_cov_terms_f32, cg.grid(), ColGrid::block(), o.c.data(), (uint16_t*)nullptr, o.vcoef.data(), cp.data(),
+                vp.data(), prm, cg.chunk_rows);
+    emu::launch(vicreg_cov_terms_f32, cg.grid(), ColGrid::block(), c2.data(), o.c16.data(), vcoef2.data(), cp2.data(),
+                vp2.data(), prm, cg.chunk_rows);
+    if (c2 != o.c || vcoef2 != o.vcoef || cp2 != cp || vp2 != vp) {
+        std::printf("NOT OK vicreg_cov_terms with c16: other f32 results\n");
+        ++g_failures;
+    }
+    emu::launch(vicreg_grad_init_f32, rg.grid(), ColGrid::block(), z.data(), (const float*)o.gm.data(),
+                (const float*)o.mu.data(), (const float*)o.vcoef.data(), o.dz.data(), prm, rg.chunk_rows);
+    gemm_rowmajor(false, N, D, D, (float)(4.0 * prm.covariance / (D * (N - 1.0))), o.zc.data(), o.c.data(), 1, o.dz.data());
+    emu::launch(vicreg_finalize_f32, 1u, BLOCK, (const double*)ip.data(), (uint32_t)ib, (const double*)cp.data(),
+                (const double*)vp.data(), (uint32_t)cb, o.out.data(), loss32.data(), prm);
+    o.loss32 = loss32[0];
+    return o;
+}
+
 static void vicreg(Rng& r) {
-    for (auto [N, D, n, cap] : {std::tuple<size_t, size_t, size_t, size_t>{39, 29, 3, 1024}, {12, 5, 12, 1024}, {40, 70, 4, 2}}) {
-        const std::string tag = std::to_string(N) + "x" + std::to_string(D) + "/" + std::to_string(n) + " grid<=" + std::to_string(cap);
+    struct Case {
+        size_t N, D, n;
+        size_t gchunk, rchunk, cchunk;  // 0: the launcher's chunks (groups, z rows, C rows)
+    };
+    const Case cases[] = {{39, 29, 3, 0, 0, 0},    {12, 5, 12, 0, 0, 0},     {40, 70, 4, 8, 32, 32},  {37, 1, 1, 8, 0, 0},
+                          {21, 3, 7, 0, 0, 0},     {66, 33, 2, 8, 32, 32},   {50, 130, 5, 0, 32, 64}, {90, 132, 6, 8, 32, 64},
+                          {22, 4, 1, 8, 0, 0},     {64, 16, 16, 0, 32, 0},   {300, 8, 20, 8, 64, 0},  {257, 12, 257, 0, 64, 0},
+                          {2, 3, 2, 0, 0, 0}};
+    for (const Case& k : cases) {
+        const size_t N = k.N, D = k.D, n = k.n, G = N / n;
+        const ColGrid gg = vicreg_group_grid(G, D, k.gchunk), rg(N, D, k.rchunk), cg(D, D, k.cchunk);
+        const std::string tag = std::to_string(N) + "x" + std::to_string(D) + "/" + std::to_string(n) + " grids " + gg.str() +
+                                " " + rg.str() + " " + cg.str();
         auto z = r.vec(N * D);
         for (size_t i = 0; i < z.size(); ++i)
             if (i % D % 3 == 0) z[i] *= 3;  // std above 1 on every third column
         const float lam = 25, mu = 25, nu = 1, eps = 1e-4f;
-        BagsslVicregParams prm{(uint32_t)N, (uint32_t)D, (uint32_t)n, (uint32_t)(N / n), lam, mu, nu, eps};
-        const unsigned ib = grid_1d((N / n) * D, std::min<size_t>(cap, 1024)), cb = grid_1d(D * D, std::min<size_t>(cap, 1024));
-        vector<float> gm((N / n) * D), colm(D), zc(N * D), c(D * D), vcoef(D), dz(N * D);
-        vector<double> ip(ib), cp(cb), vp(cb), out(4);
-        vector<float> loss32(1);
-        emu::launch(vicreg_group_stats_f32, ib, BLOCK, (const float*)z.data(), gm.data(), ip.data(), prm);
-        emu::launch(vicreg_colmean_f32, grid_1d(D, cap), BLOCK, (const float*)gm.data(), colm.data(), prm);
-        emu::launch(vicreg_center_f32, grid_1d(N * D, cap), BLOCK, (const float*)z.data(), (const float*)colm.data(), zc.data(), prm);
-        gemm_rowmajor(true, D, D, N, 1.0f / (N - 1), zc.data(), zc.data(), 0, c.data());
-        emu::launch(vicreg_cov_terms_f32, cb, BLOCK, c.data(), vcoef.data(), cp.data(), vp.data(), prm);
-        emu::launch(vicreg_grad_init_f32, grid_1d(N * D, cap), BLOCK, (const float*)z.data(), (const float*)gm.data(),
-                    (const float*)zc.data(), (const float*)vcoef.data(), dz.data(), prm);
-        gemm_rowmajor(false, N, D, D, (float)(4.0 * nu / (D * (N - 1.0))), zc.data(), c.data(), 1, dz.data());
-        emu::launch(vicreg_finalize_f32, 1u, BLOCK, (const double*)ip.data(), ib, (const double*)cp.data(),
-                    (const double*)vp.data(), cb, out.data(), loss32.data(), prm);
-        check1(std::string("vicreg loss f32 ") + tag, loss32[0], out[0], 1e-7, 0);
+        const BagsslVicregParams prm{(uint32_t)N, (uint32_t)D, (uint32_t)n, (uint32_t)G, lam, mu, nu, eps};
+        const VicregRun o = vicreg_run(z, prm, gg, rg, cg);
+        check1("vicreg loss f32 " + tag, o.loss32, o.out[0], 1e-7, 0);
 
-        vector<double> zd(z.begin(), z.end());
+        vector<double> zd(z.begin(), z.end()), rgm(G * D, 0), rmu(D, 0);
+        for (size_t i = 0; i < N * D; ++i) rgm[(i / D / n) * D + i % D] += zd[i] / n;
+        for (size_t i = 0; i < N * D; ++i) rmu[i % D] += zd[i] / N;
+        check("vicreg gm " + tag, o.gm, rgm, 1e-6);
+        check("vicreg mu " + tag, o.mu, rmu, 1e-6, 1e-7);
+        vector<double> rzc(N * D);  // Zc from the kernel's mu: exactly z - mu in f32
+        for (size_t i = 0; i < N * D; ++i) rzc[i] = z[i] - o.mu[i % D];
+        check("vicreg zc " + tag, o.zc, rzc, 0);
+        check_bf16_copy("vicreg zc16 " + tag, o.zc16, o.zc);
+        check_bf16_copy("vicreg c16 " + tag, o.c16, o.c);
+        bool diag0 = true;
+        for (size_t d = 0; d < D; ++d) diag0 = diag0 && o.c[d * D + d] == 0.0f;
+        std::printf("%s %-44s\n", diag0 ? "OK    " : "NOT OK", ("vicreg Coff diagonal zero " + tag).c_str());
+        g_failures += !diag0;
+
         const auto ref = vicreg_ref(zd, N, D, n, lam, mu, nu, eps);
         const char* names[4] = {"loss", "invariance", "variance", "covariance"};
-        for (int i = 0; i < 4; ++i) check1(std::string("vicreg ") + names[i] + " " + tag, out[i], ref[i], 1e-5, 1e-9);
+        for (int i = 0; i < 4; ++i) check1(std::string("vicreg ") + names[i] + " " + tag, o.out[i], ref[i], 1e-5, 1e-9);
         // Gradient against central differences of the double reference, on a sample of elements.
         vector<double> fd, got;
         for (size_t i = 0; i < N * D; i += std::max<size_t>(1, N * D / 97)) {
@@ -439,9 +564,22 @@ static void vicreg(Rng& r) {
             zp[i] += h;
             zm[i] -= h;
             fd.push_back((vicreg_ref(zp, N, D, n, lam, mu, nu, eps)[0] - vicreg_ref(zm, N, D, n, lam, mu, nu, eps)[0]) / (2 * h));
-            got.push_back(dz[i]);
+            got.push_back(o.dz[i]);
         }
         check("vicreg dz (vs finite differences) " + tag, got, fd, 1e-4, 1e-7);
+
+        // The same bits whichever block finishes a column tile (and in whatever order they run).
+        emu::g_block_order = 3;
+        const VicregRun s = vicreg_run(z, prm, gg, rg, cg);
+        emu::g_block_order = 0;
+        auto bits = [](const auto& a, const auto& b) {
+            return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+        };
+        const bool same = bits(s.gm, o.gm) && bits(s.mu, o.mu) && bits(s.zc, o.zc) && bits(s.zc16, o.zc16) &&
+                          bits(s.c, o.c) && bits(s.c16, o.c16) && bits(s.vcoef, o.vcoef) && bits(s.dz, o.dz);
+        std::printf("%s %-44s\n", same ? "OK    " : "NOT OK", ("vicreg shuffled blocks, outputs " + tag).c_str());
+        g_failures += !same;
+        vicreg_same("vicreg shuffled blocks, scalars " + tag, s.out, o.out);
     }
 }
 

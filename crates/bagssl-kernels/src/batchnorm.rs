@@ -1,11 +1,42 @@
 //! Launchers of `kernels/batchnorm.cu`: BatchNorm1d over the rows, PyTorch semantics.
 
-use cudarc::driver::PushKernelArg;
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::{CudaSlice, LaunchArgs, PushKernelArg};
 
 use crate::device::same_gpu;
 use crate::ffi::BagsslBnParams;
+use crate::gemm::GemmPrecision;
 use crate::launch::{cfg_1d, check_len, u32_of, ColGrid};
-use crate::{GpuBuf, KernelError};
+use crate::{Gpu, GpuBuf, KernelError};
+
+/// `BAGSSL_BN_BF16=0` stops the training kernels writing the bf16 copies of y and dx (the GEMMs
+/// then make them with the cast kernel, as before). Read once.
+const BN_BF16_ENV: &str = "BAGSSL_BN_BF16";
+
+fn bn_bf16_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var(BN_BF16_ENV).map_or(true, |v| v.trim() != "0"))
+}
+
+/// The bf16 copy (`rows * cols` u16, at least 1) for `bn_apply_fwd_f32` / `bn_bwd_apply_f32` to
+/// write beside their f32 output, when the GEMMs that read that output run in bf16.
+fn bf16_copy(gpu: &Arc<Gpu>, n: usize) -> Result<Option<CudaSlice<u16>>, KernelError> {
+    if gpu.gemm_precision() == GemmPrecision::Bf16 && bn_bf16_enabled() {
+        Ok(Some(gpu.alloc_raw::<u16>(n)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Pushes the optional `uint16_t*` argument: the copy's device pointer, or a null pointer (a
+/// `CUdeviceptr`, i.e. a u64, of 0: the kernel then writes no copy).
+fn arg_opt_u16<'a>(b: &mut LaunchArgs<'a>, copy: &'a mut Option<CudaSlice<u16>>, null: &'a u64) {
+    match copy {
+        Some(c) => b.arg(c),
+        None => b.arg(null),
+    };
+}
 
 /// Output of [`bn_train_fwd_f32`].
 pub struct BnTrainOut {
@@ -65,11 +96,19 @@ pub fn bn_train_fwd_f32(
         // SAFETY: x holds rows*cols floats, the statistics cols each, partial 3*chunks*cols; the
         // grid is `grid`, whose chunk_rows the kernel gets.
         unsafe { b.launch(grid.cfg()) }?;
+        let mut y16 = bf16_copy(gpu, rows * cols)?;
+        let null = 0u64;
         let mut b = gpu.stream().launch_builder(gpu.function("bn_apply_fwd_f32")?);
         b.arg(x.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice()).arg(beta.slice()).arg(y.slice_mut());
+        arg_opt_u16(&mut b, &mut y16, &null);
         b.arg(&prm).arg(&grid.chunk_rows);
-        // SAFETY: as above; y holds rows*cols floats.
+        // SAFETY: as above; y holds rows*cols floats, y16 (when there is one) rows*cols u16 and
+        // is 8-byte aligned (a whole allocation), null otherwise.
         unsafe { b.launch(grid.cfg()) }?;
+        drop(b);
+        if let Some(c) = y16 {
+            y.set_bf16(c); // after y's last slice_mut: bf16_bits of every y, as GpuBuf::bf16 makes
+        }
     }
     Ok(BnTrainOut { y, mean, invstd, var_unbiased })
 }
@@ -109,11 +148,20 @@ pub fn bn_train_bwd_f32(
     b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
     // SAFETY: lengths checked above; partial holds 2*chunks*cols floats for the grid `grid`.
     unsafe { b.launch(grid.cfg()) }?;
+    let mut dx16 = bf16_copy(gpu, rows * cols)?;
+    let null = 0u64;
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
     b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
-    b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut()).arg(&prm).arg(&grid.chunk_rows);
-    // SAFETY: lengths checked above; every element of dx, dgamma and dbeta is written.
+    b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut());
+    arg_opt_u16(&mut b, &mut dx16, &null);
+    b.arg(&prm).arg(&grid.chunk_rows);
+    // SAFETY: lengths checked above; every element of dx, dgamma and dbeta is written, and of
+    // dx16 (rows*cols u16, a whole allocation) when there is one, null otherwise.
     unsafe { b.launch(grid.cfg()) }?;
+    drop(b);
+    if let Some(c) = dx16 {
+        dx.set_bf16(c); // after dx's last slice_mut
+    }
     Ok((dx, dgamma, dbeta))
 }
 
@@ -164,4 +212,74 @@ pub fn bn_ema_f32(running: &mut GpuBuf, batch: &GpuBuf, momentum: f32) -> Result
         unsafe { b.launch(cfg_1d(n as usize)) }?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu_or_skip;
+
+    fn agrees(got: u16, x: f32) -> bool {
+        if x.is_nan() {
+            half::bf16::from_bits(got).is_nan()
+        } else {
+            got == half::bf16::from_f32(x).to_bits()
+        }
+    }
+
+    /// Elements of `b`'s bf16 copy (installed by the launcher, or made by the cast kernel) that
+    /// are not the round-to-nearest-even of its f32 values.
+    fn bad_bf16(b: &GpuBuf) -> usize {
+        let f = b.to_host().unwrap();
+        let h = b.gpu().stream().clone_dtoh(b.bf16().unwrap()).unwrap();
+        assert_eq!(h.len(), f.len());
+        f.iter().zip(&h).filter(|(x, g)| !agrees(**g, **x)).count()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// With the GEMMs in bf16 the training forward and backward write the bf16 copies of y and dx
+    /// (bf16_bits, exactly what `GpuBuf::bf16`'s cast makes, NaN included), and y and dx have
+    /// the same bits as without the copies (GEMMs in f32), on the float4 and the scalar path.
+    #[test]
+    fn bn_train_bf16_copies_match_f32_outputs() {
+        if gpu_or_skip("bn_train_bf16_copies_match_f32_outputs").is_none() {
+            return;
+        }
+        // A private instance: its GEMM precision is switched below.
+        let gpu = Gpu::new(0).unwrap();
+        let mut checked = 0;
+        for (rows, cols, nan) in [(37, 45, true), (300, 516, false), (4099, 8, true), (1, 3, false), (64, 2048, false)]
+        {
+            let n = rows * cols;
+            let wave = |i: usize, f: f32| ((i as f32) * f).sin() * (1.0 + (i % cols) as f32 * 0.1);
+            let mut xs: Vec<f32> = (0..n).map(|i| wave(i, 0.37) + 0.3).collect();
+            if nan && rows > 5 {
+                xs[5 * cols + 2] = f32::NAN;
+            }
+            let dys: Vec<f32> = (0..n).map(|i| wave(i, 0.91)).collect();
+            let gs: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 7) as f32 * 0.15).collect();
+            let bs: Vec<f32> = (0..cols).map(|c| (c % 5) as f32 * 0.2 - 0.4).collect();
+            let (x, dy) = (gpu.upload(&xs).unwrap(), gpu.upload(&dys).unwrap());
+            let (gamma, beta) = (gpu.upload(&gs).unwrap(), gpu.upload(&bs).unwrap());
+            for relu in [false, true] {
+                let mut outs = Vec::new();
+                for p in [GemmPrecision::Bf16, GemmPrecision::F32] {
+                    gpu.set_gemm_precision(p);
+                    let f = bn_train_fwd_f32(&x, &gamma, &beta, rows, cols, 1e-5, relu).unwrap();
+                    let (dx, _, _) =
+                        bn_train_bwd_f32(&dy, &x, &f.y, &gamma, &f.mean, &f.invstd, rows, cols, relu).unwrap();
+                    let tag = format!("{rows}x{cols} relu={relu} {}", p.name());
+                    assert_eq!(bad_bf16(&f.y), 0, "{tag}: y's bf16 copy");
+                    assert_eq!(bad_bf16(&dx), 0, "{tag}: dx's bf16 copy");
+                    outs.push((bits(&f.y.to_host().unwrap()), bits(&dx.to_host().unwrap())));
+                    checked += 1;
+                }
+                assert!(outs[0] == outs[1], "{rows}x{cols} relu={relu}: f32 y or dx differ with the bf16 copies");
+            }
+        }
+        println!("OK     bn bf16 copies of y and dx ({checked} runs, copies in the kernels: {})", bn_bf16_enabled());
+    }
 }

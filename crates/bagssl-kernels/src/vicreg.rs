@@ -3,10 +3,9 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use crate::device::PinnedScalars;
-use crate::elementwise::cast_bf16_raw;
-use crate::ffi::BagsslVicregParams;
+use crate::ffi::{BagsslVicregParams, BAGSSL_COL_LANES};
 use crate::gemm::{gemm_bf16_raw, gemm_raw, Gemm, GemmPrecision};
-use crate::launch::{cfg_1d, cfg_blocks, check_len, partial_blocks, u32_of};
+use crate::launch::{cfg_blocks, check_len, u32_of, ColGrid};
 use crate::{GpuBuf, KernelError};
 
 /// Loss weights and epsilon (DESIGN §3; defaults lambda = mu = 25, nu = 1, eps = 1e-4).
@@ -101,61 +100,85 @@ pub fn vicreg_fwd_bwd_f32(
     };
     let gpu = z.gpu();
     let s = gpu.stream();
+    // bf16 GEMMs read only the bf16 copies of Zc and Coff, which the kernels write directly; the
+    // f32 Zc is then never materialised (vicreg_grad_init_f32 recomputes z - mu).
+    let bf16 = gpu.gemm_precision() == GemmPrecision::Bf16;
+
+    // Grids (kernels/cov_loss.cu): the group statistics over the n_groups rows of gm, the
+    // elementwise kernels over z's rows, the covariance terms over C's.
+    let gg = group_grid(op, n_groups, dim)?;
+    let rg = ColGrid::new(n_rows, dim);
+    let cg = ColGrid::new(dim, dim);
+    let inv_blocks = gg.tiles * gg.chunks;
+    let cov_blocks = cg.tiles * cg.chunks;
 
     let mut gm = gpu.alloc_raw::<f32>(n_groups * dim)?;
     let mut mu = gpu.alloc_raw::<f32>(dim)?;
-    let mut zc = gpu.alloc_raw::<f32>(n_rows * dim)?;
+    let mut col_partial = gpu.alloc_raw::<f32>(gg.chunks * dim)?;
+    let mut zc = if bf16 { None } else { Some(gpu.alloc_raw::<f32>(n_rows * dim)?) };
+    let mut zc16 = if bf16 { Some(gpu.alloc_raw::<u16>(n_rows * dim)?) } else { None };
     let mut c = gpu.alloc_raw::<f32>(dim * dim)?;
+    let mut c16 = if bf16 { Some(gpu.alloc_raw::<u16>(dim * dim)?) } else { None };
     let mut vcoef = gpu.alloc_raw::<f32>(dim)?;
-    let inv_blocks = partial_blocks(n_groups * dim);
-    let cov_blocks = partial_blocks(dim * dim);
     let mut inv_partial = gpu.alloc_raw::<f64>(inv_blocks)?;
     let mut cov_partial = gpu.alloc_raw::<f64>(cov_blocks)?;
     let mut var_partial = gpu.alloc_raw::<f64>(cov_blocks)?;
     let mut scalars = gpu.alloc_raw::<f64>(4)?;
     let mut loss = gpu.uninit(1)?;
     let mut dz = gpu.uninit(n_rows * dim)?;
+    // The kernels skip the outputs they get as a null pointer.
+    let null = 0u64;
 
     // SAFETY (all launches): every buffer was allocated above with the length its kernel
-    // indexes (see the comments in kernels/cov_loss.cu); z holds n_rows*dim floats.
+    // indexes (see the comments in kernels/cov_loss.cu), on the grid the kernel expects; z holds
+    // n_rows*dim floats; the matrices start allocations (16-byte aligned for the float4 columns).
     let mut b = s.launch_builder(gpu.function("vicreg_group_stats_f32")?);
-    b.arg(z.slice()).arg(&mut gm).arg(&mut inv_partial).arg(&prm);
-    unsafe { b.launch(cfg_blocks(inv_blocks)) }?;
-
-    let mut b = s.launch_builder(gpu.function("vicreg_colmean_f32")?);
-    b.arg(&gm).arg(&mut mu).arg(&prm);
-    unsafe { b.launch(cfg_1d(dim)) }?;
+    b.arg(z.slice()).arg(&mut gm).arg(&mut mu).arg(&mut col_partial).arg(&mut inv_partial).arg(&prm);
+    b.arg(&gg.chunk_rows);
+    unsafe { b.launch(gg.cfg()) }?;
 
     let mut b = s.launch_builder(gpu.function("vicreg_center_f32")?);
-    b.arg(z.slice()).arg(&mu).arg(&mut zc).arg(&prm);
-    unsafe { b.launch(cfg_1d(n_rows * dim)) }?;
+    b.arg(z.slice()).arg(&mu);
+    match &mut zc {
+        Some(x) => b.arg(x),
+        None => b.arg(&null),
+    };
+    match &mut zc16 {
+        Some(x) => b.arg(x),
+        None => b.arg(&null),
+    };
+    b.arg(&prm).arg(&rg.chunk_rows);
+    unsafe { b.launch(rg.cfg()) }?;
 
     // C = Zc^T Zc / (N - 1); with bf16 GEMMs Zc's bf16 copy serves both products.
-    let zc16 = match gpu.gemm_precision() {
-        GemmPrecision::Bf16 => Some(cast_bf16_raw(gpu, &zc, n_rows * dim)?),
-        _ => None,
-    };
     let g =
         Gemm { m: dim, n: dim, k: n_rows, trans_a: true, trans_b: false, alpha: 1.0 / (n_rows - 1) as f32, beta: 0.0 };
-    match &zc16 {
-        Some(z16) => gemm_bf16_raw(gpu, g, z16, z16, &mut c)?,
-        None => gemm_raw(gpu, g, &zc, &zc, &mut c)?,
+    match (&zc, &zc16) {
+        (_, Some(z16)) => gemm_bf16_raw(gpu, g, z16, z16, &mut c)?,
+        (Some(zc), None) => gemm_raw(gpu, g, zc, zc, &mut c)?,
+        (None, None) => unreachable!("Zc is allocated in f32 or bf16"),
     }
 
     let mut b = s.launch_builder(gpu.function("vicreg_cov_terms_f32")?);
-    b.arg(&mut c).arg(&mut vcoef).arg(&mut cov_partial).arg(&mut var_partial).arg(&prm);
-    unsafe { b.launch(cfg_blocks(cov_blocks)) }?;
+    b.arg(&mut c);
+    match &mut c16 {
+        Some(x) => b.arg(x),
+        None => b.arg(&null),
+    };
+    b.arg(&mut vcoef).arg(&mut cov_partial).arg(&mut var_partial).arg(&prm).arg(&cg.chunk_rows);
+    unsafe { b.launch(cg.cfg()) }?;
 
     let mut b = s.launch_builder(gpu.function("vicreg_grad_init_f32")?);
-    b.arg(z.slice()).arg(&gm).arg(&zc).arg(&vcoef).arg(dz.slice_mut()).arg(&prm);
-    unsafe { b.launch(cfg_1d(n_rows * dim)) }?;
+    b.arg(z.slice()).arg(&gm).arg(&mu).arg(&vcoef).arg(dz.slice_mut()).arg(&prm).arg(&rg.chunk_rows);
+    unsafe { b.launch(rg.cfg()) }?;
 
     // dz += 4 nu / (D (N - 1)) Zc Coff
     let alpha = (4.0 * f64::from(w.covariance) / (dim as f64 * (n_rows - 1) as f64)) as f32;
     let g = Gemm { m: n_rows, n: dim, k: dim, trans_a: false, trans_b: false, alpha, beta: 1.0 };
-    match &zc16 {
-        Some(z16) => gemm_bf16_raw(gpu, g, z16, &cast_bf16_raw(gpu, &c, dim * dim)?, dz.slice_mut())?,
-        None => gemm_raw(gpu, g, &zc, &c, dz.slice_mut())?,
+    match (&zc, &zc16, &c16) {
+        (_, Some(z16), Some(c16)) => gemm_bf16_raw(gpu, g, z16, c16, dz.slice_mut())?,
+        (Some(zc), _, _) => gemm_raw(gpu, g, zc, &c, dz.slice_mut())?,
+        _ => unreachable!("Zc and Coff are allocated in f32 or bf16"),
     }
 
     let (ni, nc) = (inv_blocks as u32, cov_blocks as u32);
@@ -165,4 +188,18 @@ pub fn vicreg_fwd_bwd_f32(
     unsafe { b.launch(cfg_blocks(1)) }?;
 
     Ok(VicregOut { dz, loss, scalars })
+}
+
+/// The grid of vicreg_group_stats_f32: the column tiles of [`ColGrid`] over the `n_groups` rows of
+/// gm, in chunks of a multiple of `BAGSSL_COL_LANES` groups (one per row lane and round), as few
+/// groups per chunk as give about [`ColGrid`]'s block count (4 per SM): at 512 groups x 2048
+/// columns, 16 tiles x 64 chunks of 8 groups (one group of 16 rows per thread).
+fn group_grid(op: &str, n_groups: usize, dim: usize) -> Result<ColGrid, KernelError> {
+    const TARGET_BLOCKS: usize = 4 * 132;
+    let tiles = ColGrid::reduction(op, n_groups, dim)?.tiles;
+    let lanes = BAGSSL_COL_LANES as usize;
+    let rounds = n_groups.div_ceil(lanes).max(1);
+    let chunk = (rounds * tiles / TARGET_BLOCKS).clamp(1, rounds) * lanes;
+    // chunk <= n_groups + lanes < 2^32 (n_rows * dim < 2^32 is checked above).
+    Ok(ColGrid { tiles, chunks: n_groups.div_ceil(chunk).max(1), chunk_rows: chunk as u32 })
 }

@@ -38,7 +38,10 @@ fn cast_bf16_rounds_to_nearest_even() {
         let got = gpu.stream().clone_dtoh(&cast_bf16_f32(&buf).unwrap()).unwrap();
         gpu.synchronize().unwrap();
         let bad = (0..n).filter(|&i| !agrees(got[i], x[i])).count();
-        println!("{} cast_bf16 n={n}: {bad} of {n} differ from half::bf16::from_f32", if bad == 0 { "OK    " } else { "NOT OK" });
+        println!(
+            "{} cast_bf16 n={n}: {bad} of {n} differ from half::bf16::from_f32",
+            if bad == 0 { "OK    " } else { "NOT OK" }
+        );
         assert_eq!(bad, 0, "n = {n}");
     }
 }

@@ -12,7 +12,7 @@ pub(crate) const MODULES: &[KernelModule] = &[
         family: "cov_loss",
         ptx: include_str!("cov_loss.ptx"),
         cubin: include_bytes!("cov_loss.sm_90a.cubin"),
-        kernels: &["vicreg_center_f32", "vicreg_colmean_f32", "vicreg_cov_terms_f32", "vicreg_finalize_f32", "vicreg_grad_init_f32", "vicreg_group_stats_f32"],
+        kernels: &["vicreg_center_f32", "vicreg_cov_terms_f32", "vicreg_finalize_f32", "vicreg_grad_init_f32", "vicreg_group_stats_f32"],
     },
     KernelModule {
         family: "elementwise",
