@@ -12,6 +12,10 @@
 //! config's N x 2048 x 2048 products and its bag-VICReg (172 of the full run's 197 GFLOP per
 //! repeat).
 //!
+//! Every GEMM-like op is timed twice: in f32, then as a `bf16` row with the CPU GEMMs switched to
+//! bf16 operands (`CpuMatmulPrecision::Bf16`, AVX512-BF16 `vdpbf16ps`), reported against twice
+//! the FMA rate (two multiply-adds per f32 lane per instruction) and as a multiple of the FMA rate.
+//!
 //! Limits, measured first, on as many threads as the rayon pool that runs the ops:
 //! - `fma`: the machine's f32 FMA rate. Each thread runs a loop of 12 independent FMA chains that
 //!   never leave the registers (AVX-512F, else AVX2+FMA, chosen at run time; 2 flops per lane per
@@ -46,7 +50,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::hint::black_box;
 use std::time::Instant;
 
-use bagssl_autograd::{ops, AdamW, Tensor, VicregWeights};
+use bagssl_autograd::cpu::matmul_bf16::has_avx512_bf16;
+use bagssl_autograd::{ops, set_cpu_matmul_precision, AdamW, CpuMatmulPrecision, Tensor, VicregWeights};
 use bagssl_data::{gather_patches, ImageStore, PatchSampler};
 use rayon::prelude::*;
 
@@ -253,6 +258,9 @@ fn copy_rate(o: &Opts, set: usize) -> f64 {
 enum Work {
     /// Floating-point operations (GEMM-like: against the FMA rate).
     Flop(f64),
+    /// Floating-point operations of a bf16 GEMM (against twice the FMA rate: `vdpbf16ps` does
+    /// two multiply-adds per f32 lane).
+    FlopBf16(f64),
     /// Bytes moved and the working set (streaming: against the copy of a working set as large).
     Bytes { moved: f64, footprint: f64 },
 }
@@ -281,6 +289,10 @@ fn row(op: &str, shape: &str, ms: f64, work: Work, l: &Limits) {
         Work::Flop(f) => {
             let g = f / ms / 1e6;
             (gflops(g), format!("{:>5.1}% of fma", 100.0 * g / l.fma))
+        }
+        Work::FlopBf16(f) => {
+            let g = f / ms / 1e6;
+            (gflops(g), format!("{:>5.1}% of 2x fma ({:.2}x fma)", 50.0 * g / l.fma, g / l.fma))
         }
         Work::Bytes { moved, footprint } => {
             let g = moved / ms / 1e6;
@@ -313,9 +325,14 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     // GEMMs, the three training orientations. Napkin math: 2 m n k flops on (m k + k n + m n)
     // floats; at N = 512, H = 512 that is 268 MFLOP on 3 MiB (85 flops/byte, far past any
     // machine balance), so the limit is the FMA rate.
+    // Each GEMM twice: in f32, then with `CpuMatmulPrecision::Bf16` (the `bf16` rows, against
+    // twice the FMA rate).
     let gemm = |op: &str, m: usize, k: usize, nn: usize, f: &dyn Fn() -> Tensor| {
+        let flop = 2.0 * (m * k * nn) as f64;
         let ms = median_ms(o, || drop(black_box(f())));
-        row(&format!("{op} {tag}"), &format!("{m}x{k}x{nn}"), ms, Work::Flop(2.0 * (m * k * nn) as f64), l);
+        row(&format!("{op} {tag}"), &format!("{m}x{k}x{nn}"), ms, Work::Flop(flop), l);
+        let ms = bf16(|| median_ms(o, || drop(black_box(f()))));
+        row(&format!("{op} {tag} bf16"), &format!("{m}x{k}x{nn}"), ms, Work::FlopBf16(flop), l);
     };
     gemm("matmul x W1^T", n, IN, h, &|| ops::matmul(&x, &w1, false, true).unwrap());
     gemm("matmul dY^T X", h, n, IN, &|| ops::matmul(&dy, &x, true, false).unwrap());
@@ -326,15 +343,12 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
         // bag-VICReg: the (D x N x D) covariance and the (N x D x D) gradient product, counted as
         // two dense GEMMs, 4 N D^2 (the CPU exploits the symmetry of the first: it does about
         // 5/8 of it at D = 512) plus three streaming passes over N x D (negligible).
-        let ms =
-            median_ms(o, || drop(black_box(ops::vicreg_fwd_bwd(&a, PER_IMAGE, VicregWeights::default()).unwrap())));
-        row(
-            &format!("vicreg_fwd_bwd {tag}"),
-            &format!("{n}x{h}/{PER_IMAGE}"),
-            ms,
-            Work::Flop(4.0 * (n * h * h) as f64),
-            l,
-        );
+        let vicreg = || drop(black_box(ops::vicreg_fwd_bwd(&a, PER_IMAGE, VicregWeights::default()).unwrap()));
+        let ms = median_ms(o, vicreg);
+        let flop = 4.0 * (n * h * h) as f64;
+        row(&format!("vicreg_fwd_bwd {tag}"), &format!("{n}x{h}/{PER_IMAGE}"), ms, Work::Flop(flop), l);
+        let ms = bf16(|| median_ms(o, vicreg));
+        row(&format!("vicreg_fwd_bwd {tag} bf16"), &format!("{n}x{h}/{PER_IMAGE}"), ms, Work::FlopBf16(flop), l);
     }
 
     // Streaming ops on an N x H activation (1 MiB at the cpu config, 32 MiB at ref).
@@ -389,6 +403,14 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     row(&format!("gather_patches+aug {tag}"), &format!("{n}x{IN}"), ms, Work::Bytes { moved, footprint: moved }, l);
 }
 
+/// Runs `f` with the CPU GEMMs in bf16 (`sgemm_bf16`), then switches back to f32.
+fn bf16<T>(f: impl FnOnce() -> T) -> T {
+    set_cpu_matmul_precision(CpuMatmulPrecision::Bf16);
+    let out = f();
+    set_cpu_matmul_precision(CpuMatmulPrecision::F32);
+    out
+}
+
 /// 4096 CIFAR-sized pseudo-random images (12 MiB), enough that patches rarely share an image.
 fn store() -> ImageStore {
     let (count, hw) = (4096, 32);
@@ -417,6 +439,9 @@ fn main() {
         o.repeats,
         o.warmups
     );
+    if !has_avx512_bf16() {
+        println!("no AVX512-BF16: the bf16 rows time the fallback (bf16-rounded copies + the f32 GEMM)");
+    }
 
     // Limits first, in this run.
     let (fma, isa) = fma_peak(&o, threads);
@@ -428,6 +453,8 @@ fn main() {
     let (sa, sb) = (tensor(sq, sq, 11), tensor(sq, sq, 12));
     let ms = median_ms(&o, || drop(black_box(ops::matmul(&sa, &sb, false, false).unwrap())));
     row("limit: gemm crate, square", &format!("{sq}x{sq}x{sq}"), ms, Work::Flop(2.0 * (sq * sq * sq) as f64), &l);
+    let ms = bf16(|| median_ms(&o, || drop(black_box(ops::matmul(&sa, &sb, false, false).unwrap()))));
+    row("limit: sgemm_bf16, square", &format!("{sq}x{sq}x{sq}"), ms, Work::FlopBf16(2.0 * (sq * sq * sq) as f64), &l);
     for (m, &(_, gbs_)) in COPY_SETS_MIB.iter().zip(&l.copy) {
         line(&format!("limit: copy@{m}M"), &format!("2 x {} MiB", m / 2), "-", &gbs(gbs_), "");
     }

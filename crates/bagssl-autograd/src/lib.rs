@@ -13,6 +13,7 @@ pub mod ops;
 pub mod tape;
 pub mod tensor;
 
+pub use cpu::{cpu_matmul_precision, set_cpu_matmul_precision, CpuMatmulPrecision};
 pub use ops::{AdamW, BnForward, PendingParts, VicregParts, VicregWeights};
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::{Device, Storage, Tensor};

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bagssl_autograd::Device;
+use bagssl_autograd::{set_cpu_matmul_precision, CpuMatmulPrecision, Device};
 use bagssl_data::{ImageStore, LoadOptions, Split, SyntheticSpec};
 
 use crate::cli::ConfigArgs;
@@ -46,19 +46,36 @@ pub fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-/// `cpu`, or the first CUDA GPU (GEMMs at `gpu_precision`) with a clear error when there is none.
-pub fn resolve_device(name: &str, gpu_precision: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
+/// `cpu` (GEMMs at `cpu_precision`), or the first CUDA GPU (GEMMs at `gpu_precision`) with a
+/// clear error when there is none.
+pub fn resolve_device(cfg: &Config) -> Result<Device> {
+    match cfg.device.as_str() {
+        "cpu" => {
+            let p = match cfg.cpu_precision.as_str() {
+                "f32" => CpuMatmulPrecision::F32,
+                "bf16" => CpuMatmulPrecision::Bf16,
+                other => bail!("config key `cpu_precision` must be f32 or bf16 (got {other:?})"),
+            };
+            set_cpu_matmul_precision(p);
+            Ok(Device::Cpu)
+        }
         "cuda" => {
-            let precision = bagssl_kernels::GemmPrecision::parse(gpu_precision).ok_or_else(|| {
-                anyhow::anyhow!("config key `gpu_precision` must be bf16, tf32 or f32 (got {gpu_precision:?})")
+            let precision = bagssl_kernels::GemmPrecision::parse(&cfg.gpu_precision).ok_or_else(|| {
+                anyhow::anyhow!("config key `gpu_precision` must be bf16, tf32 or f32 (got {:?})", cfg.gpu_precision)
             })?;
             let gpu = bagssl_kernels::Gpu::new(0).context("--device cuda: no usable CUDA GPU")?;
             gpu.set_gemm_precision(precision);
             Ok(Device::Cuda(gpu))
         }
         other => bail!("unknown device {other:?}: expected cpu or cuda"),
+    }
+}
+
+/// The GEMM math the run uses on its device: `cpu_precision` or `gpu_precision`.
+pub fn precision_label(cfg: &Config) -> &str {
+    match cfg.device.as_str() {
+        "cuda" => &cfg.gpu_precision,
+        _ => &cfg.cpu_precision,
     }
 }
 

@@ -8,12 +8,15 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::matmul_bf16::{gemm_views_bf16, sgemm_bf16};
+use super::{cpu_matmul_precision, CpuMatmulPrecision};
+
 /// Products with fewer multiply-adds than this run on the calling thread. Measured on the 2-core
 /// Zen 4 machines (square shapes, quiet machine): 96^3 takes 16.6 µs on one thread and 15.3 µs
 /// on two, 128^3 39 µs vs 27 µs, 192^3 128 µs vs 87 µs; below ~84^3 `gemm` stays on one thread
 /// by itself. The switch sits at the quiet machine's break-even, 2^20 (~100^3); when the other
 /// core is busy, two threads lose at all of these sizes. Every GEMM of the step is 50x bigger.
-const PAR_MIN_MACS: usize = 1 << 20;
+pub(crate) const PAR_MIN_MACS: usize = 1 << 20;
 
 /// Shape and layout of one product `C (m, n) = op(A) (m, k) @ op(B) (k, n)` on row-major storage:
 /// `A` is stored (m, k), or (k, m) when `trans_a`; `B` is stored (k, n), or (n, k) when `trans_b`.
@@ -29,8 +32,19 @@ pub struct GemmShape {
 /// `c = acc * c + scale * op(a) @ op(b)`, where `acc` is 1 when `accumulate` else 0 (then the old
 /// contents of `c` are never read, NaN included).
 ///
+/// The CPU backend's one GEMM entry: in f32 ([`sgemm_f32`]) by default, on bf16-rounded operands
+/// ([`sgemm_bf16`]) when [`cpu_matmul_precision`] is [`CpuMatmulPrecision::Bf16`].
+///
 /// Panics when a slice length does not match the shape: the lengths guard the raw-pointer call.
 pub fn sgemm(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
+    match cpu_matmul_precision() {
+        CpuMatmulPrecision::F32 => sgemm_f32(s, a, b, c, accumulate, scale),
+        CpuMatmulPrecision::Bf16 => sgemm_bf16(s, a, b, c, accumulate, scale),
+    }
+}
+
+/// [`sgemm`] in f32 whatever the precision switch says.
+pub fn sgemm_f32(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
     let GemmShape { m, k, n, trans_a, trans_b } = s;
     assert_eq!(a.len(), m * k, "sgemm: lhs has {} elements, shape {s:?}", a.len());
     assert_eq!(b.len(), k * n, "sgemm: rhs has {} elements, shape {s:?}", b.len());
@@ -44,11 +58,11 @@ pub fn sgemm(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool
 /// A read-only strided matrix: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct View<'d> {
-    data: &'d [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
+    pub(crate) data: &'d [f32],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 impl<'d> View<'d> {
@@ -113,7 +127,7 @@ pub fn gemm_views(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, sca
     }
 }
 
-/// `scale * A^T A` for `A` row-major (rows, d), exploiting symmetry: the column blocks of A give
+/// `scale * A^T A` for `A` row-major (rows, d) (in the precision of [`sgemm`]), exploiting symmetry: the column blocks of A give
 /// `T (T + 1) / 2` block products instead of `T^2` (37% fewer flops at d = 512), run as
 /// independent single-threaded GEMMs on the rayon pool, then mirrored.
 pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
@@ -127,6 +141,7 @@ pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
         sgemm(GemmShape { m: d, k: rows, n: d, trans_a: true, trans_b: false }, a, a, &mut c, false, scale);
         return c;
     }
+    let bf16 = cpu_matmul_precision() == CpuMatmulPrecision::Bf16;
     let span = |i: usize| (i * BLOCK, BLOCK.min(d - i * BLOCK));
     let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (i..nb).map(move |j| (i, j))).collect();
     let blocks: Vec<Vec<f32>> = pairs
@@ -137,7 +152,11 @@ pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
             let lhs = View::new(&a[r0..], rn, rows, 1, d);
             let rhs = View::new(&a[c0..], rows, cn, d, 1);
             let mut blk = vec![0f32; rn * cn];
-            gemm_views(lhs, rhs, &mut blk, false, scale, false);
+            if bf16 {
+                gemm_views_bf16(lhs, rhs, &mut blk, false, scale, false);
+            } else {
+                gemm_views(lhs, rhs, &mut blk, false, scale, false);
+            }
             blk
         })
         .collect();

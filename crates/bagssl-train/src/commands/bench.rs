@@ -17,7 +17,7 @@ const REFERENCE: &str = include_str!("../../../../configs/reference.toml");
 pub fn run(args: BenchArgs) -> Result<()> {
     let preset = ["data.synthetic_images=50000", "data.synthetic_size=32", "device=\"cpu\""];
     let cfg = setup::resolve_config_or(&args.cfg, REFERENCE, "configs/reference.toml (embedded)", &preset)?;
-    let device = setup::resolve_device(&cfg.device, &cfg.gpu_precision)?;
+    let device = setup::resolve_device(&cfg)?;
     let data = setup::load_datasets(&cfg, false)?;
     let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;
     // The schedule must not reach zero inside the benchmark.
@@ -83,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     println!(
-        "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {}{}",
+        "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {} | {} GEMMs",
         cfg.patches.size,
         cfg.patches.per_image,
         cfg.train.batch_images,
@@ -91,10 +91,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cfg.model.proj,
         cfg.model.layers,
         device_label(&device),
-        match device {
-            bagssl_autograd::Device::Cuda(_) => format!(" | {} GEMMs", cfg.gpu_precision),
-            bagssl_autograd::Device::Cpu => String::new(),
-        }
+        setup::precision_label(&cfg)
     );
     println!(
         "train step: {ms:.3} ms (median of {} means of {CHUNK} steps, min {:.3}, max {:.3}) | {:.0} patches/s | {gflops:.1} GFLOP/s ({:.2} GFLOP/step)",
@@ -127,7 +124,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "gpu_memory_mib": gpu_mib,
             "device": device_label(&device),
             "steps": steps,
-            "gpu_precision": if matches!(device, bagssl_autograd::Device::Cuda(_)) { cfg.gpu_precision.as_str() } else { "f32" },
+            "precision": setup::precision_label(&cfg),
             "config": {
                 "patch": cfg.patches.size, "per_image": cfg.patches.per_image,
                 "batch_images": cfg.train.batch_images, "hidden": cfg.model.hidden,

@@ -25,7 +25,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         "test" => Split::Test,
         s => bail!("--split {s:?}: expected train or test"),
     };
-    let device = setup::resolve_device(&cfg.device, &cfg.gpu_precision)?;
+    let device = setup::resolve_device(&cfg)?;
     let model = BagSslModel::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));

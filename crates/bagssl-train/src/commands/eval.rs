@@ -15,7 +15,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if cfg.data.path.is_empty() {
         bail!("eval: --data is required (the training split: kNN neighbours and the probe's training set)");
     }
-    let device = setup::resolve_device(&cfg.device, &cfg.gpu_precision)?;
+    let device = setup::resolve_device(&cfg)?;
     let model = BagSslModel::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     let data = setup::load_datasets(&cfg, true)?;

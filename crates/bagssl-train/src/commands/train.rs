@@ -28,7 +28,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg_args.config = Some(beside);
     }
     let cfg = setup::resolve_config(&cfg_args)?;
-    let device = setup::resolve_device(&cfg.device, &cfg.gpu_precision)?;
+    let device = setup::resolve_device(&cfg)?;
     let out = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(ckpt)) => ckpt.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -120,6 +120,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "train_seconds": train_seconds,
         "images_per_second": images_per_second,
         "device": device_label(&device),
+        "precision": setup::precision_label(&cfg),
         "steps": trainer.steps_done(),
         "data": data.source,
     });

@@ -1,0 +1,566 @@
+//! bf16 GEMM with f32 accumulation: the opt-in fast path of [`super::matmul::sgemm`]
+//! ([`super::CpuMatmulPrecision::Bf16`]).
+//!
+//! Computes what `sgemm` computes, except that every element of op(A) and op(B) is first rounded
+//! to bf16 (round to nearest even, NaN kept quiet: bit-identical to `half::bf16::from_f32`); the
+//! products of two bf16 values are exact in f32 and are summed in f32.
+//!
+//! On a CPU with AVX512-BF16 (Zen 4, Sapphire Rapids) the work is `vdpbf16ps`: each f32 lane adds
+//! two products per instruction, twice the multiply-adds of an f32 FMA. Layout, BLIS style:
+//! - op(A) is packed into panels of [`MR`] rows, op(B) into panels of [`NR`] columns, both as
+//!   k-pairs: one `u32` holds the bf16 of `k` (low half) and of `k + 1` (high half), the pair
+//!   `vdpbf16ps` multiplies lane by lane. Odd `k` and the panels' edges are padded with zeros.
+//!   The rounding happens while packing. Both operands are packed whole, up front (in parallel),
+//!   into per-thread buffers that are reused between calls.
+//! - The micro-kernel keeps an `MR x NR` = 14 x 32 tile of C in 28 zmm accumulators; per k-pair it
+//!   loads two B vectors and broadcasts 14 A pairs (folded into `vdpbf16ps` as `{1to16}` memory
+//!   operands): 28 `vdpbf16ps` for 2 loads + 14 broadcasts.
+//! - C is cut into blocks of at most [`MC_PANELS`] x [`NC_PANELS`] micro-tiles, the tasks of the
+//!   rayon pool when the product is large; inside a block the loop order is k-block ([`KC`]),
+//!   column panel, row panel, so the k-block of the block's A rows stays in L2 and one B
+//!   micro-panel (KC x NR bf16 = 16 KiB) in L1 while the row panels go by.
+//! - C is written once per k-block: `c = scale * acc` (or `c += scale * acc` when accumulating or
+//!   past the first k-block), with masked loads/stores on the edge tiles.
+//!
+//! Without AVX512-BF16 the operands are rounded to bf16 copies and the f32 GEMM runs on them:
+//! the same products, summed in another order. `vdpbf16ps` treats bf16 subnormals as zero, so the
+//! two paths differ there too (by less than 2^-126 per product).
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::matmul::{gemm_views, GemmShape, View, PAR_MIN_MACS};
+
+/// Rows of the micro-tile (A pairs broadcast per k-pair).
+pub const MR: usize = 14;
+/// Columns of the micro-tile: two zmm of 16 f32 lanes.
+pub const NR: usize = 32;
+/// k per block (even): A micro-panel 7 KiB, B micro-panel 16 KiB.
+pub const KC: usize = 256;
+/// Most row panels per task (MC = 336 rows: 168 KiB of A per k-block, in L2).
+pub const MC_PANELS: usize = 24;
+/// Most column panels per task (NC = 512 columns).
+pub const NC_PANELS: usize = 16;
+
+/// `x` rounded to bf16 (nearest, ties to even; NaN stays NaN, made quiet), as f32 bits whose low
+/// 16 bits are zero.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1));
+    let quiet_nan = b | 0x0040_0000;
+    (if b & 0x7FFF_FFFF > 0x7F80_0000 { quiet_nan } else { rounded }) & 0xFFFF_0000
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as `half::bf16::from_f32(x).to_f32()`.
+pub fn round_to_bf16(x: f32) -> f32 {
+    f32::from_bits(bf16_bits(x))
+}
+
+/// The k-pair `(lo, hi)` as `vdpbf16ps` reads it: bf16(lo) in the low half, bf16(hi) in the high.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    (bf16_bits(lo) >> 16) | bf16_bits(hi)
+}
+
+/// Whether the running CPU takes the `vdpbf16ps` path (cached by std after the first call).
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `c = acc * c + scale * bf16(op(a)) @ bf16(op(b))` with f32 accumulation; the shapes, layouts
+/// and panics of [`super::matmul::sgemm`].
+pub fn sgemm_bf16(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
+    let (av, bv) = views(s, a, b);
+    gemm_views_bf16(av, bv, c, accumulate, scale, s.m * s.n * s.k >= PAR_MIN_MACS);
+}
+
+/// [`sgemm_bf16`] without AVX512-BF16: the operands rounded to bf16, then the f32 GEMM. Public so
+/// the tests can run it on any CPU.
+pub fn sgemm_bf16_fallback(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
+    let (av, bv) = views(s, a, b);
+    gemm_views_bf16_fallback(av, bv, c, accumulate, scale, s.m * s.n * s.k >= PAR_MIN_MACS);
+}
+
+fn views<'d>(s: GemmShape, a: &'d [f32], b: &'d [f32]) -> (View<'d>, View<'d>) {
+    let GemmShape { m, k, n, trans_a, trans_b } = s;
+    assert_eq!(a.len(), m * k, "sgemm_bf16: lhs has {} elements, shape {s:?}", a.len());
+    assert_eq!(b.len(), k * n, "sgemm_bf16: rhs has {} elements, shape {s:?}", b.len());
+    let a = if trans_a { View::new(a, m, k, 1, m) } else { View::new(a, m, k, k, 1) };
+    let b = if trans_b { View::new(b, k, n, 1, k) } else { View::new(b, k, n, n, 1) };
+    (a, b)
+}
+
+/// The strided-view form of [`sgemm_bf16`] (as [`gemm_views`] is of `sgemm`): `c` row-major
+/// (a.rows, b.cols), multi-threaded when `par`.
+pub fn gemm_views_bf16(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+    if !has_avx512_bf16() {
+        return gemm_views_bf16_fallback(a, b, c, accumulate, scale, par);
+    }
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm_views_bf16: inner dimensions {k} vs {}", b.rows);
+    assert_eq!(c.len(), m * n, "gemm_views_bf16: dst has {} elements for {m}x{n}", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.fill(0.0);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    avx512::gemm(a, b, c, accumulate, scale, par);
+}
+
+/// [`gemm_views_bf16`] on any CPU: dense bf16-rounded copies of op(a) and op(b), then the f32 GEMM.
+pub fn gemm_views_bf16_fallback(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+    let round = |v: View<'_>| -> Vec<f32> {
+        (0..v.rows).flat_map(|i| (0..v.cols).map(move |j| round_to_bf16(v.data[i * v.rs + j * v.cs]))).collect()
+    };
+    let (ar, br) = (round(a), round(b));
+    gemm_views(View::row_major(&ar, a.rows, a.cols), View::row_major(&br, b.rows, b.cols), c, accumulate, scale, par);
+}
+
+/// One operand as the packer sees it: `len` rows or columns (the non-k dimension), `k` deep;
+/// element (r, kk) is `data[r * sr + kk * sk]`.
+#[derive(Clone, Copy)]
+struct Operand<'d> {
+    data: &'d [f32],
+    len: usize,
+    k: usize,
+    sr: usize,
+    sk: usize,
+}
+
+impl<'d> Operand<'d> {
+    /// op(A): rows i, columns k.
+    fn lhs(a: View<'d>) -> Self {
+        Operand { data: a.data, len: a.rows, k: a.cols, sr: a.rs, sk: a.cs }
+    }
+
+    /// op(B): rows k, columns j.
+    fn rhs(b: View<'d>) -> Self {
+        Operand { data: b.data, len: b.cols, k: b.rows, sr: b.cs, sk: b.rs }
+    }
+}
+
+/// Packs rows (or columns) `r0 .. r0 + R` of `op` into `out` (`kp * R` u32, `kp = ceil(k / 2)`):
+/// `out[p * R + i]` is the pair (op(r0 + i, 2p), op(r0 + i, 2p + 1)); zeros past the edges.
+/// The scalar form, for views with no unit stride (and the reference of the AVX-512 packers).
+fn pack_panel<const R: usize>(op: Operand<'_>, r0: usize, out: &mut [u32]) {
+    let Operand { data, len, k, sr, sk } = op;
+    debug_assert_eq!(out.len(), k.div_ceil(2) * R);
+    let rows = R.min(len - r0);
+    let at = |r: usize, kk: usize| if r < rows && kk < k { data[(r0 + r) * sr + kk * sk] } else { 0.0 };
+    for (p, dst) in out.chunks_exact_mut(R).enumerate() {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = pair(at(i, 2 * p), at(i, 2 * p + 1));
+        }
+    }
+}
+
+/// A raw pointer to C shared by the tasks, which write disjoint tiles.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced by the tasks of one `gemm` call, each on its own
+// disjoint block of C, while `gemm` holds the `&mut [f32]` it came from.
+unsafe impl Send for CPtr {}
+// SAFETY: as above: no two threads touch the same element.
+unsafe impl Sync for CPtr {}
+
+thread_local! {
+    /// Packing buffers of the calling thread, reused between calls (taken out while in use, so a
+    /// nested call on the same thread just allocates its own).
+    static PACK: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// The AVX512-BF16 GEMM; the caller checked the features, the shapes, and `m, n, k > 0`.
+    pub(super) fn gemm(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let kp = k.div_ceil(2);
+        let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+        let (mut abuf, mut bbuf) = PACK.take();
+        for (buf, len) in [(&mut abuf, mp * kp * MR), (&mut bbuf, np * kp * NR)] {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+        }
+        let (ap, bp) = (&mut abuf[..mp * kp * MR], &mut bbuf[..np * kp * NR]);
+
+        // Pack both operands, a few panels per task.
+        let (lhs, rhs) = (Operand::lhs(a), Operand::rhs(b));
+        let pack_a = |(t, chunk): (usize, &mut [u32]), per: usize| {
+            // SAFETY: `gemm` only runs after `has_avx512_bf16()` returned true.
+            unsafe { pack_chunk::<MR>(lhs, t * per, chunk) };
+        };
+        let pack_b = |(t, chunk): (usize, &mut [u32]), per: usize| {
+            // SAFETY: as above.
+            unsafe { pack_chunk::<NR>(rhs, t * per, chunk) };
+        };
+        if par {
+            let threads = rayon::current_num_threads();
+            let per_a = mp.div_ceil(2 * threads).max(1);
+            let per_b = np.div_ceil(2 * threads).max(1);
+            rayon::join(
+                || ap.par_chunks_mut(per_a * kp * MR).enumerate().for_each(|x| pack_a(x, per_a)),
+                || bp.par_chunks_mut(per_b * kp * NR).enumerate().for_each(|x| pack_b(x, per_b)),
+            );
+        } else {
+            pack_a((0, ap), mp);
+            pack_b((0, bp), np);
+        }
+
+        // Blocks of C: at most MC_PANELS x NC_PANELS micro-tiles, cut finer when parallel so that
+        // work stealing can balance about 4 blocks per thread.
+        let mut rc = mp.div_ceil(MC_PANELS);
+        let mut cc = np.div_ceil(NC_PANELS);
+        if par {
+            let want = 4 * rayon::current_num_threads();
+            while rc * cc < want && (cc < np || rc < mp) {
+                if cc < np && (np / cc >= mp / rc || rc >= mp) {
+                    cc += 1;
+                } else {
+                    rc += 1;
+                }
+            }
+        }
+        let split = |total: usize, parts: usize, i: usize| (total * i / parts, total * (i + 1) / parts);
+        let blocks: Vec<((usize, usize), (usize, usize))> =
+            (0..rc).flat_map(|i| (0..cc).map(move |j| (split(mp, rc, i), split(np, cc, j)))).collect();
+        let cptr = CPtr(c.as_mut_ptr());
+        let (ap, bp) = (&*ap, &*bp);
+        let run = |&(rows, cols): &((usize, usize), (usize, usize))| {
+            // SAFETY: features checked by the caller; the blocks partition the micro-tiles of C,
+            // so each C element is written by one block; the packed buffers hold mp and np panels.
+            unsafe { block(ap, bp, cptr, m, n, kp, rows, cols, accumulate, scale) };
+        };
+        if par {
+            blocks.par_iter().for_each(run);
+        } else {
+            blocks.iter().for_each(run);
+        }
+        PACK.set((abuf, bbuf));
+    }
+
+    /// Packs the whole panels `out` holds (`out.len() / (kp * R)` of them, the first being panel
+    /// `panel0` of `op`), as [`pack_panel`] does, with AVX-512 when one of the strides is 1.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_chunk<const R: usize>(op: Operand<'_>, panel0: usize, out: &mut [u32]) {
+        let kp = op.k.div_ceil(2);
+        if op.sr == 1 {
+            pack_rows_contiguous::<R>(op, panel0, out);
+        } else if op.sk == 1 {
+            for (t, panel) in out.chunks_exact_mut(kp * R).enumerate() {
+                pack_k_contiguous::<R>(op, (panel0 + t) * R, panel);
+            }
+        } else {
+            for (t, panel) in out.chunks_exact_mut(kp * R).enumerate() {
+                pack_panel::<R>(op, (panel0 + t) * R, panel);
+            }
+        }
+    }
+
+    /// The first `n` lanes (n <= 16).
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// Each u32 lane of `x` (f32 bits) rounded to bf16 in its high 16 bits, as [`bf16_bits`] (the
+    /// low 16 bits are garbage).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn round_hi(x: __m512i) -> __m512i {
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+        let abs = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF));
+        let nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+        _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(x, _mm512_set1_epi32(0x0040_0000)))
+    }
+
+    /// Case "rows contiguous" (`sr == 1`: op(A) transposed, op(B) as stored): for each k-pair,
+    /// two lines of the chunk's rows in, one line of pairs per panel out.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_rows_contiguous<const R: usize>(op: Operand<'_>, panel0: usize, out: &mut [u32]) {
+        let Operand { data, len, k, sk, .. } = op;
+        let kp = k.div_ceil(2);
+        let panels = out.len() / (kp * R);
+        let hi_mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        for p in 0..kp {
+            let (k0, has1) = (2 * p, 2 * p + 1 < k);
+            for t in 0..panels {
+                let r0 = (panel0 + t) * R;
+                let rows = R.min(len - r0);
+                for v in 0..R.div_ceil(16) {
+                    let (load, store) = (lanes(rows.saturating_sub(16 * v)), lanes(R - 16 * v));
+                    let first = r0 + 16 * v;
+                    // SAFETY: the loaded lanes are rows `first .. first + rows - 16 v` of k-lines
+                    // k0 and k0 + 1 < k, inside `data` (checked by `View::new`); masked-off lanes
+                    // are not accessed, so the pointers may point past the end (wrapping_add).
+                    let (x0, x1) = unsafe {
+                        let x0 = _mm512_maskz_loadu_epi32(load, data.as_ptr().wrapping_add(k0 * sk + first).cast());
+                        let x1 = if has1 {
+                            _mm512_maskz_loadu_epi32(load, data.as_ptr().wrapping_add((k0 + 1) * sk + first).cast())
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        (x0, x1)
+                    };
+                    let pairs =
+                        _mm512_or_si512(_mm512_srli_epi32::<16>(round_hi(x0)), _mm512_and_si512(round_hi(x1), hi_mask));
+                    let at = t * kp * R + p * R + 16 * v;
+                    assert!(at + (R - 16 * v).min(16) <= out.len());
+                    // SAFETY: the stored lanes are `out[at .. at + min(R - 16 v, 16)]`, in bounds.
+                    unsafe { _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), store, pairs) };
+                }
+            }
+        }
+    }
+
+    /// Case "k contiguous" (`sk == 1`: op(A) as stored, op(B) transposed): per group of 16 rows
+    /// and block of 16 k-pairs, the rows' pairs (one vector per row) are transposed in registers
+    /// into one vector per k-pair.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_k_contiguous<const R: usize>(op: Operand<'_>, r0: usize, out: &mut [u32]) {
+        let Operand { data, len, k, sr, .. } = op;
+        let kp = k.div_ceil(2);
+        let rows = R.min(len - r0);
+        // Word w of the result is word 2w + 1 of (a, b): the high halves (the bf16s) in order.
+        let odd_words = _mm512_set_epi16(
+            63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11,
+            9, 7, 5, 3, 1,
+        );
+        for g in 0..R.div_ceil(16) {
+            let store = lanes(R - 16 * g);
+            let real = rows.saturating_sub(16 * g).min(16);
+            for pb in (0..kp).step_by(16) {
+                let e0 = 2 * pb;
+                let avail = k - e0;
+                let (m0, m1) = (lanes(avail), lanes(avail.saturating_sub(16)));
+                let mut v = [_mm512_setzero_si512(); 16];
+                for (i, v) in v.iter_mut().enumerate().take(real) {
+                    let src = data.as_ptr().wrapping_add((r0 + 16 * g + i) * sr + e0);
+                    // SAFETY: row r0 + 16 g + i < len, elements e0 .. e0 + min(avail, 32) < k of it
+                    // are inside `data`; masked-off lanes are not accessed.
+                    let (x0, x1) = unsafe {
+                        (
+                            _mm512_maskz_loadu_epi32(m0, src.cast()),
+                            _mm512_maskz_loadu_epi32(m1, src.wrapping_add(16).cast()),
+                        )
+                    };
+                    *v = _mm512_permutex2var_epi16(round_hi(x0), odd_words, round_hi(x1));
+                }
+                transpose16(&mut v);
+                let np = (kp - pb).min(16);
+                for (q, &v) in v.iter().enumerate().take(np) {
+                    let at = (pb + q) * R + 16 * g;
+                    assert!(at + (R - 16 * g).min(16) <= out.len());
+                    // SAFETY: the stored lanes are `out[at .. at + min(R - 16 g, 16)]`, in bounds.
+                    unsafe { _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), store, v) };
+                }
+            }
+        }
+    }
+
+    /// Transposes the 16 x 16 u32 matrix whose rows are `r`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn transpose16(r: &mut [__m512i; 16]) {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            let b = 4 * i;
+            r[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+            r[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+            r[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        for h in 0..2 {
+            let b = 8 * h;
+            for j in 0..4 {
+                t[b + j] = _mm512_shuffle_i32x4::<0x88>(r[b + j], r[b + 4 + j]);
+                t[b + 4 + j] = _mm512_shuffle_i32x4::<0xDD>(r[b + j], r[b + 4 + j]);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[8 + j]);
+            r[8 + j] = _mm512_shuffle_i32x4::<0xDD>(t[j], t[8 + j]);
+        }
+    }
+
+    /// Row panels `rows.0 .. rows.1` x column panels `cols.0 .. cols.1` of C, all of k.
+    ///
+    /// SAFETY: AVX512-BF16 present; `c` points to `m * n` f32 that no other thread touches in
+    /// this block; `ap` and `bp` hold the packed panels of the whole operands.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn block(
+        ap: &[u32],
+        bp: &[u32],
+        c: CPtr,
+        m: usize,
+        n: usize,
+        kp: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        accumulate: bool,
+        scale: f32,
+    ) {
+        let kcp = KC / 2;
+        for p0 in (0..kp).step_by(kcp) {
+            let pl = kcp.min(kp - p0);
+            let load_c = accumulate || p0 > 0;
+            for jp in cols.0..cols.1 {
+                let bpan = &bp[jp * kp * NR + p0 * NR..][..pl * NR];
+                let nc = NR.min(n - jp * NR);
+                for ip in rows.0..rows.1 {
+                    let apan = &ap[ip * kp * MR + p0 * MR..][..pl * MR];
+                    let mr = MR.min(m - ip * MR);
+                    // SAFETY: the tile (ip * MR .. + mr, jp * NR .. + nc) lies inside C (m x n).
+                    let ct = unsafe { c.0.add(ip * MR * n + jp * NR) };
+                    // SAFETY: the panels hold `pl` pairs; the tile is inside C and ours alone.
+                    unsafe { kernel(pl, apan.as_ptr(), bpan.as_ptr(), ct, n, mr, nc, load_c, scale) };
+                }
+            }
+        }
+    }
+
+    /// One MR x NR tile: `c = scale * acc` (or `c += scale * acc` when `load_c`) where `acc` is the
+    /// sum over `kp` pairs of A panel (kp x MR pairs) times B panel (kp x NR pairs). Only the
+    /// `rows x cols` corner of the tile is read and written (row stride `ldc`).
+    ///
+    /// SAFETY: AVX512-BF16 present; `a` holds `kp * MR` and `b` `kp * NR` u32; `c` rows
+    /// `0..rows`, columns `0..cols` (row stride `ldc`) are valid for reads and writes.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn kernel(
+        kp: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        load_c: bool,
+        scale: f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..kp {
+            // SAFETY: p < kp, so the B pair row p (NR u32) and the A pairs p (MR u32) are inside
+            // the panels; unaligned loads.
+            unsafe {
+                let bv = b.add(p * NR);
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bv.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bv.add(16).cast()));
+                let av = a.add(p * MR);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(av.add(i).read() as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], b0, ai);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], b1, ai);
+                }
+            }
+        }
+        let s = _mm512_set1_ps(scale);
+        if rows == MR && cols == NR {
+            for (i, acc) in acc.iter().enumerate() {
+                // SAFETY: full tile: row i, columns 0..32 are inside C.
+                unsafe {
+                    let row = c.add(i * ldc);
+                    for (h, &v) in acc.iter().enumerate() {
+                        let dst = row.add(16 * h);
+                        let out =
+                            if load_c { _mm512_fmadd_ps(v, s, _mm512_loadu_ps(dst)) } else { _mm512_mul_ps(v, s) };
+                        _mm512_storeu_ps(dst, out);
+                    }
+                }
+            }
+        } else {
+            let lane_mask = |from: usize| -> __mmask16 {
+                let w = cols.saturating_sub(from).min(16);
+                ((1u32 << w) - 1) as __mmask16
+            };
+            let masks = [lane_mask(0), lane_mask(16)];
+            for (i, acc) in acc.iter().enumerate() {
+                if i >= rows {
+                    break;
+                }
+                // SAFETY: row i < rows; the masks keep the columns below `cols`, and masked
+                // lanes are neither read nor written.
+                unsafe {
+                    let row = c.add(i * ldc);
+                    for h in 0..2 {
+                        // wrapping: past the last row of C the second half may lie out of bounds
+                        // (fully masked, never dereferenced).
+                        let dst = row.wrapping_add(16 * h);
+                        let out = if load_c {
+                            _mm512_fmadd_ps(acc[h], s, _mm512_maskz_loadu_ps(masks[h], dst))
+                        } else {
+                            _mm512_mul_ps(acc[h], s)
+                        };
+                        _mm512_mask_storeu_ps(dst, masks[h], out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The SIMD packers against the scalar one, all layouts, edges and odd k.
+        #[test]
+        fn simd_packing_matches_scalar() {
+            if !has_avx512_bf16() {
+                return;
+            }
+            for (len, k) in [(1usize, 1usize), (13, 3), (14, 33), (29, 64), (33, 31), (70, 65), (5, 300)] {
+                let data: Vec<f32> = (0..len * k).map(|i| (i as f32 * 0.731).sin() * 3.0).collect();
+                let kp = k.div_ceil(2);
+                for (sr, sk) in [(1, len), (k, 1)] {
+                    let op = Operand { data: &data, len, k, sr, sk };
+                    let check = |r: usize, simd: &dyn Fn(&mut [u32])| {
+                        let panels = len.div_ceil(r);
+                        let mut want = vec![0u32; panels * kp * r];
+                        let mut got = vec![7u32; panels * kp * r];
+                        for (t, p) in want.chunks_exact_mut(kp * r).enumerate() {
+                            match r {
+                                MR => pack_panel::<MR>(op, t * r, p),
+                                _ => pack_panel::<NR>(op, t * r, p),
+                            }
+                        }
+                        simd(&mut got);
+                        assert_eq!(got, want, "len {len} k {k} strides ({sr}, {sk}) R {r}");
+                    };
+                    // SAFETY: AVX512-BF16 detected above.
+                    check(MR, &|o| unsafe { pack_chunk::<MR>(op, 0, o) });
+                    // SAFETY: as above.
+                    check(NR, &|o| unsafe { pack_chunk::<NR>(op, 0, o) });
+                }
+            }
+        }
+    }
+}
