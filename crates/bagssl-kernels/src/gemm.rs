@@ -120,11 +120,58 @@ impl ColMajor {
     }
 }
 
-/// Row-major GEMM on raw device memory. The lengths are checked against the shape.
+/// The element type of GEMM operands: f32, or bf16 bit patterns (u16).
+pub(crate) trait GemmOperand: cudarc::driver::DeviceRepr {
+    const CUDA_TYPE: sys::cudaDataType_t;
+}
+impl GemmOperand for f32 {
+    const CUDA_TYPE: sys::cudaDataType_t = sys::cudaDataType_t::CUDA_R_32F;
+}
+impl GemmOperand for u16 {
+    const CUDA_TYPE: sys::cudaDataType_t = sys::cudaDataType_t::CUDA_R_16BF;
+}
+
+/// Row-major GEMM on raw device memory, f32 operands, at the GPU's precision. The lengths are
+/// checked against the shape.
 pub(crate) fn gemm_raw<A, B, C>(gpu: &crate::Gpu, g: Gemm, a: &A, b: &B, c: &mut C) -> Result<(), KernelError>
 where
     A: DevicePtr<f32>,
     B: DevicePtr<f32>,
+    C: DevicePtrMut<f32>,
+{
+    let compute = match gpu.gemm_precision() {
+        GemmPrecision::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        GemmPrecision::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        // f32 operands that the caller did not give as bf16 copies: cuBLAS rounds them itself.
+        GemmPrecision::Bf16 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+    };
+    gemm_ex::<f32, A, B, C>(gpu, g, a, b, c, compute)
+}
+
+/// Row-major GEMM of bf16 operands (bit patterns, e.g. [`GpuBuf::bf16`]) into f32 `c`, f32
+/// accumulation on the bf16 tensor cores. The lengths are checked against the shape.
+pub(crate) fn gemm_bf16_raw<A, B, C>(gpu: &crate::Gpu, g: Gemm, a: &A, b: &B, c: &mut C) -> Result<(), KernelError>
+where
+    A: DevicePtr<u16>,
+    B: DevicePtr<u16>,
+    C: DevicePtrMut<f32>,
+{
+    gemm_ex::<u16, A, B, C>(gpu, g, a, b, c, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F)
+}
+
+/// `cublasGemmEx` for a row-major [`Gemm`] (see [`ColMajor`]): operands of type `T`, f32 output.
+fn gemm_ex<T, A, B, C>(
+    gpu: &crate::Gpu,
+    g: Gemm,
+    a: &A,
+    b: &B,
+    c: &mut C,
+    compute: sys::cublasComputeType_t,
+) -> Result<(), KernelError>
+where
+    T: GemmOperand,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
     C: DevicePtrMut<f32>,
 {
     let Gemm { m, n, k, alpha, beta, .. } = g;
@@ -145,20 +192,14 @@ where
     }
     let cm = ColMajor::of(&g);
     let op = |t: bool| if t { sys::cublasOperation_t::CUBLAS_OP_T } else { sys::cublasOperation_t::CUBLAS_OP_N };
-    let compute = match gpu.gemm_precision() {
-        GemmPrecision::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-        GemmPrecision::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-        // f32 operands that the caller did not give as bf16 copies: cuBLAS rounds them itself.
-        GemmPrecision::Bf16 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
-    };
     let blas = gpu.blas()?;
     let stream = gpu.stream();
     let (pa, _ra) = a.device_ptr(stream);
     let (pb, _rb) = b.device_ptr(stream);
     let (pc, _rc) = c.device_ptr_mut(stream);
-    // SAFETY: the pointers address buffers of the checked lengths on this GPU; the leading
-    // dimensions match the dense row-major layouts; alpha/beta live until the call returns
-    // (host pointer mode).
+    // SAFETY: the pointers address buffers of the checked lengths (elements of type T, f32 for C)
+    // on this GPU; the leading dimensions match the dense row-major layouts; alpha/beta live
+    // until the call returns (host pointer mode).
     unsafe {
         cudarc::cublas::result::gemm_ex(
             *blas.handle(),
@@ -169,73 +210,16 @@ where
             to_i32(cm.k, "k")?,
             (&alpha) as *const f32 as *const _,
             pb as *const _,
-            sys::cudaDataType_t::CUDA_R_32F,
+            T::CUDA_TYPE,
             to_i32(cm.ld_first, "ld")?,
             pa as *const _,
-            sys::cudaDataType_t::CUDA_R_32F,
+            T::CUDA_TYPE,
             to_i32(cm.ld_second, "ld")?,
             (&beta) as *const f32 as *const _,
             pc as *mut _,
             sys::cudaDataType_t::CUDA_R_32F,
             to_i32(cm.ldc, "ldc")?,
             compute,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )?;
-    }
-    Ok(())
-}
-
-/// Row-major GEMM of bf16 operands (bit patterns, e.g. [`GpuBuf::bf16`]) into f32 `c`, f32
-/// accumulation on the bf16 tensor cores. The lengths are checked against the shape.
-pub(crate) fn gemm_bf16_raw<A, B, C>(gpu: &crate::Gpu, g: Gemm, a: &A, b: &B, c: &mut C) -> Result<(), KernelError>
-where
-    A: DevicePtr<u16>,
-    B: DevicePtr<u16>,
-    C: DevicePtrMut<f32>,
-{
-    let Gemm { m, n, k, alpha, beta, .. } = g;
-    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-        return Err(KernelError::Invalid(format!(
-            "bf16 gemm (m={m}, n={n}, k={k}): operand lengths {}, {}, {}, expected {}, {}, {}",
-            a.len(),
-            b.len(),
-            c.len(),
-            m * k,
-            k * n,
-            m * n
-        )));
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let cm = ColMajor::of(&g);
-    let op = |t: bool| if t { sys::cublasOperation_t::CUBLAS_OP_T } else { sys::cublasOperation_t::CUBLAS_OP_N };
-    let blas = gpu.blas()?;
-    let stream = gpu.stream();
-    let (pa, _ra) = a.device_ptr(stream);
-    let (pb, _rb) = b.device_ptr(stream);
-    let (pc, _rc) = c.device_ptr_mut(stream);
-    // SAFETY: as in `gemm_raw`; A and B hold bf16 (2-byte) values, C f32.
-    unsafe {
-        cudarc::cublas::result::gemm_ex(
-            *blas.handle(),
-            op(cm.trans_first),
-            op(cm.trans_second),
-            to_i32(cm.m, "n")?,
-            to_i32(cm.n, "m")?,
-            to_i32(cm.k, "k")?,
-            (&alpha) as *const f32 as *const _,
-            pb as *const _,
-            sys::cudaDataType_t::CUDA_R_16BF,
-            to_i32(cm.ld_first, "ld")?,
-            pa as *const _,
-            sys::cudaDataType_t::CUDA_R_16BF,
-            to_i32(cm.ld_second, "ld")?,
-            (&beta) as *const f32 as *const _,
-            pc as *mut _,
-            sys::cudaDataType_t::CUDA_R_32F,
-            to_i32(cm.ldc, "ldc")?,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )?;
     }
