@@ -14,12 +14,10 @@
 //! Without a GPU every test prints `skipped: <test>: <reason>` and passes (fails with
 //! `BAGSSL_REQUIRE_GPU=1`).
 
-use std::sync::{Arc, Mutex};
-
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
 use bagssl_eval::{embed_bag, embed_single_patch};
-use bagssl_kernels::{gpu_or_skip, GemmPrecision, Gpu};
+use bagssl_kernels::{at_each_gemm_precision, gpu_or_skip};
 use bagssl_model::{BagSslModel, ModelConfig};
 
 const PATCH: usize = 8;
@@ -45,25 +43,6 @@ fn cases() -> Vec<(ImageStore, usize, [usize; 2])> {
         (synthetic(&SyntheticSpec { images: 23, classes: 3, height: 32, width: 32, seed: 6 }), 2, [5, 23]),
         (synthetic(&SyntheticSpec { images: 10, classes: 2, height: 20, width: 28, seed: 7 }), 3, [4, 64]),
     ]
-}
-
-/// The GEMM precision is a property of the process-wide [`Gpu`]: tests that change it hold this.
-static PRECISION: Mutex<()> = Mutex::new(());
-
-/// Runs `f` at each GEMM precision, restoring the device's setting afterwards (even on panic).
-fn at_each_precision(gpu: &Arc<Gpu>, mut f: impl FnMut(GemmPrecision)) {
-    struct Restore<'a>(&'a Gpu, GemmPrecision);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            self.0.set_gemm_precision(self.1);
-        }
-    }
-    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let _restore = Restore(gpu, gpu.gemm_precision());
-    for p in GemmPrecision::ALL {
-        gpu.set_gemm_precision(p);
-        f(p);
-    }
 }
 
 /// One `OK` / `NOT OK` line; returns whether it held.
@@ -98,7 +77,7 @@ fn compare(test: &str, what: &str, embed: Embed) {
     let cpu_model = model();
     let gpu_model = cpu_model.to_device(&Device::Cuda(gpu.clone())).unwrap();
     let mut failures = Vec::new();
-    at_each_precision(&gpu, |prec| {
+    at_each_gemm_precision(&gpu, |prec| {
         let rtol = 3.0 * f64::from(prec.tolerance(PATCH * PATCH * 3));
         for (store, stride, batches) in cases() {
             let want = embed(&cpu_model, &store, PATCH, stride, batches[0]).unwrap();

@@ -83,6 +83,26 @@ pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
     }
 }
 
+/// For tests that compare the GPU at every GEMM precision: runs `f` at each of
+/// [`GemmPrecision::ALL`] on `gpu`, one caller at a time in this process (the precision is a
+/// property of the shared [`Gpu`] of [`gpu_or_skip`]), and restores the previous setting
+/// afterwards, even when `f` panics.
+pub fn at_each_gemm_precision(gpu: &Gpu, mut f: impl FnMut(GemmPrecision)) {
+    struct Restore<'a>(&'a Gpu, GemmPrecision);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.set_gemm_precision(self.1);
+        }
+    }
+    static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let _restore = Restore(gpu, gpu.gemm_precision());
+    for p in GemmPrecision::ALL {
+        gpu.set_gemm_precision(p);
+        f(p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

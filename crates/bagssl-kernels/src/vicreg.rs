@@ -43,11 +43,6 @@ pub struct VicregOut {
 }
 
 impl VicregOut {
-    /// Copies the four scalars (32 bytes) to the host; waits for the stream.
-    pub fn scalars(&self) -> Result<VicregScalars, KernelError> {
-        self.scalars_async()?.wait()
-    }
-
     /// Queues the copy of the four scalars to the host and returns at once: launch more work,
     /// then [`PendingScalars::wait`] blocks only until the copy has landed.
     pub fn scalars_async(&self) -> Result<PendingScalars, KernelError> {

@@ -55,11 +55,11 @@
 //! Without a GPU the GPU tests print `skipped: <test>: <reason>` and pass (fail with
 //! `BAGSSL_REQUIRE_GPU=1`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bagssl_autograd::{Device, Tape, Tensor};
 use bagssl_data::{gather_patches, synthetic, ImageStore, PatchSampler, PatchSpec, SeededRng, SyntheticSpec};
-use bagssl_kernels::{gpu_or_skip, GemmPrecision, Gpu};
+use bagssl_kernels::{at_each_gemm_precision, gpu_or_skip, GemmPrecision, Gpu};
 use bagssl_model::optim::{ADAM_EPS, LARS_ETA};
 use bagssl_model::trainer::PERM_STREAM;
 use bagssl_model::{
@@ -537,25 +537,6 @@ fn compare_steps(rep: &mut Report, tol: Tol, store: &ImageStore, cpu: &mut Side,
 // ---------------------------------------------------------------------------------------------
 // GPU tests
 
-/// The GEMM precision is a property of the process-wide [`Gpu`]: tests that change it hold this.
-static PRECISION: Mutex<()> = Mutex::new(());
-
-/// Runs `f` at each GEMM precision, restoring the device's setting afterwards (even on panic).
-fn at_each_precision(gpu: &Arc<Gpu>, mut f: impl FnMut(GemmPrecision)) {
-    struct Restore<'a>(&'a Gpu, GemmPrecision);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            self.0.set_gemm_precision(self.1);
-        }
-    }
-    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let _restore = Restore(gpu, gpu.gemm_precision());
-    for p in GemmPrecision::ALL {
-        gpu.set_gemm_precision(p);
-        f(p);
-    }
-}
-
 /// A CPU side and a GPU side with the same weights (the CPU model copied to the GPU).
 fn cpu_and_gpu(gpu: &Arc<Gpu>, kind: OptimizerKind) -> (Side, Side) {
     let c = train_config(kind);
@@ -568,7 +549,7 @@ fn cpu_and_gpu(gpu: &Arc<Gpu>, kind: OptimizerKind) -> (Side, Side) {
 fn gpu_step_matches_cpu() {
     let Some(gpu) = gpu_or_skip("gpu_step_matches_cpu") else { return };
     let data = store();
-    at_each_precision(&gpu, |prec| {
+    at_each_gemm_precision(&gpu, |prec| {
         for kind in [OptimizerKind::AdamW, OptimizerKind::Lars] {
             let (mut cpu, mut dev) = cpu_and_gpu(&gpu, kind);
             let mut rep = Report::new(&format!("step {kind:?} {prec:?}"));
@@ -582,7 +563,7 @@ fn gpu_step_matches_cpu() {
 fn gpu_steps_stay_close_to_cpu() {
     let Some(gpu) = gpu_or_skip("gpu_steps_stay_close_to_cpu") else { return };
     let data = store();
-    at_each_precision(&gpu, |prec| {
+    at_each_gemm_precision(&gpu, |prec| {
         for kind in [OptimizerKind::AdamW, OptimizerKind::Lars] {
             let (mut cpu, mut dev) = cpu_and_gpu(&gpu, kind);
             let mut rep = Report::new(&format!("{STEPS} steps {kind:?} {prec:?}"));

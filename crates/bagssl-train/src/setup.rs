@@ -253,4 +253,19 @@ mod tests {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
         assert_eq!(super::civil_from_days(20_418), (2025, 11, 26));
     }
+
+    /// `cpu_precision` sets the CPU backend's GEMM switch (the only unit test of this binary
+    /// that touches it, so no other test sees it flipped).
+    #[test]
+    fn cpu_precision_sets_the_cpu_gemm_switch() {
+        use super::*;
+        let mut cfg = Config { cpu_precision: "bf16".into(), ..Config::default() };
+        assert!(matches!(resolve_device(&cfg).unwrap(), Device::Cpu));
+        assert_eq!(bagssl_autograd::cpu_matmul_precision(), CpuMatmulPrecision::Bf16);
+        cfg.cpu_precision = "f32".into();
+        resolve_device(&cfg).unwrap();
+        assert_eq!(bagssl_autograd::cpu_matmul_precision(), CpuMatmulPrecision::F32);
+        cfg.cpu_precision = "fp8".into();
+        assert!(resolve_device(&cfg).unwrap_err().to_string().contains("cpu_precision"));
+    }
 }

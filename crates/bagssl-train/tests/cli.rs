@@ -340,4 +340,36 @@ fn bench_ends_with_the_json_contract() {
     assert!(j["device"].as_str().unwrap().starts_with("cpu"));
     assert_eq!(j["steps"], 3);
     assert_eq!(j["config"]["hidden"], 32);
+    assert_eq!(j["precision"], "f32");
+}
+
+/// `cpu_precision = "bf16"` reaches the run (the bench reports it, and the step still runs).
+#[test]
+fn bench_runs_with_bf16_gemms_on_the_cpu() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
+    let o = run(&[
+        "bench",
+        "--config",
+        cfg,
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--eval-images",
+        "0",
+        "--set",
+        "model.hidden=32",
+        "--set",
+        "model.proj=32",
+        "--set",
+        "data.synthetic_images=200",
+        "--set",
+        "cpu_precision=bf16",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("| bf16 GEMMs"), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("output")).unwrap();
+    assert_eq!(j["precision"], "bf16");
+    assert!(j["ms_per_step"].as_f64().is_some_and(|v| v > 0.0), "{j}");
 }

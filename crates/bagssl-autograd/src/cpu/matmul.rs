@@ -86,20 +86,31 @@ impl<'d> View<'d> {
     }
 }
 
-/// `c = acc * c + scale * a @ b` with `c` row-major (a.rows, b.cols); multi-threaded when `par`.
-pub fn gemm_views(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+/// Checks the shapes of `c = op(a) op(b)` (`what` names the caller in the panic) and handles
+/// the products with nothing to multiply (an empty `c`, or k = 0: `c` zeroed unless
+/// accumulating). Returns whether that settled it.
+pub(crate) fn gemm_trivial(what: &str, a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm_views: inner dimensions {k} vs {}", b.rows);
-    assert_eq!(c.len(), m * n, "gemm_views: dst has {} elements for {m}x{n}", c.len());
+    assert_eq!(b.rows, k, "{what}: inner dimensions {k} vs {}", b.rows);
+    assert_eq!(c.len(), m * n, "{what}: dst has {} elements for {m}x{n}", c.len());
     if m == 0 || n == 0 {
-        return;
+        return true;
     }
     if k == 0 {
         if !accumulate {
             c.fill(0.0);
         }
+        return true;
+    }
+    false
+}
+
+/// `c = acc * c + scale * a @ b` with `c` row-major (a.rows, b.cols); multi-threaded when `par`.
+pub fn gemm_views(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+    if gemm_trivial("gemm_views", a, b, c, accumulate) {
         return;
     }
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     // SAFETY: `View::new` checked that every element of a and b is inside its slice, the length of
     // `c` was checked above, and `c` is borrowed mutably, so it aliases neither a nor b.
     unsafe {

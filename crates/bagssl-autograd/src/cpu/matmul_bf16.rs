@@ -30,7 +30,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::matmul::{gemm_views, GemmShape, View, PAR_MIN_MACS};
+use super::matmul::{gemm_trivial, gemm_views, GemmShape, View, PAR_MIN_MACS};
 
 /// Rows of the micro-tile (A pairs broadcast per k-pair).
 pub const MR: usize = 14;
@@ -107,16 +107,7 @@ pub fn gemm_views_bf16(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool
     if !has_avx512_bf16() {
         return gemm_views_bf16_fallback(a, b, c, accumulate, scale, par);
     }
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm_views_bf16: inner dimensions {k} vs {}", b.rows);
-    assert_eq!(c.len(), m * n, "gemm_views_bf16: dst has {} elements for {m}x{n}", c.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c.fill(0.0);
-        }
+    if gemm_trivial("gemm_views_bf16", a, b, c, accumulate) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
