@@ -244,6 +244,35 @@ pub fn bn_eval_fwd(
     )
 }
 
+/// Eval-mode `act(BN(x W^T))`: a linear layer without bias (fold it into `running_mean` as
+/// `running_mean - b`) followed by [`bn_eval_fwd`]. Equal bit for bit to `matmul(x, w, false,
+/// true)` then `bn_eval_fwd`, which is what runs on CUDA and with f32 CPU GEMMs; with bf16 CPU
+/// GEMMs on AVX512-BF16 the BatchNorm (and ReLU) run in the GEMM's store, saving a pass over
+/// the (rows, out) output.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<Tensor> {
+    let (_, _, out) = matmul_dims(x, w, false, true)?;
+    let per_out = [("running_mean", running_mean), ("running_var", running_var), ("gamma", gamma), ("beta", beta)];
+    if let Some((name, v)) = per_out.iter().find(|(_, v)| v.numel() != out) {
+        return Err(shape_err("linear_bn_eval", format!("{name} {:?} vs weight {:?}", v.shape(), w.shape())));
+    }
+    if same_device("linear_bn_eval", &[x, w, running_mean, running_var, gamma, beta])? {
+        let y = cuda::matmul(x, w, false, true)?;
+        cuda::bn_eval_fwd(&y, running_mean, running_var, gamma, beta, eps, relu)
+    } else {
+        cpu::linear_bn_eval(x, w, running_mean, running_var, gamma, beta, eps, relu)
+    }
+}
+
 /// In-place running-statistics update: `r = (1 - momentum) r + momentum batch`.
 pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
     same_numel("ema_", &[("running", running), ("batch", batch)])?;

@@ -55,6 +55,20 @@ impl Tensor {
         Tensor { shape: shape.to_vec(), storage: Storage::Cpu(data) }
     }
 
+    /// A CPU tensor holding a copy of `data`, in a recycled buffer ([`crate::cpu::pool`]).
+    pub fn from_slice(shape: &[usize], data: &[f32]) -> Tensor {
+        Tensor::filled_by(shape, |v| v.copy_from_slice(data))
+    }
+
+    /// A CPU tensor whose elements `fill` writes, every one of them, into a recycled buffer
+    /// ([`crate::cpu::pool`]: it holds stale values until then): per-batch inputs gathered
+    /// straight into the tensor, with no buffer of the caller's and no copy.
+    pub fn filled_by(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> Tensor {
+        let mut v = crate::cpu::pool::take(shape.iter().product());
+        fill(&mut v);
+        Tensor::from_vec(shape, v)
+    }
+
     /// Wraps a GPU buffer of `shape.iter().product()` elements.
     pub fn from_gpu(shape: &[usize], buf: GpuBuf) -> Tensor {
         assert_eq!(
@@ -140,7 +154,8 @@ impl Tensor {
     /// A copy on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         Ok(match (device, &self.storage) {
-            (Device::Cpu, _) => Tensor::from_vec(&self.shape, self.to_vec()?),
+            (Device::Cpu, Storage::Cpu(v)) => Tensor::from_slice(&self.shape, v),
+            (Device::Cpu, Storage::Cuda(b)) => Tensor::from_vec(&self.shape, b.to_host()?),
             (Device::Cuda(gpu), Storage::Cpu(v)) => Tensor::from_gpu(&self.shape, gpu.upload(v)?),
             (Device::Cuda(gpu), Storage::Cuda(b)) => Tensor::from_gpu(&self.shape, gpu.copy(b)?),
         })
@@ -148,6 +163,15 @@ impl Tensor {
 
     pub fn try_clone(&self) -> Result<Tensor> {
         self.to_device(&self.device())
+    }
+}
+
+/// A CPU tensor's buffer goes back to [`crate::cpu::pool`] for the next op of its length.
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        if let Storage::Cpu(v) = &mut self.storage {
+            crate::cpu::pool::give(std::mem::take(v));
+        }
     }
 }
 

@@ -6,7 +6,8 @@ mod common;
 
 use bagssl_autograd::cpu::matmul::{sgemm, sgemm_f32, GemmShape, View};
 use bagssl_autograd::cpu::matmul_bf16::{
-    gemm_views_bf16, gemm_views_bf16_fallback, has_avx512_bf16, round_to_bf16, sgemm_bf16, sgemm_bf16_fallback,
+    gemm_views_bf16, gemm_views_bf16_fallback, gemm_views_bf16_mapped, has_avx512_bf16, round_to_bf16, sgemm_bf16,
+    sgemm_bf16_fallback, ColumnMap,
 };
 use bagssl_autograd::{cpu_matmul_precision, ops, set_cpu_matmul_precision, CpuMatmulPrecision, Tensor};
 use common::{host, rng, uniform};
@@ -51,7 +52,9 @@ fn check(what: &str, got: &[f32], want: &[f64], abs: &[f64]) {
     }
 }
 
-const SHAPES: [(usize, usize, usize); 14] = [
+/// (701, 301, 40) is tall enough that the parallel path splits only rows, so each task packs its
+/// own rows of A per k-block (odd m and k, two k-blocks).
+const SHAPES: [(usize, usize, usize); 15] = [
     (1, 1, 1),
     (3, 5, 7),
     (13, 31, 33),
@@ -59,6 +62,7 @@ const SHAPES: [(usize, usize, usize); 14] = [
     (14, 2, 32),
     (29, 257, 65),
     (64, 192, 512),
+    (701, 301, 40),
     (100, 1, 100),
     (1, 300, 45),
     (0, 5, 3),
@@ -202,6 +206,52 @@ fn non_finite_operands_propagate() {
     }
 }
 
+/// The fused store map (eval-mode BatchNorm + ReLU) equals the plain bf16 GEMM followed by the
+/// same arithmetic, bit for bit: edge tiles, one and several k-blocks, odd k, the parallel path,
+/// NaN and negative zero through the ReLU.
+#[test]
+fn mapped_gemm_equals_gemm_then_map() {
+    if !has_avx512_bf16() {
+        eprintln!("skipped: no AVX512-BF16 (the mapped GEMM reports None and callers run two passes)");
+        return;
+    }
+    let mut r = rng(21);
+    for (m, k, n) in
+        [(1, 1, 1), (15, 3, 33), (37, 193, 45), (70, 530, 100), (300, 512, 512), (512, 192, 512), (5, 0, 7)]
+    {
+        let a = uniform(&mut r, m * k);
+        let b = uniform(&mut r, n * k); // stored (n, k): the linear layer's weight
+        let sub = uniform(&mut r, n);
+        let mul: Vec<f32> = uniform(&mut r, n).iter().map(|x| x * 3.0).collect();
+        let mut add = uniform(&mut r, n);
+        if n > 2 {
+            add[1] = f32::NAN; // NaN must pass through the ReLU
+            add[2] = -0.0;
+        }
+        for relu in [false, true] {
+            let (av, bv) = (View::row_major(&a, m, k), View::row_major(&b, n, k).t());
+            let mut plain = vec![0f32; m * n];
+            gemm_views_bf16(av, bv, &mut plain, false, 1.0, m * n * k >= 1 << 20);
+            let want: Vec<u32> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let j = i % n;
+                    let y = (v - sub[j]) * mul[j] + add[j];
+                    (if relu && y < 0.0 { 0.0 } else { y }).to_bits()
+                })
+                .collect();
+            for par in [false, true] {
+                let mut got = vec![f32::NAN; m * n];
+                let map = ColumnMap { sub: &sub, mul: &mul, add: &add, relu };
+                assert!(gemm_views_bf16_mapped(av, bv, &mut got, map, par).is_some());
+                let got: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{m}x{k}x{n} relu {relu} par {par}");
+            }
+        }
+    }
+}
+
 /// The global switch. Everything that flips it lives in this one test: the tests of a binary run
 /// on parallel threads.
 #[test]
@@ -232,6 +282,17 @@ fn precision_switch_routes_every_cpu_gemm() {
     let lin16 = host(&ops::linear_fwd(&a, &bt, Some(&bias)).unwrap());
     let z = Tensor::from_vec(&[64, 300], uniform(&mut r, 64 * 300)); // D > 128: gram's blocks
     let (parts16, dz16) = ops::vicreg_fwd_bwd(&z, 8, Default::default()).unwrap();
+    // The eval-mode layer: fused under Bf16, and still equal to its two-op composition.
+    let col = |r: &mut _, lo: f32| Tensor::from_vec(&[n], uniform(r, n).iter().map(|x| x.abs() + lo).collect());
+    let (rmean, rvar, gamma) = (col(&mut r, -0.5), col(&mut r, 0.1), col(&mut r, 0.5));
+    let eval_pair = || {
+        let fused = host(&ops::linear_bn_eval(&a, &bt, &rmean, &rvar, &gamma, &bias, 1e-5, true).unwrap());
+        let y = ops::matmul(&a, &bt, false, true).unwrap();
+        let two = host(&ops::bn_eval_fwd(&y, &rmean, &rvar, &gamma, &bias, 1e-5, true).unwrap());
+        (fused, two)
+    };
+    let (fused16, two16) = eval_pair();
+    assert_eq!(fused16, two16, "linear_bn_eval under Bf16 vs matmul + bn_eval_fwd");
     let (lin_ref, _) = reference(s, &host(&a), &host(&bt), None, 1.0);
     for i in 0..m {
         for j in 0..n {
@@ -254,6 +315,9 @@ fn precision_switch_routes_every_cpu_gemm() {
     assert_eq!(c32, after);
     assert_ne!(got, after, "bf16 results should differ from f32 ones");
     let lin32 = host(&ops::linear_fwd(&a, &bt, Some(&bias)).unwrap());
+    let (fused32, two32) = eval_pair();
+    assert_eq!(fused32, two32, "linear_bn_eval under F32 vs matmul + bn_eval_fwd");
+    assert_ne!(fused16, fused32, "linear_bn_eval must go through the switch");
     assert_ne!(lin16, lin32, "linear_fwd must go through the switch");
     let (parts32, dz32) = ops::vicreg_fwd_bwd(&z, 8, Default::default()).unwrap();
     assert_ne!(host(&dz16), host(&dz32), "vicreg_fwd_bwd must go through the switch");

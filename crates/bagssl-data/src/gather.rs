@@ -20,8 +20,26 @@ fn luma(px: &[f32]) -> f32 {
     px[0] * GRAY_WEIGHTS[0] + px[1] * GRAY_WEIGHTS[1] + px[2] * GRAY_WEIGHTS[2]
 }
 
+/// The value a plain patch (no jitter, no grayscale) gets for byte `b` of channel `c`:
+/// `(b / 255 - mean[c]) / std[c]`, the arithmetic of [`write_patch`] in the same f32 steps,
+/// tabulated once per gather so the evaluation grid costs a load per element, not two divisions.
+struct PlainValues([[f32; 256]; 3]);
+
+impl PlainValues {
+    fn new(mean: &[f32; 3], std: &[f32; 3]) -> Self {
+        let mut t = [[0f32; 256]; 3];
+        for (c, row) in t.iter_mut().enumerate() {
+            for (b, v) in row.iter_mut().enumerate() {
+                *v = (f32::from(b as u8) / 255.0 - mean[c]) / std[c];
+            }
+        }
+        PlainValues(t)
+    }
+}
+
 /// Writes one patch vector into `out` (`p*p*3` floats), using `out` itself as scratch so the
-/// gathers allocate nothing. `img` is the whole HWC image, `width` its width.
+/// gathers allocate nothing. `img` is the whole HWC image, `width` its width. `plain` holds
+/// `mean`/`std`'s values for patches without jitter or grayscale.
 #[allow(clippy::too_many_arguments)]
 fn write_patch(
     img: &[u8],
@@ -34,8 +52,22 @@ fn write_patch(
     p: usize,
     mean: &[f32; 3],
     std: &[f32; 3],
+    plain: &PlainValues,
     out: &mut [f32],
 ) {
+    if jitter.is_none() && !gray {
+        for y in 0..p {
+            let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
+            let dst = &mut out[y * p * 3..][..p * 3];
+            for x in 0..p {
+                let sx = if flip { p - 1 - x } else { x };
+                for c in 0..3 {
+                    dst[x * 3 + c] = plain.0[c][usize::from(row[sx * 3 + c])];
+                }
+            }
+        }
+        return;
+    }
     // 1. crop / 255, mirrored left-right if flip.
     for y in 0..p {
         let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
@@ -100,6 +132,7 @@ pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out
         return;
     }
     let (h, w) = (store.height, store.width);
+    let plain = PlainValues::new(&store.mean, &store.std);
     out.par_chunks_mut(d).zip(specs.par_iter()).with_min_len(MIN_PATCHES_PER_TASK).for_each(|(dst, s)| {
         let (oy, ox) = (s.oy as usize, s.ox as usize);
         assert!(
@@ -108,7 +141,7 @@ pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out
             store.len()
         );
         let img = store.image(s.image as usize);
-        write_patch(img, w, oy, ox, s.flip, s.jitter, s.gray, patch, &store.mean, &store.std, dst);
+        write_patch(img, w, oy, ox, s.flip, s.jitter, s.gray, patch, &store.mean, &store.std, &plain, dst);
     });
 }
 
@@ -159,9 +192,45 @@ pub fn gather_grid(store: &ImageStore, images: Range<usize>, patch: usize, strid
         return;
     }
     let first = images.start;
+    let plain = PlainValues::new(&store.mean, &store.std);
     out.par_chunks_mut(d).enumerate().with_min_len(MIN_PATCHES_PER_TASK).for_each(|(k, dst)| {
         let (img, t) = (first + k / per_image, k % per_image);
         let (oy, ox) = ((t / nx) * stride, (t % nx) * stride);
-        write_patch(store.image(img), w, oy, ox, false, None, false, patch, &store.mean, &store.std, dst);
+        write_patch(store.image(img), w, oy, ox, false, None, false, patch, &store.mean, &store.std, &plain, dst);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tabulated plain path gives, bit for bit, the step-by-step arithmetic of the general
+    /// path (crop / 255, then normalise), flipped or not, for every byte value.
+    #[test]
+    fn plain_table_matches_the_arithmetic() {
+        let (p, width) = (4usize, 9usize);
+        let img: Vec<u8> = (0..width * 7 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let (mean, std) = ([0.4914f32, 0.4822, 0.4465], [0.247f32, 0.2435, 0.2616]);
+        let plain = PlainValues::new(&mean, &std);
+        for b in 0..=255u8 {
+            for c in 0..3 {
+                let want = (f32::from(b) / 255.0 - mean[c]) / std[c];
+                assert_eq!(plain.0[c][usize::from(b)].to_bits(), want.to_bits());
+            }
+        }
+        for flip in [false, true] {
+            let mut got = vec![f32::NAN; p * p * 3];
+            write_patch(&img, width, 2, 3, flip, None, false, p, &mean, &std, &plain, &mut got);
+            for y in 0..p {
+                for x in 0..p {
+                    let sx = if flip { p - 1 - x } else { x };
+                    for c in 0..3 {
+                        let b = img[((2 + y) * width + 3 + sx) * 3 + c];
+                        let want = (f32::from(b) / 255.0 - mean[c]) / std[c];
+                        assert_eq!(got[(y * p + x) * 3 + c].to_bits(), want.to_bits(), "flip {flip} ({y}, {x}, {c})");
+                    }
+                }
+            }
+        }
+    }
 }

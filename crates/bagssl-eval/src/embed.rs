@@ -7,7 +7,7 @@
 //!
 //! Both work in batches of images; the encoder and the per-image mean run with
 //! `bagssl_autograd::ops` on the model's device. The patch matrices are made where the model
-//! lives: on the CPU by the `bagssl_data` gathers into a reused host buffer; on CUDA by the
+//! lives: on the CPU by the `bagssl_data` gathers, straight into the tensor's recycled buffer; on CUDA by the
 //! patch-embedding kernels from the store uploaded once per call ([`GpuStore`]), so only the
 //! (N, hidden) embeddings cross the bus.
 
@@ -21,14 +21,14 @@ use crate::{EvalError, Result};
 /// Where a batch's patch matrix is made: host gathers (CPU model) or kernels reading the
 /// GPU-resident store (CUDA model).
 enum Patches {
-    Host(Vec<f32>),
+    Host,
     Gpu(Box<GpuStore>),
 }
 
 impl Patches {
     fn new(device: &Device, store: &ImageStore) -> Result<Patches> {
         Ok(match device {
-            Device::Cpu => Patches::Host(Vec::new()),
+            Device::Cpu => Patches::Host,
             Device::Cuda(gpu) => Patches::Gpu(Box::new(GpuStore::upload(gpu, store)?)),
         })
     }
@@ -36,13 +36,10 @@ impl Patches {
     /// Grid patches of images `first .. first + count` (image-major, row-major positions).
     fn grid(&mut self, store: &ImageStore, first: usize, count: usize, patch: usize, stride: usize) -> Result<Tensor> {
         match self {
-            Patches::Host(host) => {
+            Patches::Host => {
                 let rows = count * grid_len(store.height, store.width, patch, stride);
-                let d = patch * patch * 3;
-                host.resize(rows * d, 0.0);
-                gather_grid(store, first..first + count, patch, stride, host);
-                // The CPU tensor owns its Vec: copy so the buffer is reused.
-                Ok(Tensor::from_vec(&[rows, d], host.clone()))
+                let shape = [rows, patch * patch * 3];
+                Ok(Tensor::filled_by(&shape, |out| gather_grid(store, first..first + count, patch, stride, out)))
             }
             Patches::Gpu(g) => Ok(g.grid(first, count, patch, stride)?),
         }
@@ -51,11 +48,9 @@ impl Patches {
     /// The (un-augmented) patches of `specs`.
     fn specs(&mut self, store: &ImageStore, specs: &[PatchSpec], patch: usize) -> Result<Tensor> {
         match self {
-            Patches::Host(host) => {
-                let d = patch * patch * 3;
-                host.resize(specs.len() * d, 0.0);
-                gather_patches(store, specs, patch, host);
-                Ok(Tensor::from_vec(&[specs.len(), d], host.clone()))
+            Patches::Host => {
+                let shape = [specs.len(), patch * patch * 3];
+                Ok(Tensor::filled_by(&shape, |out| gather_patches(store, specs, patch, out)))
             }
             Patches::Gpu(g) => Ok(g.patches(specs, patch)?),
         }

@@ -321,10 +321,10 @@ impl BagSslModel {
             let input = cur.as_ref().unwrap_or(x);
             // BN(x W^T + b) with running mean m is BN(x W^T) with running mean m - b: the bias
             // folds into a per-column shift instead of a pass over the (rows, hidden) output.
-            let y = ops::matmul(input, &p[0].value, false, true)?;
             let mut shift = r.mean.try_clone()?;
             ops::axpy_(&mut shift, -1.0, &p[1].value)?;
-            cur = Some(ops::bn_eval_fwd(&y, &shift, &r.var, &p[2].value, &p[3].value, BN_EPS, true)?);
+            cur =
+                Some(ops::linear_bn_eval(input, &p[0].value, &shift, &r.var, &p[2].value, &p[3].value, BN_EPS, true)?);
         }
         Ok(cur.expect("ModelConfig::validate guarantees at least one encoder layer"))
     }

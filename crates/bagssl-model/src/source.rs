@@ -4,7 +4,7 @@
 //! them into the normalized (B*n, p*p*3) matrix is device work. This enum is the single seam
 //! between the trainer and that work.
 //!
-//! - CPU: `bagssl_data::gather_patches` into a reused host buffer.
+//! - CPU: `bagssl_data::gather_patches` straight into the tensor's (recycled) buffer.
 //! - CUDA: the u8 [`ImageStore`] is uploaded once and stays resident ([`GpuStore`]); per step only
 //!   the specs go host -> device (32 bytes each, into a reused [`GpuPatchSpecs`]) and
 //!   `patch_embed_fwd_f32` writes the patch matrix on the device. The same GPU-resident store also
@@ -165,8 +165,8 @@ impl std::fmt::Debug for GpuStore {
 
 /// Produces the patch matrix of a step on the model's device. Holds reusable buffers.
 pub enum PatchSource {
-    /// CPU gather + augmentation into a reusable host buffer (`bagssl_data::gather_patches`).
-    Cpu { host: Vec<f32> },
+    /// CPU gather + augmentation (`bagssl_data::gather_patches`) straight into the tensor.
+    Cpu,
     /// GPU gather + augmentation (`patch_embed_fwd_f32`) from the training store kept resident on
     /// `gpu`; `store` is uploaded on first use and again only when a different store is passed.
     Cuda { gpu: Arc<Gpu>, store: Option<Box<GpuStore>> },
@@ -175,7 +175,7 @@ pub enum PatchSource {
 impl PatchSource {
     pub fn for_device(device: &Device) -> Self {
         match device {
-            Device::Cpu => PatchSource::Cpu { host: Vec::new() },
+            Device::Cpu => PatchSource::Cpu,
             Device::Cuda(gpu) => PatchSource::Cuda { gpu: gpu.clone(), store: None },
         }
     }
@@ -195,7 +195,7 @@ impl PatchSource {
     pub fn gpu_store(&self) -> Option<&GpuStore> {
         match self {
             PatchSource::Cuda { store, .. } => store.as_deref(),
-            PatchSource::Cpu { .. } => None,
+            PatchSource::Cpu => None,
         }
     }
 
@@ -203,13 +203,8 @@ impl PatchSource {
     pub fn patches(&mut self, store: &ImageStore, specs: &[PatchSpec], patch: usize) -> Result<Tensor> {
         let shape = [specs.len(), patch * patch * 3];
         match self {
-            PatchSource::Cpu { host } => {
-                host.resize(specs.len() * patch * patch * 3, 0.0);
-                gather_patches(store, specs, patch, host);
-                // A CPU tensor owns its Vec and the tape consumes it, so hand over a copy and keep
-                // the buffer: a memcpy of the batch is small next to the step's GEMMs.
-                Ok(Tensor::from_vec(&shape, host.clone()))
-            }
+            // A recycled buffer (the last step's patches, by now): no allocation, no copy.
+            PatchSource::Cpu => Ok(Tensor::filled_by(&shape, |out| gather_patches(store, specs, patch, out))),
             PatchSource::Cuda { gpu, store: resident } => {
                 if !resident.as_ref().is_some_and(|r| r.holds(store)) {
                     *resident = None; // free the old copy before allocating the new one

@@ -55,9 +55,12 @@ pub fn eval_fwd(
     relu: bool,
     y: &mut [f32],
 ) {
-    let scale: Vec<f32> =
-        gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect();
-    normalize(x, mean, &scale, beta, relu, y);
+    normalize(x, mean, &eval_scale(gamma, var, eps), beta, relu, y);
+}
+
+/// Eval-mode scale per column, `gamma / sqrt(var + eps)` (in f64, rounded once).
+pub fn eval_scale(gamma: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
+    gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect()
 }
 
 /// `y = act((x - mean) * scale + beta)` row by row.

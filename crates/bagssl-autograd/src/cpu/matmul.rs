@@ -146,7 +146,8 @@ pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
     /// 512 columns make 10 block products to balance over the threads.
     const BLOCK: usize = 128;
     assert_eq!(a.len(), rows * d, "gram: {} elements for {rows}x{d}", a.len());
-    let mut c = vec![0f32; d * d];
+    // Written in full: the diagonal blocks, the upper ones and their mirror images.
+    let mut c = super::pool::take(d * d);
     let nb = d.div_ceil(BLOCK);
     if nb < 2 {
         sgemm(GemmShape { m: d, k: rows, n: d, trans_a: true, trans_b: false }, a, a, &mut c, false, scale);
@@ -162,7 +163,7 @@ pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
             // Columns r0.. of A, transposed: element (i, p) = a[p * d + r0 + i].
             let lhs = View::new(&a[r0..], rn, rows, 1, d);
             let rhs = View::new(&a[c0..], rows, cn, d, 1);
-            let mut blk = vec![0f32; rn * cn];
+            let mut blk = super::pool::take(rn * cn);
             if bf16 {
                 gemm_views_bf16(lhs, rhs, &mut blk, false, scale, false);
             } else {
@@ -183,6 +184,7 @@ pub fn gram(a: &[f32], rows: usize, d: usize, scale: f32) -> Vec<f32> {
             }
         }
     }
+    blocks.into_iter().for_each(super::pool::give);
     c
 }
 

@@ -114,6 +114,49 @@ pub fn gemm_views_bf16(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool
     avx512::gemm(a, b, c, accumulate, scale, par);
 }
 
+/// A per-column map applied to each finished element of C before it is stored:
+/// `v = (c - sub[j]) * mul[j] + add[j]`, then `max(v, 0)` when `relu` (NaN kept). Exactly the
+/// arithmetic of eval-mode BatchNorm (+ ReLU) in [`super::bn`], separate multiply and add, so
+/// the fused product equals the GEMM followed by that pass bit for bit.
+#[derive(Clone, Copy, Debug)]
+pub struct ColumnMap<'a> {
+    pub sub: &'a [f32],
+    pub mul: &'a [f32],
+    pub add: &'a [f32],
+    pub relu: bool,
+}
+
+/// `c = map(bf16(op(a)) @ bf16(op(b)))` ([`ColumnMap`] per column of C), or `None` without
+/// AVX512-BF16: the caller then runs the GEMM and the map as two passes.
+pub fn gemm_views_bf16_mapped(a: View<'_>, b: View<'_>, c: &mut [f32], map: ColumnMap<'_>, par: bool) -> Option<()> {
+    if !has_avx512_bf16() {
+        return None;
+    }
+    let n = b.cols;
+    assert!(
+        map.sub.len() == n && map.mul.len() == n && map.add.len() == n,
+        "gemm_views_bf16_mapped: column map of {}/{}/{} for {n} columns",
+        map.sub.len(),
+        map.mul.len(),
+        map.add.len()
+    );
+    if gemm_trivial("gemm_views_bf16_mapped", a, b, c, false) {
+        if a.cols == 0 {
+            // k = 0: c is zeros; the map still applies.
+            for row in c.chunks_exact_mut(n) {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let y = (*v - map.sub[j]) * map.mul[j] + map.add[j];
+                    *v = if map.relu && y < 0.0 { 0.0 } else { y };
+                }
+            }
+        }
+        return Some(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    avx512::gemm_mapped(a, b, c, 1.0, Some(map), par);
+    Some(())
+}
+
 /// [`gemm_views_bf16`] on any CPU: dense bf16-rounded copies of op(a) and op(b), then the f32 GEMM.
 pub fn gemm_views_bf16_fallback(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
     let round = |v: View<'_>| -> Vec<f32> {
@@ -174,6 +217,15 @@ thread_local! {
     /// Packing buffers of the calling thread, reused between calls (taken out while in use, so a
     /// nested call on the same thread just allocates its own).
     static PACK: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// A task's own k-block of A rows ([`APanels::PerBlock`]), reused likewise.
+    static ABLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Where a block task finds its packed A: all of A packed up front, or packed by the task itself.
+#[derive(Clone, Copy)]
+enum APanels<'a> {
+    Whole(&'a [u32]),
+    PerBlock(Operand<'a>),
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -184,40 +236,34 @@ mod avx512 {
 
     /// The AVX512-BF16 GEMM; the caller checked the features, the shapes, and `m, n, k > 0`.
     pub(super) fn gemm(a: View<'_>, b: View<'_>, c: &mut [f32], accumulate: bool, scale: f32, par: bool) {
+        run(a, b, c, accumulate, scale, None, par)
+    }
+
+    /// [`gemm`] without accumulation, `map` applied to each finished element (checked lengths).
+    pub(super) fn gemm_mapped(
+        a: View<'_>,
+        b: View<'_>,
+        c: &mut [f32],
+        scale: f32,
+        map: Option<ColumnMap<'_>>,
+        par: bool,
+    ) {
+        run(a, b, c, false, scale, map, par)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        a: View<'_>,
+        b: View<'_>,
+        c: &mut [f32],
+        accumulate: bool,
+        scale: f32,
+        map: Option<ColumnMap<'_>>,
+        par: bool,
+    ) {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         let kp = k.div_ceil(2);
         let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-        let (mut abuf, mut bbuf) = PACK.take();
-        for (buf, len) in [(&mut abuf, mp * kp * MR), (&mut bbuf, np * kp * NR)] {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-        }
-        let (ap, bp) = (&mut abuf[..mp * kp * MR], &mut bbuf[..np * kp * NR]);
-
-        // Pack both operands, a few panels per task.
-        let (lhs, rhs) = (Operand::lhs(a), Operand::rhs(b));
-        let pack_a = |(t, chunk): (usize, &mut [u32]), per: usize| {
-            // SAFETY: `gemm` only runs after `has_avx512_bf16()` returned true.
-            unsafe { pack_chunk::<MR>(lhs, t * per, chunk) };
-        };
-        let pack_b = |(t, chunk): (usize, &mut [u32]), per: usize| {
-            // SAFETY: as above.
-            unsafe { pack_chunk::<NR>(rhs, t * per, chunk) };
-        };
-        if par {
-            let threads = rayon::current_num_threads();
-            let per_a = mp.div_ceil(2 * threads).max(1);
-            let per_b = np.div_ceil(2 * threads).max(1);
-            rayon::join(
-                || ap.par_chunks_mut(per_a * kp * MR).enumerate().for_each(|x| pack_a(x, per_a)),
-                || bp.par_chunks_mut(per_b * kp * NR).enumerate().for_each(|x| pack_b(x, per_b)),
-            );
-        } else {
-            pack_a((0, ap), mp);
-            pack_b((0, bp), np);
-        }
-
         // Blocks of C: at most MC_PANELS x NC_PANELS micro-tiles, cut finer when parallel so that
         // work stealing can balance about 4 blocks per thread.
         let mut rc = mp.div_ceil(MC_PANELS);
@@ -232,15 +278,59 @@ mod avx512 {
                 }
             }
         }
+        // With one column block per row block (tall products: evaluation batches, Gram blocks),
+        // each task packs its own rows of A, a k-block at a time, just before using them (BLIS):
+        // they stay in L2 instead of the whole packed A going out to memory and back. Otherwise
+        // (several column blocks share the rows) A is packed once, whole, up front.
+        let a_per_block = cc == 1;
+        let (mut abuf, mut bbuf) = PACK.take();
+        let a_len = if a_per_block { 0 } else { mp * kp * MR };
+        for (buf, len) in [(&mut abuf, a_len), (&mut bbuf, np * kp * NR)] {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+        }
+        let (ap, bp) = (&mut abuf[..a_len], &mut bbuf[..np * kp * NR]);
+
+        // Pack B (and A, when whole), a few panels per task.
+        let (lhs, rhs) = (Operand::lhs(a), Operand::rhs(b));
+        let pack_a = |(t, chunk): (usize, &mut [u32]), per: usize| {
+            // SAFETY: `gemm` only runs after `has_avx512_bf16()` returned true.
+            unsafe { pack_chunk::<MR>(lhs, t * per, chunk) };
+        };
+        let pack_b = |(t, chunk): (usize, &mut [u32]), per: usize| {
+            // SAFETY: as above.
+            unsafe { pack_chunk::<NR>(rhs, t * per, chunk) };
+        };
+        if par {
+            let threads = rayon::current_num_threads();
+            let per_a = mp.div_ceil(2 * threads).max(1);
+            let per_b = np.div_ceil(2 * threads).max(1);
+            if a_per_block {
+                bp.par_chunks_mut(per_b * kp * NR).enumerate().for_each(|x| pack_b(x, per_b));
+            } else {
+                rayon::join(
+                    || ap.par_chunks_mut(per_a * kp * MR).enumerate().for_each(|x| pack_a(x, per_a)),
+                    || bp.par_chunks_mut(per_b * kp * NR).enumerate().for_each(|x| pack_b(x, per_b)),
+                );
+            }
+        } else {
+            if !a_per_block {
+                pack_a((0, ap), mp);
+            }
+            pack_b((0, bp), np);
+        }
+        let a_src = if a_per_block { APanels::PerBlock(lhs) } else { APanels::Whole(ap) };
+
         let split = |total: usize, parts: usize, i: usize| (total * i / parts, total * (i + 1) / parts);
         let blocks: Vec<((usize, usize), (usize, usize))> =
             (0..rc).flat_map(|i| (0..cc).map(move |j| (split(mp, rc, i), split(np, cc, j)))).collect();
         let cptr = CPtr(c.as_mut_ptr());
-        let (ap, bp) = (&*ap, &*bp);
+        let bp = &*bp;
         let run = |&(rows, cols): &((usize, usize), (usize, usize))| {
             // SAFETY: features checked by the caller; the blocks partition the micro-tiles of C,
             // so each C element is written by one block; the packed buffers hold mp and np panels.
-            unsafe { block(ap, bp, cptr, m, n, kp, rows, cols, accumulate, scale) };
+            unsafe { block(a_src, bp, cptr, m, n, kp, rows, cols, accumulate, scale, map) };
         };
         if par {
             blocks.par_iter().for_each(run);
@@ -408,7 +498,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn block(
-        ap: &[u32],
+        a_src: APanels<'_>,
         bp: &[u32],
         c: CPtr,
         m: usize,
@@ -418,23 +508,60 @@ mod avx512 {
         cols: (usize, usize),
         accumulate: bool,
         scale: f32,
+        map: Option<ColumnMap<'_>>,
     ) {
         let kcp = KC / 2;
+        let mut own = match a_src {
+            APanels::PerBlock(_) => ABLOCK.take(),
+            APanels::Whole(_) => Vec::new(),
+        };
         for p0 in (0..kp).step_by(kcp) {
             let pl = kcp.min(kp - p0);
             let load_c = accumulate || p0 > 0;
+            let last = p0 + pl == kp;
+            // This k-block of our rows of A: panel ip's pairs at `apanels[ip * stride + off..]`.
+            let (apanels, stride, off, first) = match a_src {
+                APanels::Whole(ap) => (ap, kp * MR, p0 * MR, 0),
+                APanels::PerBlock(op) => {
+                    let len = (rows.1 - rows.0) * pl * MR;
+                    if own.len() < len {
+                        own.resize(len, 0);
+                    }
+                    let kk = 2 * p0;
+                    let sub = Operand { data: &op.data[kk * op.sk..], k: (op.k - kk).min(2 * pl), ..op };
+                    pack_chunk::<MR>(sub, rows.0, &mut own[..len]);
+                    (&own[..len], pl * MR, 0, rows.0)
+                }
+            };
             for jp in cols.0..cols.1 {
                 let bpan = &bp[jp * kp * NR + p0 * NR..][..pl * NR];
                 let nc = NR.min(n - jp * NR);
+                // The map's columns of this panel, applied as the last k-block stores C. (A match,
+                // not `Option::map`: a closure would not inherit the target features `new` needs.)
+                #[allow(clippy::manual_map)]
+                let regs = match map.filter(|_| last) {
+                    Some(m) => Some(MapRegs::new(&m, jp, nc)),
+                    None => None,
+                };
                 for ip in rows.0..rows.1 {
-                    let apan = &ap[ip * kp * MR + p0 * MR..][..pl * MR];
+                    let apan = &apanels[(ip - first) * stride + off..][..pl * MR];
                     let mr = MR.min(m - ip * MR);
                     // SAFETY: the tile (ip * MR .. + mr, jp * NR .. + nc) lies inside C (m x n).
                     let ct = unsafe { c.0.add(ip * MR * n + jp * NR) };
                     // SAFETY: the panels hold `pl` pairs; the tile is inside C and ours alone.
-                    unsafe { kernel(pl, apan.as_ptr(), bpan.as_ptr(), ct, n, mr, nc, load_c, scale) };
+                    let (ap, bp) = (apan.as_ptr(), bpan.as_ptr());
+                    // SAFETY: as above.
+                    unsafe {
+                        match &regs {
+                            Some(r) => kernel::<true>(pl, ap, bp, ct, n, mr, nc, load_c, scale, r),
+                            None => kernel::<false>(pl, ap, bp, ct, n, mr, nc, load_c, scale, &MapRegs::none()),
+                        }
+                    }
                 }
             }
+        }
+        if let APanels::PerBlock(_) = a_src {
+            ABLOCK.set(own);
         }
     }
 
@@ -447,7 +574,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn kernel(
+    unsafe fn kernel<const MAPPED: bool>(
         kp: usize,
         a: *const u32,
         b: *const u32,
@@ -457,6 +584,7 @@ mod avx512 {
         cols: usize,
         load_c: bool,
         scale: f32,
+        map: &MapRegs,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..kp {
@@ -484,16 +612,13 @@ mod avx512 {
                         let dst = row.add(16 * h);
                         let out =
                             if load_c { _mm512_fmadd_ps(v, s, _mm512_loadu_ps(dst)) } else { _mm512_mul_ps(v, s) };
+                        let out = if MAPPED { map.apply(out, h) } else { out };
                         _mm512_storeu_ps(dst, out);
                     }
                 }
             }
         } else {
-            let lane_mask = |from: usize| -> __mmask16 {
-                let w = cols.saturating_sub(from).min(16);
-                ((1u32 << w) - 1) as __mmask16
-            };
-            let masks = [lane_mask(0), lane_mask(16)];
+            let masks = tile_masks(cols);
             for (i, acc) in acc.iter().enumerate() {
                 if i >= rows {
                     break;
@@ -511,8 +636,72 @@ mod avx512 {
                         } else {
                             _mm512_mul_ps(acc[h], s)
                         };
+                        let out = if MAPPED { map.apply(out, h) } else { out };
                         _mm512_mask_storeu_ps(dst, masks[h], out);
                     }
+                }
+            }
+        }
+    }
+
+    /// Lane masks of a tile's two column halves when it has `cols` (<= NR) columns.
+    #[inline(always)]
+    fn tile_masks(cols: usize) -> [__mmask16; 2] {
+        let lane_mask = |from: usize| -> __mmask16 {
+            let w = cols.saturating_sub(from).min(16);
+            ((1u32 << w) - 1) as __mmask16
+        };
+        [lane_mask(0), lane_mask(16)]
+    }
+
+    /// A [`ColumnMap`]'s values for one column panel, in registers (masked past the edge).
+    #[derive(Clone, Copy)]
+    pub(super) struct MapRegs {
+        sub: [__m512; 2],
+        mul: [__m512; 2],
+        add: [__m512; 2],
+        relu: bool,
+    }
+
+    impl MapRegs {
+        /// Column panel `jp` of `map` (its `cols` columns; the rest of the lanes zero).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        fn new(map: &ColumnMap<'_>, jp: usize, cols: usize) -> Self {
+            let masks = tile_masks(cols);
+            let ld = |v: &[f32], h: usize| {
+                let v = &v[jp * NR..];
+                // SAFETY: masked lanes are not read; the unmasked ones are the first `cols`
+                // entries of `v`, which the caller checked are there.
+                unsafe { _mm512_maskz_loadu_ps(masks[h], v.as_ptr().wrapping_add(16 * h)) }
+            };
+            MapRegs {
+                sub: [ld(map.sub, 0), ld(map.sub, 1)],
+                mul: [ld(map.mul, 0), ld(map.mul, 1)],
+                add: [ld(map.add, 0), ld(map.add, 1)],
+                relu: map.relu,
+            }
+        }
+
+        /// Identity values (never applied: the unmapped kernel ignores them).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        fn none() -> Self {
+            let z = [_mm512_setzero_ps(); 2];
+            MapRegs { sub: z, mul: z, add: z, relu: false }
+        }
+
+        /// `(v - sub) * mul + add`, then `max(0, v)`: y when y is NaN (the second operand wins),
+        /// as the scalar `if y < 0 { 0 } else { y }` does; and -0 stays -0.
+        #[inline(always)]
+        fn apply(&self, v: __m512, h: usize) -> __m512 {
+            // SAFETY: only called from the AVX-512 kernel (the features are enabled there).
+            unsafe {
+                let y = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, self.sub[h]), self.mul[h]), self.add[h]);
+                if self.relu {
+                    _mm512_max_ps(_mm512_setzero_ps(), y)
+                } else {
+                    y
                 }
             }
         }

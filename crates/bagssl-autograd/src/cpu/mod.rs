@@ -7,7 +7,8 @@
 //! - [`bn`]: BatchNorm forward/backward fused with ReLU;
 //! - [`vicreg`]: bag-VICReg loss and gradient in one function;
 //! - [`elementwise`]: the streaming maps and reductions (ReLU, bias, AdamW, ...);
-//! - [`par`] and [`simd`]: how passes are split over threads and vectorized.
+//! - [`par`] and [`simd`]: how passes are split over threads and vectorized;
+//! - [`pool`]: recycled output buffers (every output below is written in full, so it takes one).
 //!
 //! Shapes are checked by [`crate::ops`] before dispatch; the kernels here check them again only
 //! where a mismatch could otherwise reach unsafe code (the GEMM asserts its slice lengths).
@@ -17,6 +18,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod matmul_bf16;
 pub mod par;
+pub mod pool;
 pub mod simd;
 pub mod vicreg;
 
@@ -25,7 +27,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use crate::ops::{self, AdamW, BnForward, VicregParts, VicregWeights};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
-use matmul::{sgemm, GemmShape};
+use matmul::{sgemm, GemmShape, View};
+use matmul_bf16::{gemm_views_bf16_mapped, ColumnMap};
 
 /// Precision of the CPU GEMMs (every CPU matmul, linear layer and the bag-VICReg products go
 /// through [`matmul::sgemm`]). Process-wide; the CUDA backend ignores it.
@@ -69,7 +72,7 @@ fn vec_f32(v: &[f64]) -> Vec<f32> {
 
 pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
     let (m, k, n) = ops::matmul_dims(a, b, trans_a, trans_b)?;
-    let mut out = vec![0f32; m * n];
+    let mut out = pool::take(m * n);
     let shape = GemmShape { m, k, n, trans_a, trans_b };
     sgemm(shape, host(a, "matmul")?, host(b, "matmul")?, &mut out, false, 1.0);
     Ok(Tensor::from_vec(&[m, n], out))
@@ -80,7 +83,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
 /// `matmul` and `bias_add` on the GPU.
 pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
-    let mut out = vec![0f32; m * n];
+    let mut out = pool::take(m * n);
     if let Some(b) = b {
         elementwise::broadcast_rows(host(b, "linear_fwd")?, &mut out);
     }
@@ -90,7 +93,7 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> 
 }
 
 pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let mut out = vec![0f32; x.numel()];
+    let mut out = pool::take(x.numel());
     elementwise::bias_add(host(x, "bias_add")?, host(b, "bias_add")?, &mut out);
     Ok(Tensor::from_vec(x.shape(), out))
 }
@@ -104,7 +107,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
     let op = "bn_train_fwd";
     let cols = gamma.numel();
-    let mut y = vec![0f32; x.numel()];
+    let mut y = pool::take(x.numel());
     let s = bn::train_fwd(host(x, op)?, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
     Ok(BnForward {
         y: Tensor::from_vec(x.shape(), y),
@@ -125,7 +128,7 @@ pub fn bn_train_bwd(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "bn_train_bwd";
     let cols = gamma.numel();
-    let mut dx = vec![0f32; x.numel()];
+    let mut dx = pool::take(x.numel());
     let (dgamma, dbeta) = bn::train_bwd(
         host(dy, op)?,
         host(x, op)?,
@@ -149,7 +152,7 @@ pub fn bn_eval_fwd(
     relu: bool,
 ) -> Result<Tensor> {
     let op = "bn_eval_fwd";
-    let mut y = vec![0f32; x.numel()];
+    let mut y = pool::take(x.numel());
     bn::eval_fwd(
         host(x, op)?,
         host(running_mean, op)?,
@@ -163,6 +166,36 @@ pub fn bn_eval_fwd(
     Ok(Tensor::from_vec(x.shape(), y))
 }
 
+/// [`crate::ops::linear_bn_eval`]: with bf16 GEMMs and AVX512-BF16 one GEMM that applies the
+/// BatchNorm in its store ([`matmul_bf16::ColumnMap`], the arithmetic of [`bn::eval_fwd`]);
+/// otherwise the GEMM, then the BatchNorm pass.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = "linear_bn_eval";
+    if cpu_matmul_precision() == CpuMatmulPrecision::Bf16 {
+        let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
+        let mul = bn::eval_scale(host(gamma, op)?, host(running_var, op)?, eps);
+        let map = ColumnMap { sub: host(running_mean, op)?, mul: &mul, add: host(beta, op)?, relu };
+        let (xv, wv) = (View::row_major(host(x, op)?, m, k), View::row_major(host(w, op)?, n, k).t());
+        let mut out = pool::take(m * n);
+        if gemm_views_bf16_mapped(xv, wv, &mut out, map, m * n * k >= matmul::PAR_MIN_MACS).is_some() {
+            return Ok(Tensor::from_vec(&[m, n], out));
+        }
+        pool::give(out);
+    }
+    let y = matmul(x, w, false, true)?;
+    bn_eval_fwd(&y, running_mean, running_var, gamma, beta, eps, relu)
+}
+
 pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
     let b = host(batch, "ema_")?;
     elementwise::ema(host_mut(running, "ema_")?, b, momentum);
@@ -170,13 +203,13 @@ pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
 }
 
 pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
-    let mut out = vec![0f32; x.numel()];
+    let mut out = pool::take(x.numel());
     elementwise::relu(host(x, "relu_fwd")?, &mut out);
     Ok(Tensor::from_vec(x.shape(), out))
 }
 
 pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let mut out = vec![0f32; dy.numel()];
+    let mut out = pool::take(dy.numel());
     elementwise::relu_bwd(host(dy, "relu_bwd")?, host(y, "relu_bwd")?, &mut out);
     Ok(Tensor::from_vec(dy.shape(), out))
 }
@@ -189,14 +222,14 @@ pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Resul
 
 pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
     let (rows, cols) = x.dims2();
-    let mut out = vec![0f32; rows / n * cols];
+    let mut out = pool::take(rows / n * cols);
     elementwise::group_mean(host(x, "group_mean")?, cols, n, &mut out);
     Ok(Tensor::from_vec(&[rows / n, cols], out))
 }
 
 pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
     let (groups, cols) = dy.dims2();
-    let mut out = vec![0f32; groups * n * cols];
+    let mut out = pool::take(groups * n * cols);
     elementwise::group_mean_bwd(host(dy, "group_mean_bwd")?, cols, n, &mut out);
     Ok(Tensor::from_vec(&[groups * n, cols], out))
 }

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use super::elementwise::add_rows;
 use super::matmul::{gram, sgemm, GemmShape};
 use super::par::{reduce_rows, rows_per_task};
+use super::pool;
 use super::simd::multiversion;
 use crate::ops::{VicregParts, VicregWeights};
 
@@ -35,8 +36,9 @@ pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts,
     let mu: Vec<f32> = sums.iter().map(|&s| (s / nf) as f32).collect();
 
     // Per image: invariance sum, dz = lambda dI/dz, and Zc.
-    let mut dz = vec![0f32; rows * d];
-    let mut zc = vec![0f32; rows * d];
+    // Both written in full by `invariance_chunk`.
+    let mut dz = pool::take(rows * d);
+    let mut zc = pool::take(rows * d);
     let inv_coef = (2.0 * w.invariance as f64 / (nf * df)) as f32;
     let image_len = n * d;
     let chunk = rows_per_task(rows / n, image_len) * image_len;
@@ -71,6 +73,8 @@ pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts,
     // dz += Zc M.
     let apply = GemmShape { m: rows, k: d, n: d, trans_a: false, trans_b: false };
     sgemm(apply, &zc, &c, &mut dz, true, 1.0);
+    pool::give(zc);
+    pool::give(c);
 
     let loss = w.invariance as f64 * invariance + w.variance as f64 * variance + w.covariance as f64 * covariance;
     (VicregParts { loss, invariance, variance, covariance }, dz)
