@@ -4,7 +4,7 @@
 
 mod common;
 
-use bagssl_autograd::cpu::matmul::{sgemm, sgemm_f32, GemmShape, View};
+use bagssl_autograd::cpu::matmul::{gram, sgemm, sgemm_f32, GemmShape, View};
 use bagssl_autograd::cpu::matmul_bf16::{
     gemm_views_bf16, gemm_views_bf16_fallback, gemm_views_bf16_mapped, has_avx512_bf16, round_to_bf16, sgemm_bf16,
     sgemm_bf16_fallback, ColumnMap,
@@ -293,6 +293,19 @@ fn precision_switch_routes_every_cpu_gemm() {
     };
     let (fused16, two16) = eval_pair();
     assert_eq!(fused16, two16, "linear_bn_eval under Bf16 vs matmul + bn_eval_fwd");
+    // bag-VICReg's Gram matrix: the upper-triangle product, mirrored (parallel and not, edges).
+    for (rows, d) in [(70, 300), (10, 20), (33, 14), (129, 45)] {
+        let zz = uniform(&mut r, rows * d);
+        let g = gram(&zz, rows, d, 0.5);
+        let gs = GemmShape { m: d, k: rows, n: d, trans_a: true, trans_b: false };
+        let (want, abs) = reference(gs, &zz, &zz, None, 0.5);
+        check(&format!("gram {rows}x{d} under Bf16"), &g, &want, &abs);
+        for i in 0..d {
+            for j in 0..i {
+                assert_eq!(g[i * d + j].to_bits(), g[j * d + i].to_bits(), "gram {rows}x{d} symmetric at ({i}, {j})");
+            }
+        }
+    }
     let (lin_ref, _) = reference(s, &host(&a), &host(&bt), None, 1.0);
     for i in 0..m {
         for j in 0..n {

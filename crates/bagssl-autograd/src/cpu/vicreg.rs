@@ -26,6 +26,9 @@ use super::pool;
 use super::simd::multiversion;
 use crate::ops::{VicregParts, VicregWeights};
 
+/// Rows of C per task when it becomes M (a row is D multiply-adds in f64 and D scalings).
+const ROWS_PER_TASK: usize = 64;
+
 /// Loss parts and dL/dz (N x D, row-major) of the weighted loss. Needs N >= 2 and n | N.
 pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts, Vec<f32>) {
     let rows = z.len() / d;
@@ -53,19 +56,27 @@ pub fn fwd_bwd(z: &[f32], d: usize, n: usize, w: VicregWeights) -> (VicregParts,
     // C = Zc^T Zc / (N - 1).
     let mut c = gram(&zc, rows, d, (1.0 / (nf - 1.0)) as f32);
 
-    // Variance and covariance terms; C becomes M in place.
+    // Variance and covariance terms; C becomes M in place, rows in parallel. Each row's sums
+    // come back in order and are added in order, so the result does not depend on the threads.
     let off_coef = (4.0 * w.covariance as f64 / (df * (nf - 1.0))) as f32;
-    let mut hinge = 0f64;
-    let mut off_sq = 0f64;
-    for i in 0..d {
-        let row = &mut c[i * d..(i + 1) * d];
-        let var = row[i] as f64;
-        off_sq += row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() - var * var;
-        let std = (var + w.eps as f64).sqrt();
-        hinge += (1.0 - std).max(0.0);
-        let var_grad = if std < 1.0 { -(w.variance as f64) / (df * (nf - 1.0) * std) } else { 0.0 };
-        row.iter_mut().for_each(|v| *v *= off_coef);
-        row[i] = var_grad as f32;
+    let per_row: Vec<(f64, f64)> = c
+        .par_chunks_mut(d)
+        .enumerate()
+        .with_min_len(ROWS_PER_TASK)
+        .map(|(i, row)| {
+            let var = row[i] as f64;
+            let off = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() - var * var;
+            let std = (var + w.eps as f64).sqrt();
+            let var_grad = if std < 1.0 { -(w.variance as f64) / (df * (nf - 1.0) * std) } else { 0.0 };
+            row.iter_mut().for_each(|v| *v *= off_coef);
+            row[i] = var_grad as f32;
+            (off, (1.0 - std).max(0.0))
+        })
+        .collect();
+    let (mut off_sq, mut hinge) = (0f64, 0f64);
+    for &(off, h) in &per_row {
+        off_sq += off;
+        hinge += h;
     }
     let variance = hinge / df;
     let covariance = off_sq / df;
