@@ -307,6 +307,12 @@ mod avx512 {
                     rc += 1;
                 }
             }
+            // A whole number of blocks per thread, or the last one runs alone (tall products come
+            // out at an odd count: 5408 rows make 17 blocks).
+            let threads = rayon::current_num_threads();
+            while (rc * cc) % threads != 0 && rc < mp {
+                rc += 1;
+            }
         }
         // With one column block per row block (tall products: evaluation batches, Gram blocks),
         // each task packs its own rows of A, a k-block at a time, just before using them (BLIS):

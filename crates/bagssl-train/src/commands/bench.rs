@@ -29,14 +29,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         trainer.step(&data.train)?;
     }
     // Steps run back to back as in training (a GPU step does not wait for its predecessor), timed
-    // in chunks of CHUNK with the device drained at each end: ms/step is the median chunk mean.
-    const CHUNK: usize = 10;
+    // in chunks with the device drained at each end: ms/step is the median chunk mean. A CPU step
+    // is synchronous, so there a chunk is one step and ms/step the median step.
+    let chunk = if device.is_cuda() { 10 } else { 1 };
     let steps = args.steps.max(1);
-    let mut times = Vec::with_capacity(steps.div_ceil(CHUNK));
+    let mut times = Vec::with_capacity(steps.div_ceil(chunk));
     gpu_free_bytes(&device)?;
     let mut done = 0;
     while done < steps {
-        let k = CHUNK.min(steps - done);
+        let k = chunk.min(steps - done);
         let t = Instant::now();
         for _ in 0..k {
             trainer.step(&data.train)?;
@@ -45,6 +46,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3 / k as f64);
         done += k;
     }
+    // The mean too: the PyTorch reference reports the mean of its steps.
+    let ms_mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
@@ -94,8 +97,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         setup::precision_label(&cfg)
     );
     println!(
-        "train step: {ms:.3} ms (median of {} means of {CHUNK} steps, min {:.3}, max {:.3}) | {:.0} patches/s | {gflops:.1} GFLOP/s ({:.2} GFLOP/step)",
+        "train step: {ms:.3} ms (median of {} {}, min {:.3}, max {:.3}) | {:.0} patches/s | {gflops:.1} GFLOP/s ({:.2} GFLOP/step)",
         times.len(),
+        if chunk == 1 { "steps".to_string() } else { format!("means of {chunk} steps") },
         times[0],
         times[times.len() - 1],
         patches_per_s,
@@ -114,6 +118,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "{}",
         json!({
             "ms_per_step": ms,
+            "ms_per_step_mean": ms_mean,
             "patches_per_s": patches_per_s,
             "gflops": gflops,
             "flop_per_step": flops,
