@@ -341,8 +341,9 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
         gemm("matmul dY W2", n, h, h, &|| ops::matmul(&dy, &w2, false, false).unwrap());
         gemm("matmul dY^T h", h, n, h, &|| ops::matmul(&dy, &a, true, false).unwrap());
         // bag-VICReg: the (D x N x D) covariance and the (N x D x D) gradient product, counted as
-        // two dense GEMMs, 4 N D^2 (the CPU exploits the symmetry of the first: it does about
-        // 5/8 of it at D = 512) plus three streaming passes over N x D (negligible).
+        // two dense GEMMs, 4 N D^2 (the CPU exploits the symmetry of the first: about 5/8 of it at
+        // D = 512 in f32, the upper micro-tiles, ~55%, in bf16; so the rate is an effective one
+        // and can pass the GEMM's) plus three streaming passes over N x D.
         let vicreg = || drop(black_box(ops::vicreg_fwd_bwd(&a, PER_IMAGE, VicregWeights::default()).unwrap()));
         let ms = median_ms(o, vicreg);
         let flop = 4.0 * (n * h * h) as f64;
@@ -429,6 +430,11 @@ fn store() -> ImageStore {
 }
 
 fn main() {
+    // On a rayon worker, as `bagssl-train` runs its commands: the ops then fork inside the pool.
+    rayon::scope(|_| run());
+}
+
+fn run() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
     let o = if quick { Opts { quick, warmups: 1, repeats: 5 } } else { Opts { quick, warmups: 2, repeats: 11 } };
     let t0 = Instant::now();
