@@ -79,7 +79,7 @@ if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/c
   log "## 3. side by side with PyTorch (PRESET=gpu)"
   if t=$(limit 120); then
     PRESET=gpu BIN="$CLI" EXTRA_SETS="${EXTRA[*]}" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data STEPS=200 \
-      BAGSSL_CACHE=/tmp/bagssl-cache timeout "$t" bash benchmarks/compare_torch.sh 2>&1 | tail -n 8 | tee -a "$SUM"
+      BAGSSL_CACHE=/tmp/bagssl-cache timeout "$t" bash benchmarks/compare_torch.sh 2>&1 | tail -n 9 | tee -a "$SUM"
   else skipped "compare_torch"; fi
 
   # One held-out split for both trainers: every 10th image of each class (sorted names) -> test/.

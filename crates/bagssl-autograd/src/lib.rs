@@ -6,10 +6,12 @@
 //! - [`ops`]: device-dispatched primitives (matmul, BatchNorm, ReLU, bag-VICReg, AdamW, ...).
 //!   Each primitive has a CPU kernel in [`cpu`] and a CUDA launcher in [`cuda`], same signature.
 //! - [`tape`]: records ops on `Var`s and runs their backward.
+//! - [`profile`]: optional per-op wall-clock totals (`bagssl-train bench --profile`).
 
 pub mod cpu;
 pub mod cuda;
 pub mod ops;
+pub mod profile;
 pub mod tape;
 pub mod tensor;
 

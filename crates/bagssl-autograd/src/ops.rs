@@ -155,12 +155,15 @@ macro_rules! dispatch {
 
 /// `op(a) @ op(b)` where `op` transposes when asked. Shapes: op(a) (m, k), op(b) (k, n).
 pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    const NAMES: [&str; 4] = ["matmul A B", "matmul A B^T", "matmul A^T B", "matmul A^T B^T"];
+    let _p = crate::profile::op(NAMES[2 * trans_a as usize + trans_b as usize]);
     matmul_dims(a, b, trans_a, trans_b)?;
     dispatch!("matmul", [a, b], matmul(a, b, trans_a, trans_b))
 }
 
 /// `x + b` with `b` (cols) broadcast over the rows of `x` (rows, cols).
 pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _p = crate::profile::op("bias_add");
     per_column("bias_add", x, &[("b", b)])?;
     dispatch!("bias_add", [x, b], bias_add(x, b))
 }
@@ -169,6 +172,7 @@ pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// tape's forward. On the CPU one GEMM accumulates onto the broadcast bias; on the GPU it is
 /// `matmul` then `bias_add` (no extra CUDA primitive needed).
 pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let _p = crate::profile::op("linear_fwd");
     let (_, _, out) = matmul_dims(x, w, false, true)?;
     if let Some(b) = b {
         if b.numel() != out {
@@ -190,11 +194,13 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> 
 
 /// Column sums of a 2-D tensor: (rows, cols) -> (cols).
 pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    let _p = crate::profile::op("sum_rows");
     dispatch!("sum_rows", [x], sum_rows(x))
 }
 
 /// Training-mode BatchNorm over the rows (batch statistics, biased variance), optionally fused with ReLU.
 pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+    let _p = crate::profile::op("bn_train_fwd");
     per_column("bn_train_fwd", x, &[("gamma", gamma), ("beta", beta)])?;
     if x.dims2().0 < 2 {
         return Err(shape_err(
@@ -216,6 +222,7 @@ pub fn bn_train_bwd(
     invstd: &Tensor,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let _p = crate::profile::op("bn_train_bwd");
     same_shape("bn_train_bwd", &[("dy", dy), ("x", x), ("y", y)])?;
     per_column("bn_train_bwd", x, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
     dispatch!("bn_train_bwd", [dy, x, y, gamma, mean, invstd], bn_train_bwd(dy, x, y, gamma, mean, invstd, relu))
@@ -232,6 +239,7 @@ pub fn bn_eval_fwd(
     eps: f32,
     relu: bool,
 ) -> Result<Tensor> {
+    let _p = crate::profile::op("bn_eval_fwd");
     per_column(
         "bn_eval_fwd",
         x,
@@ -260,6 +268,7 @@ pub fn linear_bn_eval(
     eps: f32,
     relu: bool,
 ) -> Result<Tensor> {
+    let _p = crate::profile::op("linear_bn_eval");
     let (_, _, out) = matmul_dims(x, w, false, true)?;
     let per_out = [("running_mean", running_mean), ("running_var", running_var), ("gamma", gamma), ("beta", beta)];
     if let Some((name, v)) = per_out.iter().find(|(_, v)| v.numel() != out) {
@@ -275,6 +284,7 @@ pub fn linear_bn_eval(
 
 /// In-place running-statistics update: `r = (1 - momentum) r + momentum batch`.
 pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
+    let _p = crate::profile::op("ema_");
     same_numel("ema_", &[("running", running), ("batch", batch)])?;
     if same_device("ema_", &[running, batch])? {
         cuda::ema_(running, batch, momentum)
@@ -284,11 +294,13 @@ pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
 }
 
 pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
+    let _p = crate::profile::op("relu_fwd");
     dispatch!("relu_fwd", [x], relu_fwd(x))
 }
 
 /// `dy * (y > 0)`.
 pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let _p = crate::profile::op("relu_bwd");
     same_shape("relu_bwd", &[("dy", dy), ("y", y)])?;
     dispatch!("relu_bwd", [dy, y], relu_bwd(dy, y))
 }
@@ -306,6 +318,7 @@ pub fn vicreg_fwd_bwd_async(
     n_per_image: usize,
     w: VicregWeights,
 ) -> Result<(PendingParts, Tensor, Tensor)> {
+    let _p = crate::profile::op("vicreg_fwd_bwd");
     let (rows, d) = z.dims2();
     if z.shape().len() != 2 || d == 0 || rows < 2 || n_per_image == 0 || !rows.is_multiple_of(n_per_image) {
         return Err(shape_err(
@@ -324,6 +337,7 @@ pub fn vicreg_fwd_bwd_async(
 
 /// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).
 pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
+    let _p = crate::profile::op("group_mean");
     if n == 0 || !x.dims2().0.is_multiple_of(n) {
         return Err(shape_err("group_mean", format!("{:?} rows are not groups of n = {n}", x.shape())));
     }
@@ -332,6 +346,7 @@ pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
 
 /// Backward of [`group_mean`]: (B, D) -> (B*n, D), each row `dy[b] / n`.
 pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
+    let _p = crate::profile::op("group_mean_bwd");
     if n == 0 {
         return Err(shape_err("group_mean_bwd", "n = 0".to_string()));
     }
@@ -340,12 +355,14 @@ pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
 
 /// Sum of the elementwise product, as f64 (`sum(x * w)`).
 pub fn dot(x: &Tensor, w: &Tensor) -> Result<f64> {
+    let _p = crate::profile::op("dot");
     same_numel("dot", &[("x", x), ("w", w)])?;
     dispatch!("dot", [x, w], dot(x, w))
 }
 
 /// `y += alpha * x`, in place.
 pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
+    let _p = crate::profile::op("axpy_");
     same_numel("axpy_", &[("y", y), ("x", x)])?;
     if same_device("axpy_", &[y, x])? {
         cuda::axpy_(y, alpha, x)
@@ -356,6 +373,7 @@ pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
 
 /// One AdamW update of `param` in place, with moment buffers `m`, `v`.
 pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
+    let _p = crate::profile::op("adamw_");
     same_numel("adamw_", &[("param", param), ("grad", grad), ("m", m), ("v", v)])?;
     if same_device("adamw_", &[param, grad, m, v])? {
         cuda::adamw_(param, grad, m, v, h)
@@ -371,6 +389,7 @@ pub fn is_cpu(t: &Tensor) -> bool {
 
 /// `x *= s`, in place.
 pub fn scale_(x: &mut Tensor, s: f32) -> Result<()> {
+    let _p = crate::profile::op("scale_");
     if same_device("scale_", &[x])? {
         cuda::scale_(x, s)
     } else {

@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// Images embedded for the evaluation-throughput measurement (0: skip).
     #[arg(long, default_value_t = 512)]
     pub eval_images: usize,
+    /// After the timed steps, run as many again with per-op timing and print where a step's time
+    /// goes (on CUDA: host-side launch costs only).
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 }

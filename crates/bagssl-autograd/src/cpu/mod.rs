@@ -78,12 +78,23 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
     Ok(Tensor::from_vec(&[m, n], out))
 }
 
-/// `x W^T + b` as one GEMM that accumulates onto rows pre-filled with the bias (saves the
-/// separate bias pass of `matmul` + `bias_add`). CPU only: [`crate::ops::linear_fwd`] composes
+/// `x W^T + b` as one GEMM that accumulates onto rows pre-filled with the bias, or with bf16
+/// GEMMs adds the bias in the GEMM's store (either way no separate pass of `matmul` + `bias_add`). CPU only: [`crate::ops::linear_fwd`] composes
 /// `matmul` and `bias_add` on the GPU.
 pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
     let mut out = pool::take(m * n);
+    if let (Some(b), CpuMatmulPrecision::Bf16) = (b, cpu_matmul_precision()) {
+        // The bias in the bf16 GEMM's store, `(c - 0) * 1 + b` = `c + b` exactly: no pass to
+        // broadcast it and no read of C (as `matmul` then `bias_add`, which the GPU runs).
+        let (zeros, ones) = (vec![0f32; n], vec![1f32; n]);
+        let map = ColumnMap { sub: &zeros, mul: &ones, add: host(b, "linear_fwd")?, relu: false };
+        let (xv, wv) =
+            (View::row_major(host(x, "linear_fwd")?, m, k), View::row_major(host(w, "linear_fwd")?, n, k).t());
+        if gemm_views_bf16_mapped(xv, wv, &mut out, map, m * n * k >= matmul::PAR_MIN_MACS).is_some() {
+            return Ok(Tensor::from_vec(&[m, n], out));
+        }
+    }
     if let Some(b) = b {
         elementwise::broadcast_rows(host(b, "linear_fwd")?, &mut out);
     }

@@ -46,6 +46,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3 / k as f64);
         done += k;
     }
+    // Per-op breakdown: as many steps again, timed op by op (kept out of the figures above).
+    let profile = if args.profile { Some(profile_steps(&mut trainer, &data.train, steps)?) } else { None };
+
     // The mean too: the PyTorch reference reports the mean of its steps.
     let ms_mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
@@ -110,6 +113,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "grid eval: {eval_images_per_s:.0} images/s | {eval_patches_per_s:.0} patches/s | {eval_gflops:.1} GFLOP/s"
         );
     }
+    if let Some((ops, wall)) = &profile {
+        print_profile(ops, *wall, steps, device.is_cuda());
+    }
     println!("peak memory: {peak:.1} MiB resident");
     if let Some(g) = gpu_mib {
         println!("GPU memory: {g:.1} MiB in use by this run");
@@ -160,6 +166,44 @@ fn encoder_flops_per_patch(cfg: &Config) -> f64 {
 
 /// GEMM FLOPs of one training step: forward, backward (dX and dW; no dX for the input), and the
 /// covariance of bag-VICReg (Zc^T Zc forward, Zc C backward). Elementwise work is not counted.
+/// `steps` more steps with [`bagssl_autograd::profile`] on: the per-op totals and the wall time.
+fn profile_steps(
+    trainer: &mut bagssl_model::Trainer,
+    train: &bagssl_data::ImageStore,
+    steps: usize,
+) -> Result<(Vec<bagssl_autograd::profile::OpTime>, f64)> {
+    use bagssl_autograd::profile;
+    profile::take();
+    profile::enable(true);
+    let t = Instant::now();
+    let run = (0..steps).try_for_each(|_| trainer.step(train).map(drop));
+    let wall = t.elapsed().as_secs_f64();
+    profile::enable(false);
+    run?;
+    Ok((profile::take(), wall))
+}
+
+/// The per-op table of `bench --profile`: ms per step, calls per step, share of the step.
+fn print_profile(ops: &[bagssl_autograd::profile::OpTime], wall: f64, steps: usize, cuda: bool) {
+    let per_step = |s: f64| s * 1e3 / steps as f64;
+    let total = per_step(wall);
+    println!("where a step's {total:.3} ms go ({steps} profiled steps{}):", if cuda { ", host-side launch times" } else { "" });
+    println!("  {:<22} {:>9} {:>8} {:>7}", "op", "ms/step", "calls", "share");
+    let mut in_ops = 0.0;
+    for o in ops {
+        in_ops += per_step(o.seconds);
+        println!(
+            "  {:<22} {:>9.3} {:>8.1} {:>6.1}%",
+            o.op,
+            per_step(o.seconds),
+            o.calls as f64 / steps as f64,
+            100.0 * per_step(o.seconds) / total
+        );
+    }
+    let rest = total - in_ops;
+    println!("  {:<22} {:>9.3} {:>8} {:>6.1}%", "outside ops", rest, "", 100.0 * rest / total);
+}
+
 pub fn step_flops(cfg: &Config) -> f64 {
     let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
     let d_in = (cfg.patches.size * cfg.patches.size * 3) as f64;
