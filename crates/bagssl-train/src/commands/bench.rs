@@ -187,7 +187,10 @@ fn profile_steps(
 fn print_profile(ops: &[bagssl_autograd::profile::OpTime], wall: f64, steps: usize, cuda: bool) {
     let per_step = |s: f64| s * 1e3 / steps as f64;
     let total = per_step(wall);
-    println!("where a step's {total:.3} ms go ({steps} profiled steps{}):", if cuda { ", host-side launch times" } else { "" });
+    println!(
+        "where a step's {total:.3} ms go ({steps} profiled steps{}):",
+        if cuda { ", host-side launch times" } else { "" }
+    );
     println!("  {:<22} {:>9} {:>8} {:>7}", "op", "ms/step", "calls", "share");
     let mut in_ops = 0.0;
     for o in ops {
