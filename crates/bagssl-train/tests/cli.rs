@@ -334,7 +334,7 @@ fn bench_ends_with_the_json_contract() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let last = stdout.lines().last().expect("output");
     let j: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
-    for k in ["ms_per_step", "patches_per_s", "gflops", "eval_patches_per_s", "peak_rss_mib"] {
+    for k in ["ms_per_step", "ms_per_step_mean", "patches_per_s", "gflops", "eval_patches_per_s", "peak_rss_mib"] {
         assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {j}");
     }
     assert!(j["device"].as_str().unwrap().starts_with("cpu"));
@@ -343,9 +343,10 @@ fn bench_ends_with_the_json_contract() {
     assert_eq!(j["precision"], "f32");
 }
 
-/// `cpu_precision = "bf16"` reaches the run (the bench reports it, and the step still runs).
+/// `cpu_precision = "bf16"` reaches the run (the bench reports it, and the step still runs);
+/// `--profile` prints the per-op table of a step before the JSON line.
 #[test]
-fn bench_runs_with_bf16_gemms_on_the_cpu() {
+fn bench_runs_with_bf16_gemms_on_the_cpu_and_profiles_the_step() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
     let o = run(&[
         "bench",
@@ -365,10 +366,15 @@ fn bench_runs_with_bf16_gemms_on_the_cpu() {
         "data.synthetic_images=200",
         "--set",
         "cpu_precision=bf16",
+        "--profile",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("| bf16 GEMMs"), "{stdout}");
+    assert!(stdout.contains("where a step's"), "{stdout}");
+    for op in ["linear_fwd", "matmul A^T B", "matmul A B", "vicreg_fwd_bwd", "bn_train_fwd", "adamw_", "outside ops"] {
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with(op)), "no {op} row in:\n{stdout}");
+    }
     let j: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("output")).unwrap();
     assert_eq!(j["precision"], "bf16");
     assert!(j["ms_per_step"].as_f64().is_some_and(|v| v > 0.0), "{j}");

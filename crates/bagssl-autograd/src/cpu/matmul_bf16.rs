@@ -2,25 +2,30 @@
 //! ([`super::CpuMatmulPrecision::Bf16`]).
 //!
 //! Computes what `sgemm` computes, except that every element of op(A) and op(B) is first rounded
-//! to bf16 (round to nearest even, NaN kept quiet: bit-identical to `half::bf16::from_f32`); the
-//! products of two bf16 values are exact in f32 and are summed in f32.
+//! to bf16 (round to nearest even, NaN kept quiet: `half::bf16::from_f32`, except that subnormals
+//! become zero, which `vdpbf16ps` does to them anyway); the products of two bf16 values are exact
+//! in f32 and are summed in f32.
 //!
 //! On a CPU with AVX512-BF16 (Zen 4, Sapphire Rapids) the work is `vdpbf16ps`: each f32 lane adds
 //! two products per instruction, twice the multiply-adds of an f32 FMA. Layout, BLIS style:
 //! - op(A) is packed into panels of [`MR`] rows, op(B) into panels of [`NR`] columns, both as
 //!   k-pairs: one `u32` holds the bf16 of `k` (low half) and of `k + 1` (high half), the pair
 //!   `vdpbf16ps` multiplies lane by lane. Odd `k` and the panels' edges are padded with zeros.
-//!   The rounding happens while packing. Both operands are packed whole, up front (in parallel),
-//!   into per-thread buffers that are reused between calls.
+//!   The rounding happens while packing (`vcvtne2ps2bf16`, 32 values an instruction). B is packed
+//!   whole, up front, in parallel; so is A when several column blocks share its rows, otherwise
+//!   (tall products) each task packs its own rows of A one k-block at a time, into L2. The
+//!   buffers are per thread and reused between calls.
 //! - The micro-kernel keeps an `MR x NR` = 14 x 32 tile of C in 28 zmm accumulators; per k-pair it
-//!   loads two B vectors and broadcasts 14 A pairs (folded into `vdpbf16ps` as `{1to16}` memory
-//!   operands): 28 `vdpbf16ps` for 2 loads + 14 broadcasts.
+//!   loads two B vectors and broadcasts 14 A pairs: 28 `vdpbf16ps` for 2 loads + 14 broadcasts.
 //! - C is cut into blocks of at most [`MC_PANELS`] x [`NC_PANELS`] micro-tiles, the tasks of the
-//!   rayon pool when the product is large; inside a block the loop order is k-block ([`KC`]),
-//!   column panel, row panel, so the k-block of the block's A rows stays in L2 and one B
-//!   micro-panel (KC x NR bf16 = 16 KiB) in L1 while the row panels go by.
+//!   rayon pool when the product is large (a whole number per thread); inside a block the loop
+//!   order is k-block ([`KC`]), column panel, row panel, so the k-block of the block's A rows
+//!   stays in L2 and one B micro-panel (KC x NR bf16 = 16 KiB) in L1 while the row panels go by.
 //! - C is written once per k-block: `c = scale * acc` (or `c += scale * acc` when accumulating or
-//!   past the first k-block), with masked loads/stores on the edge tiles.
+//!   past the first k-block), with masked loads/stores on the edge tiles. The last k-block can
+//!   apply a per-column map on the way out ([`ColumnMap`]: a bias, eval-mode BatchNorm + ReLU).
+//! - Symmetric products (`A^T A`) compute only the tiles that reach the upper triangle and mirror
+//!   them ([`gemm_views_bf16_symmetric`]).
 //!
 //! Without AVX512-BF16 the operands are rounded to bf16 copies and the f32 GEMM runs on them:
 //! the same products, summed in another order. `vdpbf16ps` treats bf16 subnormals as zero, so the

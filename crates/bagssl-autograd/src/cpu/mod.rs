@@ -79,8 +79,8 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
 }
 
 /// `x W^T + b` as one GEMM that accumulates onto rows pre-filled with the bias, or with bf16
-/// GEMMs adds the bias in the GEMM's store (either way no separate pass of `matmul` + `bias_add`). CPU only: [`crate::ops::linear_fwd`] composes
-/// `matmul` and `bias_add` on the GPU.
+/// GEMMs adds the bias in the GEMM's store (either way no separate pass of `matmul` +
+/// `bias_add`). CPU only: [`crate::ops::linear_fwd`] composes `matmul` and `bias_add` on the GPU.
 pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
     let mut out = pool::take(m * n);
