@@ -89,9 +89,7 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> 
         // broadcast it and no read of C (as `matmul` then `bias_add`, which the GPU runs).
         let (zeros, ones) = (vec![0f32; n], vec![1f32; n]);
         let map = ColumnMap { sub: &zeros, mul: &ones, add: host(b, "linear_fwd")?, relu: false };
-        let (xv, wv) =
-            (View::row_major(host(x, "linear_fwd")?, m, k), View::row_major(host(w, "linear_fwd")?, n, k).t());
-        if gemm_views_bf16_mapped(xv, wv, &mut out, map, m * n * k >= matmul::PAR_MIN_MACS).is_some() {
+        if linear_mapped("linear_fwd", x, w, map, &mut out)? {
             return Ok(Tensor::from_vec(&[m, n], out));
         }
     }
@@ -101,6 +99,14 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> 
     let shape = GemmShape { m, k, n, trans_a: false, trans_b: true };
     sgemm(shape, host(x, "linear_fwd")?, host(w, "linear_fwd")?, &mut out, b.is_some(), 1.0);
     Ok(Tensor::from_vec(&[m, n], out))
+}
+
+/// `out = map(x W^T)` as one bf16 GEMM with the map in its store; `false` (nothing written)
+/// without AVX512-BF16.
+fn linear_mapped(op: &'static str, x: &Tensor, w: &Tensor, map: ColumnMap<'_>, out: &mut [f32]) -> Result<bool> {
+    let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
+    let (xv, wv) = (View::row_major(host(x, op)?, m, k), View::row_major(host(w, op)?, n, k).t());
+    Ok(gemm_views_bf16_mapped(xv, wv, out, map, m * n * k >= matmul::PAR_MIN_MACS).is_some())
 }
 
 pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -193,12 +199,11 @@ pub fn linear_bn_eval(
 ) -> Result<Tensor> {
     let op = "linear_bn_eval";
     if cpu_matmul_precision() == CpuMatmulPrecision::Bf16 {
-        let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
+        let (m, _, n) = ops::matmul_dims(x, w, false, true)?;
         let mul = bn::eval_scale(host(gamma, op)?, host(running_var, op)?, eps);
         let map = ColumnMap { sub: host(running_mean, op)?, mul: &mul, add: host(beta, op)?, relu };
-        let (xv, wv) = (View::row_major(host(x, op)?, m, k), View::row_major(host(w, op)?, n, k).t());
         let mut out = pool::take(m * n);
-        if gemm_views_bf16_mapped(xv, wv, &mut out, map, m * n * k >= matmul::PAR_MIN_MACS).is_some() {
+        if linear_mapped(op, x, w, map, &mut out)? {
             return Ok(Tensor::from_vec(&[m, n], out));
         }
         pool::give(out);
