@@ -1,0 +1,105 @@
+//! "Keep allocations out of the step": once warm, a CPU training step allocates no buffer of
+//! `cpu::pool::MIN_LEN` floats (16 KiB) or more. Every activation, gradient and GEMM output comes
+//! back from the recycled-buffer pool, our bf16 GEMM's packing buffers are per thread and reused,
+//! and the patch gather writes into a recycled tensor. The one exception is the `gemm` crate
+//! behind the f32 GEMMs, which allocates its packed right-hand side on every call (no API takes
+//! a buffer): with f32 GEMMs at most one large allocation per product is allowed. (Small
+//! per-column vectors, the tape's nodes and the sampler's specs still come from the allocator.)
+//!
+//! A counting global allocator; one test function, because the count and the precision switch
+//! are process-wide.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bagssl_autograd::cpu::pool;
+use bagssl_autograd::{set_cpu_matmul_precision, CpuMatmulPrecision, Device};
+use bagssl_data::{synthetic, SyntheticSpec};
+use bagssl_model::{LossWeights, ModelConfig, OptimizerKind, TrainConfig, Trainer};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LARGE: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+fn note(size: usize) {
+    if COUNTING.load(Ordering::Relaxed) && size >= pool::MIN_LEN * 4 {
+        LARGE.fetch_add(1, Ordering::Relaxed);
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[test]
+fn a_warm_cpu_step_allocates_no_large_buffer() {
+    // 8 images x 16 patches = 128 rows; 128 wide: every (rows, width) tensor is 16384 floats.
+    let data = synthetic(&SyntheticSpec { images: 64, classes: 4, height: 32, width: 32, seed: 3 });
+    let model = ModelConfig { patch: 8, layers: 2, hidden: 128, proj: 128 };
+    for optimizer in [OptimizerKind::AdamW, OptimizerKind::Lars] {
+        for precision in [CpuMatmulPrecision::F32, CpuMatmulPrecision::Bf16] {
+            set_cpu_matmul_precision(precision);
+            let config = TrainConfig {
+                per_image: 16,
+                patch: 8,
+                augment: true,
+                batch_images: 8,
+                total_steps: 100,
+                warmup_steps: 2,
+                lr: 1e-3,
+                weight_decay: 1e-4,
+                optimizer,
+                loss: LossWeights::default(),
+                seed: 5,
+            };
+            let mut trainer = Trainer::new(model, config, &Device::Cpu).unwrap();
+            for _ in 0..3 {
+                trainer.step(&data).unwrap();
+            }
+            LARGE.store(0, Ordering::Relaxed);
+            LARGEST.store(0, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            for _ in 0..5 {
+                trainer.step(&data).unwrap();
+            }
+            COUNTING.store(false, Ordering::Relaxed);
+            let (n, largest) = (LARGE.load(Ordering::Relaxed), LARGEST.load(Ordering::Relaxed));
+            // Products per step: 4 forward, 4 weight gradients, 3 input gradients, bag-VICReg's 2.
+            let allowed = match precision {
+                CpuMatmulPrecision::F32 => 13 * 5,
+                CpuMatmulPrecision::Bf16 => 0,
+            };
+            assert!(
+                n <= allowed,
+                "{optimizer:?} {precision:?}: 5 warm steps made {n} allocations of 16 KiB or more \
+                 (largest {largest} bytes), allowed {allowed}"
+            );
+        }
+    }
+    set_cpu_matmul_precision(CpuMatmulPrecision::F32);
+}
