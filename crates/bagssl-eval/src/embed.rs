@@ -7,9 +7,9 @@
 //!
 //! Both work in batches of images; the encoder and the per-image mean run with
 //! `bagssl_autograd::ops` on the model's device. The patch matrices are made where the model
-//! lives: on the CPU by the `bagssl_data` gathers, straight into the tensor's recycled buffer; on CUDA by the
-//! patch-embedding kernels from the store uploaded once per call ([`GpuStore`]), so only the
-//! (N, hidden) embeddings cross the bus.
+//! lives: on the CPU by the `bagssl_data` gathers, straight into the tensor's recycled buffer;
+//! on CUDA by the patch-embedding kernels from the store uploaded once per call ([`GpuStore`]),
+//! so only the (N, hidden) embeddings cross the bus.
 
 use bagssl_autograd::{ops, Device, Tensor};
 use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, PatchSpec};

@@ -163,7 +163,7 @@ impl std::fmt::Debug for GpuStore {
     }
 }
 
-/// Produces the patch matrix of a step on the model's device. Holds reusable buffers.
+/// Produces the patch matrix of a step on the model's device (on CUDA it holds the resident store).
 pub enum PatchSource {
     /// CPU gather + augmentation (`bagssl_data::gather_patches`) straight into the tensor.
     Cpu,
