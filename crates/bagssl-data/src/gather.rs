@@ -37,6 +37,32 @@ impl PlainValues {
     }
 }
 
+/// The `p x p` crop at (`oy`, `ox`) of the HWC image `img` (`width` wide), mirrored left-right
+/// if `flip`, into `out` (HWC) as `value(channel, byte)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn crop(
+    img: &[u8],
+    width: usize,
+    oy: usize,
+    ox: usize,
+    flip: bool,
+    p: usize,
+    out: &mut [f32],
+    value: impl Fn(usize, u8) -> f32,
+) {
+    for y in 0..p {
+        let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
+        let dst = &mut out[y * p * 3..][..p * 3];
+        for x in 0..p {
+            let sx = if flip { p - 1 - x } else { x };
+            for c in 0..3 {
+                dst[x * 3 + c] = value(c, row[sx * 3 + c]);
+            }
+        }
+    }
+}
+
 /// Writes one patch vector into `out` (`p*p*3` floats), using `out` itself as scratch so the
 /// gathers allocate nothing. `img` is the whole HWC image, `width` its width. `plain` holds
 /// `mean`/`std`'s values for patches without jitter or grayscale.
@@ -56,29 +82,11 @@ fn write_patch(
     out: &mut [f32],
 ) {
     if jitter.is_none() && !gray {
-        for y in 0..p {
-            let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
-            let dst = &mut out[y * p * 3..][..p * 3];
-            for x in 0..p {
-                let sx = if flip { p - 1 - x } else { x };
-                for c in 0..3 {
-                    dst[x * 3 + c] = plain.0[c][usize::from(row[sx * 3 + c])];
-                }
-            }
-        }
+        crop(img, width, oy, ox, flip, p, out, |c, b| plain.0[c][usize::from(b)]);
         return;
     }
     // 1. crop / 255, mirrored left-right if flip.
-    for y in 0..p {
-        let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
-        let dst = &mut out[y * p * 3..][..p * 3];
-        for x in 0..p {
-            let sx = if flip { p - 1 - x } else { x };
-            for c in 0..3 {
-                dst[x * 3 + c] = f32::from(row[sx * 3 + c]) / 255.0;
-            }
-        }
-    }
+    crop(img, width, oy, ox, flip, p, out, |_, b| f32::from(b) / 255.0);
     // 2. jitter: brightness, contrast around the patch's mean luma, saturation, clamp.
     if let Some(j) = jitter {
         let mut sum = 0f32;
