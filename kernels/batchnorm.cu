@@ -33,6 +33,12 @@
 //      run in bf16; BAGSSL_BN_BF16=0 turns it off) without cast_bf16_f32 re-reading the output:
 //      +2 B written per element (16.8 MB at 4096 x 2048), -6 B of the cast kernel. Separate
 //      template instances with and without the copy: the f32 results and the f32-only path are v2's.
+//   4: the bias of the Linear layer before the BatchNorm, folded in (`bias`, null: none): every
+//      kernel reads x and normalises x + bias, computed in registers exactly as bias_add_fwd_f32
+//      stores it (one f32 add), so the results are those of bias_add then BatchNorm, bit for bit,
+//      without bias_add's pass (read 33.5 MB, write 33.5 MB at 4096 x 2048). bn_bwd_apply_f32 also
+//      sums dx over the rows (`dbias`, null: none): the bias gradient, without sum_rows_f32
+//      re-reading dx; its f32 lane sums and f64 chunk sums are col_sums' (common.cuh).
 //
 // Napkin math (4096 x 2048 f32, one matrix = 33.5 MB; H200 copy 4148 GB/s, HBM3e 4.8 TB/s peak):
 //   forward: stats read x (33.5 MB) + apply read x, write y (67 MB) = 100 MB, of which the second
@@ -45,6 +51,21 @@
 //     written once, read once by the last blocks.
 
 #include "common.cuh"
+
+// The V bias values of the thread's columns, or zeros (no bias: x + 0 is x).
+template <int V>
+__device__ __forceinline__ void load_bias(const float* __restrict__ bias, uint32_t c0, float (&b)[V]) {
+#pragma unroll
+    for (int c = 0; c < V; ++c) b[c] = 0.0f;
+    if (bias) load_cols<V>(bias + c0, b);
+}
+
+// x + bias for V loaded values, in place.
+template <int V>
+__device__ __forceinline__ void add_bias(float (&v)[V], const float (&b)[V]) {
+#pragma unroll
+    for (int c = 0; c < V; ++c) v[c] += b[c];
+}
 
 // Arrival counters of the column reductions of this module (see last_chunk_block).
 __device__ unsigned int bn_tile_arrivals[BAGSSL_COL_MAX_TILES];
@@ -66,14 +87,16 @@ __device__ unsigned int bn_tile_arrivals[BAGSSL_COL_MAX_TILES];
 // relative. The shifted means then carry an absolute error ~ eps |K - mean|, which is why the mean
 // is K + md only when |md| < |mean| and the plain sums' mean otherwise.
 template <int V>
-__device__ void bn_stats(const float* __restrict__ x, float* __restrict__ mean, float* __restrict__ invstd,
-                         float* __restrict__ var_unbiased, float* __restrict__ partial, const BagsslBnParams& prm,
-                         uint32_t chunk_rows) {
+__device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ bias, float* __restrict__ mean,
+                         float* __restrict__ invstd, float* __restrict__ var_unbiased, float* __restrict__ partial,
+                         const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     const uint32_t tx = threadIdx.x, ty = threadIdx.y, n_chunks = gridDim.y;
-    float shift[V] = {}, n = 0.0f, sx[V] = {}, m[V] = {}, m2[V] = {};
+    float shift[V] = {}, n = 0.0f, sx[V] = {}, m[V] = {}, m2[V] = {}, bb[V] = {};
     if (s.ok) {
+        load_bias<V>(bias, s.c0, bb);
         load_cols<V>(x + s.c0, shift);
+        add_bias<V>(shift, bb);
         for (uint32_t p = s.r0; p < s.r1; p += BAGSSL_COL_PASS) {
             const uint32_t left = s.r1 - p;
             float d[BAGSSL_COL_RPT][V];
@@ -81,6 +104,7 @@ __device__ void bn_stats(const float* __restrict__ x, float* __restrict__ mean, 
             for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k) {  // clamped rows: all loads in bounds, issued together
                 const uint32_t o = ty + k * BAGSSL_COL_LANES;
                 load_cols<V>(x + (size_t)(p + (o < left ? o : left - 1)) * prm.cols + s.c0, d[k]);
+                add_bias<V>(d[k], bb);
             }
             const uint32_t np = left > ty ? (left - ty + BAGSSL_COL_LANES - 1) / BAGSSL_COL_LANES : 0;
             if (np == 0) break;  // the later passes have even fewer rows
@@ -202,15 +226,17 @@ __device__ void bn_stats(const float* __restrict__ x, float* __restrict__ mean, 
     }
 }
 
-// mean, invstd = 1 / sqrt(biased var + eps), unbiased var (0 when rows = 1) per column.
-// Grid: launch.rs `ColGrid` (chunk_rows rows per grid.y); partial: 3 * gridDim.y * cols floats.
-extern "C" __global__ void bn_stats_fwd_f32(const float* __restrict__ x, float* __restrict__ mean,
-                                            float* __restrict__ invstd, float* __restrict__ var_unbiased,
-                                            float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
+// mean, invstd = 1 / sqrt(biased var + eps), unbiased var (0 when rows = 1) per column of x + bias
+// (bias: cols floats, or null). Grid: launch.rs `ColGrid` (chunk_rows rows per grid.y); partial:
+// 3 * gridDim.y * cols floats. At most 64 registers: 4 blocks per SM, as ColGrid plans (65 with the bias).
+extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES, 4)
+    bn_stats_fwd_f32(const float* __restrict__ x, const float* __restrict__ bias, float* __restrict__ mean,
+                     float* __restrict__ invstd, float* __restrict__ var_unbiased, float* __restrict__ partial,
+                     BagsslBnParams prm, uint32_t chunk_rows) {
     if (prm.cols % 4 == 0)
-        bn_stats<4>(x, mean, invstd, var_unbiased, partial, prm, chunk_rows);
+        bn_stats<4>(x, bias, mean, invstd, var_unbiased, partial, prm, chunk_rows);
     else
-        bn_stats<1>(x, mean, invstd, var_unbiased, partial, prm, chunk_rows);
+        bn_stats<1>(x, bias, mean, invstd, var_unbiased, partial, prm, chunk_rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,12 +259,14 @@ __device__ __forceinline__ void store_cols_bf16<4>(uint16_t* p, const float (&v)
 
 // W16: also write the bf16 copy y16 (a separate instance, so the f32-only one is v2's code).
 template <int V, bool W16>
-__device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ invstd,
+__device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ mean,
+                         const float* __restrict__ invstd,
                          const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ y,
                          uint16_t* __restrict__ y16, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     if (!s.ok) return;
-    float m[V], is[V], g[V], b[V];
+    float m[V], is[V], g[V], b[V], bb[V];
+    load_bias<V>(bias, s.c0, bb);
     load_cols<V>(mean + s.c0, m);
     load_cols<V>(invstd + s.c0, is);
     load_cols<V>(gamma + s.c0, g);
@@ -246,7 +274,10 @@ __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ 
     float v[BAGSSL_COL_RPT][V];
     lane_rows_batched(
         s, prm.cols, true,  // last-first: bn_stats read those rows last
-        [&](size_t o, uint32_t k) { load_cols<V>(x + o, v[k]); },
+        [&](size_t o, uint32_t k) {
+            load_cols<V>(x + o, v[k]);
+            add_bias<V>(v[k], bb);
+        },
         [&](size_t o, uint32_t k) {
 #pragma unroll
             for (int c = 0; c < V; ++c) {
@@ -258,23 +289,24 @@ __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ 
         });
 }
 
-// y = (x - mean) * invstd * gamma + beta, then ReLU when prm.relu. Grid: `ColGrid`, as bn_stats_fwd_f32.
-// y16: null, or rows * cols bf16 (as bit patterns) that get bf16_bits of every y: the bf16 GEMM
-// operand copy of y (GpuBuf::bf16), without a cast kernel re-reading y.
-extern "C" __global__ void bn_apply_fwd_f32(const float* __restrict__ x, const float* __restrict__ mean,
-                                            const float* __restrict__ invstd, const float* __restrict__ gamma,
-                                            const float* __restrict__ beta, float* __restrict__ y,
-                                            uint16_t* __restrict__ y16, BagsslBnParams prm, uint32_t chunk_rows) {
+// y = (x + bias - mean) * invstd * gamma + beta, then ReLU when prm.relu. Grid: `ColGrid`, as
+// bn_stats_fwd_f32. bias: as bn_stats_fwd_f32. y16: null, or rows * cols bf16 (as bit patterns) that
+// get bf16_bits of every y: the bf16 GEMM operand copy of y (GpuBuf::bf16), without a cast kernel
+// re-reading y. At most 64 registers (4 blocks per SM, as ColGrid plans; the bias took it to 70).
+extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES, 4)
+    bn_apply_fwd_f32(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ mean,
+                     const float* __restrict__ invstd, const float* __restrict__ gamma, const float* __restrict__ beta,
+                     float* __restrict__ y, uint16_t* __restrict__ y16, BagsslBnParams prm, uint32_t chunk_rows) {
     if (prm.cols % 4 == 0) {
         if (y16)
-            bn_apply<4, true>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+            bn_apply<4, true>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
         else
-            bn_apply<4, false>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+            bn_apply<4, false>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
     } else {
         if (y16)
-            bn_apply<1, true>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+            bn_apply<1, true>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
         else
-            bn_apply<1, false>(x, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+            bn_apply<1, false>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
     }
 }
 
@@ -294,13 +326,15 @@ __device__ __forceinline__ void relu_grad(const float* __restrict__ dy, const fl
 }
 
 template <int V>
-__device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
+__device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ bias,
+                              const float* __restrict__ y,
                               const float* __restrict__ mean, const float* __restrict__ invstd,
                               float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ partial,
                               const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
-    float m[V] = {}, is[V] = {};
+    float m[V] = {}, is[V] = {}, bb[V] = {};
     if (s.ok) {
+        load_bias<V>(bias, s.c0, bb);
         load_cols<V>(mean + s.c0, m);
         load_cols<V>(invstd + s.c0, is);
     }
@@ -312,6 +346,7 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
             float xv[V];
             relu_grad<V>(dy, y, relu, o, q[0]);
             load_cols<V>(x + o, xv);
+            add_bias<V>(xv, bb);
 #pragma unroll
             for (int c = 0; c < V; ++c) q[1][c] = q[0][c] * ((xv[c] - m[c]) * is[c]);
         },
@@ -324,74 +359,113 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
         });
 }
 
-// dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat. Grid: `ColGrid`; partial: 2 * gridDim.y * cols floats.
+// dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat (xhat of x + bias; bias: cols floats or null).
+// Grid: `ColGrid`; partial: 2 * gridDim.y * cols floats.
 extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                             const float* __restrict__ y, const float* __restrict__ mean,
+                                             const float* __restrict__ bias, const float* __restrict__ y,
+                                             const float* __restrict__ mean,
                                              const float* __restrict__ invstd, float* __restrict__ dgamma,
                                              float* __restrict__ dbeta, float* __restrict__ partial,
                                              BagsslBnParams prm, uint32_t chunk_rows) {
     if (prm.cols % 4 == 0)
-        bn_bwd_reduce<4>(dy, x, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
+        bn_bwd_reduce<4>(dy, x, bias, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
     else
-        bn_bwd_reduce<1>(dy, x, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
+        bn_bwd_reduce<1>(dy, x, bias, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
 }
 
-// W16: also write the bf16 copy dx16 (as bn_apply).
-template <int V, bool W16>
-__device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
-                             const float* __restrict__ mean, const float* __restrict__ invstd,
-                             const float* __restrict__ gamma, const float* __restrict__ dgamma,
-                             const float* __restrict__ dbeta, float* __restrict__ dx, uint16_t* __restrict__ dx16,
+// W16: also write the bf16 copy dx16 (as bn_apply). DB: also sum dx over the rows into dbias (the
+// bias gradient), through partial (gridDim.y * cols floats) and the last block of each column tile.
+template <int V, bool W16, bool DB>
+__device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ bias,
+                             const float* __restrict__ y, const float* __restrict__ mean,
+                             const float* __restrict__ invstd, const float* __restrict__ gamma,
+                             const float* __restrict__ dgamma, const float* __restrict__ dbeta, float* __restrict__ dx,
+                             uint16_t* __restrict__ dx16, float* __restrict__ dbias, float* __restrict__ partial,
                              const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
-    if (!s.ok) return;
-    const float rows = (float)prm.rows;
-    const bool relu = prm.relu != 0;
-    float m[V], is[V], a[V], dg[V], db[V];
-    load_cols<V>(mean + s.c0, m);
-    load_cols<V>(invstd + s.c0, is);
-    load_cols<V>(gamma + s.c0, a);
-    load_cols<V>(dgamma + s.c0, dg);
-    load_cols<V>(dbeta + s.c0, db);
+    if (!DB && !s.ok) return;  // with DB every thread takes part in the block's reduction below
+    float acc[1][V] = {};
+    if (s.ok) {
+        const float rows = (float)prm.rows;
+        const bool relu = prm.relu != 0;
+        float m[V], is[V], a[V], dg[V], db[V], bb[V];
+        load_bias<V>(bias, s.c0, bb);
+        load_cols<V>(mean + s.c0, m);
+        load_cols<V>(invstd + s.c0, is);
+        load_cols<V>(gamma + s.c0, a);
+        load_cols<V>(dgamma + s.c0, dg);
+        load_cols<V>(dbeta + s.c0, db);
 #pragma unroll
-    for (int c = 0; c < V; ++c) a[c] = a[c] * is[c] / rows;  // gamma * invstd / N, as v1 per element
-    float g[BAGSSL_COL_RPT][V], v[BAGSSL_COL_RPT][V];
-    lane_rows_batched(
-        s, prm.cols, true,  // last-first: bn_bwd_reduce read those rows last
-        [&](size_t o, uint32_t k) {
-            relu_grad<V>(dy, y, relu, o, g[k]);
-            load_cols<V>(x + o, v[k]);
-        },
-        [&](size_t o, uint32_t k) {
+        for (int c = 0; c < V; ++c) a[c] = a[c] * is[c] / rows;  // gamma * invstd / N, as v1 per element
+        float g[BAGSSL_COL_RPT][V], v[BAGSSL_COL_RPT][V];
+        lane_rows_batched(
+            s, prm.cols, true,  // last-first: bn_bwd_reduce read those rows last
+            [&](size_t o, uint32_t k) {
+                relu_grad<V>(dy, y, relu, o, g[k]);
+                load_cols<V>(x + o, v[k]);
+                add_bias<V>(v[k], bb);
+            },
+            [&](size_t o, uint32_t k) {
 #pragma unroll
-            for (int c = 0; c < V; ++c) {
-                const float xhat = (v[k][c] - m[c]) * is[c];
-                v[k][c] = a[c] * (rows * g[k][c] - db[c] - xhat * dg[c]);
-            }
-            store_cols<V>(dx + o, v[k]);
-            if (W16) store_cols_bf16<V>(dx16 + o, v[k]);
+                for (int c = 0; c < V; ++c) {
+                    const float xhat = (v[k][c] - m[c]) * is[c];
+                    v[k][c] = a[c] * (rows * g[k][c] - db[c] - xhat * dg[c]);
+                    if (DB) acc[0][c] += v[k][c];
+                }
+                store_cols<V>(dx + o, v[k]);
+                if (W16) store_cols_bf16<V>(dx16 + o, v[k]);
+            });
+    }
+    if (DB)
+        col_sums_finish<V, 1>(s, prm.cols, acc, partial, bn_tile_arrivals, [&](const double (&tot)[1][V]) {
+            float o[V];
+#pragma unroll
+            for (int c = 0; c < V; ++c) o[c] = (float)tot[0][c];
+            store_cols<V>(dbias + s.c0, o);
         });
 }
 
-// dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma). Grid: `ColGrid`, as bn_bwd_reduce_f32.
-// dx16: null, or rows * cols bf16 that get bf16_bits of every dx (its GEMM operand copy, as y16).
-extern "C" __global__ void bn_bwd_apply_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                            const float* __restrict__ y, const float* __restrict__ mean,
-                                            const float* __restrict__ invstd, const float* __restrict__ gamma,
-                                            const float* __restrict__ dgamma, const float* __restrict__ dbeta,
-                                            float* __restrict__ dx, uint16_t* __restrict__ dx16, BagsslBnParams prm,
-                                            uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0) {
-        if (dx16)
-            bn_bwd_apply<4, true>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+template <int V>
+__device__ void bn_bwd_apply_v(const float* __restrict__ dy, const float* __restrict__ x,
+                               const float* __restrict__ bias, const float* __restrict__ y,
+                               const float* __restrict__ mean, const float* __restrict__ invstd,
+                               const float* __restrict__ gamma, const float* __restrict__ dgamma,
+                               const float* __restrict__ dbeta, float* __restrict__ dx, uint16_t* __restrict__ dx16,
+                               float* __restrict__ dbias, float* __restrict__ partial, const BagsslBnParams& prm,
+                               uint32_t chunk_rows) {
+#define BAGSSL_BN_BWD_APPLY(W16, DB)                                                                                  \
+    bn_bwd_apply<V, W16, DB>(dy, x, bias, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, \
+                             chunk_rows)
+    if (dx16) {
+        if (dbias)
+            BAGSSL_BN_BWD_APPLY(true, true);
         else
-            bn_bwd_apply<4, false>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+            BAGSSL_BN_BWD_APPLY(true, false);
     } else {
-        if (dx16)
-            bn_bwd_apply<1, true>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+        if (dbias)
+            BAGSSL_BN_BWD_APPLY(false, true);
         else
-            bn_bwd_apply<1, false>(dy, x, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, prm, chunk_rows);
+            BAGSSL_BN_BWD_APPLY(false, false);
     }
+#undef BAGSSL_BN_BWD_APPLY
+}
+
+// dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma), xhat of x + bias (bias: cols floats or
+// null). Grid: `ColGrid`, as bn_bwd_reduce_f32.
+// dx16: null, or rows * cols bf16 that get bf16_bits of every dx (its GEMM operand copy, as y16).
+// dbias: null, or cols floats that get the column sums of dx (the bias gradient); partial: then
+// gridDim.y * cols floats of scratch (bn_bwd_reduce_f32's may be reused: it is done with it).
+extern "C" __global__ void bn_bwd_apply_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                            const float* __restrict__ bias, const float* __restrict__ y,
+                                            const float* __restrict__ mean, const float* __restrict__ invstd,
+                                            const float* __restrict__ gamma, const float* __restrict__ dgamma,
+                                            const float* __restrict__ dbeta, float* __restrict__ dx,
+                                            uint16_t* __restrict__ dx16, float* __restrict__ dbias,
+                                            float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
+    if (prm.cols % 4 == 0)
+        bn_bwd_apply_v<4>(dy, x, bias, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, chunk_rows);
+    else
+        bn_bwd_apply_v<1>(dy, x, bias, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, chunk_rows);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -169,15 +169,42 @@ __device__ __forceinline__ bool last_chunk_block(unsigned int* arrivals) {
     return last;
 }
 
+// The tail of a column reduction: acc[j][0 .. V) holds this thread's f32 sums of quantity j over
+// its lane's rows of the block's chunk. The lanes are added (lane_sum), the block writes its chunk's
+// sums to partial[(j * gridDim.y + blockIdx.y) * cols + c]; the last block of each column tile adds
+// the gridDim.y chunk sums in f64, chunk by chunk per lane then lane_sum (a fixed order:
+// deterministic, whichever block is last), and calls out(tot) in its threads of lane 0 with
+// tot[j][0 .. V). Every thread of the block must call it (threads without columns too).
+template <int V, int NQ, typename Out>
+__device__ void col_sums_finish(const ColSpan& s, uint32_t cols, float (&acc)[NQ][V], float* __restrict__ partial,
+                                unsigned int* arrivals, Out out) {
+    const uint32_t ty = threadIdx.y, n_chunks = gridDim.y;
+    lane_sum(acc);
+    if (s.ok && ty == 0)
+#pragma unroll
+        for (int j = 0; j < NQ; ++j) store_cols<V>(partial + ((size_t)j * n_chunks + blockIdx.y) * cols + s.c0, acc[j]);
+    if (!last_chunk_block(arrivals)) return;
+    double tot[NQ][V] = {};
+    if (s.ok)
+#pragma unroll 4
+        for (uint32_t i = ty; i < n_chunks; i += BAGSSL_COL_LANES)
+#pragma unroll
+            for (int j = 0; j < NQ; ++j) {
+                float v[V];
+                load_cols_cg<V>(partial + ((size_t)j * n_chunks + i) * cols + s.c0, v);
+#pragma unroll
+                for (int c = 0; c < V; ++c) tot[j][c] += (double)v[c];
+            }
+    lane_sum(tot);
+    if (s.ok && ty == 0) out(tot);
+}
+
 // Column sums of NQ quantities: load(r, q) fills q[j][0 .. V) with quantity j at row r and the
-// thread's V columns. Each block sums its chunk in f32 (per lane, then lane_sum), writes the sums to
-// partial[(j * gridDim.y + blockIdx.y) * cols + c]; the last block of each column tile adds the
-// gridDim.y chunk sums in f64, chunk by chunk per lane then lane_sum (a fixed order: deterministic,
-// whichever block is last), and calls out(tot) in its threads of lane 0 with tot[j][0 .. V).
+// thread's V columns. Each block sums its chunk in f32 (per lane), then col_sums_finish.
 template <int V, int NQ, typename Load, typename Out>
 __device__ void col_sums(const ColSpan& s, uint32_t cols, float* __restrict__ partial, unsigned int* arrivals,
                          Load load, Out out) {
-    const uint32_t ty = threadIdx.y, n_chunks = gridDim.y;
+    const uint32_t ty = threadIdx.y;
     float acc[NQ][V] = {};
     if (s.ok)
         for (uint32_t p = s.r0; p < s.r1; p += BAGSSL_COL_PASS) {
@@ -198,24 +225,7 @@ __device__ void col_sums(const ColSpan& s, uint32_t cols, float* __restrict__ pa
 #pragma unroll
                         for (int v = 0; v < V; ++v) acc[j][v] += q[k][j][v];
         }
-    lane_sum(acc);
-    if (s.ok && ty == 0)
-#pragma unroll
-        for (int j = 0; j < NQ; ++j) store_cols<V>(partial + ((size_t)j * n_chunks + blockIdx.y) * cols + s.c0, acc[j]);
-    if (!last_chunk_block(arrivals)) return;
-    double tot[NQ][V] = {};
-    if (s.ok)
-#pragma unroll 4
-        for (uint32_t i = ty; i < n_chunks; i += BAGSSL_COL_LANES)
-#pragma unroll
-            for (int j = 0; j < NQ; ++j) {
-                float v[V];
-                load_cols_cg<V>(partial + ((size_t)j * n_chunks + i) * cols + s.c0, v);
-#pragma unroll
-                for (int c = 0; c < V; ++c) tot[j][c] += (double)v[c];
-            }
-    lane_sum(tot);
-    if (s.ok && ty == 0) out(tot);
+    col_sums_finish<V, NQ>(s, cols, acc, partial, arrivals, out);
 }
 
 __device__ __forceinline__ size_t global_thread() { return (size_t)blockIdx.x * blockDim.x + threadIdx.x; }

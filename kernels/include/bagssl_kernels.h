@@ -108,4 +108,29 @@ typedef struct BagsslAdamWParams {
     float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
 } BagsslAdamWParams;
 
+/* adamw_multi_f32: one launch updates up to BAGSSL_ADAMW_MAX_TENSORS tensors. Each is cut into
+ * tiles of BAGSSL_ADAMW_TILE elements, one block-iteration each; tensor t owns the tiles
+ * [first_tile[t], first_tile[t + 1]). The pointers are device addresses (CUdeviceptr); param16 is 0
+ * or the tensor's bf16 copy (bf16_bits of every updated element: the bf16 GEMM operand, kept current
+ * without a cast kernel re-reading the weight). */
+#define BAGSSL_ADAMW_MAX_TENSORS 16u
+#define BAGSSL_ADAMW_TILE 4096u
+typedef struct BagsslAdamWMulti {
+    uint64_t param[BAGSSL_ADAMW_MAX_TENSORS];
+    uint64_t grad[BAGSSL_ADAMW_MAX_TENSORS];
+    uint64_t m[BAGSSL_ADAMW_MAX_TENSORS];
+    uint64_t v[BAGSSL_ADAMW_MAX_TENSORS];
+    uint64_t param16[BAGSSL_ADAMW_MAX_TENSORS];
+    uint32_t n[BAGSSL_ADAMW_MAX_TENSORS];
+    float weight_decay[BAGSSL_ADAMW_MAX_TENSORS];
+    uint32_t first_tile[BAGSSL_ADAMW_MAX_TENSORS + 1];
+    uint32_t n_tensors;
+    float lr;
+    float beta1;
+    float beta2;
+    float eps;
+    float step_size;             /* lr / (1 - beta1^t) */
+    float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
+} BagsslAdamWMulti;
+
 #endif /* BAGSSL_KERNELS_H */

@@ -229,6 +229,59 @@ static void check_bf16_copy(const std::string& name, const vector<uint16_t>& got
     }
 }
 
+#define NOBIAS ((const float*)nullptr)
+
+// The outputs of the BatchNorm kernels run on x = x0 + bias (stored by bias_add_fwd_f32) without a bias.
+struct BnOutputs {
+    vector<float> mean, invstd, varu, y, dgamma, dbeta, dx;
+};
+
+// v4: the same kernels on x0 with the bias folded in give `want`'s bits (stats, y, dgamma, dbeta, dx),
+// and bn_bwd_apply_f32 also sums dx into dbias: checked against the f64 column sums of the dx it
+// wrote (f32 lane sums: within 1e-6 of sum |dx|). Returns dbias.
+static vector<float> batchnorm_folded_bias(const std::string& tag, const ColGrid& cg, const BagsslBnParams& prm,
+                                           const vector<float>& x0, const vector<float>& bias,
+                                           const vector<float>& gamma, const vector<float>& beta,
+                                           const vector<float>& dy, const BnOutputs& want) {
+    const size_t rows = prm.rows, cols = prm.cols, n = rows * cols;
+    BnOutputs got{vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(n, NAN),
+                  vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(n, NAN)};
+    vector<float> partial(3 * cg.chunks * cols, NAN), dbias(cols, NAN);
+    const float* b = bias.data();
+    emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x0.data(), b, got.mean.data(),
+                got.invstd.data(), got.varu.data(), partial.data(), prm, cg.chunk_rows);
+    emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x0.data(), b, (const float*)got.mean.data(),
+                (const float*)got.invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), got.y.data(),
+                (uint16_t*)nullptr, prm, cg.chunk_rows);
+    emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(), b,
+                (const float*)got.y.data(), (const float*)got.mean.data(), (const float*)got.invstd.data(),
+                got.dgamma.data(), got.dbeta.data(), partial.data(), prm, cg.chunk_rows);
+    emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(), b,
+                (const float*)got.y.data(), (const float*)got.mean.data(), (const float*)got.invstd.data(),
+                (const float*)gamma.data(), (const float*)got.dgamma.data(), (const float*)got.dbeta.data(),
+                got.dx.data(), (uint16_t*)nullptr, dbias.data(), partial.data(), prm, cg.chunk_rows);
+    check_arrivals("bn_bwd_apply dbias " + tag, bn_tile_arrivals);
+    check_same("bn folded bias mean " + tag, got.mean, want.mean);
+    check_same("bn folded bias invstd " + tag, got.invstd, want.invstd);
+    check_same("bn folded bias var_unbiased " + tag, got.varu, want.varu);
+    check_same("bn folded bias y " + tag, got.y, want.y);
+    check_same("bn folded bias dgamma " + tag, got.dgamma, want.dgamma);
+    check_same("bn folded bias dbeta " + tag, got.dbeta, want.dbeta);
+    check_same("bn folded bias dx " + tag, got.dx, want.dx);
+    vector<double> sum(cols, 0), mag(cols, 0);
+    for (size_t i = 0; i < n; ++i) sum[i % cols] += got.dx[i], mag[i % cols] += std::fabs(got.dx[i]);
+    bool ok = true;
+    double worst = 0;
+    for (size_t c = 0; c < cols; ++c) {
+        const double err = std::fabs(dbias[c] - sum[c]), bound = 1e-6 * mag[c] + 1e-30;
+        ok = ok && err <= bound;  // false for a NaN
+        worst = std::max(worst, err / bound);
+    }
+    std::printf("%s %-44s max err %.3f of its bound\n", ok ? "OK    " : "NOT OK", ("bn_bwd_apply dbias " + tag).c_str(), worst);
+    g_failures += !ok;
+    return dbias;
+}
+
 // BatchNorm on the grid of launch.rs. `offset` shifts every value (|mean| >> std: a one-pass
 // E[x^2] - E[x]^2 in f32 fails the variance check by orders of magnitude); `outlier` makes x[0, c]
 // of every third column an outlier (the statistics shift by x[0, c]).
@@ -252,24 +305,28 @@ static void batchnorm(Rng& r) {
             const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + (relu ? " relu" : "") +
                                     (k.offset != 0 ? " +1000" : "") + (k.outlier ? " outlier" : "") + " grid " + cg.str();
             const size_t n = rows * cols;
-            auto x = r.vec(n), gamma = r.vec(cols, 0.5, 1.5), beta = r.vec(cols), dy = r.vec(n);
-            for (size_t i = 0; i < n; ++i) x[i] = x[i] * (1 + (i % cols) * 0.1f) + 0.3f + k.offset;
+            auto x0 = r.vec(n), gamma = r.vec(cols, 0.5, 1.5), beta = r.vec(cols), dy = r.vec(n), bias = r.vec(cols);
+            for (size_t i = 0; i < n; ++i) x0[i] = x0[i] * (1 + (i % cols) * 0.1f) + 0.3f + k.offset;
             if (k.outlier)
-                for (size_t c = 0; c < cols; c += 3) x[c] = k.offset + 1e4f;
+                for (size_t c = 0; c < cols; c += 3) x0[c] = k.offset + 1e4f;
+            // x = x0 + bias as bias_add_fwd_f32 stores it; the kernels run on x without a bias, and on
+            // x0 with the bias folded in (v4), which must give the same bits.
+            vector<float> x(n);
+            for (size_t i = 0; i < n; ++i) x[i] = x0[i] + bias[i % cols];
             const float eps = 1e-5f;
             BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, eps, (uint32_t)relu};
             vector<float> mean(cols, NAN), invstd(cols, NAN), varu(cols, NAN), y(n, NAN), dgamma(cols, NAN),
                 dbeta(cols, NAN), dx(n, NAN), partial(3 * cg.chunks * cols, NAN);
-            emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean.data(), invstd.data(),
-                        varu.data(), partial.data(), prm, cg.chunk_rows);
+            emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean.data(),
+                        invstd.data(), varu.data(), partial.data(), prm, cg.chunk_rows);
             check_arrivals("bn_stats " + tag, bn_tile_arrivals);
-            emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
-                        (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(),
-                        (uint16_t*)nullptr, prm, cg.chunk_rows);
+            emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS,
+                        (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
+                        (const float*)beta.data(), y.data(), (uint16_t*)nullptr, prm, cg.chunk_rows);
             {  // with the bf16 copy: the same f32 bits, and bf16_bits of each beside them
                 vector<float> y2(n, NAN);
                 vector<uint16_t> y16(n, 0x1234);
-                emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(),
+                emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS,
                             (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
                             (const float*)beta.data(), y2.data(), y16.data(), prm, cg.chunk_rows);
                 check_same("bn_apply y with y16 " + tag, y2, y);
@@ -295,20 +352,20 @@ static void batchnorm(Rng& r) {
             if (rows > 1) check_rel("bn_stats var_unbiased " + tag, varu, rvu, 1e-6);
             check("bn_apply y " + tag, y, ry, 1e-5, 1e-6);
             emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                        (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dgamma.data(),
-                        dbeta.data(), partial.data(), prm, cg.chunk_rows);
+                        NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                        dgamma.data(), dbeta.data(), partial.data(), prm, cg.chunk_rows);
             check_arrivals("bn_bwd_reduce " + tag, bn_tile_arrivals);
             emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                        (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                        NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
                         (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx.data(),
-                        (uint16_t*)nullptr, prm, cg.chunk_rows);
+                        (uint16_t*)nullptr, (float*)nullptr, (float*)nullptr, prm, cg.chunk_rows);
             {  // with the bf16 copy (as bn_apply)
                 vector<float> dx2(n, NAN);
                 vector<uint16_t> dx16(n, 0x1234);
                 emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                            NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
                             (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx2.data(),
-                            dx16.data(), prm, cg.chunk_rows);
+                            dx16.data(), (float*)nullptr, (float*)nullptr, prm, cg.chunk_rows);
                 check_same("bn_bwd dx with dx16 " + tag, dx2, dx);
                 check_bf16_copy("bn_bwd dx16 " + tag, dx16, dx);
             }
@@ -325,15 +382,24 @@ static void batchnorm(Rng& r) {
             check("bn_bwd dgamma " + tag, dgamma, rdg, 1e-5, 1e-5);
             check("bn_bwd dbeta " + tag, dbeta, rdb, 1e-5, 1e-5);
             check("bn_bwd dx " + tag, dx, rdx, 1e-4, 1e-6);
+            const vector<float> dbias = batchnorm_folded_bias(tag, cg, prm, x0, bias, gamma, beta, dy,
+                                                              BnOutputs{mean, invstd, varu, y, dgamma, dbeta, dx});
             if (cg.chunks > 1) {  // the same bits whichever blocks finish the tiles
                 vector<float> mean2(cols), invstd2(cols), varu2(cols), dgamma2(cols), dbeta2(cols);
                 emu::g_block_order = 1 + relu;
-                emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean2.data(),
+                vector<float> dx2(n), dbias2(cols);
+                emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean2.data(),
                             invstd2.data(), varu2.data(), partial.data(), prm, cg.chunk_rows);
                 emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dgamma2.data(),
-                            dbeta2.data(), partial.data(), prm, cg.chunk_rows);
+                            NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                            dgamma2.data(), dbeta2.data(), partial.data(), prm, cg.chunk_rows);
+                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(),
+                            (const float*)bias.data(), (const float*)y.data(), (const float*)mean.data(),
+                            (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(),
+                            (const float*)dbeta.data(), dx2.data(), (uint16_t*)nullptr, dbias2.data(), partial.data(), prm,
+                            cg.chunk_rows);
                 emu::g_block_order = 0;
+                check_same("bn_bwd_apply dbias " + tag + " reordered blocks", dbias2, dbias);
                 check_same("bn_stats + bn_bwd_reduce " + tag + " reordered blocks",
                            [&] {
                                vector<float> v = mean2;
@@ -384,9 +450,9 @@ static void batchnorm_nan() {
         BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, 1e-5f, 1};
         vector<float> mean(cols), invstd(cols), varu(cols), y(x.size()), dg(cols), db(cols), dx(x.size()), partial(3 * cg.chunks * cols);
         vector<uint16_t> y16(x.size(), 0x1234), dx16(x.size(), 0x1234);
-        emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), mean.data(), invstd.data(), varu.data(),
-                    partial.data(), prm, cg.chunk_rows);
-        emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)mean.data(),
+        emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean.data(), invstd.data(),
+                    varu.data(), partial.data(), prm, cg.chunk_rows);
+        emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, (const float*)mean.data(),
                     (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), y16.data(), prm,
                     cg.chunk_rows);
         const std::string tag = " cols=" + std::to_string(cols);
@@ -396,16 +462,19 @@ static void batchnorm_nan() {
         // Backward: a NaN y masks its gradient (dbeta of column 4 counts the positive y only); column 2,
         // with a NaN mean, has a NaN dgamma (0 * NaN).
         y[7 * cols + 4] = NAN;
-        emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+        emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(), NOBIAS,
                     (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dg.data(), db.data(),
                     partial.data(), prm, cg.chunk_rows);
         double want = 0;
         for (size_t rr = 0; rr < rows; ++rr) want += y[rr * cols + 4] > 0 ? 1.0 : 0.0;
         ok = ok && db[4] == (float)want && std::isnan(dg[2]);
-        emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+        vector<float> dbias(cols);
+        emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(), NOBIAS,
                     (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
-                    (const float*)dg.data(), (const float*)db.data(), dx.data(), dx16.data(), prm, cg.chunk_rows);
+                    (const float*)dg.data(), (const float*)db.data(), dx.data(), dx16.data(), dbias.data(), partial.data(), prm,
+                    cg.chunk_rows);
         ok = ok && std::isnan(dx[2]) && !std::isnan(dx[1]);  // column 2: NaN dgamma
+        ok = ok && std::isnan(dbias[2]) && !std::isnan(dbias[1]);
         check_bf16_copy("bn NaN dx16" + tag, dx16, dx);
         std::printf("%s %-44s\n", ok ? "OK    " : "NOT OK", ("bn NaN propagation" + tag).c_str());
         if (!ok) ++g_failures;
@@ -584,6 +653,60 @@ static void vicreg(Rng& r) {
 }
 
 // ------------------------------------------------------------------------------------------
+// adamw_multi_f32 against adamw_f32 tensor by tensor (same bits), over 3 steps: awkward sizes, per-
+// tensor weight decay, bf16 copies for some, a grid of fewer blocks than tiles (each block takes
+// several tiles of different tensors) and a block size that does not divide the tile.
+static void adamw_multi(Rng& r) {
+    const size_t sizes[] = {1, 1001, 4096, 4097, 3 * 4096 + 5, 33};
+    const size_t nt = sizeof(sizes) / sizeof(sizes[0]);
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    vector<vector<float>> p1(nt), m1(nt), v1(nt), p2(nt), m2(nt), v2(nt);
+    vector<vector<uint16_t>> p16(nt);
+    for (size_t t = 0; t < nt; ++t) {
+        p1[t] = p2[t] = r.vec(sizes[t]);
+        m1[t] = m2[t] = vector<float>(sizes[t], 0);
+        v1[t] = v2[t] = vector<float>(sizes[t], 0);
+        p16[t] = vector<uint16_t>(sizes[t], 0x1234);
+    }
+    for (int step = 1; step <= 3; ++step) {
+        const double bc1 = 1 - std::pow((double)b1, step), bc2 = 1 - std::pow((double)b2, step);
+        BagsslAdamWMulti prm{};
+        prm.n_tensors = (uint32_t)nt;
+        prm.lr = lr, prm.beta1 = b1, prm.beta2 = b2, prm.eps = eps;
+        prm.step_size = (float)(lr / bc1), prm.bias_correction2_sqrt = (float)std::sqrt(bc2);
+        vector<vector<float>> g(nt);
+        for (size_t t = 0; t < nt; ++t) {
+            g[t] = r.vec(sizes[t]);
+            const float wd = t % 2 ? 0.05f : 0.0f;
+            BagsslAdamWParams one{(uint32_t)sizes[t], lr, b1, b2, eps, wd, prm.step_size, prm.bias_correction2_sqrt};
+            emu::launch(adamw_f32, grid_1d(sizes[t], 2), BLOCK, p1[t].data(), (const float*)g[t].data(), m1[t].data(),
+                        v1[t].data(), one);
+            prm.param[t] = (uint64_t)(uintptr_t)p2[t].data();
+            prm.grad[t] = (uint64_t)(uintptr_t)g[t].data();
+            prm.m[t] = (uint64_t)(uintptr_t)m2[t].data();
+            prm.v[t] = (uint64_t)(uintptr_t)v2[t].data();
+            prm.param16[t] = t % 3 ? (uint64_t)(uintptr_t)p16[t].data() : 0;
+            prm.n[t] = (uint32_t)sizes[t];
+            prm.weight_decay[t] = wd;
+            prm.first_tile[t + 1] = prm.first_tile[t] + (uint32_t)((sizes[t] + BAGSSL_ADAMW_TILE - 1) / BAGSSL_ADAMW_TILE);
+        }
+        emu::launch(adamw_multi_f32, 3u, 96u, prm);
+    }
+    for (size_t t = 0; t < nt; ++t) {
+        const std::string tag = " n=" + std::to_string(sizes[t]);
+        check_same("adamw_multi param" + tag, p2[t], p1[t]);
+        check_same("adamw_multi m" + tag, m2[t], m1[t]);
+        check_same("adamw_multi v" + tag, v2[t], v1[t]);
+        if (t % 3)
+            check_bf16_copy("adamw_multi param16" + tag, p16[t], p2[t]);
+        else {
+            const bool untouched = std::all_of(p16[t].begin(), p16[t].end(), [](uint16_t b) { return b == 0x1234; });
+            std::printf("%s %-44s\n", untouched ? "OK    " : "NOT OK", ("adamw_multi no param16" + tag).c_str());
+            g_failures += !untouched;
+        }
+    }
+}
+
 static void adamw(Rng& r) {
     const size_t n = 1001;
     auto p = r.vec(n);
@@ -605,6 +728,7 @@ static void adamw(Rng& r) {
     check("adamw param", p, rp, 1e-6, 1e-7);
     check("adamw m", m, rm, 1e-5);
     check("adamw v", v, rv, 1e-5);
+    adamw_multi(r);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -357,7 +357,7 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     let gamma = Tensor::from_vec(&[h], vec![1.0; h]);
     let beta = Tensor::from_vec(&[h], vec![0.0; h]);
     // BN forward (+ReLU): reads x, writes y (+ four H vectors): 2 N H floats.
-    let ms = median_ms(o, || drop(black_box(ops::bn_train_fwd(&a, &gamma, &beta, 1e-5, true).unwrap())));
+    let ms = median_ms(o, || drop(black_box(ops::bn_train_fwd(&a, None, &gamma, &beta, 1e-5, true).unwrap())));
     row(
         &format!("bn_train_fwd+relu {tag}"),
         &format!("{n}x{h}"),
@@ -366,9 +366,9 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
         l,
     );
     // BN backward (+ReLU): reads dy, x, y, writes dx: 4 N H floats.
-    let fwd = ops::bn_train_fwd(&a, &gamma, &beta, 1e-5, true).unwrap();
+    let fwd = ops::bn_train_fwd(&a, None, &gamma, &beta, 1e-5, true).unwrap();
     let ms = median_ms(o, || {
-        drop(black_box(ops::bn_train_bwd(&dy, &a, &fwd.y, &gamma, &fwd.mean, &fwd.invstd, true).unwrap()))
+        drop(black_box(ops::bn_train_bwd(&dy, &a, None, &fwd.y, &gamma, &fwd.mean, &fwd.invstd, true).unwrap()))
     });
     row(
         &format!("bn_train_bwd+relu {tag}"),

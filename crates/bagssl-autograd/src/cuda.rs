@@ -12,7 +12,7 @@
 use bagssl_kernels as k;
 use bagssl_kernels::GpuBuf;
 
-use crate::ops::{self, AdamW, BnForward, PendingParts, VicregWeights};
+use crate::ops::{self, AdamW, AdamWSlot, BnBackward, BnForward, PendingParts, VicregWeights};
 use crate::tensor::{Storage, Tensor};
 use crate::{Error, Result};
 
@@ -48,10 +48,18 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_gpu(&[cols], k::sum_rows_f32(buf(x, "sum_rows")?, rows, cols)?))
 }
 
-pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+pub fn bn_train_fwd(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<BnForward> {
     let op = "bn_train_fwd";
     let (rows, cols) = x.dims2();
-    let o = k::bn_train_fwd_f32(buf(x, op)?, buf(gamma, op)?, buf(beta, op)?, rows, cols, eps, relu)?;
+    let bias = bias.map(|b| buf(b, op)).transpose()?;
+    let o = k::bn_train_fwd_f32(buf(x, op)?, bias, buf(gamma, op)?, buf(beta, op)?, rows, cols, eps, relu)?;
     Ok(BnForward {
         y: Tensor::from_gpu(x.shape(), o.y),
         mean: Tensor::from_gpu(&[cols], o.mean),
@@ -60,20 +68,23 @@ pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: b
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd(
     dy: &Tensor,
     x: &Tensor,
+    bias: Option<&Tensor>,
     y: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
     invstd: &Tensor,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BnBackward> {
     let op = "bn_train_bwd";
     let (rows, cols) = x.dims2();
-    let (dx, dgamma, dbeta) = k::bn_train_bwd_f32(
+    let g = k::bn_train_bwd_f32(
         buf(dy, op)?,
         buf(x, op)?,
+        bias.map(|b| buf(b, op)).transpose()?,
         buf(y, op)?,
         buf(gamma, op)?,
         buf(mean, op)?,
@@ -82,7 +93,12 @@ pub fn bn_train_bwd(
         cols,
         relu,
     )?;
-    Ok((Tensor::from_gpu(x.shape(), dx), Tensor::from_gpu(&[cols], dgamma), Tensor::from_gpu(&[cols], dbeta)))
+    Ok(BnBackward {
+        dx: Tensor::from_gpu(x.shape(), g.dx),
+        dgamma: Tensor::from_gpu(&[cols], g.dgamma),
+        dbeta: Tensor::from_gpu(&[cols], g.dbeta),
+        dbias: g.dbias.map(|d| Tensor::from_gpu(&[cols], d)),
+    })
 }
 
 pub fn bn_eval_fwd(
@@ -158,18 +174,29 @@ pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     Ok(())
 }
 
+fn adamw_config(h: AdamW) -> k::AdamWConfig {
+    k::AdamWConfig { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weight_decay: h.weight_decay, step: h.step }
+}
+
+pub fn adamw_multi_(slots: &mut [AdamWSlot<'_>], h: AdamW) -> Result<()> {
+    let op = "adamw_";
+    let mut tensors = Vec::with_capacity(slots.len());
+    for s in slots.iter_mut() {
+        let weight_decay = s.weight_decay;
+        let grad = buf(s.grad, op)?;
+        let param = buf_mut(s.param, op)?;
+        let m = buf_mut(s.m, op)?;
+        let v = buf_mut(s.v, op)?;
+        tensors.push(k::AdamWTensor { param, grad, m, v, weight_decay });
+    }
+    k::adamw_multi_f32(&mut tensors, adamw_config(h))?;
+    Ok(())
+}
+
 pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
     let op = "adamw_";
-    let cfg = k::AdamWConfig {
-        lr: h.lr,
-        beta1: h.beta1,
-        beta2: h.beta2,
-        eps: h.eps,
-        weight_decay: h.weight_decay,
-        step: h.step,
-    };
     let g = buf(grad, op)?;
-    k::adamw_f32(buf_mut(param, op)?, g, buf_mut(m, op)?, buf_mut(v, op)?, cfg)?;
+    k::adamw_f32(buf_mut(param, op)?, g, buf_mut(m, op)?, buf_mut(v, op)?, adamw_config(h))?;
     Ok(())
 }
 

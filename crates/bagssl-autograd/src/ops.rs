@@ -81,6 +81,16 @@ pub struct BnForward {
     pub var_unbiased: Tensor,
 }
 
+/// What [`bn_train_bwd`] returns.
+pub struct BnBackward {
+    /// dL/dx, which is also dL/d(x + bias).
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+    /// The column sums of dx: the gradient of the bias folded into the BatchNorm, when it had one.
+    pub dbias: Option<Tensor>,
+}
+
 /// AdamW hyper-parameters for one update (PyTorch's `torch.optim.AdamW` semantics).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamW {
@@ -198,34 +208,59 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     dispatch!("sum_rows", [x], sum_rows(x))
 }
 
-/// Training-mode BatchNorm over the rows (batch statistics, biased variance), optionally fused with ReLU.
-pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+/// Training-mode BatchNorm over the rows (batch statistics, biased variance) of `x + bias`,
+/// optionally fused with ReLU.
+///
+/// `bias` is the bias of the Linear layer before the BatchNorm, folded in: the kernels form the
+/// f32 sum `x + bias` as they read x, so the result is `bn_train_fwd(bias_add(x, bias), None, ..)`
+/// bit for bit, without the pass that writes and re-reads the biased matrix. The batch mean (and
+/// so the running mean) is that of `x + bias`.
+pub fn bn_train_fwd(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<BnForward> {
     let _p = crate::profile::op("bn_train_fwd");
     per_column("bn_train_fwd", x, &[("gamma", gamma), ("beta", beta)])?;
+    if let Some(b) = bias {
+        per_column("bn_train_fwd", x, &[("bias", b)])?;
+    }
     if x.dims2().0 < 2 {
         return Err(shape_err(
             "bn_train_fwd",
             format!("needs at least 2 rows for batch statistics, got {:?}", x.shape()),
         ));
     }
-    dispatch!("bn_train_fwd", [x, gamma, beta], bn_train_fwd(x, gamma, beta, eps, relu))
+    if let Some(b) = bias {
+        same_device("bn_train_fwd", &[x, b])?;
+    }
+    dispatch!("bn_train_fwd", [x, gamma, beta], bn_train_fwd(x, bias, gamma, beta, eps, relu))
 }
 
-/// Backward of [`bn_train_fwd`]: returns (dx, dgamma, dbeta). `y` is the forward output (ReLU mask).
+/// Backward of [`bn_train_fwd`] (same `x` and `bias`). `y` is the forward output (ReLU mask).
+/// With a bias, `dbias` is the column sums of dx (on a GPU summed by the kernel that writes dx).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd(
     dy: &Tensor,
     x: &Tensor,
+    bias: Option<&Tensor>,
     y: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
     invstd: &Tensor,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BnBackward> {
     let _p = crate::profile::op("bn_train_bwd");
     same_shape("bn_train_bwd", &[("dy", dy), ("x", x), ("y", y)])?;
     per_column("bn_train_bwd", x, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
-    dispatch!("bn_train_bwd", [dy, x, y, gamma, mean, invstd], bn_train_bwd(dy, x, y, gamma, mean, invstd, relu))
+    if let Some(b) = bias {
+        per_column("bn_train_bwd", x, &[("bias", b)])?;
+        same_device("bn_train_bwd", &[x, b])?;
+    }
+    dispatch!("bn_train_bwd", [dy, x, y, gamma, mean, invstd], bn_train_bwd(dy, x, bias, y, gamma, mean, invstd, relu))
 }
 
 /// Eval-mode BatchNorm with running statistics, optionally fused with ReLU.
@@ -379,6 +414,41 @@ pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor,
         cuda::adamw_(param, grad, m, v, h)
     } else {
         cpu::adamw_(param, grad, m, v, h)
+    }
+}
+
+/// One tensor of [`adamw_multi_`].
+pub struct AdamWSlot<'a> {
+    pub param: &'a mut Tensor,
+    pub grad: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    /// This tensor's weight decay (`h.weight_decay` is not used).
+    pub weight_decay: f32,
+}
+
+/// [`adamw_`] on many tensors at once, each with its own weight decay: the same values as one
+/// call per tensor. On a GPU one launch updates up to 16 tensors (a training step's parameters
+/// in one) and rewrites the bf16 GEMM copies of the weights beside them.
+pub fn adamw_multi_(slots: &mut [AdamWSlot<'_>], h: AdamW) -> Result<()> {
+    let _p = crate::profile::op("adamw_");
+    let mut cuda = None;
+    for s in slots.iter() {
+        same_numel("adamw_", &[("param", s.param), ("grad", s.grad), ("m", s.m), ("v", s.v)])?;
+        let on_gpu = same_device("adamw_", &[s.param, s.grad, s.m, s.v])?;
+        if *cuda.get_or_insert(on_gpu) != on_gpu {
+            return Err(Error::DeviceMismatch { op: "adamw_" });
+        }
+    }
+    match cuda {
+        Some(true) => cuda::adamw_multi_(slots, h),
+        Some(false) => {
+            for s in slots.iter_mut() {
+                cpu::adamw_(s.param, s.grad, s.m, s.v, AdamW { weight_decay: s.weight_decay, ..h })?;
+            }
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 

@@ -78,6 +78,8 @@ enum Op {
     },
     BatchNorm {
         x: Var,
+        /// The preceding Linear layer's bias, folded in (see [`ops::bn_train_fwd`]).
+        bias: Option<Var>,
         gamma: Var,
         beta: Var,
         relu: bool,
@@ -164,12 +166,26 @@ impl<'a> Tape<'a> {
         Ok(self.push_op(y, Op::BiasAdd { x, b }, &[x, b]))
     }
 
-    /// Training-mode BatchNorm (optionally fused with ReLU). Batch statistics: [`Tape::bn_stats`].
-    pub fn batch_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f32, relu: bool) -> Result<Var> {
-        let f = ops::bn_train_fwd(self.value(x), self.value(gamma), self.value(beta), eps, relu)?;
+    /// Training-mode BatchNorm of `x + bias` (optionally fused with ReLU). `bias`: the bias of
+    /// the Linear layer that made `x` (record that one without it), folded into the BatchNorm's
+    /// passes: the same values as `linear` with the bias, one pass over the (rows, cols) matrix
+    /// fewer each way. Batch statistics: [`Tape::bn_stats`].
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        bias: Option<Var>,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Var> {
+        let b = bias.map(|b| self.value(b));
+        let f = ops::bn_train_fwd(self.value(x), b, self.value(gamma), self.value(beta), eps, relu)?;
         let stats = Box::new(BnStats { mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased });
-        let op = Op::BatchNorm { x, gamma, beta, relu, stats };
-        Ok(self.push_op(f.y, op, &[x, gamma, beta]))
+        let op = Op::BatchNorm { x, bias, gamma, beta, relu, stats };
+        let mut inputs = vec![x, gamma, beta];
+        inputs.extend(bias);
+        Ok(self.push_op(f.y, op, &inputs))
     }
 
     /// (batch mean, unbiased batch variance) of the BatchNorm that produced `v`.
@@ -314,17 +330,20 @@ impl<'a> Tape<'a> {
                     self.accumulate(grads, x, dy)?;
                 }
             }
-            Op::BatchNorm { x, gamma, beta, relu, stats } => {
-                let (dx, dgamma, dbeta) =
-                    ops::bn_train_bwd(&dy, self.value(x), y, self.value(gamma), &stats.mean, &stats.invstd, relu)?;
+            Op::BatchNorm { x, bias, gamma, beta, relu, stats } => {
+                let (xt, gt, b) = (self.value(x), self.value(gamma), bias.map(|b| self.value(b)));
+                let g = ops::bn_train_bwd(&dy, xt, b, y, gt, &stats.mean, &stats.invstd, relu)?;
                 if needs(gamma) {
-                    self.accumulate(grads, gamma, dgamma)?;
+                    self.accumulate(grads, gamma, g.dgamma)?;
                 }
                 if needs(beta) {
-                    self.accumulate(grads, beta, dbeta)?;
+                    self.accumulate(grads, beta, g.dbeta)?;
+                }
+                if let (Some(b), Some(db)) = (bias.filter(|&b| needs(b)), g.dbias) {
+                    self.accumulate(grads, b, db)?;
                 }
                 if needs(x) {
-                    self.accumulate(grads, x, dx)?;
+                    self.accumulate(grads, x, g.dx)?;
                 }
             }
             Op::Relu { x } => {

@@ -148,8 +148,10 @@ fn batch_norm_matches_f64() {
             let gamma = rand_tensor(&mut r, &[cols]);
             let beta = rand_tensor(&mut r, &[cols]);
             let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), rows, cols, 1e-5, relu);
-            let f = ops::bn_train_fwd(&x, &gamma, &beta, 1e-5, relu).unwrap();
-            let (dx, dgamma, dbeta) = ops::bn_train_bwd(&dy, &x, &f.y, &gamma, &f.mean, &f.invstd, relu).unwrap();
+            let f = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
+            let ops::BnBackward { dx, dgamma, dbeta, dbias } =
+                ops::bn_train_bwd(&dy, &x, None, &f.y, &gamma, &f.mean, &f.invstd, relu).unwrap();
+            assert!(dbias.is_none());
             let mut rep = Report::new(&format!("batch norm {rows}x{cols} relu={relu}"));
             rep.check("y", &host(&f.y), &want.y, 1e-5, 0.0);
             rep.check("mean", &host(&f.mean), &want.mean, 1e-6, 0.0);
@@ -164,6 +166,41 @@ fn batch_norm_matches_f64() {
             rep.check("dgamma", &host(&dgamma), &want.dgamma, 1e-5, 0.0);
             rep.check("dbeta", &host(&dbeta), &want.dbeta, 1e-5, 0.0);
             rep.finish();
+        }
+    }
+}
+
+/// The Linear bias folded into the BatchNorm gives the bits of `bias_add` then BatchNorm (the
+/// statistics, y, and every gradient), and its bias gradient is `sum_rows(dx)`, bit for bit.
+#[test]
+fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
+    let bits = |t: &Tensor| host(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut r = rng(5);
+    for (rows, cols) in [(2, 1), (7, 5), (300, 130), (1000, 3)] {
+        for relu in [false, true] {
+            let tag = format!("{rows}x{cols} relu={relu}");
+            let x0 = rand_tensor(&mut r, &[rows, cols]);
+            let (bias, dy) = (rand_tensor(&mut r, &[cols]), rand_tensor(&mut r, &[rows, cols]));
+            let (gamma, beta) = (rand_tensor(&mut r, &[cols]), rand_tensor(&mut r, &[cols]));
+            let x = ops::bias_add(&x0, &bias).unwrap();
+            let want = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
+            let got = ops::bn_train_fwd(&x0, Some(&bias), &gamma, &beta, 1e-5, relu).unwrap();
+            for (name, g, w) in [
+                ("y", &got.y, &want.y),
+                ("mean", &got.mean, &want.mean),
+                ("invstd", &got.invstd, &want.invstd),
+                ("var_unbiased", &got.var_unbiased, &want.var_unbiased),
+            ] {
+                assert_eq!(bits(g), bits(w), "{tag}: {name}");
+            }
+            let w = ops::bn_train_bwd(&dy, &x, None, &want.y, &gamma, &want.mean, &want.invstd, relu).unwrap();
+            let g = ops::bn_train_bwd(&dy, &x0, Some(&bias), &got.y, &gamma, &got.mean, &got.invstd, relu).unwrap();
+            for (name, a, b) in [("dx", &g.dx, &w.dx), ("dgamma", &g.dgamma, &w.dgamma), ("dbeta", &g.dbeta, &w.dbeta)]
+            {
+                assert_eq!(bits(a), bits(b), "{tag}: {name}");
+            }
+            let dbias = g.dbias.expect("a bias gives dbias");
+            assert_eq!(bits(&dbias), bits(&ops::sum_rows(&w.dx).unwrap()), "{tag}: dbias");
         }
     }
 }
@@ -383,8 +420,8 @@ fn shape_mismatches_are_errors() {
     assert!(is_shape(ops::matmul(&t(&[3, 4]), &t(&[3, 2]), false, true).map(drop)));
     assert!(is_shape(ops::linear_fwd(&t(&[3, 4]), &t(&[2, 4]), Some(&t(&[3]))).map(drop)));
     assert!(is_shape(ops::bias_add(&t(&[3, 4]), &t(&[3])).map(drop)));
-    assert!(is_shape(ops::bn_train_fwd(&t(&[1, 4]), &t(&[4]), &t(&[4]), 1e-5, true).map(drop)));
-    assert!(is_shape(ops::bn_train_fwd(&t(&[5, 4]), &t(&[3]), &t(&[4]), 1e-5, true).map(drop)));
+    assert!(is_shape(ops::bn_train_fwd(&t(&[1, 4]), None, &t(&[4]), &t(&[4]), 1e-5, true).map(drop)));
+    assert!(is_shape(ops::bn_train_fwd(&t(&[5, 4]), None, &t(&[3]), &t(&[4]), 1e-5, true).map(drop)));
     assert!(is_shape(ops::vicreg_fwd_bwd(&t(&[10, 4]), 3, VicregWeights::default()).map(drop)));
     assert!(is_shape(ops::vicreg_fwd_bwd(&t(&[1, 4]), 1, VicregWeights::default()).map(drop)));
     assert!(is_shape(ops::group_mean(&t(&[10, 4]), 3).map(drop)));

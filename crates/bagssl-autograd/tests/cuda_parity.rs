@@ -232,28 +232,38 @@ fn batchnorm_matches_cpu() {
             let gamma = Tensor::from_vec(&[cols], uniform(&mut r, cols, 0.5, 1.5));
             let beta = rand_t(&mut r, &[cols]);
             let (xg, gg, bg) = (on(&x, &dev), on(&gamma, &dev), on(&beta, &dev));
-            let c = ops::bn_train_fwd(&x, &gamma, &beta, 1e-5, relu).unwrap();
-            let g = ops::bn_train_fwd(&xg, &gg, &bg, 1e-5, relu).unwrap();
+            let c = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
+            let g = ops::bn_train_fwd(&xg, None, &gg, &bg, 1e-5, relu).unwrap();
             rep.check(&format!("bn_train_fwd y {tag}"), &g.y, &c.y, 1e-5, 1e-5);
             rep.check(&format!("bn_train_fwd mean {tag}"), &g.mean, &c.mean, 1e-5, 1e-6);
             rep.check(&format!("bn_train_fwd invstd {tag}"), &g.invstd, &c.invstd, 1e-5, 0.0);
             rep.check(&format!("bn_train_fwd var_unbiased {tag}"), &g.var_unbiased, &c.var_unbiased, 1e-5, 0.0);
             // The backward gets the CPU's forward results on both devices, so the ReLU masks agree.
             let dy = rand_t(&mut r, &[rows, cols]);
-            let (dxc, dgc, dbc) = ops::bn_train_bwd(&dy, &x, &c.y, &gamma, &c.mean, &c.invstd, relu).unwrap();
-            let (dxg, dgg, dbg) = ops::bn_train_bwd(
-                &on(&dy, &dev),
-                &xg,
-                &on(&c.y, &dev),
-                &gg,
-                &on(&c.mean, &dev),
-                &on(&c.invstd, &dev),
-                relu,
-            )
-            .unwrap();
-            rep.check(&format!("bn_train_bwd dx {tag}"), &dxg, &dxc, 1e-4, 1e-6);
-            rep.check(&format!("bn_train_bwd dgamma {tag}"), &dgg, &dgc, 1e-4, 1e-5);
-            rep.check(&format!("bn_train_bwd dbeta {tag}"), &dbg, &dbc, 1e-5, 1e-5);
+            let bc = ops::bn_train_bwd(&dy, &x, None, &c.y, &gamma, &c.mean, &c.invstd, relu).unwrap();
+            let dyg = on(&dy, &dev);
+            let (yg, mg, ig) = (on(&c.y, &dev), on(&c.mean, &dev), on(&c.invstd, &dev));
+            let gb = ops::bn_train_bwd(&dyg, &xg, None, &yg, &gg, &mg, &ig, relu).unwrap();
+            rep.check(&format!("bn_train_bwd dx {tag}"), &gb.dx, &bc.dx, 1e-4, 1e-6);
+            rep.check(&format!("bn_train_bwd dgamma {tag}"), &gb.dgamma, &bc.dgamma, 1e-4, 1e-5);
+            rep.check(&format!("bn_train_bwd dbeta {tag}"), &gb.dbeta, &bc.dbeta, 1e-5, 1e-5);
+            // The Linear bias folded in (x is then the product without its bias). dbias: the column
+            // sums of dx cancel to ~0, so the bound is at the scale of the summed magnitudes.
+            let bias = rand_t(&mut r, &[cols]);
+            let bgpu = on(&bias, &dev);
+            let cf = ops::bn_train_fwd(&x, Some(&bias), &gamma, &beta, 1e-5, relu).unwrap();
+            let gf = ops::bn_train_fwd(&xg, Some(&bgpu), &gg, &bg, 1e-5, relu).unwrap();
+            rep.check(&format!("bn_train_fwd+bias y {tag}"), &gf.y, &cf.y, 1e-5, 1e-5);
+            rep.check(&format!("bn_train_fwd+bias mean {tag}"), &gf.mean, &cf.mean, 1e-5, 1e-6);
+            rep.check(&format!("bn_train_fwd+bias invstd {tag}"), &gf.invstd, &cf.invstd, 1e-5, 0.0);
+            let cb = ops::bn_train_bwd(&dy, &x, Some(&bias), &cf.y, &gamma, &cf.mean, &cf.invstd, relu).unwrap();
+            let (yg, mg, ig) = (on(&cf.y, &dev), on(&cf.mean, &dev), on(&cf.invstd, &dev));
+            let gb = ops::bn_train_bwd(&dyg, &xg, Some(&bgpu), &yg, &gg, &mg, &ig, relu).unwrap();
+            rep.check(&format!("bn_train_bwd+bias dx {tag}"), &gb.dx, &cb.dx, 1e-4, 1e-6);
+            rep.check(&format!("bn_train_bwd+bias dgamma {tag}"), &gb.dgamma, &cb.dgamma, 1e-4, 1e-5);
+            let mag: f64 = host(&cb.dx).iter().map(|v| v.abs() as f64).fold(0.0, f64::max) * rows as f64;
+            let (dbias_g, dbias_c) = (gb.dbias.unwrap(), cb.dbias.unwrap());
+            rep.check(&format!("bn_train_bwd+bias dbias {tag}"), &dbias_g, &dbias_c, 0.0, 1e-6 * mag + 1e-30);
             let rm = rand_t(&mut r, &[cols]);
             let rv = Tensor::from_vec(&[cols], uniform(&mut r, cols, 0.1, 2.0));
             rep.check(

@@ -66,10 +66,18 @@ fn model_step_golden() {
     let mut tape = Tape::new();
     let p: Vec<_> = values.iter().map(|t| tape.leaf(t, true)).collect();
     let x = tape.input(golden_tensor(&g, "x"), true);
-    // Linear -> BatchNorm -> ReLU, with the parameters of block `i` at p[4 i ..].
+    // Linear -> BatchNorm -> ReLU, with the parameters of block `i` at p[4 i ..]. Block 0 adds
+    // the bias in the Linear layer, the others fold it into the BatchNorm (as the model does):
+    // both forms are pinned.
     let block = |tape: &mut Tape, input, i: usize| {
-        let y = tape.linear(input, p[4 * i], Some(p[4 * i + 1])).unwrap();
-        tape.batch_norm(y, p[4 * i + 2], p[4 * i + 3], bn_eps, true).unwrap()
+        let (w, b, gamma, beta) = (p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]);
+        if i == 0 {
+            let y = tape.linear(input, w, Some(b)).unwrap();
+            tape.batch_norm(y, None, gamma, beta, bn_eps, true).unwrap()
+        } else {
+            let y = tape.linear(input, w, None).unwrap();
+            tape.batch_norm(y, Some(b), gamma, beta, bn_eps, true).unwrap()
+        }
     };
     let a0 = block(&mut tape, x, 0);
     let h = block(&mut tape, a0, 1);

@@ -12,7 +12,7 @@ fn relu_and_batch_norm_propagate_nan() {
 
     let gamma = Tensor::from_vec(&[3], vec![1.0; 3]);
     let beta = Tensor::from_vec(&[3], vec![0.0; 3]);
-    let bn = ops::bn_train_fwd(&x, &gamma, &beta, 1e-5, true).unwrap();
+    let bn = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, true).unwrap();
     let y = bn.y.to_vec().unwrap();
     assert!(y[0].is_nan() && y[3].is_nan(), "the NaN column stays NaN: {y:?}");
     assert!(y[1].is_finite() && y[2].is_finite());

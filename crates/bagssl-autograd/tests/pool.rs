@@ -34,12 +34,13 @@ fn run_all() -> Vec<Vec<f32>> {
     keep(&h);
     keep(&ops::linear_fwd(&x, &w, None).unwrap());
     keep(&ops::bias_add(&h, &b).unwrap());
-    let bn = ops::bn_train_fwd(&h, &gamma, &b, 1e-5, true).unwrap();
+    let bn = ops::bn_train_fwd(&h, Some(&b), &gamma, &b, 1e-5, true).unwrap();
     keep(&bn.y);
-    let (dx, dgamma, dbeta) = ops::bn_train_bwd(&dy, &h, &bn.y, &gamma, &bn.mean, &bn.invstd, true).unwrap();
-    keep(&dx);
-    keep(&dgamma);
-    keep(&dbeta);
+    let g = ops::bn_train_bwd(&dy, &h, Some(&b), &bn.y, &gamma, &bn.mean, &bn.invstd, true).unwrap();
+    keep(&g.dx);
+    keep(&g.dgamma);
+    keep(&g.dbeta);
+    keep(g.dbias.as_ref().expect("a bias gives dbias"));
     let var = Tensor::from_vec(&[D], host(&bn.var_unbiased));
     keep(&ops::bn_eval_fwd(&h, &bn.mean, &var, &gamma, &b, 1e-5, true).unwrap());
     keep(&ops::linear_bn_eval(&x, &w, &bn.mean, &var, &gamma, &b, 1e-5, true).unwrap());

@@ -38,6 +38,15 @@ fn arg_opt_u16<'a>(b: &mut LaunchArgs<'a>, copy: &'a mut Option<CudaSlice<u16>>,
     };
 }
 
+/// Pushes an optional `const float*` argument: the buffer, or a null pointer (the kernel then
+/// reads none, e.g. no bias).
+fn arg_opt_f32<'a>(b: &mut LaunchArgs<'a>, buf: Option<&'a GpuBuf>, null: &'a u64) {
+    match buf {
+        Some(v) => b.arg(v.slice()),
+        None => b.arg(null),
+    };
+}
+
 /// Output of [`bn_train_fwd_f32`].
 pub struct BnTrainOut {
     /// (rows, cols), after the optional ReLU.
@@ -64,10 +73,13 @@ fn check_vecs(op: &str, x: &GpuBuf, cols: usize, vecs: &[(&str, &GpuBuf)]) -> Re
     Ok(())
 }
 
-/// Training-mode forward: batch statistics (per-chunk two-pass, combined in f64), normalise, affine,
-/// optional ReLU.
+/// Training-mode forward of `x + bias` (the Linear layer's bias, folded in: `bias_add_fwd_f32` then
+/// this without a bias, bit for bit, without the pass over x): batch statistics (per-chunk two-pass,
+/// combined in f64), normalise, affine, optional ReLU.
+#[allow(clippy::too_many_arguments)]
 pub fn bn_train_fwd_f32(
     x: &GpuBuf,
+    bias: Option<&GpuBuf>,
     gamma: &GpuBuf,
     beta: &GpuBuf,
     rows: usize,
@@ -78,6 +90,9 @@ pub fn bn_train_fwd_f32(
     let op = "bn_train_fwd_f32";
     let prm = params(op, x, rows, cols, eps, relu)?;
     check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta)])?;
+    if let Some(bias) = bias {
+        check_vecs(op, x, cols, &[("bias", bias)])?;
+    }
     if rows == 0 {
         return Err(KernelError::Invalid(format!("{op}: batch statistics of 0 rows")));
     }
@@ -90,16 +105,20 @@ pub fn bn_train_fwd_f32(
     if cols > 0 {
         // Per-chunk (sum, shifted mean, M2) of every column, combined by the last block of each tile.
         let mut partial = gpu.alloc_raw::<f32>(3 * grid.chunks * cols)?;
+        let null = 0u64;
         let mut b = gpu.stream().launch_builder(gpu.function("bn_stats_fwd_f32")?);
-        b.arg(x.slice()).arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut());
+        b.arg(x.slice());
+        arg_opt_f32(&mut b, bias, &null);
+        b.arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut());
         b.arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
-        // SAFETY: x holds rows*cols floats, the statistics cols each, partial 3*chunks*cols; the
-        // grid is `grid`, whose chunk_rows the kernel gets.
+        // SAFETY: x holds rows*cols floats, the bias (or null) and the statistics cols each,
+        // partial 3*chunks*cols; the grid is `grid`, whose chunk_rows the kernel gets.
         unsafe { b.launch(grid.cfg()) }?;
         let mut y16 = bf16_copy(gpu, rows * cols)?;
-        let null = 0u64;
         let mut b = gpu.stream().launch_builder(gpu.function("bn_apply_fwd_f32")?);
-        b.arg(x.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice()).arg(beta.slice()).arg(y.slice_mut());
+        b.arg(x.slice());
+        arg_opt_f32(&mut b, bias, &null);
+        b.arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice()).arg(beta.slice()).arg(y.slice_mut());
         arg_opt_u16(&mut b, &mut y16, &null);
         b.arg(&prm).arg(&grid.chunk_rows);
         // SAFETY: as above; y holds rows*cols floats, y16 (when there is one) rows*cols u16 and
@@ -113,11 +132,24 @@ pub fn bn_train_fwd_f32(
     Ok(BnTrainOut { y, mean, invstd, var_unbiased })
 }
 
-/// Backward of [`bn_train_fwd_f32`]: (dx, dgamma, dbeta). `y` is the forward output (ReLU mask).
+/// Gradients of [`bn_train_bwd_f32`].
+pub struct BnTrainGrads {
+    /// (rows, cols): dL/dx, which is also dL/d(x + bias).
+    pub dx: GpuBuf,
+    pub dgamma: GpuBuf,
+    pub dbeta: GpuBuf,
+    /// Column sums of dx (the folded bias's gradient), when the forward had a bias.
+    pub dbias: Option<GpuBuf>,
+}
+
+/// Backward of [`bn_train_fwd_f32`] (same `x` and `bias`). `y` is the forward output (ReLU mask).
+/// With a bias, `dbias` = the column sums of dx, made by the kernel that writes dx (no
+/// `sum_rows_f32` pass re-reading it).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd_f32(
     dy: &GpuBuf,
     x: &GpuBuf,
+    bias: Option<&GpuBuf>,
     y: &GpuBuf,
     gamma: &GpuBuf,
     mean: &GpuBuf,
@@ -125,17 +157,26 @@ pub fn bn_train_bwd_f32(
     rows: usize,
     cols: usize,
     relu: bool,
-) -> Result<(GpuBuf, GpuBuf, GpuBuf), KernelError> {
+) -> Result<BnTrainGrads, KernelError> {
     let op = "bn_train_bwd_f32";
     let prm = params(op, x, rows, cols, 0.0, relu)?;
     check_len(op, "dy", dy.len(), rows * cols)?;
     check_len(op, "y", y.len(), rows * cols)?;
     same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
     check_vecs(op, x, cols, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
+    if let Some(bias) = bias {
+        check_vecs(op, x, cols, &[("bias", bias)])?;
+    }
     let gpu = x.gpu();
     if cols == 0 || rows == 0 {
         // Sums over no rows, or no columns: zeros, and an empty dx.
-        return Ok((gpu.zeros(rows * cols)?, gpu.zeros(cols)?, gpu.zeros(cols)?));
+        let dbias = bias.map(|_| gpu.zeros(cols)).transpose()?;
+        return Ok(BnTrainGrads {
+            dx: gpu.zeros(rows * cols)?,
+            dgamma: gpu.zeros(cols)?,
+            dbeta: gpu.zeros(cols)?,
+            dbias,
+        });
     }
     let grid = ColGrid::reduction(op, rows, cols)?;
     let mut dgamma = gpu.uninit(cols)?;
@@ -143,26 +184,37 @@ pub fn bn_train_bwd_f32(
     let mut dx = gpu.uninit(rows * cols)?;
     // Per-chunk sums of g and g * xhat, added by the last block of each column tile.
     let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
+    let null = 0u64;
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
-    b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice());
+    b.arg(dy.slice()).arg(x.slice());
+    arg_opt_f32(&mut b, bias, &null);
+    b.arg(y.slice()).arg(mean.slice()).arg(invstd.slice());
     b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
     // SAFETY: lengths checked above; partial holds 2*chunks*cols floats for the grid `grid`.
     unsafe { b.launch(grid.cfg()) }?;
     let mut dx16 = bf16_copy(gpu, rows * cols)?;
-    let null = 0u64;
+    let mut dbias = bias.map(|_| gpu.uninit(cols)).transpose()?;
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
-    b.arg(dy.slice()).arg(x.slice()).arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
+    b.arg(dy.slice()).arg(x.slice());
+    arg_opt_f32(&mut b, bias, &null);
+    b.arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
     b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut());
     arg_opt_u16(&mut b, &mut dx16, &null);
+    match &mut dbias {
+        // The reduce kernel is done with `partial` (same stream); dbias needs chunks*cols of it.
+        Some(d) => b.arg(d.slice_mut()).arg(&mut partial),
+        None => b.arg(&null).arg(&null),
+    };
     b.arg(&prm).arg(&grid.chunk_rows);
     // SAFETY: lengths checked above; every element of dx, dgamma and dbeta is written, and of
-    // dx16 (rows*cols u16, a whole allocation) when there is one, null otherwise.
+    // dx16 (rows*cols u16, a whole allocation) when there is one, null otherwise; dbias (cols
+    // floats) with partial (2*chunks*cols floats) when there is a bias, both null otherwise.
     unsafe { b.launch(grid.cfg()) }?;
     drop(b);
     if let Some(c) = dx16 {
         dx.set_bf16(c); // after dx's last slice_mut
     }
-    Ok((dx, dgamma, dbeta))
+    Ok(BnTrainGrads { dx, dgamma, dbeta, dbias })
 }
 
 /// Eval-mode forward with running statistics, optional ReLU.
@@ -240,6 +292,63 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// v4: BatchNorm of x with the Linear bias folded in has the bits of `bias_add_fwd_f32` then
+    /// BatchNorm without a bias (statistics, y, dgamma, dbeta, dx), and its dbias is the column sums
+    /// of dx within f32 rounding, on the float4 and the scalar path and with several row chunks.
+    #[test]
+    fn bn_folded_bias_matches_bias_add() {
+        let Some(gpu) = gpu_or_skip("bn_folded_bias_matches_bias_add") else {
+            return;
+        };
+        for (rows, cols) in [(37, 45), (300, 516), (4099, 8), (2, 3), (4096, 2048)] {
+            let n = rows * cols;
+            let wave = |i: usize, f: f32| ((i as f32) * f).sin() * (1.0 + (i % cols) as f32 * 0.1);
+            let x0s: Vec<f32> = (0..n).map(|i| wave(i, 0.37) + 0.3).collect();
+            let dys: Vec<f32> = (0..n).map(|i| wave(i, 0.91)).collect();
+            let bias_s: Vec<f32> = (0..cols).map(|c| (c % 9) as f32 * 0.3 - 1.1).collect();
+            let gs: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 7) as f32 * 0.15).collect();
+            let bs: Vec<f32> = (0..cols).map(|c| (c % 5) as f32 * 0.2 - 0.4).collect();
+            let (x0, dy, bias) = (gpu.upload(&x0s).unwrap(), gpu.upload(&dys).unwrap(), gpu.upload(&bias_s).unwrap());
+            let (gamma, beta) = (gpu.upload(&gs).unwrap(), gpu.upload(&bs).unwrap());
+            let x = crate::bias_add_fwd_f32(&x0, &bias, rows, cols).unwrap();
+            for relu in [false, true] {
+                let tag = format!("{rows}x{cols} relu={relu}");
+                let want = bn_train_fwd_f32(&x, None, &gamma, &beta, rows, cols, 1e-5, relu).unwrap();
+                let got = bn_train_fwd_f32(&x0, Some(&bias), &gamma, &beta, rows, cols, 1e-5, relu).unwrap();
+                for (name, g, w) in [
+                    ("mean", &got.mean, &want.mean),
+                    ("invstd", &got.invstd, &want.invstd),
+                    ("var_unbiased", &got.var_unbiased, &want.var_unbiased),
+                    ("y", &got.y, &want.y),
+                ] {
+                    assert_eq!(bits(&g.to_host().unwrap()), bits(&w.to_host().unwrap()), "{tag}: {name}");
+                }
+                let w = bn_train_bwd_f32(&dy, &x, None, &want.y, &gamma, &want.mean, &want.invstd, rows, cols, relu)
+                    .unwrap();
+                let g =
+                    bn_train_bwd_f32(&dy, &x0, Some(&bias), &got.y, &gamma, &got.mean, &got.invstd, rows, cols, relu)
+                        .unwrap();
+                assert!(w.dbias.is_none());
+                for (name, a, b) in
+                    [("dx", &g.dx, &w.dx), ("dgamma", &g.dgamma, &w.dgamma), ("dbeta", &g.dbeta, &w.dbeta)]
+                {
+                    assert_eq!(bits(&a.to_host().unwrap()), bits(&b.to_host().unwrap()), "{tag}: {name}");
+                }
+                let dx = g.dx.to_host().unwrap();
+                let dbias = g.dbias.expect("a bias gives dbias").to_host().unwrap();
+                for c in 0..cols {
+                    let (sum, mag) = (0..rows).fold((0f64, 0f64), |(s, m), r| {
+                        let v = dx[r * cols + c] as f64;
+                        (s + v, m + v.abs())
+                    });
+                    let err = (dbias[c] as f64 - sum).abs();
+                    assert!(err <= 1e-6 * mag + 1e-30, "{tag}: dbias[{c}] = {} vs {sum} (sum |dx| {mag})", dbias[c]);
+                }
+            }
+        }
+        println!("OK     bn with the bias folded in = bias_add + bn, bit for bit; dbias = column sums of dx");
+    }
+
     /// With the GEMMs in bf16 the training forward and backward write the bf16 copies of y and dx
     /// (bf16_bits, exactly what `GpuBuf::bf16`'s cast makes, NaN included), and y and dx have
     /// the same bits as without the copies (GEMMs in f32), on the float4 and the scalar path.
@@ -268,9 +377,9 @@ mod tests {
                 let mut outs = Vec::new();
                 for p in [GemmPrecision::Bf16, GemmPrecision::F32] {
                     gpu.set_gemm_precision(p);
-                    let f = bn_train_fwd_f32(&x, &gamma, &beta, rows, cols, 1e-5, relu).unwrap();
-                    let (dx, _, _) =
-                        bn_train_bwd_f32(&dy, &x, &f.y, &gamma, &f.mean, &f.invstd, rows, cols, relu).unwrap();
+                    let f = bn_train_fwd_f32(&x, None, &gamma, &beta, rows, cols, 1e-5, relu).unwrap();
+                    let dx =
+                        bn_train_bwd_f32(&dy, &x, None, &f.y, &gamma, &f.mean, &f.invstd, rows, cols, relu).unwrap().dx;
                     let tag = format!("{rows}x{cols} relu={relu} {}", p.name());
                     assert_eq!(bad_bf16(&f.y), 0, "{tag}: y's bf16 copy");
                     assert_eq!(bad_bf16(&dx), 0, "{tag}: dx's bf16 copy");

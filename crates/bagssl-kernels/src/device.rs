@@ -433,6 +433,11 @@ impl GpuBuf {
         &mut self.data
     }
 
+    /// Whether the bf16 copy is made (the buffer has been a bf16 GEMM operand since its last write).
+    pub(crate) fn has_bf16(&self) -> bool {
+        self.bf16.get().is_some()
+    }
+
     /// Installs `b` as the bf16 copy: for kernels that write it beside the f32 values (with
     /// `bf16_bits` of kernels/common.cuh, so it is exactly what [`GpuBuf::bf16`] would make).
     pub(crate) fn set_bf16(&mut self, b: CudaSlice<u16>) {

@@ -8,7 +8,7 @@ use crate::KernelError;
 /// Threads per block of the 1-D kernels.
 pub(crate) const BLOCK: u32 = 256;
 /// Grid cap of the grid-stride kernels (enough to fill any current GPU several times over).
-const MAX_GRID: usize = 8192;
+pub(crate) const MAX_GRID: usize = 8192;
 /// Grid cap of the kernels that write one f64 partial per block.
 pub(crate) const MAX_PARTIALS: usize = 1024;
 

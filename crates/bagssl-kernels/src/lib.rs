@@ -25,14 +25,14 @@ pub mod vicreg;
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
-pub use batchnorm::{bn_ema_f32, bn_eval_fwd_f32, bn_train_bwd_f32, bn_train_fwd_f32, BnTrainOut};
+pub use batchnorm::{bn_ema_f32, bn_eval_fwd_f32, bn_train_bwd_f32, bn_train_fwd_f32, BnTrainGrads, BnTrainOut};
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
     axpy_f32, bias_add_fwd_f32, cast_bf16_f32, dot_f32, group_mean_bwd_f32, group_mean_fwd_f32, relu_bwd_f32,
     relu_fwd_f32, scale_f32, sum_rows_f32,
 };
 pub use gemm::{gemm_f32, matmul_f32, Gemm, GemmPrecision};
-pub use optim::{adamw_f32, AdamWConfig};
+pub use optim::{adamw_f32, adamw_multi_f32, AdamWConfig, AdamWTensor};
 pub use patch::{
     grid_len, patch_embed_fwd_f32, patch_embed_fwd_f32_into, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, PatchSpec,
 };

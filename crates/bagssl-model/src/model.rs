@@ -294,8 +294,10 @@ impl BagSslModel {
         let xv = tape.input(x, x_requires_grad);
         let mut bn_outputs = Vec::with_capacity(self.running.len());
         let mut block = |tape: &mut Tape<'a>, input: Var, base: usize| -> Result<Var> {
-            let y = tape.linear(input, pv[base], Some(pv[base + 1]))?;
-            let out = tape.batch_norm(y, pv[base + 2], pv[base + 3], BN_EPS, true)?;
+            // The Linear bias goes into the BatchNorm's passes (same values as adding it here,
+            // without a pass over the (rows, width) matrix each way).
+            let y = tape.linear(input, pv[base], None)?;
+            let out = tape.batch_norm(y, Some(pv[base + 1]), pv[base + 2], pv[base + 3], BN_EPS, true)?;
             bn_outputs.push(out);
             Ok(out)
         };

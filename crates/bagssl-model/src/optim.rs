@@ -5,6 +5,7 @@
 //! Both exclude biases and BatchNorm parameters from weight decay, and LARS also from the trust
 //! ratio ([`ParamKind::is_weight`]).
 
+use bagssl_autograd::ops::AdamWSlot;
 use bagssl_autograd::{ops, AdamW, Tensor};
 
 use crate::config::OptimizerKind;
@@ -87,16 +88,26 @@ impl Optimizer {
                 self.state.len()
             )));
         }
-        for i in 0..params.len() {
-            let wd = self.decay_for(params[i].kind);
-            let (p, g, bufs) = (&mut params[i], &grads[i], &mut self.state[i]);
-            match self.kind {
-                OptimizerKind::AdamW => {
-                    let (m, v) = bufs.split_at_mut(1);
-                    let h = AdamW { lr, beta1: ADAM_BETA1, beta2: ADAM_BETA2, eps: ADAM_EPS, weight_decay: wd, step };
-                    ops::adamw_(&mut p.value, g, &mut m[0], &mut v[0], h)?;
+        match self.kind {
+            OptimizerKind::AdamW => {
+                // Every tensor in one call: one launch on a GPU (see ops::adamw_multi_).
+                let decays: Vec<f32> = params.iter().map(|p| self.decay_for(p.kind)).collect();
+                let mut slots = Vec::with_capacity(params.len());
+                for (((p, g), bufs), weight_decay) in params.iter_mut().zip(grads).zip(&mut self.state).zip(decays) {
+                    let [m, v] = bufs.as_mut_slice() else {
+                        return Err(ModelError::Internal("AdamW state is not (m, v)".into()));
+                    };
+                    slots.push(AdamWSlot { param: &mut p.value, grad: g, m, v, weight_decay });
                 }
-                OptimizerKind::Lars => lars_update(&mut p.value, g, &mut bufs[0], lr, wd, p.kind.is_weight())?,
+                let h = AdamW { lr, beta1: ADAM_BETA1, beta2: ADAM_BETA2, eps: ADAM_EPS, weight_decay: 0.0, step };
+                ops::adamw_multi_(&mut slots, h)?;
+            }
+            OptimizerKind::Lars => {
+                for i in 0..params.len() {
+                    let wd = self.decay_for(params[i].kind);
+                    let (p, g, bufs) = (&mut params[i], &grads[i], &mut self.state[i]);
+                    lars_update(&mut p.value, g, &mut bufs[0], lr, wd, p.kind.is_weight())?;
+                }
             }
         }
         Ok(())

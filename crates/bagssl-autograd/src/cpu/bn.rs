@@ -5,6 +5,10 @@
 //! |mean| / std exceeds ~1e6), one pass writing `relu((x - mean) * gamma * invstd + beta)`.
 //! Backward: one pass for `sum g` and `sum g * xhat` (g = dy masked by y > 0), one pass writing
 //! dx. Both passes split rows over the rayon pool; the column sums are reduced in f64.
+//!
+//! The training kernels take the bias of the Linear layer before them (`bias`, zeros for none) and
+//! normalise `x + bias`, the f32 sum formed as they read x: bit for bit what `bias_add` then
+//! BatchNorm computes, without that pass (as the CUDA kernels, `kernels/batchnorm.cu` v4).
 
 use super::par::{for_rows_mut, reduce_rows};
 use super::simd::multiversion;
@@ -18,14 +22,15 @@ pub struct BnStats {
     pub var_unbiased: Vec<f32>,
 }
 
-/// Training-mode forward: writes `y` (rows, cols) and returns the batch statistics.
+/// Training-mode forward of `x + bias`: writes `y` (rows, cols) and returns the batch statistics.
 /// Needs at least two rows (like PyTorch) for the unbiased variance to exist.
-pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) -> BnStats {
+#[allow(clippy::too_many_arguments)]
+pub fn train_fwd(x: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) -> BnStats {
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let (s, q) = acc.split_at_mut(cols);
-        sums_and_squares(&x[range.start * cols..range.end * cols], s, q)
+        sums_and_squares(&x[range.start * cols..range.end * cols], bias, s, q)
     });
     let n = rows as f64;
     let mut stats = BnStats { mean: vec![0.0; cols], invstd: vec![0.0; cols], var_unbiased: vec![0.0; cols] };
@@ -39,7 +44,7 @@ pub fn train_fwd(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y
         stats.var_unbiased[j] = (var * n / (n - 1.0)) as f32;
     }
     let scale: Vec<f32> = gamma.iter().zip(&stats.invstd).map(|(g, s)| g * s).collect();
-    normalize(x, &stats.mean, &scale, beta, relu, y);
+    normalize(x, bias, &stats.mean, &scale, beta, relu, y);
     stats
 }
 
@@ -55,7 +60,7 @@ pub fn eval_fwd(
     relu: bool,
     y: &mut [f32],
 ) {
-    normalize(x, mean, &eval_scale(gamma, var, eps), beta, relu, y);
+    normalize(x, &vec![0.0; mean.len()], mean, &eval_scale(gamma, var, eps), beta, relu, y);
 }
 
 /// Eval-mode scale per column, `gamma / sqrt(var + eps)` (in f64, rounded once).
@@ -63,18 +68,18 @@ pub fn eval_scale(gamma: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
     gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect()
 }
 
-/// `y = act((x - mean) * scale + beta)` row by row.
-fn normalize(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+/// `y = act((x + bias - mean) * scale + beta)` row by row.
+fn normalize(x: &[f32], bias: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
     let cols = mean.len();
-    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], mean, scale, beta, relu, y));
+    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], bias, mean, scale, beta, relu, y));
 }
 
 multiversion! {
-    /// `s[c] += sum_r x[r, c]`, `q[c] += sum_r x[r, c]^2` over a block of rows.
-    fn sums_and_squares(x: &[f32], s: &mut [f64], q: &mut [f64]) {
+    /// `s[c] += sum_r x'[r, c]`, `q[c] += sum_r x'[r, c]^2` over a block of rows, x' = x + bias.
+    fn sums_and_squares(x: &[f32], bias: &[f32], s: &mut [f64], q: &mut [f64]) {
         for row in x.chunks_exact(s.len()) {
-            for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(row) {
-                let x = x as f64;
+            for (((s, q), &x), &b) in s.iter_mut().zip(q.iter_mut()).zip(row).zip(bias) {
+                let x = (x + b) as f64;
                 *s += x;
                 *q += x * x;
             }
@@ -83,24 +88,34 @@ multiversion! {
 }
 
 multiversion! {
-    fn normalize_rows(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    fn normalize_rows(
+        x: &[f32],
+        bias: &[f32],
+        mean: &[f32],
+        scale: &[f32],
+        beta: &[f32],
+        relu: bool,
+        y: &mut [f32],
+    ) {
         for (y, x) in y.chunks_exact_mut(mean.len()).zip(x.chunks_exact(mean.len())) {
-            let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
+            let it = y.iter_mut().zip(x.iter().zip(bias)).zip(mean).zip(scale).zip(beta);
             if relu {
-                it.for_each(|((((y, &x), &m), &s), &b)| {
-                    let v = (x - m) * s + b;
+                it.for_each(|((((y, (&x, &c)), &m), &s), &b)| {
+                    let v = (x + c - m) * s + b;
                     *y = if v < 0.0 { 0.0 } else { v };
                 });
             } else {
-                it.for_each(|((((y, &x), &m), &s), &b)| *y = (x - m) * s + b);
+                it.for_each(|((((y, (&x, &c)), &m), &s), &b)| *y = (x + c - m) * s + b);
             }
         }
     }
 }
 
-/// Training-mode backward: writes `dx` and returns `(dgamma, dbeta)`.
+/// Training-mode backward (same `x` and `bias` as the forward): writes `dx` and returns
+/// `(dgamma, dbeta)`. The bias gradient is the column sums of dx.
 ///
-/// With `g = dy * (y > 0)` (or `dy` without ReLU), `xhat = (x - mean) * invstd`:
+/// With `g = dy * (y > 0)` (or `dy` without ReLU), `xhat = (x + bias - mean) * invstd`:
 /// `dbeta = sum g`, `dgamma = sum g xhat`,
 /// `dx = gamma invstd (g - dbeta / N - xhat dgamma / N)`, evaluated per column as
 /// `p g + q (x - mean) + r` (subtracting the mean first keeps the f32 rounding relative to the
@@ -109,6 +124,7 @@ multiversion! {
 pub fn train_bwd(
     dy: &[f32],
     x: &[f32],
+    bias: &[f32],
     y: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -121,7 +137,7 @@ pub fn train_bwd(
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let span = range.start * cols..range.end * cols;
         let (sb, sg) = acc.split_at_mut(cols);
-        bwd_sums(&dy[span.clone()], &x[span.clone()], &y[span], mean, invstd, relu, sb, sg)
+        bwd_sums(&dy[span.clone()], &x[span.clone()], &y[span], bias, mean, invstd, relu, sb, sg)
     });
     let n = rows as f64;
     let dbeta: Vec<f32> = sums[..cols].iter().map(|&s| s as f32).collect();
@@ -135,7 +151,7 @@ pub fn train_bwd(
         q[j] = (-k * invstd[j] as f64 * sums[cols + j] / n) as f32;
         r[j] = (-k * sums[j] / n) as f32;
     }
-    let coefs = Coefs { mean, p: &p, q: &q, r: &r };
+    let coefs = Coefs { bias, mean, p: &p, q: &q, r: &r };
     for_rows_mut(dx, cols, |r0, dx| {
         let span = r0 * cols..r0 * cols + dx.len();
         bwd_dx(&dy[span.clone()], &x[span.clone()], &y[span], coefs, relu, dx)
@@ -143,9 +159,10 @@ pub fn train_bwd(
     (dgamma, dbeta)
 }
 
-/// Per-column coefficients of `dx = p g + q (x - mean) + r`.
+/// Per-column coefficients of `dx = p g + q (x + bias - mean) + r`.
 #[derive(Clone, Copy)]
 struct Coefs<'c> {
+    bias: &'c [f32],
     mean: &'c [f32],
     p: &'c [f32],
     q: &'c [f32],
@@ -159,6 +176,7 @@ multiversion! {
         dy: &[f32],
         x: &[f32],
         y: &[f32],
+        bias: &[f32],
         mean: &[f32],
         invstd: &[f32],
         relu: bool,
@@ -167,11 +185,11 @@ multiversion! {
     ) {
         let cols = mean.len();
         for ((dy, x), y) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(y.chunks_exact(cols)) {
-            let it = dy.iter().zip(x).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
-            for (((((&d, &x), &y), &m), &s), (sb, sg)) in it {
+            let it = dy.iter().zip(x.iter().zip(bias)).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
+            for (((((&d, (&x, &c)), &y), &m), &s), (sb, sg)) in it {
                 let g = if !relu || y > 0.0 { d } else { 0.0 };
                 *sb += g as f64;
-                *sg += (g * ((x - m) * s)) as f64;
+                *sg += (g * ((x + c - m) * s)) as f64;
             }
         }
     }
@@ -182,10 +200,10 @@ multiversion! {
         let cols = c.mean.len();
         let rows = dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols));
         for (((dx, dy), x), y) in rows.zip(y.chunks_exact(cols)) {
-            let it = dx.iter_mut().zip(dy).zip(x).zip(y).zip(c.mean).zip(c.p.iter().zip(c.q).zip(c.r));
-            for (((((dx, &d), &x), &y), &m), ((&p, &q), &r)) in it {
+            let it = dx.iter_mut().zip(dy).zip(x.iter().zip(c.bias)).zip(y).zip(c.mean).zip(c.p.iter().zip(c.q).zip(c.r));
+            for (((((dx, &d), (&x, &b)), &y), &m), ((&p, &q), &r)) in it {
                 let g = if !relu || y > 0.0 { d } else { 0.0 };
-                *dx = p * g + q * (x - m) + r;
+                *dx = p * g + q * (x + b - m) + r;
             }
         }
     }

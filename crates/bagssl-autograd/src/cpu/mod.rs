@@ -24,7 +24,7 @@ pub mod vicreg;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::ops::{self, AdamW, BnForward, VicregParts, VicregWeights};
+use crate::ops::{self, AdamW, BnBackward, BnForward, VicregParts, VicregWeights};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use matmul::{sgemm, GemmShape, View};
@@ -121,11 +121,27 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(&[cols], vec_f32(&sums)))
 }
 
-pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<BnForward> {
+/// The bias slice of a BatchNorm: the Linear bias folded into it, or zeros.
+fn bn_bias<'t>(op: &'static str, bias: Option<&'t Tensor>, cols: usize) -> Result<std::borrow::Cow<'t, [f32]>> {
+    Ok(match bias {
+        Some(b) => std::borrow::Cow::Borrowed(host(b, op)?),
+        None => std::borrow::Cow::Owned(vec![0.0; cols]),
+    })
+}
+
+pub fn bn_train_fwd(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<BnForward> {
     let op = "bn_train_fwd";
     let cols = gamma.numel();
     let mut y = pool::take(x.numel());
-    let s = bn::train_fwd(host(x, op)?, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
+    let b = bn_bias(op, bias, cols)?;
+    let s = bn::train_fwd(host(x, op)?, &b, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
     Ok(BnForward {
         y: Tensor::from_vec(x.shape(), y),
         mean: Tensor::from_vec(&[cols], s.mean),
@@ -134,21 +150,25 @@ pub fn bn_train_fwd(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32, relu: b
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd(
     dy: &Tensor,
     x: &Tensor,
+    bias: Option<&Tensor>,
     y: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
     invstd: &Tensor,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BnBackward> {
     let op = "bn_train_bwd";
     let cols = gamma.numel();
     let mut dx = pool::take(x.numel());
+    let b = bn_bias(op, bias, cols)?;
     let (dgamma, dbeta) = bn::train_bwd(
         host(dy, op)?,
         host(x, op)?,
+        &b,
         host(y, op)?,
         host(gamma, op)?,
         host(mean, op)?,
@@ -156,7 +176,10 @@ pub fn bn_train_bwd(
         relu,
         &mut dx,
     );
-    Ok((Tensor::from_vec(x.shape(), dx), Tensor::from_vec(&[cols], dgamma), Tensor::from_vec(&[cols], dbeta)))
+    let dx = Tensor::from_vec(x.shape(), dx);
+    // The bias gradient: sum_rows of dx, the same pass the Linear backward would make.
+    let dbias = bias.map(|_| sum_rows(&dx)).transpose()?;
+    Ok(BnBackward { dx, dgamma: Tensor::from_vec(&[cols], dgamma), dbeta: Tensor::from_vec(&[cols], dbeta), dbias })
 }
 
 pub fn bn_eval_fwd(

@@ -11,6 +11,8 @@ pub const BAGSSL_COL_MAX_TILES: u32 = 16384;
 pub const BAGSSL_PATCH_FLIP: u32 = 1;
 pub const BAGSSL_PATCH_JITTER: u32 = 2;
 pub const BAGSSL_PATCH_GRAY: u32 = 4;
+pub const BAGSSL_ADAMW_MAX_TENSORS: u32 = 16;
+pub const BAGSSL_ADAMW_TILE: u32 = 4096;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct BagsslPatchSpec {
@@ -278,4 +280,75 @@ const _: () = {
     [
         "Offset of field: BagsslAdamWParams::bias_correction2_sqrt",
     ][::std::mem::offset_of!(BagsslAdamWParams, bias_correction2_sqrt) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct BagsslAdamWMulti {
+    pub param: [u64; 16usize],
+    pub grad: [u64; 16usize],
+    pub m: [u64; 16usize],
+    pub v: [u64; 16usize],
+    pub param16: [u64; 16usize],
+    pub n: [u32; 16usize],
+    pub weight_decay: [f32; 16usize],
+    pub first_tile: [u32; 17usize],
+    pub n_tensors: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub bias_correction2_sqrt: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of BagsslAdamWMulti"][::std::mem::size_of::<BagsslAdamWMulti>() - 864usize];
+    [
+        "Alignment of BagsslAdamWMulti",
+    ][::std::mem::align_of::<BagsslAdamWMulti>() - 8usize];
+    [
+        "Offset of field: BagsslAdamWMulti::param",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, param) - 0usize];
+    [
+        "Offset of field: BagsslAdamWMulti::grad",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, grad) - 128usize];
+    [
+        "Offset of field: BagsslAdamWMulti::m",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, m) - 256usize];
+    [
+        "Offset of field: BagsslAdamWMulti::v",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, v) - 384usize];
+    [
+        "Offset of field: BagsslAdamWMulti::param16",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, param16) - 512usize];
+    [
+        "Offset of field: BagsslAdamWMulti::n",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, n) - 640usize];
+    [
+        "Offset of field: BagsslAdamWMulti::weight_decay",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, weight_decay) - 704usize];
+    [
+        "Offset of field: BagsslAdamWMulti::first_tile",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, first_tile) - 768usize];
+    [
+        "Offset of field: BagsslAdamWMulti::n_tensors",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, n_tensors) - 836usize];
+    [
+        "Offset of field: BagsslAdamWMulti::lr",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, lr) - 840usize];
+    [
+        "Offset of field: BagsslAdamWMulti::beta1",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, beta1) - 844usize];
+    [
+        "Offset of field: BagsslAdamWMulti::beta2",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, beta2) - 848usize];
+    [
+        "Offset of field: BagsslAdamWMulti::eps",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, eps) - 852usize];
+    [
+        "Offset of field: BagsslAdamWMulti::step_size",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, step_size) - 856usize];
+    [
+        "Offset of field: BagsslAdamWMulti::bias_correction2_sqrt",
+    ][::std::mem::offset_of!(BagsslAdamWMulti, bias_correction2_sqrt) - 860usize];
 };

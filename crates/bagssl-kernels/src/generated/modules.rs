@@ -24,7 +24,7 @@ pub(crate) const MODULES: &[KernelModule] = &[
         family: "optim",
         ptx: include_str!("optim.ptx"),
         cubin: include_bytes!("optim.sm_90a.cubin"),
-        kernels: &["adamw_f32"],
+        kernels: &["adamw_f32", "adamw_multi_f32"],
     },
     KernelModule {
         family: "patch_embed",
