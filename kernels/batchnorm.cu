@@ -39,6 +39,14 @@
 //      without bias_add's pass (read 33.5 MB, write 33.5 MB at 4096 x 2048). bn_bwd_apply_f32 also
 //      sums dx over the rows (`dbias`, null: none): the bias gradient, without sum_rows_f32
 //      re-reading dx; its f32 lane sums and f64 chunk sums are col_sums' (common.cuh).
+//   5: the backward's ReLU mask without y: with y null, both backward kernels recompute the
+//      forward's pre-ReLU value from the x (+ bias) they read anyway, v = (x - mean) * invstd *
+//      gamma + beta, bn_apply's expression and so its bits, and mask where !(v > 0), which is where
+//      !(y > 0). -33.5 MB read per kernel at 4096 x 2048 (235 -> 168 MB for the backward).
+//      bn_bwd_apply_f32's largest instance (bf16 copy, dbias, mask from x) takes 96 registers: 2
+//      blocks per SM, still 64 KB of loads in flight per SM (128 B per thread), ~2.5x what the
+//      copy rate needs; capped at 80 it spills. BAGSSL_BN_MASK_FROM_Y=1 (Gpu::set_bn_mask_from_output)
+//      restores the v4 loads for an A/B timing (bench-kernels prints both).
 //
 // Napkin math (4096 x 2048 f32, one matrix = 33.5 MB; H200 copy 4148 GB/s, HBM3e 4.8 TB/s peak):
 //   forward: stats read x (33.5 MB) + apply read x, write y (67 MB) = 100 MB, of which the second
@@ -311,12 +319,13 @@ extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES,
 }
 
 // ---------------------------------------------------------------------------------------------
-// g = dy, or 0 where the ReLU output is not positive (NaN included).
-template <int V>
+// g = dy, or (unless MX: the mask is applied later, from x) 0 where the ReLU output y is not
+// positive (NaN included).
+template <int V, bool MX>
 __device__ __forceinline__ void relu_grad(const float* __restrict__ dy, const float* __restrict__ y, bool relu,
                                           size_t o, float (&g)[V]) {
     load_cols<V>(dy + o, g);
-    if (relu) {
+    if (!MX && relu) {
         float yv[V];
         load_cols<V>(y + o, yv);
 #pragma unroll
@@ -325,18 +334,30 @@ __device__ __forceinline__ void relu_grad(const float* __restrict__ dy, const fl
     }
 }
 
-template <int V>
+// MX: g = 0 where the forward's pre-ReLU value, from xhat = (x + bias - mean) * invstd, is not
+// positive: xhat * gamma + beta is bn_apply's `(x - m) * is * g + b` term by term (the same
+// product, then the same contracted multiply-add), so the same bits and the same mask as y > 0.
+template <bool MX>
+__device__ __forceinline__ void relu_mask_x(bool relu, float xhat, const float& gamma, const float& beta, float& g) {
+    if (MX && relu && !(xhat * gamma + beta > 0.0f)) g = 0.0f;
+}
+
+template <int V, bool MX>
 __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ bias,
-                              const float* __restrict__ y,
-                              const float* __restrict__ mean, const float* __restrict__ invstd,
-                              float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ partial,
-                              const BagsslBnParams& prm, uint32_t chunk_rows) {
+                              const float* __restrict__ y, const float* __restrict__ gamma,
+                              const float* __restrict__ beta, const float* __restrict__ mean,
+                              const float* __restrict__ invstd, float* __restrict__ dgamma, float* __restrict__ dbeta,
+                              float* __restrict__ partial, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
-    float m[V] = {}, is[V] = {}, bb[V] = {};
+    float m[V] = {}, is[V] = {}, bb[V] = {}, gr[V] = {}, be[V] = {};
     if (s.ok) {
         load_bias<V>(bias, s.c0, bb);
         load_cols<V>(mean + s.c0, m);
         load_cols<V>(invstd + s.c0, is);
+        if (MX) {
+            load_cols<V>(gamma + s.c0, gr);
+            load_cols<V>(beta + s.c0, be);
+        }
     }
     const bool relu = prm.relu != 0;
     col_sums<V, 2>(
@@ -344,11 +365,15 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
         [&](uint32_t r, float (&q)[2][V]) {
             const size_t o = (size_t)r * prm.cols + s.c0;
             float xv[V];
-            relu_grad<V>(dy, y, relu, o, q[0]);
+            relu_grad<V, MX>(dy, y, relu, o, q[0]);
             load_cols<V>(x + o, xv);
             add_bias<V>(xv, bb);
 #pragma unroll
-            for (int c = 0; c < V; ++c) q[1][c] = q[0][c] * ((xv[c] - m[c]) * is[c]);
+            for (int c = 0; c < V; ++c) {
+                const float xhat = (xv[c] - m[c]) * is[c];
+                relu_mask_x<MX>(relu, xhat, gr[c], be[c], q[0][c]);
+                q[1][c] = q[0][c] * xhat;
+            }
         },
         [&](const double (&tot)[2][V]) {
             float db[V], dg[V];
@@ -360,24 +385,36 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
 }
 
 // dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat (xhat of x + bias; bias: cols floats or null).
+// The ReLU mask (prm.relu): from y, or, with y null, recomputed from x, gamma and beta (v5).
 // Grid: `ColGrid`; partial: 2 * gridDim.y * cols floats.
 extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                              const float* __restrict__ bias, const float* __restrict__ y,
-                                             const float* __restrict__ mean,
-                                             const float* __restrict__ invstd, float* __restrict__ dgamma,
-                                             float* __restrict__ dbeta, float* __restrict__ partial,
-                                             BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0)
-        bn_bwd_reduce<4>(dy, x, bias, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
-    else
-        bn_bwd_reduce<1>(dy, x, bias, y, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows);
+                                             const float* __restrict__ gamma, const float* __restrict__ beta,
+                                             const float* __restrict__ mean, const float* __restrict__ invstd,
+                                             float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                             float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
+    const bool mx = prm.relu && !y;
+#define BAGSSL_BN_BWD_REDUCE(V, MX) \
+    bn_bwd_reduce<V, MX>(dy, x, bias, y, gamma, beta, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows)
+    if (prm.cols % 4 == 0) {
+        if (mx)
+            BAGSSL_BN_BWD_REDUCE(4, true);
+        else
+            BAGSSL_BN_BWD_REDUCE(4, false);
+    } else {
+        if (mx)
+            BAGSSL_BN_BWD_REDUCE(1, true);
+        else
+            BAGSSL_BN_BWD_REDUCE(1, false);
+    }
+#undef BAGSSL_BN_BWD_REDUCE
 }
 
 // W16: also write the bf16 copy dx16 (as bn_apply). DB: also sum dx over the rows into dbias (the
 // bias gradient), through partial (gridDim.y * cols floats) and the last block of each column tile.
-template <int V, bool W16, bool DB>
+template <int V, bool W16, bool DB, bool MX>
 __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ bias,
-                             const float* __restrict__ y, const float* __restrict__ mean,
+                             const float* __restrict__ y, const float* __restrict__ beta, const float* __restrict__ mean,
                              const float* __restrict__ invstd, const float* __restrict__ gamma,
                              const float* __restrict__ dgamma, const float* __restrict__ dbeta, float* __restrict__ dx,
                              uint16_t* __restrict__ dx16, float* __restrict__ dbias, float* __restrict__ partial,
@@ -388,20 +425,21 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
     if (s.ok) {
         const float rows = (float)prm.rows;
         const bool relu = prm.relu != 0;
-        float m[V], is[V], a[V], dg[V], db[V], bb[V];
+        float m[V], is[V], a[V], dg[V], db[V], bb[V], gr[V], be[V] = {};
         load_bias<V>(bias, s.c0, bb);
         load_cols<V>(mean + s.c0, m);
         load_cols<V>(invstd + s.c0, is);
-        load_cols<V>(gamma + s.c0, a);
+        load_cols<V>(gamma + s.c0, gr);
         load_cols<V>(dgamma + s.c0, dg);
         load_cols<V>(dbeta + s.c0, db);
+        if (MX) load_cols<V>(beta + s.c0, be);
 #pragma unroll
-        for (int c = 0; c < V; ++c) a[c] = a[c] * is[c] / rows;  // gamma * invstd / N, as v1 per element
+        for (int c = 0; c < V; ++c) a[c] = gr[c] * is[c] / rows;  // gamma * invstd / N, as v1 per element
         float g[BAGSSL_COL_RPT][V], v[BAGSSL_COL_RPT][V];
         lane_rows_batched(
             s, prm.cols, true,  // last-first: bn_bwd_reduce read those rows last
             [&](size_t o, uint32_t k) {
-                relu_grad<V>(dy, y, relu, o, g[k]);
+                relu_grad<V, MX>(dy, y, relu, o, g[k]);
                 load_cols<V>(x + o, v[k]);
                 add_bias<V>(v[k], bb);
             },
@@ -409,6 +447,7 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
 #pragma unroll
                 for (int c = 0; c < V; ++c) {
                     const float xhat = (v[k][c] - m[c]) * is[c];
+                    relu_mask_x<MX>(relu, xhat, gr[c], be[c], g[k][c]);
                     v[k][c] = a[c] * (rows * g[k][c] - db[c] - xhat * dg[c]);
                     if (DB) acc[0][c] += v[k][c];
                 }
@@ -425,17 +464,18 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
         });
 }
 
-template <int V>
+template <int V, bool MX>
 __device__ void bn_bwd_apply_v(const float* __restrict__ dy, const float* __restrict__ x,
                                const float* __restrict__ bias, const float* __restrict__ y,
-                               const float* __restrict__ mean, const float* __restrict__ invstd,
-                               const float* __restrict__ gamma, const float* __restrict__ dgamma,
-                               const float* __restrict__ dbeta, float* __restrict__ dx, uint16_t* __restrict__ dx16,
+                               const float* __restrict__ beta, const float* __restrict__ mean,
+                               const float* __restrict__ invstd, const float* __restrict__ gamma,
+                               const float* __restrict__ dgamma, const float* __restrict__ dbeta,
+                               float* __restrict__ dx, uint16_t* __restrict__ dx16,
                                float* __restrict__ dbias, float* __restrict__ partial, const BagsslBnParams& prm,
                                uint32_t chunk_rows) {
 #define BAGSSL_BN_BWD_APPLY(W16, DB)                                                                                  \
-    bn_bwd_apply<V, W16, DB>(dy, x, bias, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, \
-                             chunk_rows)
+    bn_bwd_apply<V, W16, DB, MX>(dy, x, bias, y, beta, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias,      \
+                                 partial, prm, chunk_rows)
     if (dx16) {
         if (dbias)
             BAGSSL_BN_BWD_APPLY(true, true);
@@ -451,21 +491,35 @@ __device__ void bn_bwd_apply_v(const float* __restrict__ dy, const float* __rest
 }
 
 // dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma), xhat of x + bias (bias: cols floats or
-// null). Grid: `ColGrid`, as bn_bwd_reduce_f32.
+// null). The ReLU mask as bn_bwd_reduce_f32 (y null: from x, gamma and beta). Grid: `ColGrid`, as
+// bn_bwd_reduce_f32.
 // dx16: null, or rows * cols bf16 that get bf16_bits of every dx (its GEMM operand copy, as y16).
 // dbias: null, or cols floats that get the column sums of dx (the bias gradient); partial: then
 // gridDim.y * cols floats of scratch (bn_bwd_reduce_f32's may be reused: it is done with it).
 extern "C" __global__ void bn_bwd_apply_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                             const float* __restrict__ bias, const float* __restrict__ y,
-                                            const float* __restrict__ mean, const float* __restrict__ invstd,
-                                            const float* __restrict__ gamma, const float* __restrict__ dgamma,
+                                            const float* __restrict__ beta, const float* __restrict__ mean,
+                                            const float* __restrict__ invstd, const float* __restrict__ gamma,
+                                            const float* __restrict__ dgamma,
                                             const float* __restrict__ dbeta, float* __restrict__ dx,
                                             uint16_t* __restrict__ dx16, float* __restrict__ dbias,
                                             float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0)
-        bn_bwd_apply_v<4>(dy, x, bias, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, chunk_rows);
-    else
-        bn_bwd_apply_v<1>(dy, x, bias, y, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, chunk_rows);
+    const bool mx = prm.relu && !y;
+#define BAGSSL_BN_BWD_APPLY_V(V, MX) \
+    bn_bwd_apply_v<V, MX>(dy, x, bias, y, beta, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, \
+                          chunk_rows)
+    if (prm.cols % 4 == 0) {
+        if (mx)
+            BAGSSL_BN_BWD_APPLY_V(4, true);
+        else
+            BAGSSL_BN_BWD_APPLY_V(4, false);
+    } else {
+        if (mx)
+            BAGSSL_BN_BWD_APPLY_V(1, true);
+        else
+            BAGSSL_BN_BWD_APPLY_V(1, false);
+    }
+#undef BAGSSL_BN_BWD_APPLY_V
 }
 
 // ---------------------------------------------------------------------------------------------

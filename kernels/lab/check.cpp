@@ -236,7 +236,8 @@ struct BnOutputs {
     vector<float> mean, invstd, varu, y, dgamma, dbeta, dx;
 };
 
-// v4: the same kernels on x0 with the bias folded in give `want`'s bits (stats, y, dgamma, dbeta, dx),
+// v4: the same kernels on x0 with the bias folded in give `want`'s bits (stats, y, dgamma, dbeta, dx;
+// with ReLU the backward's mask recomputed from x, v5, against want's read from y),
 // and bn_bwd_apply_f32 also sums dx into dbias: checked against the f64 column sums of the dx it
 // wrote (f32 lane sums: within 1e-6 of sum |dx|). Returns dbias.
 static vector<float> batchnorm_folded_bias(const std::string& tag, const ColGrid& cg, const BagsslBnParams& prm,
@@ -248,16 +249,18 @@ static vector<float> batchnorm_folded_bias(const std::string& tag, const ColGrid
                   vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(n, NAN)};
     vector<float> partial(3 * cg.chunks * cols, NAN), dbias(cols, NAN);
     const float* b = bias.data();
+    // With ReLU the backward recomputes its mask from x, gamma and beta (v5, y null).
+    const float* ymask = prm.relu ? nullptr : got.y.data();
     emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x0.data(), b, got.mean.data(),
                 got.invstd.data(), got.varu.data(), partial.data(), prm, cg.chunk_rows);
     emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x0.data(), b, (const float*)got.mean.data(),
                 (const float*)got.invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), got.y.data(),
                 (uint16_t*)nullptr, prm, cg.chunk_rows);
     emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(), b,
-                (const float*)got.y.data(), (const float*)got.mean.data(), (const float*)got.invstd.data(),
-                got.dgamma.data(), got.dbeta.data(), partial.data(), prm, cg.chunk_rows);
+                ymask, (const float*)gamma.data(), (const float*)beta.data(), (const float*)got.mean.data(),
+                (const float*)got.invstd.data(), got.dgamma.data(), got.dbeta.data(), partial.data(), prm, cg.chunk_rows);
     emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(), b,
-                (const float*)got.y.data(), (const float*)got.mean.data(), (const float*)got.invstd.data(),
+                ymask, (const float*)beta.data(), (const float*)got.mean.data(), (const float*)got.invstd.data(),
                 (const float*)gamma.data(), (const float*)got.dgamma.data(), (const float*)got.dbeta.data(),
                 got.dx.data(), (uint16_t*)nullptr, dbias.data(), partial.data(), prm, cg.chunk_rows);
     check_arrivals("bn_bwd_apply dbias " + tag, bn_tile_arrivals);
@@ -352,19 +355,36 @@ static void batchnorm(Rng& r) {
             if (rows > 1) check_rel("bn_stats var_unbiased " + tag, varu, rvu, 1e-6);
             check("bn_apply y " + tag, y, ry, 1e-5, 1e-6);
             emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                        NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
-                        dgamma.data(), dbeta.data(), partial.data(), prm, cg.chunk_rows);
+                        NOBIAS, (const float*)y.data(), (const float*)gamma.data(), (const float*)beta.data(),
+                        (const float*)mean.data(), (const float*)invstd.data(), dgamma.data(), dbeta.data(),
+                        partial.data(), prm, cg.chunk_rows);
             check_arrivals("bn_bwd_reduce " + tag, bn_tile_arrivals);
             emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                        NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
-                        (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx.data(),
-                        (uint16_t*)nullptr, (float*)nullptr, (float*)nullptr, prm, cg.chunk_rows);
+                        NOBIAS, (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(),
+                        (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(),
+                        (const float*)dbeta.data(), dx.data(), (uint16_t*)nullptr, (float*)nullptr, (float*)nullptr, prm,
+                        cg.chunk_rows);
+            if (relu) {  // v5: the mask recomputed from x, gamma and beta (y null): the same bits
+                vector<float> dg3(cols, NAN), db3(cols, NAN), dx3(n, NAN);
+                emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(),
+                            (const float*)x.data(), NOBIAS, NOBIAS, (const float*)gamma.data(), (const float*)beta.data(),
+                            (const float*)mean.data(), (const float*)invstd.data(), dg3.data(), db3.data(), partial.data(),
+                            prm, cg.chunk_rows);
+                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
+                            NOBIAS, NOBIAS, (const float*)beta.data(), (const float*)mean.data(),
+                            (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dg3.data(),
+                            (const float*)db3.data(), dx3.data(), (uint16_t*)nullptr, (float*)nullptr, (float*)nullptr,
+                            prm, cg.chunk_rows);
+                check_same("bn_bwd mask from x: dgamma " + tag, dg3, dgamma);
+                check_same("bn_bwd mask from x: dbeta " + tag, db3, dbeta);
+                check_same("bn_bwd mask from x: dx " + tag, dx3, dx);
+            }
             {  // with the bf16 copy (as bn_apply)
                 vector<float> dx2(n, NAN);
                 vector<uint16_t> dx16(n, 0x1234);
                 emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
-                            (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx2.data(),
+                            NOBIAS, (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(),
+                            (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx2.data(),
                             dx16.data(), (float*)nullptr, (float*)nullptr, prm, cg.chunk_rows);
                 check_same("bn_bwd dx with dx16 " + tag, dx2, dx);
                 check_bf16_copy("bn_bwd dx16 " + tag, dx16, dx);
@@ -391,10 +411,11 @@ static void batchnorm(Rng& r) {
                 emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean2.data(),
                             invstd2.data(), varu2.data(), partial.data(), prm, cg.chunk_rows);
                 emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            NOBIAS, (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(),
-                            dgamma2.data(), dbeta2.data(), partial.data(), prm, cg.chunk_rows);
+                            NOBIAS, (const float*)y.data(), (const float*)gamma.data(), (const float*)beta.data(),
+                            (const float*)mean.data(), (const float*)invstd.data(), dgamma2.data(), dbeta2.data(),
+                            partial.data(), prm, cg.chunk_rows);
                 emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(),
-                            (const float*)bias.data(), (const float*)y.data(), (const float*)mean.data(),
+                            (const float*)bias.data(), (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(),
                             (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(),
                             (const float*)dbeta.data(), dx2.data(), (uint16_t*)nullptr, dbias2.data(), partial.data(), prm,
                             cg.chunk_rows);
@@ -463,15 +484,15 @@ static void batchnorm_nan() {
         // with a NaN mean, has a NaN dgamma (0 * NaN).
         y[7 * cols + 4] = NAN;
         emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(), NOBIAS,
-                    (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), dg.data(), db.data(),
-                    partial.data(), prm, cg.chunk_rows);
+                    (const float*)y.data(), (const float*)gamma.data(), (const float*)beta.data(), (const float*)mean.data(),
+                    (const float*)invstd.data(), dg.data(), db.data(), partial.data(), prm, cg.chunk_rows);
         double want = 0;
         for (size_t rr = 0; rr < rows; ++rr) want += y[rr * cols + 4] > 0 ? 1.0 : 0.0;
         ok = ok && db[4] == (float)want && std::isnan(dg[2]);
         vector<float> dbias(cols);
         emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(), NOBIAS,
-                    (const float*)y.data(), (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
-                    (const float*)dg.data(), (const float*)db.data(), dx.data(), dx16.data(), dbias.data(), partial.data(), prm,
+                    (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(), (const float*)invstd.data(),
+                    (const float*)gamma.data(), (const float*)dg.data(), (const float*)db.data(), dx.data(), dx16.data(), dbias.data(), partial.data(), prm,
                     cg.chunk_rows);
         ok = ok && std::isnan(dx[2]) && !std::isnan(dx[1]);  // column 2: NaN dgamma
         ok = ok && std::isnan(dbias[2]) && !std::isnan(dbias[1]);

@@ -368,7 +368,7 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     // BN backward (+ReLU): reads dy, x, y, writes dx: 4 N H floats.
     let fwd = ops::bn_train_fwd(&a, None, &gamma, &beta, 1e-5, true).unwrap();
     let ms = median_ms(o, || {
-        drop(black_box(ops::bn_train_bwd(&dy, &a, None, &fwd.y, &gamma, &fwd.mean, &fwd.invstd, true).unwrap()))
+        drop(black_box(ops::bn_train_bwd(&dy, &a, None, &fwd.y, &gamma, &beta, &fwd.mean, &fwd.invstd, true).unwrap()))
     });
     row(
         &format!("bn_train_bwd+relu {tag}"),

@@ -240,8 +240,10 @@ pub fn bn_train_fwd(
     dispatch!("bn_train_fwd", [x, gamma, beta], bn_train_fwd(x, bias, gamma, beta, eps, relu))
 }
 
-/// Backward of [`bn_train_fwd`] (same `x` and `bias`). `y` is the forward output (ReLU mask).
-/// With a bias, `dbias` is the column sums of dx (on a GPU summed by the kernel that writes dx).
+/// Backward of [`bn_train_fwd`] (same `x`, `bias`, `gamma`, `beta`). `y` is the forward output,
+/// whose `y > 0` is the ReLU mask (a GPU recomputes it from x, gamma and beta, bit for bit, rather
+/// than read y). With a bias, `dbias` is the column sums of dx (on a GPU summed by the kernel that
+/// writes dx).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd(
     dy: &Tensor,
@@ -249,18 +251,23 @@ pub fn bn_train_bwd(
     bias: Option<&Tensor>,
     y: &Tensor,
     gamma: &Tensor,
+    beta: &Tensor,
     mean: &Tensor,
     invstd: &Tensor,
     relu: bool,
 ) -> Result<BnBackward> {
     let _p = crate::profile::op("bn_train_bwd");
     same_shape("bn_train_bwd", &[("dy", dy), ("x", x), ("y", y)])?;
-    per_column("bn_train_bwd", x, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
+    per_column("bn_train_bwd", x, &[("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)])?;
     if let Some(b) = bias {
         per_column("bn_train_bwd", x, &[("bias", b)])?;
         same_device("bn_train_bwd", &[x, b])?;
     }
-    dispatch!("bn_train_bwd", [dy, x, y, gamma, mean, invstd], bn_train_bwd(dy, x, bias, y, gamma, mean, invstd, relu))
+    dispatch!(
+        "bn_train_bwd",
+        [dy, x, y, gamma, beta, mean, invstd],
+        bn_train_bwd(dy, x, bias, y, gamma, beta, mean, invstd, relu)
+    )
 }
 
 /// Eval-mode BatchNorm with running statistics, optionally fused with ReLU.

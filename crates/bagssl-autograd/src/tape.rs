@@ -332,7 +332,8 @@ impl<'a> Tape<'a> {
             }
             Op::BatchNorm { x, bias, gamma, beta, relu, stats } => {
                 let (xt, gt, b) = (self.value(x), self.value(gamma), bias.map(|b| self.value(b)));
-                let g = ops::bn_train_bwd(&dy, xt, b, y, gt, &stats.mean, &stats.invstd, relu)?;
+                let bt = self.value(beta);
+                let g = ops::bn_train_bwd(&dy, xt, b, y, gt, bt, &stats.mean, &stats.invstd, relu)?;
                 if needs(gamma) {
                     self.accumulate(grads, gamma, g.dgamma)?;
                 }

@@ -150,7 +150,7 @@ fn batch_norm_matches_f64() {
             let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), rows, cols, 1e-5, relu);
             let f = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
             let ops::BnBackward { dx, dgamma, dbeta, dbias } =
-                ops::bn_train_bwd(&dy, &x, None, &f.y, &gamma, &f.mean, &f.invstd, relu).unwrap();
+                ops::bn_train_bwd(&dy, &x, None, &f.y, &gamma, &beta, &f.mean, &f.invstd, relu).unwrap();
             assert!(dbias.is_none());
             let mut rep = Report::new(&format!("batch norm {rows}x{cols} relu={relu}"));
             rep.check("y", &host(&f.y), &want.y, 1e-5, 0.0);
@@ -193,8 +193,9 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             ] {
                 assert_eq!(bits(g), bits(w), "{tag}: {name}");
             }
-            let w = ops::bn_train_bwd(&dy, &x, None, &want.y, &gamma, &want.mean, &want.invstd, relu).unwrap();
-            let g = ops::bn_train_bwd(&dy, &x0, Some(&bias), &got.y, &gamma, &got.mean, &got.invstd, relu).unwrap();
+            let w = ops::bn_train_bwd(&dy, &x, None, &want.y, &gamma, &beta, &want.mean, &want.invstd, relu).unwrap();
+            let g =
+                ops::bn_train_bwd(&dy, &x0, Some(&bias), &got.y, &gamma, &beta, &got.mean, &got.invstd, relu).unwrap();
             for (name, a, b) in [("dx", &g.dx, &w.dx), ("dgamma", &g.dgamma, &w.dgamma), ("dbeta", &g.dbeta, &w.dbeta)]
             {
                 assert_eq!(bits(a), bits(b), "{tag}: {name}");

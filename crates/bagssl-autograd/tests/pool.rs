@@ -36,7 +36,7 @@ fn run_all() -> Vec<Vec<f32>> {
     keep(&ops::bias_add(&h, &b).unwrap());
     let bn = ops::bn_train_fwd(&h, Some(&b), &gamma, &b, 1e-5, true).unwrap();
     keep(&bn.y);
-    let g = ops::bn_train_bwd(&dy, &h, Some(&b), &bn.y, &gamma, &bn.mean, &bn.invstd, true).unwrap();
+    let g = ops::bn_train_bwd(&dy, &h, Some(&b), &bn.y, &gamma, &b, &bn.mean, &bn.invstd, true).unwrap();
     keep(&g.dx);
     keep(&g.dgamma);
     keep(&g.dbeta);

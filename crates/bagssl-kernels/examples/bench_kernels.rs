@@ -339,7 +339,7 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     // BN backward (+ReLU): reads dy, x, y, writes dx.
     let o = bn_train_fwd_f32(&a, None, &gamma, &beta, rows, h, 1e-5, true)?;
     streaming(&mut timer, "bn_train_bwd_f32 (+relu)", &shape, 4.0 * mat, &mut || {
-        bn_train_bwd_f32(&a, &a, None, &o.y, &gamma, &o.mean, &o.invstd, rows, h, true).map(drop)
+        bn_train_bwd_f32(&a, &a, None, &o.y, &gamma, &beta, &o.mean, &o.invstd, rows, h, true).map(drop)
     })?;
     // The training step's form (v4): the Linear bias folded in, and the backward summing dx into the
     // bias gradient. Same bytes; what it replaces is bias_add (2 x mat) and sum_rows (mat).
@@ -349,8 +349,14 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     })?;
     let ob = bn_train_fwd_f32(&a, Some(&bias), &gamma, &beta, rows, h, 1e-5, true)?;
     streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias)", &shape, 4.0 * mat, &mut || {
-        bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &ob.mean, &ob.invstd, rows, h, true).map(drop)
+        bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
     })?;
+    // v4's backward, the ReLU mask read from y (+33.5 MB per kernel): for comparison.
+    gpu.set_bn_mask_from_output(true);
+    streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias, mask from y)", &shape, 4.0 * mat, &mut || {
+        bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
+    })?;
+    gpu.set_bn_mask_from_output(false);
     // bias_add (what the bias folding saves in the forward): reads x, writes y.
     streaming(&mut timer, "bias_add_fwd_f32", &shape, 2.0 * mat, &mut || {
         bias_add_fwd_f32(&a, &bias, rows, h).map(drop)

@@ -142,9 +142,10 @@ pub struct BnTrainGrads {
     pub dbias: Option<GpuBuf>,
 }
 
-/// Backward of [`bn_train_fwd_f32`] (same `x` and `bias`). `y` is the forward output (ReLU mask).
-/// With a bias, `dbias` = the column sums of dx, made by the kernel that writes dx (no
-/// `sum_rows_f32` pass re-reading it).
+/// Backward of [`bn_train_fwd_f32`] (same `x`, `bias`, `gamma`, `beta`). `y` is the forward
+/// output; with ReLU the kernels recompute its mask from x (the pre-ReLU value, same bits, without
+/// reading y) unless [`Gpu::bn_mask_from_output`]. With a bias, `dbias` = the column sums of dx,
+/// made by the kernel that writes dx (no `sum_rows_f32` pass re-reading it).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_bwd_f32(
     dy: &GpuBuf,
@@ -152,6 +153,7 @@ pub fn bn_train_bwd_f32(
     bias: Option<&GpuBuf>,
     y: &GpuBuf,
     gamma: &GpuBuf,
+    beta: &GpuBuf,
     mean: &GpuBuf,
     invstd: &GpuBuf,
     rows: usize,
@@ -163,11 +165,13 @@ pub fn bn_train_bwd_f32(
     check_len(op, "dy", dy.len(), rows * cols)?;
     check_len(op, "y", y.len(), rows * cols)?;
     same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
-    check_vecs(op, x, cols, &[("gamma", gamma), ("mean", mean), ("invstd", invstd)])?;
+    check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)])?;
     if let Some(bias) = bias {
         check_vecs(op, x, cols, &[("bias", bias)])?;
     }
     let gpu = x.gpu();
+    // The mask's source: y, or (null y) x, gamma and beta.
+    let y_arg = if relu && !gpu.bn_mask_from_output() { None } else { Some(y) };
     if cols == 0 || rows == 0 {
         // Sums over no rows, or no columns: zeros, and an empty dx.
         let dbias = bias.map(|_| gpu.zeros(cols)).transpose()?;
@@ -188,7 +192,8 @@ pub fn bn_train_bwd_f32(
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
     b.arg(dy.slice()).arg(x.slice());
     arg_opt_f32(&mut b, bias, &null);
-    b.arg(y.slice()).arg(mean.slice()).arg(invstd.slice());
+    arg_opt_f32(&mut b, y_arg, &null);
+    b.arg(gamma.slice()).arg(beta.slice()).arg(mean.slice()).arg(invstd.slice());
     b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
     // SAFETY: lengths checked above; partial holds 2*chunks*cols floats for the grid `grid`.
     unsafe { b.launch(grid.cfg()) }?;
@@ -197,7 +202,8 @@ pub fn bn_train_bwd_f32(
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
     b.arg(dy.slice()).arg(x.slice());
     arg_opt_f32(&mut b, bias, &null);
-    b.arg(y.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
+    arg_opt_f32(&mut b, y_arg, &null);
+    b.arg(beta.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
     b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut());
     arg_opt_u16(&mut b, &mut dx16, &null);
     match &mut dbias {
@@ -323,11 +329,11 @@ mod tests {
                 ] {
                     assert_eq!(bits(&g.to_host().unwrap()), bits(&w.to_host().unwrap()), "{tag}: {name}");
                 }
-                let w = bn_train_bwd_f32(&dy, &x, None, &want.y, &gamma, &want.mean, &want.invstd, rows, cols, relu)
-                    .unwrap();
-                let g =
-                    bn_train_bwd_f32(&dy, &x0, Some(&bias), &got.y, &gamma, &got.mean, &got.invstd, rows, cols, relu)
+                let w =
+                    bn_train_bwd_f32(&dy, &x, None, &want.y, &gamma, &beta, &want.mean, &want.invstd, rows, cols, relu)
                         .unwrap();
+                let (y, m, is) = (&got.y, &got.mean, &got.invstd);
+                let g = bn_train_bwd_f32(&dy, &x0, Some(&bias), y, &gamma, &beta, m, is, rows, cols, relu).unwrap();
                 assert!(w.dbias.is_none());
                 for (name, a, b) in
                     [("dx", &g.dx, &w.dx), ("dgamma", &g.dgamma, &w.dgamma), ("dbeta", &g.dbeta, &w.dbeta)]
@@ -347,6 +353,50 @@ mod tests {
             }
         }
         println!("OK     bn with the bias folded in = bias_add + bn, bit for bit; dbias = column sums of dx");
+    }
+
+    /// v5: the backward's ReLU mask recomputed from x, gamma and beta gives the bits of the mask read
+    /// from y (dx, dgamma, dbeta, dbias), with and without a bias, on the float4 and the scalar
+    /// path: the recomputed pre-ReLU value is bn_apply's, bit for bit, so `> 0` agrees everywhere.
+    #[test]
+    fn bn_backward_mask_from_x_matches_mask_from_y() {
+        if gpu_or_skip("bn_backward_mask_from_x_matches_mask_from_y").is_none() {
+            return;
+        }
+        // A private instance: its mask source is switched below.
+        let gpu = Gpu::new(0).unwrap();
+        let mut masked = 0;
+        for (rows, cols) in [(37, 45), (300, 516), (4099, 8), (4096, 2048)] {
+            let n = rows * cols;
+            let wave = |i: usize, f: f32| ((i as f32) * f).sin() * (1.0 + (i % cols) as f32 * 0.1);
+            let xs: Vec<f32> = (0..n).map(|i| wave(i, 0.37) + 0.3).collect();
+            let dys: Vec<f32> = (0..n).map(|i| wave(i, 0.91)).collect();
+            let bias_s: Vec<f32> = (0..cols).map(|c| (c % 9) as f32 * 0.3 - 1.1).collect();
+            let gs: Vec<f32> = (0..cols).map(|c| (c % 7) as f32 * 0.3 - 0.8).collect(); // some gamma < 0
+            let bs: Vec<f32> = (0..cols).map(|c| (c % 5) as f32 * 0.2 - 0.4).collect();
+            let up = |v: &[f32]| gpu.upload(v).unwrap();
+            let (x, dy, bias, gamma, beta) = (up(&xs), up(&dys), up(&bias_s), up(&gs), up(&bs));
+            for b in [None, Some(&bias)] {
+                let f = bn_train_fwd_f32(&x, b, &gamma, &beta, rows, cols, 1e-5, true).unwrap();
+                masked += f.y.to_host().unwrap().iter().filter(|v| **v <= 0.0 || v.is_nan()).count();
+                let mut outs = Vec::new();
+                for from_y in [true, false] {
+                    gpu.set_bn_mask_from_output(from_y);
+                    let g = bn_train_bwd_f32(&dy, &x, b, &f.y, &gamma, &beta, &f.mean, &f.invstd, rows, cols, true)
+                        .unwrap();
+                    let mut all = bits(&g.dx.to_host().unwrap());
+                    all.extend(bits(&g.dgamma.to_host().unwrap()));
+                    all.extend(bits(&g.dbeta.to_host().unwrap()));
+                    if let Some(d) = g.dbias {
+                        all.extend(bits(&d.to_host().unwrap()));
+                    }
+                    outs.push(all);
+                }
+                assert!(outs[0] == outs[1], "{rows}x{cols} bias={}: the two masks differ", b.is_some());
+            }
+        }
+        assert!(masked > 0, "the inputs must have ReLU-masked elements");
+        println!("OK     bn backward: ReLU mask from x = mask from y, bit for bit ({masked} masked elements)");
     }
 
     /// With the GEMMs in bf16 the training forward and backward write the bf16 copies of y and dx
@@ -378,8 +428,9 @@ mod tests {
                 for p in [GemmPrecision::Bf16, GemmPrecision::F32] {
                     gpu.set_gemm_precision(p);
                     let f = bn_train_fwd_f32(&x, None, &gamma, &beta, rows, cols, 1e-5, relu).unwrap();
-                    let dx =
-                        bn_train_bwd_f32(&dy, &x, None, &f.y, &gamma, &f.mean, &f.invstd, rows, cols, relu).unwrap().dx;
+                    let dx = bn_train_bwd_f32(&dy, &x, None, &f.y, &gamma, &beta, &f.mean, &f.invstd, rows, cols, relu)
+                        .unwrap()
+                        .dx;
                     let tag = format!("{rows}x{cols} relu={relu} {}", p.name());
                     assert_eq!(bad_bf16(&f.y), 0, "{tag}: y's bf16 copy");
                     assert_eq!(bad_bf16(&dx), 0, "{tag}: dx's bf16 copy");

@@ -157,6 +157,7 @@ pub fn bn_train_bwd(
     bias: Option<&Tensor>,
     y: &Tensor,
     gamma: &Tensor,
+    _beta: &Tensor, // the CPU kernel reads its ReLU mask from y
     mean: &Tensor,
     invstd: &Tensor,
     relu: bool,
