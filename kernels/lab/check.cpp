@@ -809,7 +809,15 @@ static void patches(Rng& r) {
         BagsslPatchParams prm{dims, (uint32_t)n_specs, (uint32_t)p};
         const unsigned threads = (unsigned)std::min<size_t>(8, std::max<size_t>(1, (p * p + 31) / 32)) * 32;
         emu::launch(patch_embed_fwd_f32, (unsigned)n_specs, threads, (const unsigned char*)img.data(),
-                    (const BagsslPatchSpec*)specs.data(), out.data(), prm);
+                    (const BagsslPatchSpec*)specs.data(), out.data(), (uint16_t*)nullptr, prm);
+        {  // with the bf16 copy (v2): the same floats, and bf16_bits of each
+            vector<float> out2(out.size(), NAN);
+            vector<uint16_t> out16(out.size(), 0x1234);
+            emu::launch(patch_embed_fwd_f32, (unsigned)n_specs, threads, (const unsigned char*)img.data(),
+                        (const BagsslPatchSpec*)specs.data(), out2.data(), out16.data(), prm);
+            check_same("patch_embed with out16 " + tag, out2, out);
+            check_bf16_copy("patch_embed out16 " + tag, out16, out);
+        }
         vector<double> ref(out.size());
         for (size_t i = 0; i < n_specs; ++i) patch_ref(img, H, W, p, specs[i], dims.mean, dims.std, ref.data() + i * row);
         check("patch_embed " + tag, out, ref, 0, 2e-5);
@@ -817,7 +825,16 @@ static void patches(Rng& r) {
         const size_t s = 3, ny = (H - p) / s + 1, nx = (W - p) / s + 1, first = 1, count = N - 1;
         vector<float> grid(count * ny * nx * row);
         BagsslGridParams gp{dims, (uint32_t)first, (uint32_t)count, (uint32_t)p, (uint32_t)s, (uint32_t)ny, (uint32_t)nx};
-        emu::launch(patch_grid_fwd_f32, (unsigned)(count * ny * nx), threads, (const unsigned char*)img.data(), grid.data(), gp);
+        emu::launch(patch_grid_fwd_f32, (unsigned)(count * ny * nx), threads, (const unsigned char*)img.data(), grid.data(),
+                    (uint16_t*)nullptr, gp);
+        {
+            vector<float> grid2(grid.size(), NAN);
+            vector<uint16_t> grid16(grid.size(), 0x1234);
+            emu::launch(patch_grid_fwd_f32, (unsigned)(count * ny * nx), threads, (const unsigned char*)img.data(),
+                        grid2.data(), grid16.data(), gp);
+            check_same("patch_grid with out16 " + tag, grid2, grid);
+            check_bf16_copy("patch_grid out16 " + tag, grid16, grid);
+        }
         vector<double> gref(grid.size());
         size_t k = 0;
         for (size_t im = first; im < first + count; ++im)

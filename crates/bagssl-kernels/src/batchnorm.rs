@@ -6,7 +6,6 @@ use cudarc::driver::{CudaSlice, LaunchArgs, PushKernelArg};
 
 use crate::device::same_gpu;
 use crate::ffi::BagsslBnParams;
-use crate::gemm::GemmPrecision;
 use crate::launch::{cfg_1d, check_len, u32_of, ColGrid};
 use crate::{Gpu, GpuBuf, KernelError};
 
@@ -22,8 +21,8 @@ fn bn_bf16_enabled() -> bool {
 /// The bf16 copy (`rows * cols` u16, at least 1) for `bn_apply_fwd_f32` / `bn_bwd_apply_f32` to
 /// write beside their f32 output, when the GEMMs that read that output run in bf16.
 fn bf16_copy(gpu: &Arc<Gpu>, n: usize) -> Result<Option<CudaSlice<u16>>, KernelError> {
-    if gpu.gemm_precision() == GemmPrecision::Bf16 && bn_bf16_enabled() {
-        Ok(Some(gpu.alloc_raw::<u16>(n)?))
+    if bn_bf16_enabled() {
+        gpu.bf16_operand(n)
     } else {
         Ok(None)
     }
@@ -275,6 +274,7 @@ pub fn bn_ema_f32(running: &mut GpuBuf, batch: &GpuBuf, momentum: f32) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gemm::GemmPrecision;
     use crate::gpu_or_skip;
 
     fn agrees(got: u16, x: f32) -> bool {

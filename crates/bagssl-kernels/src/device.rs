@@ -313,6 +313,16 @@ impl Gpu {
         Ok(unsafe { self.stream.alloc::<T>(n.max(1)) }?)
     }
 
+    /// Room for the bf16 copy of an n-element GEMM operand, for a kernel to write beside its f32
+    /// output (see [`GpuBuf::set_bf16`]), or `None` when this GPU's GEMMs do not run in bf16.
+    pub(crate) fn bf16_operand(&self, n: usize) -> Result<Option<CudaSlice<u16>>, KernelError> {
+        if self.gemm_precision() == GemmPrecision::Bf16 {
+            Ok(Some(self.alloc_raw::<u16>(n)?))
+        } else {
+            Ok(None)
+        }
+    }
+
     pub(crate) fn alloc_zeros_raw<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         n: usize,
@@ -449,7 +459,7 @@ impl GpuBuf {
     }
 
     /// Whether the bf16 copy is made (the buffer has been a bf16 GEMM operand since its last write).
-    pub(crate) fn has_bf16(&self) -> bool {
+    pub fn has_bf16(&self) -> bool {
         self.bf16.get().is_some()
     }
 

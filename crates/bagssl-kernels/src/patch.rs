@@ -204,10 +204,23 @@ pub fn patch_embed_fwd_f32_into(
     let prm = BagsslPatchParams { dims: images.dims, n_patches: specs.len() as u32, patch: p };
     let mut cfg = patch_block(patch);
     cfg.grid_dim.0 = specs.len() as u32;
+    // The first Linear's bf16 GEMMs read X's bf16 copy: written here, not by a cast kernel.
+    let mut out16 = gpu.bf16_operand(out.len())?;
+    let null = 0u64;
     let mut b = gpu.stream().launch_builder(gpu.function("patch_embed_fwd_f32")?);
-    b.arg(images.bytes.slice()).arg(&specs.data).arg(out.slice_mut()).arg(&prm);
-    // SAFETY: specs were checked against the image extents; out holds n_patches rows.
+    b.arg(images.bytes.slice()).arg(&specs.data).arg(out.slice_mut());
+    match &mut out16 {
+        Some(c) => b.arg(c),
+        None => b.arg(&null),
+    };
+    b.arg(&prm);
+    // SAFETY: specs were checked against the image extents; out holds n_patches rows, out16 (a
+    // whole allocation) as many u16, or is null.
     unsafe { b.launch(cfg) }?;
+    drop(b);
+    if let Some(c) = out16 {
+        out.set_bf16(c); // after out's last slice_mut
+    }
     Ok(())
 }
 
@@ -261,9 +274,21 @@ pub fn patch_grid_fwd_f32(
     };
     let mut cfg = patch_block(patch);
     cfg.grid_dim.0 = rows as u32;
+    let mut out16 = gpu.bf16_operand(out.len())?;
+    let null = 0u64;
     let mut b = gpu.stream().launch_builder(gpu.function("patch_grid_fwd_f32")?);
-    b.arg(images.bytes.slice()).arg(out.slice_mut()).arg(&prm);
-    // SAFETY: the grid lies inside the images by construction; out holds `rows` rows.
+    b.arg(images.bytes.slice()).arg(out.slice_mut());
+    match &mut out16 {
+        Some(c) => b.arg(c),
+        None => b.arg(&null),
+    };
+    b.arg(&prm);
+    // SAFETY: the grid lies inside the images by construction; out holds `rows` rows, out16 (a
+    // whole allocation) as many u16, or is null.
     unsafe { b.launch(cfg) }?;
+    drop(b);
+    if let Some(c) = out16 {
+        out.set_bf16(c);
+    }
     Ok(out)
 }

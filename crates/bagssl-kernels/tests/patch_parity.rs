@@ -35,6 +35,18 @@ fn max_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     })
 }
 
+/// With bf16 GEMMs (the default) the patch kernels install X's bf16 copy themselves: it is there
+/// without a cast, and it is the round-to-nearest-even of every value.
+fn check_bf16_copy(gpu: &bagssl_kernels::Gpu, x: &bagssl_kernels::GpuBuf, values: &[f32], what: &str) {
+    if gpu.gemm_precision() != bagssl_kernels::GemmPrecision::Bf16 {
+        return;
+    }
+    assert!(x.has_bf16(), "{what}: no bf16 copy written beside X");
+    let got = gpu.stream().clone_dtoh(x.bf16().unwrap()).unwrap();
+    let bad = values.iter().zip(&got).filter(|(v, b)| half::bf16::from_f32(**v).to_bits() != **b).count();
+    assert_eq!(bad, 0, "{what}: {bad} of {} bf16 values differ from round-to-nearest-even", values.len());
+}
+
 #[test]
 fn patch_embed_matches_cpu_gather() {
     let Some(gpu) = gpu_or_skip("patch_embed_matches_cpu_gather") else { return };
@@ -61,7 +73,9 @@ fn patch_embed_matches_cpu_gather() {
         let images = GpuImages::upload(&gpu, &st.pixels, h, w, st.mean, st.std).unwrap();
         let kspecs: Vec<PatchSpec> = specs.iter().map(to_kernel).collect();
         let dspecs = GpuPatchSpecs::upload(&gpu, &kspecs).unwrap();
-        let got = patch_embed_fwd_f32(&images, &dspecs, p).unwrap().to_host().unwrap();
+        let x = patch_embed_fwd_f32(&images, &dspecs, p).unwrap();
+        let got = x.to_host().unwrap();
+        check_bf16_copy(&gpu, &x, &got, "patch_embed");
         let (d, at) = max_diff(&got, &want);
         let ok = d <= TOL;
         println!(
@@ -85,7 +99,9 @@ fn patch_grid_matches_cpu_gather() {
         let mut want = vec![0f32; count * per * p * p * 3];
         gather_grid(&st, first..first + count, p, s, &mut want);
         let images = GpuImages::upload(&gpu, &st.pixels, h, w, st.mean, st.std).unwrap();
-        let got = patch_grid_fwd_f32(&images, first, count, p, s).unwrap().to_host().unwrap();
+        let x = patch_grid_fwd_f32(&images, first, count, p, s).unwrap();
+        let got = x.to_host().unwrap();
+        check_bf16_copy(&gpu, &x, &got, "patch_grid");
         let (d, at) = max_diff(&got, &want);
         println!(
             "{} patch_grid {n_img}x{h}x{w} p={p} s={s}: max diff {d:.3e} at {at}",
