@@ -211,10 +211,11 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 /// Training-mode BatchNorm over the rows (batch statistics, biased variance) of `x + bias`,
 /// optionally fused with ReLU.
 ///
-/// `bias` is the bias of the Linear layer before the BatchNorm, folded in: the kernels form the
-/// f32 sum `x + bias` as they read x, so the result is `bn_train_fwd(bias_add(x, bias), None, ..)`
-/// bit for bit, without the pass that writes and re-reads the biased matrix. The batch mean (and
-/// so the running mean) is that of `x + bias`.
+/// `bias` is the bias of the Linear layer before the BatchNorm, folded in, so no pass writes and
+/// re-reads the biased matrix: the CUDA kernels form the f32 sum `x + bias` as they read x (the
+/// result is `bn_train_fwd(bias_add(x, bias), None, ..)` bit for bit), the CPU ones take the
+/// statistics of x and shift its mean by the bias (the same values to f32 rounding, no work per
+/// element). The batch mean (and so the running mean) is that of `x + bias`.
 pub fn bn_train_fwd(
     x: &Tensor,
     bias: Option<&Tensor>,

@@ -6,9 +6,11 @@
 //! Backward: one pass for `sum g` and `sum g * xhat` (g = dy masked by y > 0), one pass writing
 //! dx. Both passes split rows over the rayon pool; the column sums are reduced in f64.
 //!
-//! The training kernels take the bias of the Linear layer before them (`bias`, zeros for none) and
-//! normalise `x + bias`, the f32 sum formed as they read x: bit for bit what `bias_add` then
-//! BatchNorm computes, without that pass (as the CUDA kernels, `kernels/batchnorm.cu` v4).
+//! The training kernels take the bias of the Linear layer before them (`bias`, none: `None`) and
+//! normalise `x + bias` without forming it: the statistics are those of x with the bias added to
+//! the mean (the variance does not move), and the passes centre x on its own mean. Same values as
+//! `bias_add` then BatchNorm to f32 rounding, and no work per element (the CUDA kernels add the
+//! bias as they read x instead, `kernels/batchnorm.cu` v4: bit for bit `bias_add` then BatchNorm).
 
 use super::par::{for_rows_mut, reduce_rows};
 use super::simd::multiversion;
@@ -22,29 +24,41 @@ pub struct BnStats {
     pub var_unbiased: Vec<f32>,
 }
 
-/// Training-mode forward of `x + bias`: writes `y` (rows, cols) and returns the batch statistics.
-/// Needs at least two rows (like PyTorch) for the unbiased variance to exist.
+/// Training-mode forward of `x + bias`: writes `y` (rows, cols) and returns the batch statistics
+/// (the mean is that of `x + bias`). Needs at least two rows (like PyTorch) for the unbiased
+/// variance to exist.
 #[allow(clippy::too_many_arguments)]
-pub fn train_fwd(x: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32, relu: bool, y: &mut [f32]) -> BnStats {
+pub fn train_fwd(
+    x: &[f32],
+    bias: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    relu: bool,
+    y: &mut [f32],
+) -> BnStats {
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let (s, q) = acc.split_at_mut(cols);
-        sums_and_squares(&x[range.start * cols..range.end * cols], bias, s, q)
+        sums_and_squares(&x[range.start * cols..range.end * cols], s, q)
     });
     let n = rows as f64;
     let mut stats = BnStats { mean: vec![0.0; cols], invstd: vec![0.0; cols], var_unbiased: vec![0.0; cols] };
+    // The mean of x, which the normalisation subtracts (x + bias - mean(x + bias)).
+    let mut center = vec![0f32; cols];
     for j in 0..cols {
         let mean = sums[j] / n;
         let var = sums[cols + j] / n - mean * mean;
         // Clamp rounding below zero, but keep a NaN (a diverged step must show in the loss).
         let var = if var < 0.0 { 0.0 } else { var };
-        stats.mean[j] = mean as f32;
+        center[j] = mean as f32;
+        stats.mean[j] = (mean + bias.map_or(0.0, |b| b[j] as f64)) as f32;
         stats.invstd[j] = (1.0 / (var + eps as f64).sqrt()) as f32;
         stats.var_unbiased[j] = (var * n / (n - 1.0)) as f32;
     }
     let scale: Vec<f32> = gamma.iter().zip(&stats.invstd).map(|(g, s)| g * s).collect();
-    normalize(x, bias, &stats.mean, &scale, beta, relu, y);
+    normalize(x, &center, &scale, beta, relu, y);
     stats
 }
 
@@ -60,7 +74,7 @@ pub fn eval_fwd(
     relu: bool,
     y: &mut [f32],
 ) {
-    normalize(x, &vec![0.0; mean.len()], mean, &eval_scale(gamma, var, eps), beta, relu, y);
+    normalize(x, mean, &eval_scale(gamma, var, eps), beta, relu, y);
 }
 
 /// Eval-mode scale per column, `gamma / sqrt(var + eps)` (in f64, rounded once).
@@ -68,18 +82,18 @@ pub fn eval_scale(gamma: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
     gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect()
 }
 
-/// `y = act((x + bias - mean) * scale + beta)` row by row.
-fn normalize(x: &[f32], bias: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+/// `y = act((x - mean) * scale + beta)` row by row.
+fn normalize(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
     let cols = mean.len();
-    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], bias, mean, scale, beta, relu, y));
+    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], mean, scale, beta, relu, y));
 }
 
 multiversion! {
-    /// `s[c] += sum_r x'[r, c]`, `q[c] += sum_r x'[r, c]^2` over a block of rows, x' = x + bias.
-    fn sums_and_squares(x: &[f32], bias: &[f32], s: &mut [f64], q: &mut [f64]) {
+    /// `s[c] += sum_r x[r, c]`, `q[c] += sum_r x[r, c]^2` over a block of rows.
+    fn sums_and_squares(x: &[f32], s: &mut [f64], q: &mut [f64]) {
         for row in x.chunks_exact(s.len()) {
-            for (((s, q), &x), &b) in s.iter_mut().zip(q.iter_mut()).zip(row).zip(bias) {
-                let x = (x + b) as f64;
+            for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+                let x = x as f64;
                 *s += x;
                 *q += x * x;
             }
@@ -88,25 +102,16 @@ multiversion! {
 }
 
 multiversion! {
-    #[allow(clippy::too_many_arguments)]
-    fn normalize_rows(
-        x: &[f32],
-        bias: &[f32],
-        mean: &[f32],
-        scale: &[f32],
-        beta: &[f32],
-        relu: bool,
-        y: &mut [f32],
-    ) {
+    fn normalize_rows(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
         for (y, x) in y.chunks_exact_mut(mean.len()).zip(x.chunks_exact(mean.len())) {
-            let it = y.iter_mut().zip(x.iter().zip(bias)).zip(mean).zip(scale).zip(beta);
+            let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
             if relu {
-                it.for_each(|((((y, (&x, &c)), &m), &s), &b)| {
-                    let v = (x + c - m) * s + b;
+                it.for_each(|((((y, &x), &m), &s), &b)| {
+                    let v = (x - m) * s + b;
                     *y = if v < 0.0 { 0.0 } else { v };
                 });
             } else {
-                it.for_each(|((((y, (&x, &c)), &m), &s), &b)| *y = (x + c - m) * s + b);
+                it.for_each(|((((y, &x), &m), &s), &b)| *y = (x - m) * s + b);
             }
         }
     }
@@ -124,7 +129,7 @@ multiversion! {
 pub fn train_bwd(
     dy: &[f32],
     x: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     y: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -134,10 +139,19 @@ pub fn train_bwd(
 ) -> (Vec<f32>, Vec<f32>) {
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
+    // x + bias - mean = x - (mean - bias): centre x on the mean of x.
+    let shifted: Vec<f32>;
+    let mean = match bias {
+        Some(b) => {
+            shifted = mean.iter().zip(b).map(|(&m, &b)| (m as f64 - b as f64) as f32).collect();
+            &shifted[..]
+        }
+        None => mean,
+    };
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let span = range.start * cols..range.end * cols;
         let (sb, sg) = acc.split_at_mut(cols);
-        bwd_sums(&dy[span.clone()], &x[span.clone()], &y[span], bias, mean, invstd, relu, sb, sg)
+        bwd_sums(&dy[span.clone()], &x[span.clone()], &y[span], mean, invstd, relu, sb, sg)
     });
     let n = rows as f64;
     let dbeta: Vec<f32> = sums[..cols].iter().map(|&s| s as f32).collect();
@@ -151,7 +165,7 @@ pub fn train_bwd(
         q[j] = (-k * invstd[j] as f64 * sums[cols + j] / n) as f32;
         r[j] = (-k * sums[j] / n) as f32;
     }
-    let coefs = Coefs { bias, mean, p: &p, q: &q, r: &r };
+    let coefs = Coefs { mean, p: &p, q: &q, r: &r };
     for_rows_mut(dx, cols, |r0, dx| {
         let span = r0 * cols..r0 * cols + dx.len();
         bwd_dx(&dy[span.clone()], &x[span.clone()], &y[span], coefs, relu, dx)
@@ -159,10 +173,9 @@ pub fn train_bwd(
     (dgamma, dbeta)
 }
 
-/// Per-column coefficients of `dx = p g + q (x + bias - mean) + r`.
+/// Per-column coefficients of `dx = p g + q (x - mean) + r`.
 #[derive(Clone, Copy)]
 struct Coefs<'c> {
-    bias: &'c [f32],
     mean: &'c [f32],
     p: &'c [f32],
     q: &'c [f32],
@@ -176,7 +189,6 @@ multiversion! {
         dy: &[f32],
         x: &[f32],
         y: &[f32],
-        bias: &[f32],
         mean: &[f32],
         invstd: &[f32],
         relu: bool,
@@ -185,11 +197,11 @@ multiversion! {
     ) {
         let cols = mean.len();
         for ((dy, x), y) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(y.chunks_exact(cols)) {
-            let it = dy.iter().zip(x.iter().zip(bias)).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
-            for (((((&d, (&x, &c)), &y), &m), &s), (sb, sg)) in it {
+            let it = dy.iter().zip(x).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
+            for (((((&d, &x), &y), &m), &s), (sb, sg)) in it {
                 let g = if !relu || y > 0.0 { d } else { 0.0 };
                 *sb += g as f64;
-                *sg += (g * ((x + c - m) * s)) as f64;
+                *sg += (g * ((x - m) * s)) as f64;
             }
         }
     }
@@ -200,10 +212,10 @@ multiversion! {
         let cols = c.mean.len();
         let rows = dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols));
         for (((dx, dy), x), y) in rows.zip(y.chunks_exact(cols)) {
-            let it = dx.iter_mut().zip(dy).zip(x.iter().zip(c.bias)).zip(y).zip(c.mean).zip(c.p.iter().zip(c.q).zip(c.r));
-            for (((((dx, &d), (&x, &b)), &y), &m), ((&p, &q), &r)) in it {
+            let it = dx.iter_mut().zip(dy).zip(x).zip(y).zip(c.mean).zip(c.p.iter().zip(c.q).zip(c.r));
+            for (((((dx, &d), &x), &y), &m), ((&p, &q), &r)) in it {
                 let g = if !relu || y > 0.0 { d } else { 0.0 };
-                *dx = p * g + q * (x + b - m) + r;
+                *dx = p * g + q * (x - m) + r;
             }
         }
     }

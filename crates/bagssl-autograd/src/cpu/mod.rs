@@ -121,14 +121,6 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(&[cols], vec_f32(&sums)))
 }
 
-/// The bias slice of a BatchNorm: the Linear bias folded into it, or zeros.
-fn bn_bias<'t>(op: &'static str, bias: Option<&'t Tensor>, cols: usize) -> Result<std::borrow::Cow<'t, [f32]>> {
-    Ok(match bias {
-        Some(b) => std::borrow::Cow::Borrowed(host(b, op)?),
-        None => std::borrow::Cow::Owned(vec![0.0; cols]),
-    })
-}
-
 pub fn bn_train_fwd(
     x: &Tensor,
     bias: Option<&Tensor>,
@@ -140,8 +132,8 @@ pub fn bn_train_fwd(
     let op = "bn_train_fwd";
     let cols = gamma.numel();
     let mut y = pool::take(x.numel());
-    let b = bn_bias(op, bias, cols)?;
-    let s = bn::train_fwd(host(x, op)?, &b, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
+    let b = bias.map(|b| host(b, op)).transpose()?;
+    let s = bn::train_fwd(host(x, op)?, b, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
     Ok(BnForward {
         y: Tensor::from_vec(x.shape(), y),
         mean: Tensor::from_vec(&[cols], s.mean),
@@ -165,11 +157,11 @@ pub fn bn_train_bwd(
     let op = "bn_train_bwd";
     let cols = gamma.numel();
     let mut dx = pool::take(x.numel());
-    let b = bn_bias(op, bias, cols)?;
+    let b = bias.map(|b| host(b, op)).transpose()?;
     let (dgamma, dbeta) = bn::train_bwd(
         host(dy, op)?,
         host(x, op)?,
-        &b,
+        b,
         host(y, op)?,
         host(gamma, op)?,
         host(mean, op)?,
