@@ -75,6 +75,11 @@ if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
   BAGSSL_BN_BF16=0 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
     2>&1 | tail -n 1 | tee -a "$SUM"
 fi
+if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
+  log "### the BatchNorm backward's ReLU mask read from y (BAGSSL_BN_MASK_FROM_Y=1: batchnorm.cu v4)"
+  BAGSSL_BN_MASK_FROM_Y=1 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
+    2>&1 | tail -n 1 | tee -a "$SUM"
+fi
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"
   if t=$(limit 120); then

@@ -93,9 +93,11 @@ enum Op {
         x: Var,
         n: usize,
     },
-    /// `dz` is dL/dz for an upstream gradient of 1.
+    /// `dz` is dL/dz for an upstream gradient of 1; `bias` a per-column shift of z that the loss
+    /// does not see (see [`Tape::bag_vicreg_async`]), whose gradient is the column sums of dz.
     Vicreg {
         z: Var,
+        bias: Option<Var>,
         dz: Tensor,
     },
     DotConst {
@@ -207,18 +209,46 @@ impl<'a> Tape<'a> {
         Ok(self.push_op(y, Op::GroupMean { x, n }, &[x]))
     }
 
-    /// bag-VICReg as one op: a scalar whose backward is the hand-derived dL/dz.
-    pub fn bag_vicreg(&mut self, z: Var, n_per_image: usize, w: VicregWeights) -> Result<(Var, VicregParts)> {
-        let (loss, parts) = self.bag_vicreg_async(z, n_per_image, w)?;
+    /// bag-VICReg as one op: a scalar whose backward is the hand-derived dL/dz. See
+    /// [`Tape::bag_vicreg_async`] for `bias`.
+    pub fn bag_vicreg(
+        &mut self,
+        z: Var,
+        bias: Option<Var>,
+        n_per_image: usize,
+        w: VicregWeights,
+    ) -> Result<(Var, VicregParts)> {
+        let (loss, parts) = self.bag_vicreg_async(z, bias, n_per_image, w)?;
         Ok((loss, parts.wait()?))
     }
 
     /// [`Tape::bag_vicreg`] without waiting for the loss terms on a GPU: queue the backward pass
     /// first, then [`PendingParts::wait`], and the wait overlaps the GPU's work.
-    pub fn bag_vicreg_async(&mut self, z: Var, n_per_image: usize, w: VicregWeights) -> Result<(Var, PendingParts)> {
+    ///
+    /// `bias`: the bias of the Linear layer that made `z` (record that one without it). The loss
+    /// of `z + bias` is the loss of `z`, exactly: its invariance term compares rows with their
+    /// group's mean and its variance and covariance terms centre the columns, so a per-column
+    /// shift cancels. So the bias is never added (no pass over z), and its gradient is what the
+    /// tape of `z + bias` would give it, the column sums of dL/dz (0 up to rounding).
+    pub fn bag_vicreg_async(
+        &mut self,
+        z: Var,
+        bias: Option<Var>,
+        n_per_image: usize,
+        w: VicregWeights,
+    ) -> Result<(Var, PendingParts)> {
         let zt = self.value(z);
+        if let Some(b) = bias {
+            let (bt, cols) = (self.value(b), zt.dims2().1);
+            if bt.numel() != cols {
+                let detail = format!("bias {:?} for z {:?}", bt.shape(), zt.shape());
+                return Err(Error::Shape { op: "bag_vicreg", detail });
+            }
+        }
         let (parts, loss, dz) = ops::vicreg_fwd_bwd_async(zt, n_per_image, w)?;
-        Ok((self.push_op(loss, Op::Vicreg { z, dz }, &[z]), parts))
+        let mut inputs = vec![z];
+        inputs.extend(bias);
+        Ok((self.push_op(loss, Op::Vicreg { z, bias, dz }, &inputs), parts))
     }
 
     /// `sum(x * w)` for a fixed `w`: a scalar, used by gradient checks.
@@ -277,7 +307,17 @@ impl<'a> Tape<'a> {
     fn backward_node(&self, op: Op, y: &Tensor, dy: Upstream, grads: &mut [Option<Tensor>]) -> Result<()> {
         match op {
             // Scalar-output ops scale the gradient they stored in the forward.
-            Op::Vicreg { z, dz } => self.scaled(grads, z, dz, dy),
+            Op::Vicreg { z, bias, dz } => {
+                let needs_bias = bias.filter(|b| self.nodes[b.0].requires_grad);
+                match needs_bias {
+                    Some(b) => {
+                        let dz = self.scale_by(dz, dy)?;
+                        self.accumulate(grads, b, ops::sum_rows(&dz)?)?;
+                        self.accumulate(grads, z, dz)
+                    }
+                    None => self.scaled(grads, z, dz, dy),
+                }
+            }
             Op::DotConst { x, w } => self.scaled(grads, x, w, dy),
             op => self.backward_tensor_op(op, y, dy.into_tensor(y)?, grads),
         }
@@ -361,14 +401,20 @@ impl<'a> Tape<'a> {
 
     /// Adds `upstream * g` into the gradient of `v`, for an op with a scalar output whose
     /// gradient for an upstream of 1 is the stored `g`.
-    fn scaled(&self, grads: &mut [Option<Tensor>], v: Var, mut g: Tensor, upstream: Upstream) -> Result<()> {
+    fn scaled(&self, grads: &mut [Option<Tensor>], v: Var, g: Tensor, upstream: Upstream) -> Result<()> {
+        let g = self.scale_by(g, upstream)?;
+        self.accumulate(grads, v, g)
+    }
+
+    /// `upstream * g` for the stored gradient `g` of a scalar op (no work for the usual 1).
+    fn scale_by(&self, mut g: Tensor, upstream: Upstream) -> Result<Tensor> {
         if let Upstream::Grad(t) = upstream {
             let s = host_scalar(&t, "backward of a scalar op")?;
             if s != 1.0 {
                 ops::scale_(&mut g, s)?;
             }
         }
-        self.accumulate(grads, v, g)
+        Ok(g)
     }
 
     /// Adds `g` into the gradient of `v`, reshaped to `v`'s shape (a matmul of a 1-D operand

@@ -84,7 +84,7 @@ fn model_step_golden() {
     let a2 = block(&mut tape, h, 2);
     let z = tape.linear(a2, p[12], Some(p[13])).unwrap();
     let w = VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 };
-    let (loss, parts) = tape.bag_vicreg(z, n, w).unwrap();
+    let (loss, parts) = tape.bag_vicreg(z, None, n, w).unwrap();
 
     let mut r = Report::new("model_step.json");
     r.check("h", &host(tape.value(h)), &golden_array(&g, "h").1, 2e-5, 0.0);

@@ -193,11 +193,11 @@ fn vicreg_input() -> Tensor {
 fn grad_bag_vicreg() {
     let z = vicreg_input();
     let w = VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 };
-    gradcheck("bag_vicreg", &[z], 1e-2, |t, v| t.bag_vicreg(v[0], 3, w).unwrap().0);
+    gradcheck("bag_vicreg", &[z], 1e-2, |t, v| t.bag_vicreg(v[0], None, 3, w).unwrap().0);
     // Unequal weights: each term's gradient must carry its own weight.
     let z = vicreg_input();
     let w = VicregWeights { invariance: 2.0, variance: 7.0, covariance: 0.5, eps: 1e-4 };
-    gradcheck("bag_vicreg weights 2/7/0.5", &[z], 1e-2, |t, v| t.bag_vicreg(v[0], 3, w).unwrap().0);
+    gradcheck("bag_vicreg weights 2/7/0.5", &[z], 1e-2, |t, v| t.bag_vicreg(v[0], None, 3, w).unwrap().0);
 }
 
 #[test]
@@ -225,6 +225,49 @@ fn grad_linear_batch_norm_folded_bias() {
     });
 }
 
+/// The projector's last layer as the model records it: a Linear layer without its bias, the bias
+/// given to bag-VICReg, which never adds it (the loss is invariant to a per-column shift) but
+/// gives it the column sums of dL/dz. Its true gradient is 0; the loss (~17, stored in f32) makes
+/// difference quotients of ~5e-5 noise at eps = 1e-2, hence atol 2e-4.
+#[test]
+fn grad_linear_bag_vicreg_bias() {
+    let mut r = rng(12);
+    let x = rand_tensor(&mut r, &[12, 4]);
+    let w = rand_tensor(&mut r, &[5, 4]);
+    let b = rand_tensor(&mut r, &[5]);
+    let vw = VicregWeights::default();
+    gradcheck_atol("linear + bag_vicreg(bias)", &[x, w, b], 1e-2, 2e-4, |t, v| {
+        let z = t.linear(v[0], v[1], None).unwrap();
+        t.bag_vicreg(z, Some(v[2]), 3, vw).unwrap().0
+    });
+}
+
+/// The loss with the bias handed to bag-VICReg is the loss of `z + bias` (to f32 rounding), and
+/// so are dL/dz; the bias's gradient is the column sums of dL/dz.
+#[test]
+fn bag_vicreg_bias_is_the_loss_of_the_shifted_z() {
+    let mut r = rng(13);
+    let z0 = rand_tensor(&mut r, &[24, 6]);
+    let b = Tensor::from_vec(&[6], host(&rand_tensor(&mut r, &[6])).iter().map(|v| 5.0 * v).collect());
+    let w = VicregWeights::default();
+    let mut t1 = Tape::new();
+    let (zv, bv) = (t1.input(z0.try_clone().unwrap(), true), t1.input(b.try_clone().unwrap(), true));
+    let (l1, p1) = t1.bag_vicreg(zv, Some(bv), 4, w).unwrap();
+    let mut g1 = t1.backward(l1).unwrap();
+    let mut t2 = Tape::new();
+    let zs = t2.input(ops::bias_add(&z0, &b).unwrap(), true);
+    let (l2, p2) = t2.bag_vicreg(zs, None, 4, w).unwrap();
+    let mut g2 = t2.backward(l2).unwrap();
+    assert!((p1.loss - p2.loss).abs() <= 1e-5 * p2.loss.abs(), "loss {} vs {}", p1.loss, p2.loss);
+    let (dz1, dz2) = (host(&g1.take(zv).unwrap()), host(&g2.take(zs).unwrap()));
+    let scale = dz2.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = dz1.iter().zip(&dz2).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-4 * scale, "dL/dz differs by {diff} (scale {scale})");
+    let db = host(&g1.take(bv).unwrap());
+    let want = host(&ops::sum_rows(&Tensor::from_vec(&[24, 6], dz1)).unwrap());
+    assert_eq!(db, want, "the bias's gradient is sum_rows(dL/dz)");
+}
+
 /// A small chain of every op, so gradients flow through op-to-op boundaries.
 #[test]
 fn grad_chain() {
@@ -242,7 +285,7 @@ fn grad_chain() {
         let m = t.matmul(h, v[3], false, false).unwrap();
         let z = t.bias_add(m, v[4]).unwrap();
         let p = t.group_mean(z, 2).unwrap();
-        t.bag_vicreg(p, 3, w).unwrap().0
+        t.bag_vicreg(p, None, 3, w).unwrap().0
     });
 }
 

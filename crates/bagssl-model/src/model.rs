@@ -6,7 +6,7 @@
 //! layer structs: the optimizer, the checkpoint writer and the golden test all walk "every
 //! parameter by name", and the forward addresses them by a fixed index layout.
 
-use bagssl_autograd::{ops, Device, Tape, Tensor, Var};
+use bagssl_autograd::{ops, Device, PendingParts, Tape, Tensor, Var, VicregParts, VicregWeights};
 use bagssl_data::SeededRng;
 
 use crate::config::ModelConfig;
@@ -70,8 +70,12 @@ pub struct TrainForward {
     pub x: Var,
     /// Encoder output (B*n, hidden): the representation.
     pub h: Var,
-    /// Projector output (B*n, proj): what the loss sees.
+    /// Projector output (B*n, proj) without the last Linear's bias `z_bias`: bag-VICReg is
+    /// invariant to a per-column shift, so the loss never needs it added ([`TrainForward::loss`];
+    /// [`TrainForward::z_values`] adds it).
     pub z: Var,
+    /// The bias of the projector's last Linear layer (`projector.1.bias`).
+    pub z_bias: Var,
     /// One leaf per parameter, in [`BagSslModel::params`] order.
     pub params: Vec<Var>,
     /// Output of each BatchNorm, in [`BagSslModel::running_stats`] order (for [`Tape::bn_stats`]).
@@ -79,6 +83,22 @@ pub struct TrainForward {
 }
 
 impl TrainForward {
+    /// bag-VICReg of the projector output (with its bias, which the loss does not see, getting its
+    /// gradient): see [`Tape::bag_vicreg_async`].
+    pub fn loss_async(&self, tape: &mut Tape<'_>, per_image: usize, w: VicregWeights) -> Result<(Var, PendingParts)> {
+        Ok(tape.bag_vicreg_async(self.z, Some(self.z_bias), per_image, w)?)
+    }
+
+    /// [`TrainForward::loss_async`], waiting for the loss terms.
+    pub fn loss(&self, tape: &mut Tape<'_>, per_image: usize, w: VicregWeights) -> Result<(Var, VicregParts)> {
+        Ok(tape.bag_vicreg(self.z, Some(self.z_bias), per_image, w)?)
+    }
+
+    /// The projector output with its bias, `z + z_bias` (B*n, proj), as a new tensor.
+    pub fn z_values(&self, tape: &Tape<'_>) -> Result<Tensor> {
+        Ok(ops::bias_add(tape.value(self.z), tape.value(self.z_bias))?)
+    }
+
     /// Copies of (batch mean, unbiased batch variance) of every BatchNorm, in running-stats order.
     /// Copied because the tape (which borrows the model) is consumed by the backward pass before
     /// the running statistics may be updated; the vectors are only `hidden` long.
@@ -308,8 +328,9 @@ impl BagSslModel {
         let h = cur;
         let base = 4 * self.config.layers;
         let g = block(tape, h, base)?;
-        let z = tape.linear(g, pv[base + 4], Some(pv[base + 5]))?;
-        Ok(TrainForward { x: xv, h, z, params: pv, bn_outputs })
+        // Without its bias: the loss is invariant to it (TrainForward::z).
+        let z = tape.linear(g, pv[base + 4], None)?;
+        Ok(TrainForward { x: xv, h, z, z_bias: pv[base + 5], params: pv, bn_outputs })
     }
 
     /// Eval-mode encoder without a tape: BatchNorm uses the running statistics, so a patch's

@@ -209,7 +209,7 @@ impl Trainer {
             let fw = self.model.forward_train(&mut tape, x, false)?;
             // On a GPU the loss terms travel to the host while the backward pass is queued and
             // runs; the step waits for them (not for the backward) before it updates anything.
-            let (loss, pending) = tape.bag_vicreg_async(fw.z, c.per_image, c.loss.vicreg())?;
+            let (loss, pending) = fw.loss_async(&mut tape, c.per_image, c.loss.vicreg())?;
             let batch_stats = fw.batch_stats(&tape)?;
             let mut g = tape.backward(loss)?;
             let grads = fw

@@ -247,8 +247,8 @@ fn manual(model: &BagSslModel, x: Tensor, c: &TrainConfig) -> Manual {
     let mut tape = Tape::new();
     let fw = model.forward_train(&mut tape, x, false).unwrap();
     let h = tape.value(fw.h).to_vec().unwrap();
-    let z = tape.value(fw.z).to_vec().unwrap();
-    let (loss, p) = tape.bag_vicreg(fw.z, c.per_image, c.loss.vicreg()).unwrap();
+    let z = fw.z_values(&tape).unwrap().to_vec().unwrap();
+    let (loss, p) = fw.loss(&mut tape, c.per_image, c.loss.vicreg()).unwrap();
     let stats = fw.batch_stats(&tape).unwrap().iter().map(|(m, v)| (host(m), host(v))).collect();
     let mut g = tape.backward(loss).unwrap();
     let grads = fw.params.iter().map(|&v| host(&g.take(v).expect("every parameter has a gradient"))).collect();

@@ -60,9 +60,9 @@ fn model_step_matches_golden() {
     let (h, z, parts, grads, grad_x, stats, names) = {
         let mut tape = Tape::new();
         let fw = model.forward_train(&mut tape, x, true).unwrap();
-        let (loss, parts) = tape.bag_vicreg(fw.z, n, LossWeights::default().vicreg()).unwrap();
+        let (loss, parts) = fw.loss(&mut tape, n, LossWeights::default().vicreg()).unwrap();
         let h = tape.value(fw.h).to_vec().unwrap();
-        let z = tape.value(fw.z).to_vec().unwrap();
+        let z = fw.z_values(&tape).unwrap().to_vec().unwrap();
         let stats = fw.batch_stats(&tape).unwrap();
         let mut grads = tape.backward(loss).unwrap();
         let grad_x = grads.take(fw.x).expect("dL/dx").to_vec().unwrap();
