@@ -248,23 +248,6 @@ extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES,
 }
 
 // ---------------------------------------------------------------------------------------------
-// The bf16 copy (bf16_bits, exactly what cast_bf16_f32 writes) of the V values store_cols<V> stored
-// at the same element offset: one 8-byte store of 4 x bf16 for V = 4 (p 8-byte aligned: the offset
-// is a multiple of 4 and the copy starts an allocation), a 2-byte store for V = 1.
-template <int V>
-__device__ __forceinline__ void store_cols_bf16(uint16_t* p, const float (&v)[V]);
-template <>
-__device__ __forceinline__ void store_cols_bf16<1>(uint16_t* p, const float (&v)[1]) {
-    *p = (uint16_t)bf16_bits(v[0]);
-}
-template <>
-__device__ __forceinline__ void store_cols_bf16<4>(uint16_t* p, const float (&v)[4]) {
-    uint2 t;
-    t.x = bf16_bits(v[0]) | (bf16_bits(v[1]) << 16);
-    t.y = bf16_bits(v[2]) | (bf16_bits(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = t;
-}
-
 // W16: also write the bf16 copy y16 (a separate instance, so the f32-only one is v2's code).
 template <int V, bool W16>
 __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ mean,

@@ -55,21 +55,6 @@ __device__ unsigned int vicreg_tile_arrivals[BAGSSL_COL_MAX_TILES];
 // group of more rows is read in batches of this many, twice (the second time mostly from L1/L2).
 #define VICREG_GROUP_BATCH 16u
 
-// V bf16 bit patterns at p (one 8-byte store when V = 4: p is then 8-byte aligned, see common.cuh).
-template <int V>
-__device__ __forceinline__ void vicreg_store_bf16(uint16_t* p, const float (&v)[V]);
-template <>
-__device__ __forceinline__ void vicreg_store_bf16<1>(uint16_t* p, const float (&v)[1]) {
-    *p = (uint16_t)bf16_bits(v[0]);
-}
-template <>
-__device__ __forceinline__ void vicreg_store_bf16<4>(uint16_t* p, const float (&v)[4]) {
-    uint2 o;
-    o.x = bf16_bits(v[0]) | (bf16_bits(v[1]) << 16);
-    o.y = bf16_bits(v[2]) | (bf16_bits(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = o;
-}
-
 // Sum of v over the whole (BAGSSL_COL_TILE x BAGSSL_COL_LANES) block in a fixed order: the lane tree
 // of lane_sum, then the 32 columns of warp 0 (a warp is one row lane: blockDim.x = 32). Every thread
 // gets the total; every thread of the block must call it.
@@ -241,7 +226,7 @@ __device__ void vicreg_center(const float* __restrict__ z, const float* __restri
 #pragma unroll
             for (int c = 0; c < V; ++c) v[k][c] -= m[c];
             if (zc) store_cols<V>(zc + o, v[k]);
-            if (zc16) vicreg_store_bf16<V>(zc16 + o, v[k]);
+            if (zc16) store_cols_bf16<V>(zc16 + o, v[k]);
         });
 }
 
@@ -289,7 +274,7 @@ __device__ void vicreg_cov_terms(float* __restrict__ c, uint16_t* __restrict__ c
                     }
                 }
                 if (j < (uint32_t)V) store_cols<V>(c + o, v[k]);
-                if (c16) vicreg_store_bf16<V>(c16 + o, v[k]);
+                if (c16) store_cols_bf16<V>(c16 + o, v[k]);
             });
     }
     off = vicreg_block_total(off);

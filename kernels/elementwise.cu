@@ -15,6 +15,10 @@
 //      common.cuh (as batchnorm.cu v2): float4 columns when cols % 4 == 0, no 64-bit `i % cols`;
 //      sum_rows_f32 sums row chunks into a scratch buffer and the last block of each column tile
 //      adds the chunks in f64 (fixed order, deterministic).
+//   3: sum_rows_f32 optionally (x16 not null) writes the bf16 copy of x as it reads it: the column
+//      sums of a gradient are taken right before the bf16 GEMMs on it (a Linear's bias gradient;
+//      bag-VICReg's dL/dz feeds two), which then need no cast kernel re-reading x (+16.8 MB
+//      written, -33.5 MB read and a launch at 4096 x 2048).
 //   cast_bf16_f32 (v1): the bf16 operand copies for cuBLAS (crates/bagssl-kernels/src/gemm.rs),
 //      float4 in, 4 x bf16 out; 6 bytes per element, ~12 us for a 4096 x 2048 activation.
 //
@@ -83,13 +87,18 @@ extern "C" __global__ void bias_add_fwd_f32(const float* __restrict__ x, const f
         bias_add<1>(x, b, y, d, chunk_rows);
 }
 
-template <int V>
-__device__ void sum_rows(const float* __restrict__ x, float* __restrict__ out, float* __restrict__ partial,
-                         BagsslMatrixDims d, uint32_t chunk_rows) {
+template <int V, bool W16>
+__device__ void sum_rows(const float* __restrict__ x, uint16_t* __restrict__ x16, float* __restrict__ out,
+                         float* __restrict__ partial, BagsslMatrixDims d, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(d.rows, d.cols, chunk_rows);
     col_sums<V, 1>(
         s, d.cols, partial, sum_rows_tile_arrivals,
-        [&](uint32_t r, float (&q)[1][V]) { load_cols<V>(x + (size_t)r * d.cols + s.c0, q[0]); },
+        [&](uint32_t r, float (&q)[1][V]) {
+            const size_t o = (size_t)r * d.cols + s.c0;
+            load_cols<V>(x + o, q[0]);
+            // A clamped row (col_sums reloads a pass's last row) writes the same bits again.
+            if (W16) store_cols_bf16<V>(x16 + o, q[0]);
+        },
         [&](const double (&tot)[1][V]) {
             float o[V];
 #pragma unroll
@@ -98,13 +107,22 @@ __device__ void sum_rows(const float* __restrict__ x, float* __restrict__ out, f
         });
 }
 
-// out[c] = sum_r x[r, c] (rows >= 1). partial: gridDim.y * cols floats.
-extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, float* __restrict__ out,
-                                        float* __restrict__ partial, BagsslMatrixDims d, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        sum_rows<4>(x, out, partial, d, chunk_rows);
-    else
-        sum_rows<1>(x, out, partial, d, chunk_rows);
+// out[c] = sum_r x[r, c] (rows >= 1). partial: gridDim.y * cols floats. x16: null, or rows * cols
+// bf16 that get bf16_bits of every x (its GEMM operand copy, as batchnorm.cu's y16).
+extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, uint16_t* __restrict__ x16,
+                                        float* __restrict__ out, float* __restrict__ partial, BagsslMatrixDims d,
+                                        uint32_t chunk_rows) {
+    if (d.cols % 4 == 0) {
+        if (x16)
+            sum_rows<4, true>(x, x16, out, partial, d, chunk_rows);
+        else
+            sum_rows<4, false>(x, x16, out, partial, d, chunk_rows);
+    } else {
+        if (x16)
+            sum_rows<1, true>(x, x16, out, partial, d, chunk_rows);
+        else
+            sum_rows<1, false>(x, x16, out, partial, d, chunk_rows);
+    }
 }
 
 template <int V>

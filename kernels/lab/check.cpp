@@ -130,6 +130,8 @@ static void check_same(const std::string& name, const vector<float>& a, const ve
 }
 
 // ------------------------------------------------------------------------------------------
+static void check_bf16_copy(const std::string& name, const vector<uint16_t>& got, const vector<float>& f);
+
 static void elementwise(Rng& r) {
     for (auto [rows, cols, cap] : {std::tuple<size_t, size_t, size_t>{37, 45, 8192}, {3, 1, 8192}, {300, 7, 2}}) {
         const std::string tag = std::to_string(rows) + "x" + std::to_string(cols) + " grid<=" + std::to_string(cap);
@@ -175,17 +177,25 @@ static void elementwise(Rng& r) {
         vector<double> ref(n);
         for (size_t i = 0; i < n; ++i) ref[i] = (double)x[i] + b[i % cols];
         check("bias_add " + tag, y, ref, 1e-7);
-        emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), out.data(), partial.data(), d,
-                    cg.chunk_rows);
+        emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (uint16_t*)nullptr, out.data(),
+                    partial.data(), d, cg.chunk_rows);
         check_arrivals("sum_rows " + tag, sum_rows_tile_arrivals);
+        {  // with x's bf16 copy (v3): the same sums, and bf16_bits of every x
+            vector<float> out16s(cols, NAN);
+            vector<uint16_t> x16(n, 0x1234);
+            emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), x16.data(), out16s.data(),
+                        partial.data(), d, cg.chunk_rows);
+            check_same("sum_rows with x16 " + tag, out16s, out);
+            check_bf16_copy("sum_rows x16 " + tag, x16, x);
+        }
         vector<double> cs(cols, 0);
         for (size_t i = 0; i < n; ++i) cs[i % cols] += x[i];
         check("sum_rows " + tag, out, cs, 1e-6, 1e-6);
         if (cg.chunks > 1) {  // the same bits whichever block finishes the tile
             vector<float> out2(cols, NAN);
             emu::g_block_order = 3;
-            emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), out2.data(), partial.data(), d,
-                        cg.chunk_rows);
+            emu::launch(sum_rows_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (uint16_t*)nullptr,
+                        out2.data(), partial.data(), d, cg.chunk_rows);
             emu::g_block_order = 0;
             check_same("sum_rows " + tag + " shuffled blocks", out2, out);
         }

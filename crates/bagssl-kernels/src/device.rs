@@ -463,6 +463,12 @@ impl GpuBuf {
         self.bf16.get().is_some()
     }
 
+    /// Installs `b` as the bf16 copy through a shared reference, unless one is there already (the
+    /// same bits: both are bf16_bits of the elements): for a kernel that reads the buffer anyway.
+    pub(crate) fn offer_bf16(&self, b: CudaSlice<u16>) {
+        let _ = self.bf16.set(b);
+    }
+
     /// Installs `b` as the bf16 copy: for kernels that write it beside the f32 values (with
     /// `bf16_bits` of kernels/common.cuh, so it is exactly what [`GpuBuf::bf16`] would make).
     pub(crate) fn set_bf16(&mut self, b: CudaSlice<u16>) {

@@ -92,10 +92,23 @@ pub fn sum_rows_f32(x: &GpuBuf, rows: usize, cols: usize) -> Result<GpuBuf, Kern
     let mut out = gpu.uninit(cols)?;
     // Per-chunk column sums, added by the last block of each column tile.
     let mut partial = gpu.alloc_raw::<f32>(grid.chunks * cols)?;
+    // The column sums of a gradient come right before the bf16 GEMMs on it: write x's copy here.
+    let mut x16 = if x.has_bf16() { None } else { gpu.bf16_operand(rows * cols)? };
+    let null = 0u64;
     let mut b = gpu.stream().launch_builder(gpu.function("sum_rows_f32")?);
-    b.arg(x.slice()).arg(out.slice_mut()).arg(&mut partial).arg(&d).arg(&grid.chunk_rows);
-    // SAFETY: x holds rows*cols floats, out holds cols, partial chunks*cols for the grid `grid`.
+    b.arg(x.slice());
+    match &mut x16 {
+        Some(c) => b.arg(c),
+        None => b.arg(&null),
+    };
+    b.arg(out.slice_mut()).arg(&mut partial).arg(&d).arg(&grid.chunk_rows);
+    // SAFETY: x holds rows*cols floats, out holds cols, partial chunks*cols for the grid `grid`;
+    // x16 (a whole allocation) rows*cols u16, or null.
     unsafe { b.launch(grid.cfg()) }?;
+    drop(b);
+    if let Some(c) = x16 {
+        x.offer_bf16(c);
+    }
     Ok(out)
 }
 

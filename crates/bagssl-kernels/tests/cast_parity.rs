@@ -61,3 +61,32 @@ fn cached_bf16_copy_follows_writes() {
     assert!(b.iter().zip(&second).all(|(&x, &g)| g == want(x)), "the copy was not refreshed after write");
     println!("OK     cached bf16 copy follows GpuBuf::write");
 }
+
+/// `sum_rows_f32` writes the bf16 copy of its input as it reads it (when the GEMMs are bf16 and
+/// the input has none): installed, exactly the cast's bits, and the sums are unchanged by it.
+#[test]
+fn sum_rows_leaves_the_bf16_copy() {
+    let Some(gpu) = gpu_or_skip("sum_rows_leaves_the_bf16_copy") else { return };
+    if gpu.gemm_precision() != bagssl_kernels::GemmPrecision::Bf16 {
+        println!("skipped: sum_rows_leaves_the_bf16_copy: GEMMs not in bf16 (BAGSSL_GEMM_PRECISION)");
+        return;
+    }
+    let mut r = ChaCha8Rng::seed_from_u64(9);
+    for (rows, cols) in [(37, 45), (4096, 2048), (300, 7)] {
+        let x: Vec<f32> = (0..rows * cols).map(|_| r.random_range(-3.0f32..3.0)).collect();
+        let a = gpu.upload(&x).unwrap();
+        let b = gpu.upload(&x).unwrap();
+        b.bf16().unwrap(); // b's copy made by the cast: sum_rows must not write another
+        let (sa, sb) = (
+            bagssl_kernels::sum_rows_f32(&a, rows, cols).unwrap(),
+            bagssl_kernels::sum_rows_f32(&b, rows, cols).unwrap(),
+        );
+        assert!(a.has_bf16(), "{rows}x{cols}: no copy left by sum_rows");
+        let got = gpu.stream().clone_dtoh(a.bf16().unwrap()).unwrap();
+        let bad = (0..x.len()).filter(|&i| !agrees(got[i], x[i])).count();
+        assert_eq!(bad, 0, "{rows}x{cols}: {bad} bf16 values differ from round-to-nearest-even");
+        let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(sa.to_host().unwrap()), bits(sb.to_host().unwrap()), "{rows}x{cols}: sums");
+    }
+    println!("OK     sum_rows_f32 leaves its input's bf16 copy (round-to-nearest-even, sums unchanged)");
+}
