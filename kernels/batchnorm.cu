@@ -545,9 +545,23 @@ extern "C" __global__ void bn_eval_fwd_f32(const float* __restrict__ x, const fl
         bn_eval<1>(x, running_mean, running_var, gamma, beta, y, prm, chunk_rows);
 }
 
+__device__ __forceinline__ float ema(float running, float batch, float momentum) {
+    return (1.0f - momentum) * running + momentum * batch;
+}
+
 // running = (1 - momentum) * running + momentum * batch
 extern "C" __global__ void bn_ema_f32(float* __restrict__ running, const float* __restrict__ batch, float momentum,
                                       uint32_t n) {
-    for (size_t i = global_thread(); i < n; i += grid_threads())
-        running[i] = (1.0f - momentum) * running[i] + momentum * batch[i];
+    for (size_t i = global_thread(); i < n; i += grid_threads()) running[i] = ema(running[i], batch[i], momentum);
+}
+
+// bn_ema_f32 on prm.n_tensors vectors at once (a step's 2 per BatchNorm were as many launches of a
+// few thousand elements): tensor blockIdx.y, grid-stride over its elements along x.
+extern "C" __global__ void bn_ema_multi_f32(const BagsslEmaMulti prm) {
+    const uint32_t t = blockIdx.y;
+    if (t >= prm.n_tensors) return;  // block-uniform
+    float* __restrict__ running = reinterpret_cast<float*>(prm.running[t]);
+    const float* __restrict__ batch = reinterpret_cast<const float*>(prm.batch[t]);
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < prm.n[t]; i += gridDim.x * blockDim.x)
+        running[i] = ema(running[i], batch[i], prm.momentum);
 }

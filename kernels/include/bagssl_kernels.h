@@ -133,4 +133,15 @@ typedef struct BagsslAdamWMulti {
     float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
 } BagsslAdamWMulti;
 
+/* bn_ema_multi_f32: the running-statistics update of up to BAGSSL_EMA_MAX_TENSORS vectors in one
+ * launch (grid.y = tensor); running[t] and batch[t] are device addresses of n[t] floats. */
+#define BAGSSL_EMA_MAX_TENSORS 16u
+typedef struct BagsslEmaMulti {
+    uint64_t running[BAGSSL_EMA_MAX_TENSORS];
+    uint64_t batch[BAGSSL_EMA_MAX_TENSORS];
+    uint32_t n[BAGSSL_EMA_MAX_TENSORS];
+    uint32_t n_tensors;
+    float momentum;
+} BagsslEmaMulti;
+
 #endif /* BAGSSL_KERNELS_H */

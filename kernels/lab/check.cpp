@@ -468,6 +468,27 @@ static void batchnorm(Rng& r) {
     }
 }
 
+// bn_ema_multi_f32 against bn_ema_f32 vector by vector (same bits), with a grid that loops.
+static void bn_ema_multi(Rng& r) {
+    const size_t sizes[] = {1, 2048, 7, 1000, 3};
+    const size_t nt = sizeof(sizes) / sizeof(sizes[0]);
+    vector<vector<float>> one(nt), many(nt), batch(nt);
+    BagsslEmaMulti prm{};
+    prm.n_tensors = (uint32_t)nt;
+    prm.momentum = 0.1f;
+    for (size_t t = 0; t < nt; ++t) {
+        one[t] = many[t] = r.vec(sizes[t]);
+        batch[t] = r.vec(sizes[t]);
+        emu::launch(bn_ema_f32, grid_1d(sizes[t], 2), BLOCK, one[t].data(), (const float*)batch[t].data(), 0.1f,
+                    (uint32_t)sizes[t]);
+        prm.running[t] = (uint64_t)(uintptr_t)many[t].data();
+        prm.batch[t] = (uint64_t)(uintptr_t)batch[t].data();
+        prm.n[t] = (uint32_t)sizes[t];
+    }
+    emu::launch(bn_ema_multi_f32, dim3(2, (unsigned)nt), dim3(96), prm);
+    for (size_t t = 0; t < nt; ++t) check_same("bn_ema_multi n=" + std::to_string(sizes[t]), many[t], one[t]);
+}
+
 // NaN and infinity go where PyTorch puts them: ReLU keeps a NaN (max(NaN, 0) = NaN), the backward
 // mask drops the gradient where y is NaN, a NaN in a column makes its statistics NaN. The bf16
 // copies keep the NaNs (float4 columns at cols = 8, scalar at 7).
@@ -906,6 +927,7 @@ int main() {
     cast_bf16(r);
     batchnorm(r);
     batchnorm_nan();
+    bn_ema_multi(r);
     vicreg(r);
     adamw(r);
     patches(r);

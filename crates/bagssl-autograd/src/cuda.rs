@@ -134,6 +134,16 @@ pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
     Ok(())
 }
 
+pub fn ema_multi_(pairs: &mut [(&mut Tensor, &Tensor)], momentum: f32) -> Result<()> {
+    let mut bufs = Vec::with_capacity(pairs.len());
+    for (r, b) in pairs.iter_mut() {
+        let b = buf(b, "ema_")?;
+        bufs.push((buf_mut(r, "ema_")?, b));
+    }
+    k::bn_ema_multi_f32(&mut bufs, momentum)?;
+    Ok(())
+}
+
 pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_gpu(x.shape(), k::relu_fwd_f32(buf(x, "relu_fwd")?)?))
 }

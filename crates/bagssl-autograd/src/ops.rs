@@ -336,6 +336,24 @@ pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
     }
 }
 
+/// [`ema_`] on every `(running, batch)` pair: the same values; on a GPU one launch for up to 16.
+pub fn ema_multi_(pairs: &mut [(&mut Tensor, &Tensor)], momentum: f32) -> Result<()> {
+    let _p = crate::profile::op("ema_");
+    let mut cuda = None;
+    for (r, b) in pairs.iter() {
+        same_numel("ema_", &[("running", r), ("batch", b)])?;
+        let on_gpu = same_device("ema_", &[r, b])?;
+        if *cuda.get_or_insert(on_gpu) != on_gpu {
+            return Err(Error::DeviceMismatch { op: "ema_" });
+        }
+    }
+    match cuda {
+        Some(true) => cuda::ema_multi_(pairs, momentum),
+        Some(false) => pairs.iter_mut().try_for_each(|(r, b)| cpu::ema_(r, b, momentum)),
+        None => Ok(()),
+    }
+}
+
 pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
     let _p = crate::profile::op("relu_fwd");
     dispatch!("relu_fwd", [x], relu_fwd(x))

@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use cudarc::driver::{CudaSlice, LaunchArgs, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchArgs, PushKernelArg, SyncOnDrop};
 
 use crate::device::same_gpu;
-use crate::ffi::BagsslBnParams;
+use crate::ffi::{BagsslBnParams, BagsslEmaMulti, BAGSSL_EMA_MAX_TENSORS};
 use crate::launch::{cfg_1d, check_len, u32_of, ColGrid};
 use crate::{Gpu, GpuBuf, KernelError};
 
@@ -271,6 +271,43 @@ pub fn bn_ema_f32(running: &mut GpuBuf, batch: &GpuBuf, momentum: f32) -> Result
     Ok(())
 }
 
+/// [`bn_ema_f32`] on every `(running, batch)` pair, [`BAGSSL_EMA_MAX_TENSORS`] per launch: the
+/// same values (the same expression per element).
+pub fn bn_ema_multi_f32(pairs: &mut [(&mut GpuBuf, &GpuBuf)], momentum: f32) -> Result<(), KernelError> {
+    let op = "bn_ema_multi_f32";
+    let Some((first, _)) = pairs.first() else { return Ok(()) };
+    let gpu = first.gpu().clone();
+    for (r, b) in pairs.iter() {
+        same_gpu(op, &gpu, &[r.gpu(), b.gpu()])?;
+        check_len(op, "batch", b.len(), r.len())?;
+        u32_of(r.len(), "bn_ema_multi_f32 n")?;
+    }
+    let stream = gpu.stream().clone();
+    let mut live: Vec<&mut (&mut GpuBuf, &GpuBuf)> = pairs.iter_mut().filter(|(r, _)| !r.is_empty()).collect();
+    for group in live.chunks_mut(BAGSSL_EMA_MAX_TENSORS as usize) {
+        let mut prm = BagsslEmaMulti { n_tensors: group.len() as u32, momentum, ..Default::default() };
+        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(2 * group.len());
+        let mut longest = 0;
+        for (i, (r, b)) in group.iter_mut().map(|p| &mut **p).enumerate() {
+            prm.n[i] = r.len() as u32;
+            longest = longest.max(r.len());
+            let (rp, gr) = r.slice_mut().device_ptr_mut(&stream);
+            let (bp, gb) = b.slice().device_ptr(&stream);
+            (prm.running[i], prm.batch[i]) = (rp, bp);
+            guards.extend([gr, gb]);
+        }
+        let mut cfg = cfg_1d(longest);
+        cfg.grid_dim.1 = prm.n_tensors;
+        let mut b = stream.launch_builder(gpu.function("bn_ema_multi_f32")?);
+        b.arg(&prm);
+        // SAFETY: every pointer addresses a live buffer of n[i] floats on this GPU, the running
+        // ones distinct; grid.y covers the tensors, the x grid-stride loop their elements; the
+        // guards keep the borrows until the launch is queued.
+        unsafe { b.launch(cfg) }?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +390,28 @@ mod tests {
             }
         }
         println!("OK     bn with the bias folded in = bias_add + bn, bit for bit; dbias = column sums of dx");
+    }
+
+    /// One multi-tensor launch gives each vector bn_ema_f32's bits (more vectors than one launch takes).
+    #[test]
+    fn bn_ema_multi_matches_bn_ema() {
+        let Some(gpu) = gpu_or_skip("bn_ema_multi_matches_bn_ema") else {
+            return;
+        };
+        let sizes: Vec<usize> = (0..19).map(|i| [1, 2048, 7, 8192, 33][i % 5]).collect();
+        let vals = |n: usize, f: f32| (0..n).map(|i| ((i as f32 + 1.0) * f).sin()).collect::<Vec<f32>>();
+        let mut one: Vec<GpuBuf> = sizes.iter().map(|&n| gpu.upload(&vals(n, 0.3)).unwrap()).collect();
+        let mut many: Vec<GpuBuf> = sizes.iter().map(|&n| gpu.upload(&vals(n, 0.3)).unwrap()).collect();
+        let batch: Vec<GpuBuf> = sizes.iter().map(|&n| gpu.upload(&vals(n, 0.7)).unwrap()).collect();
+        for (r, b) in one.iter_mut().zip(&batch) {
+            bn_ema_f32(r, b, 0.1).unwrap();
+        }
+        let mut pairs: Vec<(&mut GpuBuf, &GpuBuf)> = many.iter_mut().zip(&batch).collect();
+        bn_ema_multi_f32(&mut pairs, 0.1).unwrap();
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert_eq!(bits(&a.to_host().unwrap()), bits(&b.to_host().unwrap()), "vector {i} (n = {})", sizes[i]);
+        }
+        println!("OK     bn_ema_multi_f32 = bn_ema_f32 per vector ({} vectors)", sizes.len());
     }
 
     /// v5: the backward's ReLU mask recomputed from x, gamma and beta gives the bits of the mask read

@@ -30,3 +30,5 @@ unsafe impl cudarc::driver::DeviceRepr for BagsslAdamWParams {}
 // SAFETY: as above; its pointers are device addresses stored as u64 (CUdeviceptr), plain integers
 // to Rust and the same 8-byte fields to the kernel.
 unsafe impl cudarc::driver::DeviceRepr for BagsslAdamWMulti {}
+// SAFETY: as BagsslAdamWMulti.
+unsafe impl cudarc::driver::DeviceRepr for BagsslEmaMulti {}

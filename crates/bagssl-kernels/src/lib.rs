@@ -25,7 +25,9 @@ pub mod vicreg;
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
-pub use batchnorm::{bn_ema_f32, bn_eval_fwd_f32, bn_train_bwd_f32, bn_train_fwd_f32, BnTrainGrads, BnTrainOut};
+pub use batchnorm::{
+    bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32, bn_train_fwd_f32, BnTrainGrads, BnTrainOut,
+};
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
     axpy_f32, bias_add_fwd_f32, cast_bf16_f32, dot_f32, group_mean_bwd_f32, group_mean_fwd_f32, relu_bwd_f32,

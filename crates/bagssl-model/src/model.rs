@@ -362,11 +362,13 @@ impl BagSslModel {
                 self.running.len()
             )));
         }
+        // Every vector in one call (one launch on a GPU).
+        let mut pairs: Vec<(&mut Tensor, &Tensor)> = Vec::with_capacity(2 * batch.len());
         for (r, (mean, var)) in self.running.iter_mut().zip(batch) {
-            ops::ema_(&mut r.mean, mean, momentum)?;
-            ops::ema_(&mut r.var, var, momentum)?;
+            pairs.push((&mut r.mean, mean));
+            pairs.push((&mut r.var, var));
         }
-        Ok(())
+        Ok(ops::ema_multi_(&mut pairs, momentum)?)
     }
 }
 

@@ -13,6 +13,7 @@ pub const BAGSSL_PATCH_JITTER: u32 = 2;
 pub const BAGSSL_PATCH_GRAY: u32 = 4;
 pub const BAGSSL_ADAMW_MAX_TENSORS: u32 = 16;
 pub const BAGSSL_ADAMW_TILE: u32 = 4096;
+pub const BAGSSL_EMA_MAX_TENSORS: u32 = 16;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct BagsslPatchSpec {
@@ -351,4 +352,33 @@ const _: () = {
     [
         "Offset of field: BagsslAdamWMulti::bias_correction2_sqrt",
     ][::std::mem::offset_of!(BagsslAdamWMulti, bias_correction2_sqrt) - 860usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct BagsslEmaMulti {
+    pub running: [u64; 16usize],
+    pub batch: [u64; 16usize],
+    pub n: [u32; 16usize],
+    pub n_tensors: u32,
+    pub momentum: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of BagsslEmaMulti"][::std::mem::size_of::<BagsslEmaMulti>() - 328usize];
+    ["Alignment of BagsslEmaMulti"][::std::mem::align_of::<BagsslEmaMulti>() - 8usize];
+    [
+        "Offset of field: BagsslEmaMulti::running",
+    ][::std::mem::offset_of!(BagsslEmaMulti, running) - 0usize];
+    [
+        "Offset of field: BagsslEmaMulti::batch",
+    ][::std::mem::offset_of!(BagsslEmaMulti, batch) - 128usize];
+    [
+        "Offset of field: BagsslEmaMulti::n",
+    ][::std::mem::offset_of!(BagsslEmaMulti, n) - 256usize];
+    [
+        "Offset of field: BagsslEmaMulti::n_tensors",
+    ][::std::mem::offset_of!(BagsslEmaMulti, n_tensors) - 320usize];
+    [
+        "Offset of field: BagsslEmaMulti::momentum",
+    ][::std::mem::offset_of!(BagsslEmaMulti, momentum) - 324usize];
 };

@@ -6,7 +6,7 @@ pub(crate) const MODULES: &[KernelModule] = &[
         family: "batchnorm",
         ptx: include_str!("batchnorm.ptx"),
         cubin: include_bytes!("batchnorm.sm_90a.cubin"),
-        kernels: &["bn_apply_fwd_f32", "bn_bwd_apply_f32", "bn_bwd_reduce_f32", "bn_ema_f32", "bn_eval_fwd_f32", "bn_stats_fwd_f32"],
+        kernels: &["bn_apply_fwd_f32", "bn_bwd_apply_f32", "bn_bwd_reduce_f32", "bn_ema_f32", "bn_ema_multi_f32", "bn_eval_fwd_f32", "bn_stats_fwd_f32"],
     },
     KernelModule {
         family: "cov_loss",
