@@ -336,9 +336,11 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     streaming(&mut timer, "bn_train_fwd_f32 (+relu)", &shape, 2.0 * mat, &mut || {
         bn_train_fwd_f32(&a, None, &gamma, &beta, rows, h, 1e-5, true).map(drop)
     })?;
-    // BN backward (+ReLU): reads dy, x, y, writes dx.
+    // BN backward (+ReLU): reads dy and x (the ReLU mask recomputed from x, v5), writes dx.
+    let mask_from_y = gpu.bn_mask_from_output();
+    gpu.set_bn_mask_from_output(false);
     let o = bn_train_fwd_f32(&a, None, &gamma, &beta, rows, h, 1e-5, true)?;
-    streaming(&mut timer, "bn_train_bwd_f32 (+relu)", &shape, 4.0 * mat, &mut || {
+    streaming(&mut timer, "bn_train_bwd_f32 (+relu)", &shape, 3.0 * mat, &mut || {
         bn_train_bwd_f32(&a, &a, None, &o.y, &gamma, &beta, &o.mean, &o.invstd, rows, h, true).map(drop)
     })?;
     // The training step's form (v4): the Linear bias folded in, and the backward summing dx into the
@@ -347,16 +349,24 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     streaming(&mut timer, "bn_train_fwd_f32 (+bias +relu)", &shape, 2.0 * mat, &mut || {
         bn_train_fwd_f32(&a, Some(&bias), &gamma, &beta, rows, h, 1e-5, true).map(drop)
     })?;
+    // Its first kernel alone (reads x): the rest of the line above is the apply kernel.
+    streaming(&mut timer, "  of which bn_stats_fwd_f32", &shape, mat, &mut || {
+        bn_batch_stats_f32(&a, Some(&bias), rows, h, 1e-5).map(drop)
+    })?;
     let ob = bn_train_fwd_f32(&a, Some(&bias), &gamma, &beta, rows, h, 1e-5, true)?;
-    streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias)", &shape, 4.0 * mat, &mut || {
+    streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias)", &shape, 3.0 * mat, &mut || {
         bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
+    })?;
+    // Its first kernel alone (reads dy, x): the rest is the apply kernel.
+    streaming(&mut timer, "  of which bn_bwd_reduce_f32", &shape, 2.0 * mat, &mut || {
+        bn_bwd_sums_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
     })?;
     // v4's backward, the ReLU mask read from y (+33.5 MB per kernel): for comparison.
     gpu.set_bn_mask_from_output(true);
     streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias, mask from y)", &shape, 4.0 * mat, &mut || {
         bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
     })?;
-    gpu.set_bn_mask_from_output(false);
+    gpu.set_bn_mask_from_output(mask_from_y);
     // bias_add (what the bias folding saves in the forward): reads x, writes y.
     streaming(&mut timer, "bias_add_fwd_f32", &shape, 2.0 * mat, &mut || {
         bias_add_fwd_f32(&a, &bias, rows, h).map(drop)

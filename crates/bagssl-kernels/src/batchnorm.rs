@@ -97,22 +97,10 @@ pub fn bn_train_fwd_f32(
     }
     let grid = ColGrid::reduction(op, rows, cols)?;
     let gpu = x.gpu();
-    let mut mean = gpu.uninit(cols)?;
-    let mut invstd = gpu.uninit(cols)?;
-    let mut var_unbiased = gpu.uninit(cols)?;
+    let (mean, invstd, var_unbiased) = batch_stats(x, bias, &prm, &grid)?;
     let mut y = gpu.uninit(rows * cols)?;
     if cols > 0 {
-        // Per-chunk (sum, shifted mean, M2) of every column, combined by the last block of each tile.
-        let mut partial = gpu.alloc_raw::<f32>(3 * grid.chunks * cols)?;
         let null = 0u64;
-        let mut b = gpu.stream().launch_builder(gpu.function("bn_stats_fwd_f32")?);
-        b.arg(x.slice());
-        arg_opt_f32(&mut b, bias, &null);
-        b.arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut());
-        b.arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
-        // SAFETY: x holds rows*cols floats, the bias (or null) and the statistics cols each,
-        // partial 3*chunks*cols; the grid is `grid`, whose chunk_rows the kernel gets.
-        unsafe { b.launch(grid.cfg()) }?;
         let mut y16 = bf16_copy(gpu, rows * cols)?;
         let mut b = gpu.stream().launch_builder(gpu.function("bn_apply_fwd_f32")?);
         b.arg(x.slice());
@@ -129,6 +117,52 @@ pub fn bn_train_fwd_f32(
         }
     }
     Ok(BnTrainOut { y, mean, invstd, var_unbiased })
+}
+
+/// `bn_stats_fwd_f32`: (mean, invstd, unbiased variance) of `x + bias` per column.
+fn batch_stats(
+    x: &GpuBuf,
+    bias: Option<&GpuBuf>,
+    prm: &BagsslBnParams,
+    grid: &ColGrid,
+) -> Result<(GpuBuf, GpuBuf, GpuBuf), KernelError> {
+    let gpu = x.gpu();
+    let cols = prm.cols as usize;
+    let (mut mean, mut invstd, mut var_unbiased) = (gpu.uninit(cols)?, gpu.uninit(cols)?, gpu.uninit(cols)?);
+    if cols > 0 {
+        // Per-chunk (sum, shifted mean, M2) of every column, combined by the last block of each tile.
+        let mut partial = gpu.alloc_raw::<f32>(3 * grid.chunks * cols)?;
+        let null = 0u64;
+        let mut b = gpu.stream().launch_builder(gpu.function("bn_stats_fwd_f32")?);
+        b.arg(x.slice());
+        arg_opt_f32(&mut b, bias, &null);
+        b.arg(mean.slice_mut()).arg(invstd.slice_mut()).arg(var_unbiased.slice_mut());
+        b.arg(&mut partial).arg(prm).arg(&grid.chunk_rows);
+        // SAFETY: x holds rows*cols floats, the bias (or null) and the statistics cols each,
+        // partial 3*chunks*cols; the grid is `grid`, whose chunk_rows the kernel gets.
+        unsafe { b.launch(grid.cfg()) }?;
+    }
+    Ok((mean, invstd, var_unbiased))
+}
+
+/// The first of [`bn_train_fwd_f32`]'s two kernels alone, `bn_stats_fwd_f32`: (mean, invstd,
+/// unbiased variance) per column of `x + bias`. For `bench_kernels`, which times the two apart.
+pub fn bn_batch_stats_f32(
+    x: &GpuBuf,
+    bias: Option<&GpuBuf>,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<(GpuBuf, GpuBuf, GpuBuf), KernelError> {
+    let op = "bn_batch_stats_f32";
+    let prm = params(op, x, rows, cols, eps, false)?;
+    if let Some(bias) = bias {
+        check_vecs(op, x, cols, &[("bias", bias)])?;
+    }
+    if rows == 0 {
+        return Err(KernelError::Invalid(format!("{op}: batch statistics of 0 rows")));
+    }
+    batch_stats(x, bias, &prm, &ColGrid::reduction(op, rows, cols)?)
 }
 
 /// Gradients of [`bn_train_bwd_f32`].
@@ -182,20 +216,12 @@ pub fn bn_train_bwd_f32(
         });
     }
     let grid = ColGrid::reduction(op, rows, cols)?;
-    let mut dgamma = gpu.uninit(cols)?;
-    let mut dbeta = gpu.uninit(cols)?;
     let mut dx = gpu.uninit(rows * cols)?;
     // Per-chunk sums of g and g * xhat, added by the last block of each column tile.
     let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
+    let bv = BwdInputs { dy, x, bias, y: y_arg, gamma, beta, mean, invstd };
+    let (dgamma, dbeta) = bwd_sums(&bv, &prm, &grid, &mut partial)?;
     let null = 0u64;
-    let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
-    b.arg(dy.slice()).arg(x.slice());
-    arg_opt_f32(&mut b, bias, &null);
-    arg_opt_f32(&mut b, y_arg, &null);
-    b.arg(gamma.slice()).arg(beta.slice()).arg(mean.slice()).arg(invstd.slice());
-    b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(&mut partial).arg(&prm).arg(&grid.chunk_rows);
-    // SAFETY: lengths checked above; partial holds 2*chunks*cols floats for the grid `grid`.
-    unsafe { b.launch(grid.cfg()) }?;
     let mut dx16 = bf16_copy(gpu, rows * cols)?;
     let mut dbias = bias.map(|_| gpu.uninit(cols)).transpose()?;
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
@@ -220,6 +246,76 @@ pub fn bn_train_bwd_f32(
         dx.set_bf16(c); // after dx's last slice_mut
     }
     Ok(BnTrainGrads { dx, dgamma, dbeta, dbias })
+}
+
+/// The inputs of the backward kernels; `y` is None when they recompute the ReLU mask from x.
+struct BwdInputs<'a> {
+    dy: &'a GpuBuf,
+    x: &'a GpuBuf,
+    bias: Option<&'a GpuBuf>,
+    y: Option<&'a GpuBuf>,
+    gamma: &'a GpuBuf,
+    beta: &'a GpuBuf,
+    mean: &'a GpuBuf,
+    invstd: &'a GpuBuf,
+}
+
+/// `bn_bwd_reduce_f32`: (dgamma, dbeta), through `partial` (2 * chunks * cols floats).
+fn bwd_sums(
+    v: &BwdInputs<'_>,
+    prm: &BagsslBnParams,
+    grid: &ColGrid,
+    partial: &mut CudaSlice<f32>,
+) -> Result<(GpuBuf, GpuBuf), KernelError> {
+    let gpu = v.x.gpu();
+    let cols = prm.cols as usize;
+    let (mut dgamma, mut dbeta) = (gpu.uninit(cols)?, gpu.uninit(cols)?);
+    let null = 0u64;
+    let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_reduce_f32")?);
+    b.arg(v.dy.slice()).arg(v.x.slice());
+    arg_opt_f32(&mut b, v.bias, &null);
+    arg_opt_f32(&mut b, v.y, &null);
+    b.arg(v.gamma.slice()).arg(v.beta.slice()).arg(v.mean.slice()).arg(v.invstd.slice());
+    b.arg(dgamma.slice_mut()).arg(dbeta.slice_mut()).arg(partial).arg(prm).arg(&grid.chunk_rows);
+    // SAFETY: the caller checked the lengths (rows*cols for the matrices, cols for the vectors);
+    // partial holds 2*chunks*cols floats for the grid `grid`.
+    unsafe { b.launch(grid.cfg()) }?;
+    Ok((dgamma, dbeta))
+}
+
+/// The first of [`bn_train_bwd_f32`]'s two kernels alone, `bn_bwd_reduce_f32`: (dgamma, dbeta),
+/// with the ReLU mask as there. For `bench_kernels`, which times the two apart.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_bwd_sums_f32(
+    dy: &GpuBuf,
+    x: &GpuBuf,
+    bias: Option<&GpuBuf>,
+    y: &GpuBuf,
+    gamma: &GpuBuf,
+    beta: &GpuBuf,
+    mean: &GpuBuf,
+    invstd: &GpuBuf,
+    rows: usize,
+    cols: usize,
+    relu: bool,
+) -> Result<(GpuBuf, GpuBuf), KernelError> {
+    let op = "bn_bwd_sums_f32";
+    let prm = params(op, x, rows, cols, 0.0, relu)?;
+    check_len(op, "dy", dy.len(), rows * cols)?;
+    check_len(op, "y", y.len(), rows * cols)?;
+    same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
+    check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)])?;
+    if let Some(bias) = bias {
+        check_vecs(op, x, cols, &[("bias", bias)])?;
+    }
+    if cols == 0 || rows == 0 {
+        return Err(KernelError::Invalid(format!("{op}: sums over an empty {rows} x {cols} matrix")));
+    }
+    let gpu = x.gpu();
+    let y = if relu && !gpu.bn_mask_from_output() { None } else { Some(y) };
+    let grid = ColGrid::reduction(op, rows, cols)?;
+    let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
+    bwd_sums(&BwdInputs { dy, x, bias, y, gamma, beta, mean, invstd }, &prm, &grid, &mut partial)
 }
 
 /// Eval-mode forward with running statistics, optional ReLU.

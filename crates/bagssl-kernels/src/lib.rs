@@ -26,7 +26,8 @@ use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
 pub use batchnorm::{
-    bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32, bn_train_fwd_f32, BnTrainGrads, BnTrainOut,
+    bn_batch_stats_f32, bn_bwd_sums_f32, bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32,
+    bn_train_fwd_f32, BnTrainGrads, BnTrainOut,
 };
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
