@@ -80,6 +80,11 @@ if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
   BAGSSL_BN_MASK_FROM_Y=1 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
     2>&1 | tail -n 1 | tee -a "$SUM"
 fi
+if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
+  log "### column kernels on one wave (BAGSSL_COL_BLOCKS=512: chunks of 128 rows, 512 blocks, not 688)"
+  BAGSSL_COL_BLOCKS=512 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
+    2>&1 | tail -n 1 | tee -a "$SUM"
+fi
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"
   if t=$(limit 120); then

@@ -1,5 +1,7 @@
 //! Launch-configuration helpers shared by the family launchers.
 
+use std::sync::OnceLock;
+
 use cudarc::driver::LaunchConfig;
 
 use crate::ffi::{BAGSSL_COL_LANES, BAGSSL_COL_MAX_TILES, BAGSSL_COL_PASS, BAGSSL_COL_TILE};
@@ -31,6 +33,20 @@ pub(crate) fn partial_blocks(n: usize) -> usize {
 /// (Mirrored in kernels/lab/check.cpp.)
 const COL_TARGET_BLOCKS: usize = 4 * 132;
 
+/// [`COL_TARGET_BLOCKS`], or `BAGSSL_COL_BLOCKS` (read once) for timing other grids on a GPU: at
+/// 4096 x 2048 the default makes 688 blocks, 1.3 waves of 4 per SM, and 512 (chunks of 128 rows)
+/// one wave; the kernels take any chunk size, so this moves only the time.
+fn col_target_blocks() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("BAGSSL_COL_BLOCKS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(COL_TARGET_BLOCKS)
+    })
+}
+
 /// The 2-D grid of the column kernels (kernels/common.cuh): `tiles` column tiles of
 /// `BAGSSL_COL_TILE` threads, each thread owning 4 adjacent columns (float4) when `cols % 4 == 0`,
 /// else 1; `chunks` chunks of `chunk_rows` rows, a multiple of `BAGSSL_COL_PASS`, as large as allows
@@ -48,7 +64,7 @@ impl ColGrid {
         let vec = if cols.is_multiple_of(4) { 4 } else { 1 };
         let tiles = cols.div_ceil(BAGSSL_COL_TILE as usize * vec).max(1);
         let passes = rows.div_ceil(BAGSSL_COL_PASS as usize).max(1);
-        let chunk_rows = (passes * tiles / COL_TARGET_BLOCKS).clamp(1, passes) * BAGSSL_COL_PASS as usize;
+        let chunk_rows = (passes * tiles / col_target_blocks()).clamp(1, passes) * BAGSSL_COL_PASS as usize;
         // chunk_rows < rows + 32 <= 2^32 (rows * cols < 2^32 is checked by the launchers).
         ColGrid { tiles, chunks: rows.div_ceil(chunk_rows).max(1), chunk_rows: chunk_rows as u32 }
     }
