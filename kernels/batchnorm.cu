@@ -47,6 +47,8 @@
 //      blocks per SM, still 64 KB of loads in flight per SM (128 B per thread), ~2.5x what the
 //      copy rate needs; capped at 80 it spills. BAGSSL_BN_MASK_FROM_Y=1 (Gpu::set_bn_mask_from_output)
 //      restores the v4 loads for an A/B timing (bench-kernels prints both).
+//   bn_ema_multi_f32: the running-statistics update of every BatchNorm in one launch (grid.y =
+//   vector; a step's six 2048-float updates were six launches).
 //
 // Napkin math (4096 x 2048 f32, one matrix = 33.5 MB; H200 copy 4148 GB/s, HBM3e 4.8 TB/s peak):
 //   forward: stats read x (33.5 MB) + apply read x, write y (67 MB) = 100 MB, of which the second
