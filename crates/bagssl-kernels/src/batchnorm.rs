@@ -194,17 +194,8 @@ pub fn bn_train_bwd_f32(
     relu: bool,
 ) -> Result<BnTrainGrads, KernelError> {
     let op = "bn_train_bwd_f32";
-    let prm = params(op, x, rows, cols, 0.0, relu)?;
-    check_len(op, "dy", dy.len(), rows * cols)?;
-    check_len(op, "y", y.len(), rows * cols)?;
-    same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
-    check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)])?;
-    if let Some(bias) = bias {
-        check_vecs(op, x, cols, &[("bias", bias)])?;
-    }
+    let (bv, prm) = BwdInputs::checked(op, [dy, x, y, gamma, beta, mean, invstd], bias, rows, cols, relu)?;
     let gpu = x.gpu();
-    // The mask's source: y, or (null y) x, gamma and beta.
-    let y_arg = if relu && !gpu.bn_mask_from_output() { None } else { Some(y) };
     if cols == 0 || rows == 0 {
         // Sums over no rows, or no columns: zeros, and an empty dx.
         let dbias = bias.map(|_| gpu.zeros(cols)).transpose()?;
@@ -219,7 +210,6 @@ pub fn bn_train_bwd_f32(
     let mut dx = gpu.uninit(rows * cols)?;
     // Per-chunk sums of g and g * xhat, added by the last block of each column tile.
     let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
-    let bv = BwdInputs { dy, x, bias, y: y_arg, gamma, beta, mean, invstd };
     let (dgamma, dbeta) = bwd_sums(&bv, &prm, &grid, &mut partial)?;
     let null = 0u64;
     let mut dx16 = bf16_copy(gpu, rows * cols)?;
@@ -227,7 +217,7 @@ pub fn bn_train_bwd_f32(
     let mut b = gpu.stream().launch_builder(gpu.function("bn_bwd_apply_f32")?);
     b.arg(dy.slice()).arg(x.slice());
     arg_opt_f32(&mut b, bias, &null);
-    arg_opt_f32(&mut b, y_arg, &null);
+    arg_opt_f32(&mut b, bv.y, &null);
     b.arg(beta.slice()).arg(mean.slice()).arg(invstd.slice()).arg(gamma.slice());
     b.arg(dgamma.slice()).arg(dbeta.slice()).arg(dx.slice_mut());
     arg_opt_u16(&mut b, &mut dx16, &null);
@@ -258,6 +248,31 @@ struct BwdInputs<'a> {
     beta: &'a GpuBuf,
     mean: &'a GpuBuf,
     invstd: &'a GpuBuf,
+}
+
+impl<'a> BwdInputs<'a> {
+    /// Checks the lengths and devices of `[dy, x, y, gamma, beta, mean, invstd]` and `bias`, picks
+    /// the mask's source (y, or with ReLU and unless `Gpu::bn_mask_from_output`, x, gamma and beta)
+    /// and returns the kernels' parameters.
+    fn checked(
+        op: &str,
+        [dy, x, y, gamma, beta, mean, invstd]: [&'a GpuBuf; 7],
+        bias: Option<&'a GpuBuf>,
+        rows: usize,
+        cols: usize,
+        relu: bool,
+    ) -> Result<(Self, BagsslBnParams), KernelError> {
+        let prm = params(op, x, rows, cols, 0.0, relu)?;
+        check_len(op, "dy", dy.len(), rows * cols)?;
+        check_len(op, "y", y.len(), rows * cols)?;
+        same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
+        check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)])?;
+        if let Some(bias) = bias {
+            check_vecs(op, x, cols, &[("bias", bias)])?;
+        }
+        let y = if relu && !x.gpu().bn_mask_from_output() { None } else { Some(y) };
+        Ok((BwdInputs { dy, x, bias, y, gamma, beta, mean, invstd }, prm))
+    }
 }
 
 /// `bn_bwd_reduce_f32`: (dgamma, dbeta), through `partial` (2 * chunks * cols floats).
@@ -300,22 +315,13 @@ pub fn bn_bwd_sums_f32(
     relu: bool,
 ) -> Result<(GpuBuf, GpuBuf), KernelError> {
     let op = "bn_bwd_sums_f32";
-    let prm = params(op, x, rows, cols, 0.0, relu)?;
-    check_len(op, "dy", dy.len(), rows * cols)?;
-    check_len(op, "y", y.len(), rows * cols)?;
-    same_gpu(op, x.gpu(), &[dy.gpu(), y.gpu()])?;
-    check_vecs(op, x, cols, &[("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)])?;
-    if let Some(bias) = bias {
-        check_vecs(op, x, cols, &[("bias", bias)])?;
-    }
+    let (bv, prm) = BwdInputs::checked(op, [dy, x, y, gamma, beta, mean, invstd], bias, rows, cols, relu)?;
     if cols == 0 || rows == 0 {
         return Err(KernelError::Invalid(format!("{op}: sums over an empty {rows} x {cols} matrix")));
     }
-    let gpu = x.gpu();
-    let y = if relu && !gpu.bn_mask_from_output() { None } else { Some(y) };
     let grid = ColGrid::reduction(op, rows, cols)?;
-    let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
-    bwd_sums(&BwdInputs { dy, x, bias, y, gamma, beta, mean, invstd }, &prm, &grid, &mut partial)
+    let mut partial = x.gpu().alloc_raw::<f32>(2 * grid.chunks * cols)?;
+    bwd_sums(&bv, &prm, &grid, &mut partial)
 }
 
 /// Eval-mode forward with running statistics, optional ReLU.
