@@ -64,25 +64,38 @@ __device__ __forceinline__ uint32_t lane_rows(const ColSpan& s) {
 
 // The elementwise column kernels: the lane's rows in batches of BAGSSL_COL_RPT, each batch's loads
 // issued before any of its stores (BAGSSL_COL_RPT 16-byte loads in flight per thread whatever the
-// compiler proves about aliasing). load(o, k) reads the row at element offset o = r * cols + c0 into
-// slot k, store(o, k) finishes it; rows past the lane's last are loaded again (clamped: in bounds)
-// but not stored. `last_first`: the batches from the chunk's end (the rows a reduction over the same
-// grid read last, the likeliest to be in L2).
+// compiler proves about aliasing). load(r, o, k) reads row r, at element offset o = r * cols + c0,
+// into slot k, store(r, o, k) finishes it; rows past the lane's last are loaded again (clamped: in
+// bounds) but not stored. `last_first`: the batches from the chunk's end (the rows a reduction over
+// the same grid read last, the likeliest to be in L2).
 template <typename Load, typename Store>
-__device__ __forceinline__ void lane_rows_batched(const ColSpan& s, uint32_t cols, bool last_first, Load load,
-                                                  Store store) {
+__device__ __forceinline__ void lane_rows_batched_r(const ColSpan& s, uint32_t cols, bool last_first, Load load,
+                                                    Store store) {
     const uint32_t n = lane_rows(s), n_batches = (n + BAGSSL_COL_RPT - 1) / BAGSSL_COL_RPT;
     for (uint32_t i = 0; i < n_batches; ++i) {
         const uint32_t k0 = (last_first ? n_batches - 1 - i : i) * BAGSSL_COL_RPT;
 #pragma unroll
         for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k) {
             const uint32_t kk = k0 + k < n ? k0 + k : n - 1;
-            load((size_t)(s.r0 + threadIdx.y + kk * BAGSSL_COL_LANES) * cols + s.c0, k);
+            const uint32_t r = s.r0 + threadIdx.y + kk * BAGSSL_COL_LANES;
+            load(r, (size_t)r * cols + s.c0, k);
         }
 #pragma unroll
         for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
-            if (k0 + k < n) store((size_t)(s.r0 + threadIdx.y + (k0 + k) * BAGSSL_COL_LANES) * cols + s.c0, k);
+            if (k0 + k < n) {
+                const uint32_t r = s.r0 + threadIdx.y + (k0 + k) * BAGSSL_COL_LANES;
+                store(r, (size_t)r * cols + s.c0, k);
+            }
     }
+}
+
+// lane_rows_batched_r for callbacks that need only the offset: load(o, k), store(o, k).
+template <typename Load, typename Store>
+__device__ __forceinline__ void lane_rows_batched(const ColSpan& s, uint32_t cols, bool last_first, Load load,
+                                                  Store store) {
+    lane_rows_batched_r(
+        s, cols, last_first, [&](uint32_t, size_t o, uint32_t k) { load(o, k); },
+        [&](uint32_t, size_t o, uint32_t k) { store(o, k); });
 }
 
 // V floats at p, p[0 .. V): one 16-byte access when V = 4. `_cg` reads through L2 only (data that

@@ -64,28 +64,6 @@ __device__ __forceinline__ double vicreg_block_total(double v) {
     return warp_sum(t[0][0]);
 }
 
-// lane_rows_batched of common.cuh with the row index: load(r, o, k) / store(r, o, k), o = r * cols + c0.
-template <typename Load, typename Store>
-__device__ __forceinline__ void vicreg_rows_batched(const ColSpan& s, uint32_t cols, bool last_first, Load load,
-                                                    Store store) {
-    const uint32_t n = lane_rows(s), n_batches = (n + BAGSSL_COL_RPT - 1) / BAGSSL_COL_RPT;
-    for (uint32_t i = 0; i < n_batches; ++i) {
-        const uint32_t k0 = (last_first ? n_batches - 1 - i : i) * BAGSSL_COL_RPT;
-#pragma unroll
-        for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k) {
-            const uint32_t kk = k0 + k < n ? k0 + k : n - 1;
-            const uint32_t r = s.r0 + threadIdx.y + kk * BAGSSL_COL_LANES;
-            load(r, (size_t)r * cols + s.c0, k);
-        }
-#pragma unroll
-        for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k)
-            if (k0 + k < n) {
-                const uint32_t r = s.r0 + threadIdx.y + (k0 + k) * BAGSSL_COL_LANES;
-                store(r, (size_t)r * cols + s.c0, k);
-            }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Group statistics on the column grid over the n_groups rows of gm (launch.rs ColGrid tiles,
 // chunk_groups groups per grid.y): thread (tx, ty) reads its V columns of the n rows of each group
@@ -220,7 +198,7 @@ __device__ void vicreg_center(const float* __restrict__ z, const float* __restri
     float m[V];
     load_cols<V>(mu + s.c0, m);
     float v[BAGSSL_COL_RPT][V];
-    vicreg_rows_batched(
+    lane_rows_batched_r(
         s, prm.dim, true, [&](uint32_t, size_t o, uint32_t k) { load_cols<V>(z + o, v[k]); },
         [&](uint32_t, size_t o, uint32_t k) {
 #pragma unroll
@@ -252,7 +230,7 @@ __device__ void vicreg_cov_terms(float* __restrict__ c, uint16_t* __restrict__ c
     double off = 0.0, hinge = 0.0;
     if (s.ok) {
         float v[BAGSSL_COL_RPT][V];
-        vicreg_rows_batched(
+        lane_rows_batched_r(
             s, dim, false, [&](uint32_t, size_t o, uint32_t k) { load_cols<V>(c + o, v[k]); },
             [&](uint32_t r, size_t o, uint32_t k) {
                 const uint32_t j = r - s.c0;  // the diagonal's slot among the V columns, if < V
@@ -312,7 +290,7 @@ __device__ void vicreg_grad_init(const float* __restrict__ z, const float* __res
     load_cols<V>(mu + s.c0, m);
     load_cols<V>(vcoef + s.c0, vc);
     float v[BAGSSL_COL_RPT][V], g[BAGSSL_COL_RPT][V];
-    vicreg_rows_batched(
+    lane_rows_batched_r(
         s, cols, false,
         [&](uint32_t r, size_t o, uint32_t k) {
             load_cols<V>(z + o, v[k]);
