@@ -51,7 +51,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bagssl_autograd::cpu::matmul_bf16::has_avx512_bf16;
-use bagssl_autograd::{ops, set_cpu_matmul_precision, AdamW, CpuMatmulPrecision, Tensor, VicregWeights};
+use bagssl_autograd::{
+    ops, set_cpu_matmul_precision, AdamW, BnBackwardArgs, BnTrainArgs, CpuMatmulPrecision, Tensor, VicregWeights,
+};
 use bagssl_data::{gather_patches, ImageStore, PatchSampler};
 use rayon::prelude::*;
 
@@ -357,7 +359,12 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     let gamma = Tensor::from_vec(&[h], vec![1.0; h]);
     let beta = Tensor::from_vec(&[h], vec![0.0; h]);
     // BN forward (+ReLU): reads x, writes y (+ four H vectors): 2 N H floats.
-    let ms = median_ms(o, || drop(black_box(ops::bn_train_fwd(&a, None, &gamma, &beta, 1e-5, true).unwrap())));
+    let ms = median_ms(o, || {
+        drop(black_box(
+            ops::bn_train_fwd(BnTrainArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: true })
+                .unwrap(),
+        ))
+    });
     row(
         &format!("bn_train_fwd+relu {tag}"),
         &format!("{n}x{h}"),
@@ -366,9 +373,19 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
         l,
     );
     // BN backward (+ReLU): reads dy, x, y, writes dx: 4 N H floats.
-    let fwd = ops::bn_train_fwd(&a, None, &gamma, &beta, 1e-5, true).unwrap();
+    let fwd = ops::bn_train_fwd(BnTrainArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: true })
+        .unwrap();
     let ms = median_ms(o, || {
-        drop(black_box(ops::bn_train_bwd(&dy, &a, None, &fwd.y, &gamma, &beta, &fwd.mean, &fwd.invstd, true).unwrap()))
+        drop(black_box(
+            ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: true },
+                dy: &dy,
+                y: &fwd.y,
+                mean: &fwd.mean,
+                invstd: &fwd.invstd,
+            })
+            .unwrap(),
+        ))
     });
     row(
         &format!("bn_train_bwd+relu {tag}"),

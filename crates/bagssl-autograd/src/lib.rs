@@ -3,20 +3,28 @@
 //!
 //! Layers:
 //! - [`tensor`]: `Tensor` (shape + storage) and `Device`.
-//! - [`ops`]: device-dispatched primitives (matmul, BatchNorm, ReLU, bag-VICReg, AdamW, ...).
-//!   Each primitive has a CPU kernel in [`cpu`] and a CUDA launcher in [`cuda`], same signature.
+//! - [`backend`]: the `Backend` trait (every primitive once, with argument structs and composite
+//!   defaults for fused forms), implemented by [`cpu::CpuBackend`] and [`cuda::CudaBackend`].
+//! - [`ops`]: the primitives for any device: shape checks, then the tensors' backend.
+//! - [`loss`]: `ScalarLoss` (a loss with its gradient in one op, N named scalars); `BagVicreg`.
 //! - [`tape`]: records ops on `Var`s and runs their backward.
 //! - [`profile`]: optional per-op wall-clock totals (`bagssl-train bench --profile`).
 
+pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod loss;
 pub mod ops;
 pub mod profile;
 pub mod tape;
 pub mod tensor;
 
+pub use backend::{
+    AdamW, AdamWSlot, Backend, BnBackward, BnBackwardArgs, BnEval, BnForward, BnTrainArgs, Transpose, VicregParts,
+    VicregWeights,
+};
 pub use cpu::{cpu_matmul_precision, set_cpu_matmul_precision, CpuMatmulPrecision};
-pub use ops::{AdamW, BnForward, PendingParts, VicregParts, VicregWeights};
+pub use loss::{BagVicreg, LossValues, PendingLoss, ScalarLoss};
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::{Device, Storage, Tensor};
 

@@ -2,14 +2,17 @@
 //!
 //! A [`Tape`] is a list of nodes in creation order. Each node holds its value — borrowed for
 //! leaves (parameters, so a step never copies weights), owned otherwise — and the op that made
-//! it, with whatever its backward needs (BatchNorm statistics, the bag-VICReg gradient computed
-//! in the forward). [`Tape::backward`] walks the nodes in reverse, so every consumer of a value
+//! it, with whatever its backward needs (BatchNorm statistics, a loss's gradient computed in the
+//! forward). Eval-mode computations are recorded too ([`Tape::eval_op`]), without a backward, so
+//! one forward serves training and evaluation. [`Tape::backward`] walks the nodes in reverse, so every consumer of a value
 //! is processed before its producer, and accumulates gradients only into nodes that require one.
 //!
 //! Everything goes through [`crate::ops`], never through tensor storage, so the same tape runs
 //! on the CPU and on a GPU.
 
-use crate::ops::{self, PendingParts, VicregParts, VicregWeights};
+use crate::backend::{BnBackwardArgs, BnTrainArgs, VicregParts, VicregWeights};
+use crate::loss::{BagVicreg, PendingLoss, ScalarLoss};
+use crate::ops;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -61,6 +64,8 @@ struct BnStats {
 enum Op {
     /// A parameter or an input: gradients stop here and are kept.
     Leaf,
+    /// An eval-mode value ([`Tape::eval_op`]): no backward, and no input that needs a gradient.
+    Eval,
     Linear {
         x: Var,
         w: Var,
@@ -82,6 +87,7 @@ enum Op {
         bias: Option<Var>,
         gamma: Var,
         beta: Var,
+        eps: f32,
         relu: bool,
         /// Boxed: three tensors would triple the size of every node.
         stats: Box<BnStats>,
@@ -93,9 +99,10 @@ enum Op {
         x: Var,
         n: usize,
     },
-    /// `dz` is dL/dz for an upstream gradient of 1; `bias` a per-column shift of z that the loss
-    /// does not see (see [`Tape::bag_vicreg_async`]), whose gradient is the column sums of dz.
-    Vicreg {
+    /// A [`ScalarLoss`]: `dz` is dL/dz for an upstream gradient of 1; `bias` a per-column shift
+    /// of z that the loss does not see (see [`Tape::loss`]), whose gradient is the column sums
+    /// of dz.
+    Loss {
         z: Var,
         bias: Option<Var>,
         dz: Tensor,
@@ -148,6 +155,32 @@ impl<'a> Tape<'a> {
         }
     }
 
+    /// The value of `v`, moved out of the tape (copied when it is a borrowed leaf).
+    pub fn into_value(mut self, v: Var) -> Result<Tensor> {
+        let node = self.nodes.swap_remove(v.0);
+        match node.value {
+            Value::Borrowed(t) => t.try_clone(),
+            Value::Owned(t) => Ok(t),
+        }
+    }
+
+    /// Records `f(values of inputs)` as an eval-mode value: it has no backward, so no input may
+    /// need a gradient (an error naming `op` otherwise). Eval-mode layers compute through it.
+    pub fn eval_op(
+        &mut self,
+        op: &'static str,
+        inputs: &[Var],
+        f: impl FnOnce(&[&Tensor]) -> Result<Tensor>,
+    ) -> Result<Var> {
+        if inputs.iter().any(|v| self.nodes[v.0].requires_grad) {
+            let detail = "an eval-mode op has no backward; its inputs must not need gradients".to_string();
+            return Err(Error::Shape { op, detail });
+        }
+        let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect();
+        let y = f(&values)?;
+        Ok(self.push(Value::Owned(y), Op::Eval, false))
+    }
+
     /// `x W^T + b`, W is (out, in) as in PyTorch.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
         let y = ops::linear_fwd(self.value(x), self.value(w), b.map(|b| self.value(b)))?;
@@ -181,10 +214,16 @@ impl<'a> Tape<'a> {
         eps: f32,
         relu: bool,
     ) -> Result<Var> {
-        let b = bias.map(|b| self.value(b));
-        let f = ops::bn_train_fwd(self.value(x), b, self.value(gamma), self.value(beta), eps, relu)?;
+        let f = ops::bn_train_fwd(BnTrainArgs {
+            x: self.value(x),
+            bias: bias.map(|b| self.value(b)),
+            gamma: self.value(gamma),
+            beta: self.value(beta),
+            eps,
+            relu,
+        })?;
         let stats = Box::new(BnStats { mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased });
-        let op = Op::BatchNorm { x, bias, gamma, beta, relu, stats };
+        let op = Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats };
         let mut inputs = vec![x, gamma, beta];
         inputs.extend(bias);
         Ok(self.push_op(f.y, op, &inputs))
@@ -209,8 +248,7 @@ impl<'a> Tape<'a> {
         Ok(self.push_op(y, Op::GroupMean { x, n }, &[x]))
     }
 
-    /// bag-VICReg as one op: a scalar whose backward is the hand-derived dL/dz. See
-    /// [`Tape::bag_vicreg_async`] for `bias`.
+    /// bag-VICReg as one op, waiting for its terms: [`Tape::loss`] with [`BagVicreg`].
     pub fn bag_vicreg(
         &mut self,
         z: Var,
@@ -218,37 +256,43 @@ impl<'a> Tape<'a> {
         n_per_image: usize,
         w: VicregWeights,
     ) -> Result<(Var, VicregParts)> {
-        let (loss, parts) = self.bag_vicreg_async(z, bias, n_per_image, w)?;
-        Ok((loss, parts.wait()?))
+        let (loss, pending) = self.loss(z, bias, &BagVicreg { per_image: n_per_image, weights: w })?;
+        let values = pending.wait()?;
+        let parts = VicregParts {
+            loss: values.loss(),
+            invariance: values.get("invariance").unwrap_or_default(),
+            variance: values.get("variance").unwrap_or_default(),
+            covariance: values.get("covariance").unwrap_or_default(),
+        };
+        Ok((loss, parts))
     }
 
-    /// [`Tape::bag_vicreg`] without waiting for the loss terms on a GPU: queue the backward pass
-    /// first, then [`PendingParts::wait`], and the wait overlaps the GPU's work.
+    /// A [`ScalarLoss`] of `z` as one op: a scalar whose backward is the gradient the loss
+    /// computed in its forward. The scalars are not waited for on a GPU: queue the backward pass
+    /// first, then [`PendingLoss::wait`], and the wait overlaps the GPU's work.
     ///
-    /// `bias`: the bias of the Linear layer that made `z` (record that one without it). The loss
-    /// of `z + bias` is the loss of `z`, exactly: its invariance term compares rows with their
-    /// group's mean and its variance and covariance terms centre the columns, so a per-column
-    /// shift cancels. So the bias is never added (no pass over z), and its gradient is what the
-    /// tape of `z + bias` would give it, the column sums of dL/dz (0 up to rounding).
-    pub fn bag_vicreg_async(
-        &mut self,
-        z: Var,
-        bias: Option<Var>,
-        n_per_image: usize,
-        w: VicregWeights,
-    ) -> Result<(Var, PendingParts)> {
+    /// `bias`: the bias of the Linear layer that made `z` (record that one without it), for a
+    /// [`ScalarLoss::shift_invariant`] loss only. The loss of `z + bias` is then the loss of `z`,
+    /// so the bias is never added (no pass over z), and its gradient is what the tape of
+    /// `z + bias` would give it, the column sums of dL/dz (0 up to rounding).
+    pub fn loss(&mut self, z: Var, bias: Option<Var>, loss: &dyn ScalarLoss) -> Result<(Var, PendingLoss)> {
         let zt = self.value(z);
         if let Some(b) = bias {
             let (bt, cols) = (self.value(b), zt.dims2().1);
+            if !loss.shift_invariant() {
+                let detail = "a bias left out of z needs a loss invariant to column shifts".to_string();
+                return Err(Error::Shape { op: "loss", detail });
+            }
             if bt.numel() != cols {
                 let detail = format!("bias {:?} for z {:?}", bt.shape(), zt.shape());
-                return Err(Error::Shape { op: "bag_vicreg", detail });
+                return Err(Error::Shape { op: "loss", detail });
             }
         }
-        let (parts, loss, dz) = ops::vicreg_fwd_bwd_async(zt, n_per_image, w)?;
+        let out = loss.forward_backward(zt)?;
         let mut inputs = vec![z];
         inputs.extend(bias);
-        Ok((self.push_op(loss, Op::Vicreg { z, bias, dz }, &inputs), parts))
+        let var = self.push_op(out.loss, Op::Loss { z, bias, dz: out.grad }, &inputs);
+        Ok((var, PendingLoss::new(loss.terms(), out.scalars)))
     }
 
     /// `sum(x * w)` for a fixed `w`: a scalar, used by gradient checks.
@@ -307,7 +351,7 @@ impl<'a> Tape<'a> {
     fn backward_node(&self, op: Op, y: &Tensor, dy: Upstream, grads: &mut [Option<Tensor>]) -> Result<()> {
         match op {
             // Scalar-output ops scale the gradient they stored in the forward.
-            Op::Vicreg { z, bias, dz } => {
+            Op::Loss { z, bias, dz } => {
                 let needs_bias = bias.filter(|b| self.nodes[b.0].requires_grad);
                 match needs_bias {
                     Some(b) => {
@@ -327,7 +371,11 @@ impl<'a> Tape<'a> {
     fn backward_tensor_op(&self, op: Op, y: &Tensor, dy: Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
         let needs = |v: Var| self.nodes[v.0].requires_grad;
         match op {
-            Op::Leaf | Op::Vicreg { .. } | Op::DotConst { .. } => {}
+            Op::Leaf | Op::Loss { .. } | Op::DotConst { .. } => {}
+            Op::Eval => {
+                let detail = "an eval-mode value has no backward".to_string();
+                return Err(Error::Shape { op: "backward", detail });
+            }
             Op::Linear { x, w, b } => {
                 if needs(w) {
                     let dw = ops::matmul(&dy, self.value(x), true, false)?;
@@ -370,10 +418,17 @@ impl<'a> Tape<'a> {
                     self.accumulate(grads, x, dy)?;
                 }
             }
-            Op::BatchNorm { x, bias, gamma, beta, relu, stats } => {
-                let (xt, gt, b) = (self.value(x), self.value(gamma), bias.map(|b| self.value(b)));
-                let bt = self.value(beta);
-                let g = ops::bn_train_bwd(&dy, xt, b, y, gt, bt, &stats.mean, &stats.invstd, relu)?;
+            Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats } => {
+                let fwd = BnTrainArgs {
+                    x: self.value(x),
+                    bias: bias.map(|b| self.value(b)),
+                    gamma: self.value(gamma),
+                    beta: self.value(beta),
+                    eps,
+                    relu,
+                };
+                let g =
+                    ops::bn_train_bwd(BnBackwardArgs { fwd, dy: &dy, y, mean: &stats.mean, invstd: &stats.invstd })?;
                 if needs(gamma) {
                     self.accumulate(grads, gamma, g.dgamma)?;
                 }

@@ -9,7 +9,7 @@ use bagssl_autograd::cpu::matmul_bf16::{
     gemm_views_bf16, gemm_views_bf16_fallback, gemm_views_bf16_mapped, has_avx512_bf16, round_to_bf16, sgemm_bf16,
     sgemm_bf16_fallback, ColumnMap,
 };
-use bagssl_autograd::{cpu_matmul_precision, ops, set_cpu_matmul_precision, CpuMatmulPrecision, Tensor};
+use bagssl_autograd::{cpu_matmul_precision, ops, set_cpu_matmul_precision, BnEval, CpuMatmulPrecision, Tensor};
 use common::{host, rng, uniform};
 
 type Gemm = fn(GemmShape, &[f32], &[f32], &mut [f32], bool, f32);
@@ -286,9 +286,23 @@ fn precision_switch_routes_every_cpu_gemm() {
     let col = |r: &mut _, lo: f32| Tensor::from_vec(&[n], uniform(r, n).iter().map(|x| x.abs() + lo).collect());
     let (rmean, rvar, gamma) = (col(&mut r, -0.5), col(&mut r, 0.1), col(&mut r, 0.5));
     let eval_pair = || {
-        let fused = host(&ops::linear_bn_eval(&a, &bt, &rmean, &rvar, &gamma, &bias, 1e-5, true).unwrap());
+        let fused = host(
+            &ops::linear_bn_eval(
+                &a,
+                &bt,
+                None,
+                BnEval { running_mean: &rmean, running_var: &rvar, gamma: &gamma, beta: &bias, eps: 1e-5, relu: true },
+            )
+            .unwrap(),
+        );
         let y = ops::matmul(&a, &bt, false, true).unwrap();
-        let two = host(&ops::bn_eval_fwd(&y, &rmean, &rvar, &gamma, &bias, 1e-5, true).unwrap());
+        let two = host(
+            &ops::bn_eval_fwd(
+                &y,
+                BnEval { running_mean: &rmean, running_var: &rvar, gamma: &gamma, beta: &bias, eps: 1e-5, relu: true },
+            )
+            .unwrap(),
+        );
         (fused, two)
     };
     let (fused16, two16) = eval_pair();

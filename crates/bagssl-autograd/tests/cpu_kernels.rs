@@ -3,7 +3,7 @@
 
 mod common;
 
-use bagssl_autograd::{ops, AdamW, Device, Error, Tensor, VicregWeights};
+use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, BnTrainArgs, Device, Error, Tensor, VicregWeights};
 use common::{host, rand_tensor, rng, Report};
 
 fn f64s(t: &Tensor) -> Vec<f64> {
@@ -148,9 +148,16 @@ fn batch_norm_matches_f64() {
             let gamma = rand_tensor(&mut r, &[cols]);
             let beta = rand_tensor(&mut r, &[cols]);
             let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), rows, cols, 1e-5, relu);
-            let f = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
-            let ops::BnBackward { dx, dgamma, dbeta, dbias } =
-                ops::bn_train_bwd(&dy, &x, None, &f.y, &gamma, &beta, &f.mean, &f.invstd, relu).unwrap();
+            let f = ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
+                .unwrap();
+            let bagssl_autograd::BnBackward { dx, dgamma, dbeta, dbias } = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                dy: &dy,
+                y: &f.y,
+                mean: &f.mean,
+                invstd: &f.invstd,
+            })
+            .unwrap();
             assert!(dbias.is_none());
             let mut rep = Report::new(&format!("batch norm {rows}x{cols} relu={relu}"));
             rep.check("y", &host(&f.y), &want.y, 1e-5, 0.0);
@@ -186,8 +193,18 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             let dy = rand_tensor(&mut r, &[rows, cols]);
             let (gamma, beta) = (rand_tensor(&mut r, &[cols]), rand_tensor(&mut r, &[cols]));
             let x = ops::bias_add(&x0, &bias).unwrap();
-            let want = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
-            let got = ops::bn_train_fwd(&x0, Some(&bias), &gamma, &beta, 1e-5, relu).unwrap();
+            let want =
+                ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
+                    .unwrap();
+            let got = ops::bn_train_fwd(BnTrainArgs {
+                x: &x0,
+                bias: Some(&bias),
+                gamma: &gamma,
+                beta: &beta,
+                eps: 1e-5,
+                relu,
+            })
+            .unwrap();
             let mut rep = Report::new(&format!("folded bias {tag}"));
             let mut close =
                 |name: &str, g: &Tensor, w: &Tensor, atol: f64| rep.check(name, &host(g), &f64s(w), 1e-5, atol);
@@ -197,8 +214,22 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             close("var_unbiased", &got.var_unbiased, &want.var_unbiased, 1e-9);
             // Both backwards get the same y (its ReLU mask) and statistics.
             let (y, m, is) = (&want.y, &want.mean, &want.invstd);
-            let w = ops::bn_train_bwd(&dy, &x, None, y, &gamma, &beta, m, is, relu).unwrap();
-            let g = ops::bn_train_bwd(&dy, &x0, Some(&bias), y, &gamma, &beta, m, is, relu).unwrap();
+            let w = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                dy: &dy,
+                y,
+                mean: m,
+                invstd: is,
+            })
+            .unwrap();
+            let g = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &x0, bias: Some(&bias), gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                dy: &dy,
+                y,
+                mean: m,
+                invstd: is,
+            })
+            .unwrap();
             // dx: terms of size |gamma invstd dy| that can cancel (see batch_norm_matches_f64).
             let terms = (0..rows * cols)
                 .map(|i| (f64s(&gamma)[i % cols] * f64s(is)[i % cols] * f64s(&dy)[i]).abs())
@@ -223,7 +254,13 @@ fn batch_norm_eval_matches_f64() {
     let gamma = rand_tensor(&mut r, &[cols]);
     let beta = rand_tensor(&mut r, &[cols]);
     for relu in [false, true] {
-        let y = host(&ops::bn_eval_fwd(&x, &mean, &var, &gamma, &beta, 1e-5, relu).unwrap());
+        let y = host(
+            &ops::bn_eval_fwd(
+                &x,
+                BnEval { running_mean: &mean, running_var: &var, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+            )
+            .unwrap(),
+        );
         let (xv, mv, vv, gv, bv) = (f64s(&x), f64s(&mean), f64s(&var), f64s(&gamma), f64s(&beta));
         let want: Vec<f64> = (0..rows * cols)
             .map(|i| {
@@ -428,8 +465,28 @@ fn shape_mismatches_are_errors() {
     assert!(is_shape(ops::matmul(&t(&[3, 4]), &t(&[3, 2]), false, true).map(drop)));
     assert!(is_shape(ops::linear_fwd(&t(&[3, 4]), &t(&[2, 4]), Some(&t(&[3]))).map(drop)));
     assert!(is_shape(ops::bias_add(&t(&[3, 4]), &t(&[3])).map(drop)));
-    assert!(is_shape(ops::bn_train_fwd(&t(&[1, 4]), None, &t(&[4]), &t(&[4]), 1e-5, true).map(drop)));
-    assert!(is_shape(ops::bn_train_fwd(&t(&[5, 4]), None, &t(&[3]), &t(&[4]), 1e-5, true).map(drop)));
+    assert!(is_shape(
+        ops::bn_train_fwd(BnTrainArgs {
+            x: &t(&[1, 4]),
+            bias: None,
+            gamma: &t(&[4]),
+            beta: &t(&[4]),
+            eps: 1e-5,
+            relu: true
+        })
+        .map(drop)
+    ));
+    assert!(is_shape(
+        ops::bn_train_fwd(BnTrainArgs {
+            x: &t(&[5, 4]),
+            bias: None,
+            gamma: &t(&[3]),
+            beta: &t(&[4]),
+            eps: 1e-5,
+            relu: true
+        })
+        .map(drop)
+    ));
     assert!(is_shape(ops::vicreg_fwd_bwd(&t(&[10, 4]), 3, VicregWeights::default()).map(drop)));
     assert!(is_shape(ops::vicreg_fwd_bwd(&t(&[1, 4]), 1, VicregWeights::default()).map(drop)));
     assert!(is_shape(ops::group_mean(&t(&[10, 4]), 3).map(drop)));

@@ -15,7 +15,7 @@
 //!   output scale for matmul and 1e-2 for bag-VICReg's terms and gradient; bf16 (the default)
 //!   keeps 8 bits, 4x that error, so 2e-2 and 4e-2.
 
-use bagssl_autograd::{ops, AdamW, Device, Tensor, VicregWeights};
+use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, BnTrainArgs, Device, Tensor, VicregWeights};
 use bagssl_kernels::GemmPrecision;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -237,18 +237,34 @@ fn batchnorm_matches_cpu() {
             let gamma = Tensor::from_vec(&[cols], uniform(&mut r, cols, 0.5, 1.5));
             let beta = rand_t(&mut r, &[cols]);
             let (xg, gg, bg) = (on(&x, &dev), on(&gamma, &dev), on(&beta, &dev));
-            let c = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, relu).unwrap();
-            let g = ops::bn_train_fwd(&xg, None, &gg, &bg, 1e-5, relu).unwrap();
+            let c = ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
+                .unwrap();
+            let g =
+                ops::bn_train_fwd(BnTrainArgs { x: &xg, bias: None, gamma: &gg, beta: &bg, eps: 1e-5, relu }).unwrap();
             rep.check(&format!("bn_train_fwd y {tag}"), &g.y, &c.y, 1e-5, 1e-5);
             rep.check(&format!("bn_train_fwd mean {tag}"), &g.mean, &c.mean, 1e-5, 1e-6);
             rep.check(&format!("bn_train_fwd invstd {tag}"), &g.invstd, &c.invstd, 1e-5, 0.0);
             rep.check(&format!("bn_train_fwd var_unbiased {tag}"), &g.var_unbiased, &c.var_unbiased, 1e-5, 0.0);
             // The backward gets the CPU's forward results on both devices, so the ReLU masks agree.
             let dy = rand_t(&mut r, &[rows, cols]);
-            let bc = ops::bn_train_bwd(&dy, &x, None, &c.y, &gamma, &beta, &c.mean, &c.invstd, relu).unwrap();
+            let bc = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                dy: &dy,
+                y: &c.y,
+                mean: &c.mean,
+                invstd: &c.invstd,
+            })
+            .unwrap();
             let dyg = on(&dy, &dev);
             let (yg, mg, ig) = (on(&c.y, &dev), on(&c.mean, &dev), on(&c.invstd, &dev));
-            let gb = ops::bn_train_bwd(&dyg, &xg, None, &yg, &gg, &bg, &mg, &ig, relu).unwrap();
+            let gb = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &xg, bias: None, gamma: &gg, beta: &bg, eps: 1e-5, relu },
+                dy: &dyg,
+                y: &yg,
+                mean: &mg,
+                invstd: &ig,
+            })
+            .unwrap();
             rep.check(&format!("bn_train_bwd dx {tag}"), &gb.dx, &bc.dx, 1e-4, 1e-6);
             rep.check(&format!("bn_train_bwd dgamma {tag}"), &gb.dgamma, &bc.dgamma, 1e-4, 1e-5);
             rep.check(&format!("bn_train_bwd dbeta {tag}"), &gb.dbeta, &bc.dbeta, 1e-5, 1e-5);
@@ -256,14 +272,38 @@ fn batchnorm_matches_cpu() {
             // sums of dx cancel to ~0, so the bound is at the scale of the summed magnitudes.
             let bias = rand_t(&mut r, &[cols]);
             let bgpu = on(&bias, &dev);
-            let cf = ops::bn_train_fwd(&x, Some(&bias), &gamma, &beta, 1e-5, relu).unwrap();
-            let gf = ops::bn_train_fwd(&xg, Some(&bgpu), &gg, &bg, 1e-5, relu).unwrap();
+            let cf = ops::bn_train_fwd(BnTrainArgs {
+                x: &x,
+                bias: Some(&bias),
+                gamma: &gamma,
+                beta: &beta,
+                eps: 1e-5,
+                relu,
+            })
+            .unwrap();
+            let gf =
+                ops::bn_train_fwd(BnTrainArgs { x: &xg, bias: Some(&bgpu), gamma: &gg, beta: &bg, eps: 1e-5, relu })
+                    .unwrap();
             rep.check(&format!("bn_train_fwd+bias y {tag}"), &gf.y, &cf.y, 1e-5, 1e-5);
             rep.check(&format!("bn_train_fwd+bias mean {tag}"), &gf.mean, &cf.mean, 1e-5, 1e-6);
             rep.check(&format!("bn_train_fwd+bias invstd {tag}"), &gf.invstd, &cf.invstd, 1e-5, 0.0);
-            let cb = ops::bn_train_bwd(&dy, &x, Some(&bias), &cf.y, &gamma, &beta, &cf.mean, &cf.invstd, relu).unwrap();
+            let cb = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &x, bias: Some(&bias), gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                dy: &dy,
+                y: &cf.y,
+                mean: &cf.mean,
+                invstd: &cf.invstd,
+            })
+            .unwrap();
             let (yg, mg, ig) = (on(&cf.y, &dev), on(&cf.mean, &dev), on(&cf.invstd, &dev));
-            let gb = ops::bn_train_bwd(&dyg, &xg, Some(&bgpu), &yg, &gg, &bg, &mg, &ig, relu).unwrap();
+            let gb = ops::bn_train_bwd(BnBackwardArgs {
+                fwd: BnTrainArgs { x: &xg, bias: Some(&bgpu), gamma: &gg, beta: &bg, eps: 1e-5, relu },
+                dy: &dyg,
+                y: &yg,
+                mean: &mg,
+                invstd: &ig,
+            })
+            .unwrap();
             rep.check(&format!("bn_train_bwd+bias dx {tag}"), &gb.dx, &cb.dx, 1e-4, 1e-6);
             rep.check(&format!("bn_train_bwd+bias dgamma {tag}"), &gb.dgamma, &cb.dgamma, 1e-4, 1e-5);
             let mag: f64 = host(&cb.dx).iter().map(|v| v.abs() as f64).fold(0.0, f64::max) * rows as f64;
@@ -273,8 +313,23 @@ fn batchnorm_matches_cpu() {
             let rv = Tensor::from_vec(&[cols], uniform(&mut r, cols, 0.1, 2.0));
             rep.check(
                 &format!("bn_eval_fwd {tag}"),
-                &ops::bn_eval_fwd(&xg, &on(&rm, &dev), &on(&rv, &dev), &gg, &bg, 1e-5, relu).unwrap(),
-                &ops::bn_eval_fwd(&x, &rm, &rv, &gamma, &beta, 1e-5, relu).unwrap(),
+                &ops::bn_eval_fwd(
+                    &xg,
+                    BnEval {
+                        running_mean: &on(&rm, &dev),
+                        running_var: &on(&rv, &dev),
+                        gamma: &gg,
+                        beta: &bg,
+                        eps: 1e-5,
+                        relu,
+                    },
+                )
+                .unwrap(),
+                &ops::bn_eval_fwd(
+                    &x,
+                    BnEval { running_mean: &rm, running_var: &rv, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                )
+                .unwrap(),
                 1e-5,
                 1e-6,
             );

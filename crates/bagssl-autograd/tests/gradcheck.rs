@@ -16,7 +16,7 @@
 
 mod common;
 
-use bagssl_autograd::{ops, Tape, Tensor, Var, VicregWeights};
+use bagssl_autograd::{ops, BnTrainArgs, Tape, Tensor, Var, VicregWeights};
 use common::{host, rand_tensor, rng, Report};
 use rand::Rng;
 
@@ -138,7 +138,10 @@ fn bn_inputs(rows: usize, cols: usize) -> [Tensor; 3] {
         let x = rand_tensor(&mut r, &[rows, cols]);
         let gamma = away_from_zero(&mut r, &[cols]);
         let beta = rand_tensor(&mut r, &[cols]);
-        let pre = ops::bn_train_fwd(&x, None, &gamma, &beta, 1e-5, false).unwrap().y;
+        let pre =
+            ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: false })
+                .unwrap()
+                .y;
         if host(&pre).iter().all(|v| v.abs() > 0.1) {
             return [x, gamma, beta];
         }

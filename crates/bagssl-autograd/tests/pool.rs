@@ -6,7 +6,9 @@
 mod common;
 
 use bagssl_autograd::cpu::pool;
-use bagssl_autograd::{ops, set_cpu_matmul_precision, CpuMatmulPrecision, Tensor, VicregWeights};
+use bagssl_autograd::{
+    ops, set_cpu_matmul_precision, BnBackwardArgs, BnEval, BnTrainArgs, CpuMatmulPrecision, Tensor, VicregWeights,
+};
 use common::{host, rand_tensor, rng};
 
 /// Images x patches and widths big enough that every output is at least `pool::MIN_LEN` long,
@@ -34,16 +36,38 @@ fn run_all() -> Vec<Vec<f32>> {
     keep(&h);
     keep(&ops::linear_fwd(&x, &w, None).unwrap());
     keep(&ops::bias_add(&h, &b).unwrap());
-    let bn = ops::bn_train_fwd(&h, Some(&b), &gamma, &b, 1e-5, true).unwrap();
+    let bn = ops::bn_train_fwd(BnTrainArgs { x: &h, bias: Some(&b), gamma: &gamma, beta: &b, eps: 1e-5, relu: true })
+        .unwrap();
     keep(&bn.y);
-    let g = ops::bn_train_bwd(&dy, &h, Some(&b), &bn.y, &gamma, &b, &bn.mean, &bn.invstd, true).unwrap();
+    let g = ops::bn_train_bwd(BnBackwardArgs {
+        fwd: BnTrainArgs { x: &h, bias: Some(&b), gamma: &gamma, beta: &b, eps: 1e-5, relu: true },
+        dy: &dy,
+        y: &bn.y,
+        mean: &bn.mean,
+        invstd: &bn.invstd,
+    })
+    .unwrap();
     keep(&g.dx);
     keep(&g.dgamma);
     keep(&g.dbeta);
     keep(g.dbias.as_ref().expect("a bias gives dbias"));
     let var = Tensor::from_vec(&[D], host(&bn.var_unbiased));
-    keep(&ops::bn_eval_fwd(&h, &bn.mean, &var, &gamma, &b, 1e-5, true).unwrap());
-    keep(&ops::linear_bn_eval(&x, &w, &bn.mean, &var, &gamma, &b, 1e-5, true).unwrap());
+    keep(
+        &ops::bn_eval_fwd(
+            &h,
+            BnEval { running_mean: &bn.mean, running_var: &var, gamma: &gamma, beta: &b, eps: 1e-5, relu: true },
+        )
+        .unwrap(),
+    );
+    keep(
+        &ops::linear_bn_eval(
+            &x,
+            &w,
+            None,
+            BnEval { running_mean: &bn.mean, running_var: &var, gamma: &gamma, beta: &b, eps: 1e-5, relu: true },
+        )
+        .unwrap(),
+    );
     keep(&ops::relu_fwd(&h).unwrap());
     keep(&ops::relu_bwd(&dy, &h).unwrap());
     let g = ops::group_mean(&h, 2).unwrap();

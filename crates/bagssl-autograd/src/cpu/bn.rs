@@ -24,19 +24,22 @@ pub struct BnStats {
     pub var_unbiased: Vec<f32>,
 }
 
+/// The inputs of a training-mode forward of `x + bias`.
+#[derive(Clone, Copy)]
+pub struct TrainFwd<'a> {
+    pub x: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+    pub relu: bool,
+}
+
 /// Training-mode forward of `x + bias`: writes `y` (rows, cols) and returns the batch statistics
 /// (the mean is that of `x + bias`). Needs at least two rows (like PyTorch) for the unbiased
 /// variance to exist.
-#[allow(clippy::too_many_arguments)]
-pub fn train_fwd(
-    x: &[f32],
-    bias: Option<&[f32]>,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    relu: bool,
-    y: &mut [f32],
-) -> BnStats {
+pub fn train_fwd(a: TrainFwd<'_>, y: &mut [f32]) -> BnStats {
+    let TrainFwd { x, bias, gamma, beta, eps, relu } = a;
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
@@ -58,23 +61,16 @@ pub fn train_fwd(
         stats.var_unbiased[j] = (var * n / (n - 1.0)) as f32;
     }
     let scale: Vec<f32> = gamma.iter().zip(&stats.invstd).map(|(g, s)| g * s).collect();
-    normalize(x, &center, &scale, beta, relu, y);
+    normalize(x, ColumnAffine { mean: &center, scale: &scale, beta }, relu, y);
     stats
 }
 
-/// Eval-mode forward with the running statistics.
-#[allow(clippy::too_many_arguments)]
-pub fn eval_fwd(
-    x: &[f32],
-    mean: &[f32],
-    var: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    relu: bool,
-    y: &mut [f32],
-) {
-    normalize(x, mean, &eval_scale(gamma, var, eps), beta, relu, y);
+/// The per-column map `(x - mean) * scale + beta` of a normalisation.
+#[derive(Clone, Copy)]
+pub struct ColumnAffine<'a> {
+    pub mean: &'a [f32],
+    pub scale: &'a [f32],
+    pub beta: &'a [f32],
 }
 
 /// Eval-mode scale per column, `gamma / sqrt(var + eps)` (in f64, rounded once).
@@ -82,10 +78,11 @@ pub fn eval_scale(gamma: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
     gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + eps as f64).sqrt()) as f32).collect()
 }
 
-/// `y = act((x - mean) * scale + beta)` row by row.
-fn normalize(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
-    let cols = mean.len();
-    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], mean, scale, beta, relu, y));
+/// `y = act((x - mean) * scale + beta)` row by row: the eval-mode forward, with the running
+/// mean and [`eval_scale`].
+pub fn normalize(x: &[f32], map: ColumnAffine<'_>, relu: bool, y: &mut [f32]) {
+    let cols = map.mean.len();
+    for_rows_mut(y, cols, |r0, y| normalize_rows(&x[r0 * cols..r0 * cols + y.len()], map, relu, y));
 }
 
 multiversion! {
@@ -102,7 +99,8 @@ multiversion! {
 }
 
 multiversion! {
-    fn normalize_rows(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], relu: bool, y: &mut [f32]) {
+    fn normalize_rows(x: &[f32], map: ColumnAffine<'_>, relu: bool, y: &mut [f32]) {
+        let ColumnAffine { mean, scale, beta } = map;
         for (y, x) in y.chunks_exact_mut(mean.len()).zip(x.chunks_exact(mean.len())) {
             let it = y.iter_mut().zip(x).zip(mean).zip(scale).zip(beta);
             if relu {
@@ -117,6 +115,20 @@ multiversion! {
     }
 }
 
+/// The inputs of a training-mode backward: the forward's `x`, `bias`, `gamma`, its output `y`
+/// (whose `y > 0` is the ReLU mask) and batch statistics, and the upstream gradient `dy`.
+#[derive(Clone, Copy)]
+pub struct TrainBwd<'a> {
+    pub dy: &'a [f32],
+    pub x: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub y: &'a [f32],
+    pub gamma: &'a [f32],
+    pub mean: &'a [f32],
+    pub invstd: &'a [f32],
+    pub relu: bool,
+}
+
 /// Training-mode backward (same `x` and `bias` as the forward): writes `dx` and returns
 /// `(dgamma, dbeta)`. The bias gradient is the column sums of dx.
 ///
@@ -125,18 +137,8 @@ multiversion! {
 /// `dx = gamma invstd (g - dbeta / N - xhat dgamma / N)`, evaluated per column as
 /// `p g + q (x - mean) + r` (subtracting the mean first keeps the f32 rounding relative to the
 /// spread of x, not to its magnitude).
-#[allow(clippy::too_many_arguments)]
-pub fn train_bwd(
-    dy: &[f32],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    relu: bool,
-    dx: &mut [f32],
-) -> (Vec<f32>, Vec<f32>) {
+pub fn train_bwd(a: TrainBwd<'_>, dx: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+    let TrainBwd { dy, x, bias, y, gamma, mean, invstd, relu } = a;
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
     // x + bias - mean = x - (mean - bias): centre x on the mean of x.
@@ -150,8 +152,9 @@ pub fn train_bwd(
     };
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
         let span = range.start * cols..range.end * cols;
+        let rows = BwdRows { dy: &dy[span.clone()], x: &x[span.clone()], y: &y[span] };
         let (sb, sg) = acc.split_at_mut(cols);
-        bwd_sums(&dy[span.clone()], &x[span.clone()], &y[span], mean, invstd, relu, sb, sg)
+        bwd_sums(rows, mean, invstd, relu, sb, sg)
     });
     let n = rows as f64;
     let dbeta: Vec<f32> = sums[..cols].iter().map(|&s| s as f32).collect();
@@ -168,9 +171,17 @@ pub fn train_bwd(
     let coefs = Coefs { mean, p: &p, q: &q, r: &r };
     for_rows_mut(dx, cols, |r0, dx| {
         let span = r0 * cols..r0 * cols + dx.len();
-        bwd_dx(&dy[span.clone()], &x[span.clone()], &y[span], coefs, relu, dx)
+        bwd_dx(BwdRows { dy: &dy[span.clone()], x: &x[span.clone()], y: &y[span] }, coefs, relu, dx)
     });
     (dgamma, dbeta)
+}
+
+/// The same block of rows of dy, x and y.
+#[derive(Clone, Copy)]
+struct BwdRows<'r> {
+    dy: &'r [f32],
+    x: &'r [f32],
+    y: &'r [f32],
 }
 
 /// Per-column coefficients of `dx = p g + q (x - mean) + r`.
@@ -184,17 +195,8 @@ struct Coefs<'c> {
 
 multiversion! {
     /// `sb[c] += sum_r g`, `sg[c] += sum_r g xhat` over a block of rows.
-    #[allow(clippy::too_many_arguments)]
-    fn bwd_sums(
-        dy: &[f32],
-        x: &[f32],
-        y: &[f32],
-        mean: &[f32],
-        invstd: &[f32],
-        relu: bool,
-        sb: &mut [f64],
-        sg: &mut [f64],
-    ) {
+    fn bwd_sums(rows: BwdRows<'_>, mean: &[f32], invstd: &[f32], relu: bool, sb: &mut [f64], sg: &mut [f64]) {
+        let BwdRows { dy, x, y } = rows;
         let cols = mean.len();
         for ((dy, x), y) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(y.chunks_exact(cols)) {
             let it = dy.iter().zip(x).zip(y).zip(mean).zip(invstd).zip(sb.iter_mut().zip(sg.iter_mut()));
@@ -208,7 +210,8 @@ multiversion! {
 }
 
 multiversion! {
-    fn bwd_dx(dy: &[f32], x: &[f32], y: &[f32], c: Coefs<'_>, relu: bool, dx: &mut [f32]) {
+    fn bwd_dx(rows: BwdRows<'_>, c: Coefs<'_>, relu: bool, dx: &mut [f32]) {
+        let BwdRows { dy, x, y } = rows;
         let cols = c.mean.len();
         let rows = dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols));
         for (((dx, dy), x), y) in rows.zip(y.chunks_exact(cols)) {

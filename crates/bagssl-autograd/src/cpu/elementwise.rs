@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::par::{for_chunks_mut, for_rows_mut, reduce_rows, rows_per_task};
 use super::simd::multiversion;
-use crate::ops::AdamW;
+use crate::backend::AdamW;
 
 /// `out = max(x, 0)`; NaN propagates (as in PyTorch) so a diverged step shows in the loss.
 pub fn relu(x: &[f32], out: &mut [f32]) {

@@ -1,7 +1,5 @@
-//! CPU kernels of the primitives in [`crate::ops`], same signatures as [`crate::cuda`].
-//!
-//! This file only unpacks tensors into slices, allocates outputs and calls the slice kernels of
-//! the submodules:
+//! The CPU backend: [`CpuBackend`] implements [`Backend`] with the slice kernels of the
+//! submodules. This file only unpacks tensors into slices, takes outputs from [`pool`] and calls:
 //! - [`matmul`]: GEMM through the `gemm` crate (strided, so transposes cost nothing);
 //! - [`matmul_bf16`]: the opt-in bf16 GEMM (AVX512-BF16) behind [`set_cpu_matmul_precision`];
 //! - [`bn`]: BatchNorm forward/backward fused with ReLU;
@@ -12,6 +10,8 @@
 //!
 //! Shapes are checked by [`crate::ops`] before dispatch; the kernels here check them again only
 //! where a mismatch could otherwise reach unsafe code (the GEMM asserts its slice lengths).
+//! Fused forms it specialises: `linear_fwd` (bias in the GEMM) and `linear_bn_eval` (BatchNorm
+//! in the bf16 GEMM's store).
 
 pub mod bn;
 pub mod elementwise;
@@ -24,7 +24,11 @@ pub mod vicreg;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::ops::{self, AdamW, BnBackward, BnForward, VicregParts, VicregWeights};
+use crate::backend::{
+    AdamW, AdamWSlot, Backend, BnBackward, BnBackwardArgs, BnEval, BnForward, BnTrainArgs, Transpose, VicregParts,
+    VicregWeights,
+};
+use crate::ops;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 use matmul::{sgemm, GemmShape, View};
@@ -70,219 +74,190 @@ fn vec_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    let (m, k, n) = ops::matmul_dims(a, b, trans_a, trans_b)?;
-    let mut out = pool::take(m * n);
-    let shape = GemmShape { m, k, n, trans_a, trans_b };
-    sgemm(shape, host(a, "matmul")?, host(b, "matmul")?, &mut out, false, 1.0);
-    Ok(Tensor::from_vec(&[m, n], out))
-}
-
-/// `x W^T + b` as one GEMM that accumulates onto rows pre-filled with the bias, or with bf16
-/// GEMMs adds the bias in the GEMM's store (either way no separate pass of `matmul` +
-/// `bias_add`). CPU only: [`crate::ops::linear_fwd`] composes `matmul` and `bias_add` on the GPU.
-pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
-    let mut out = pool::take(m * n);
-    if let (Some(b), CpuMatmulPrecision::Bf16) = (b, cpu_matmul_precision()) {
-        // The bias in the bf16 GEMM's store, `(c - 0) * 1 + b` = `c + b` exactly: no pass to
-        // broadcast it and no read of C (as `matmul` then `bias_add`, which the GPU runs).
-        let (zeros, ones) = (vec![0f32; n], vec![1f32; n]);
-        let map = ColumnMap { sub: &zeros, mul: &ones, add: host(b, "linear_fwd")?, relu: false };
-        if linear_mapped("linear_fwd", x, w, map, &mut out)? {
-            return Ok(Tensor::from_vec(&[m, n], out));
-        }
-    }
-    if let Some(b) = b {
-        elementwise::broadcast_rows(host(b, "linear_fwd")?, &mut out);
-    }
-    let shape = GemmShape { m, k, n, trans_a: false, trans_b: true };
-    sgemm(shape, host(x, "linear_fwd")?, host(w, "linear_fwd")?, &mut out, b.is_some(), 1.0);
-    Ok(Tensor::from_vec(&[m, n], out))
-}
-
 /// `out = map(x W^T)` as one bf16 GEMM with the map in its store; `false` (nothing written)
 /// without AVX512-BF16.
 fn linear_mapped(op: &'static str, x: &Tensor, w: &Tensor, map: ColumnMap<'_>, out: &mut [f32]) -> Result<bool> {
-    let (m, k, n) = ops::matmul_dims(x, w, false, true)?;
+    let (m, k, n) = ops::matmul_dims(x, w, Transpose::NT)?;
     let (xv, wv) = (View::row_major(host(x, op)?, m, k), View::row_major(host(w, op)?, n, k).t());
     Ok(gemm_views_bf16_mapped(xv, wv, out, map, m * n * k >= matmul::PAR_MIN_MACS).is_some())
 }
 
-pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let mut out = pool::take(x.numel());
-    elementwise::bias_add(host(x, "bias_add")?, host(b, "bias_add")?, &mut out);
-    Ok(Tensor::from_vec(x.shape(), out))
-}
+/// The CPU backend (rayon threads, the `gemm` crate or the bf16 kernels, recycled buffers).
+pub struct CpuBackend;
 
-pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
-    let (_, cols) = x.dims2();
-    let sums = elementwise::sum_rows(host(x, "sum_rows")?, cols);
-    Ok(Tensor::from_vec(&[cols], vec_f32(&sums)))
-}
-
-pub fn bn_train_fwd(
-    x: &Tensor,
-    bias: Option<&Tensor>,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-    relu: bool,
-) -> Result<BnForward> {
-    let op = "bn_train_fwd";
-    let cols = gamma.numel();
-    let mut y = pool::take(x.numel());
-    let b = bias.map(|b| host(b, op)).transpose()?;
-    let s = bn::train_fwd(host(x, op)?, b, host(gamma, op)?, host(beta, op)?, eps, relu, &mut y);
-    Ok(BnForward {
-        y: Tensor::from_vec(x.shape(), y),
-        mean: Tensor::from_vec(&[cols], s.mean),
-        invstd: Tensor::from_vec(&[cols], s.invstd),
-        var_unbiased: Tensor::from_vec(&[cols], s.var_unbiased),
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn bn_train_bwd(
-    dy: &Tensor,
-    x: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    gamma: &Tensor,
-    _beta: &Tensor, // the CPU kernel reads its ReLU mask from y
-    mean: &Tensor,
-    invstd: &Tensor,
-    relu: bool,
-) -> Result<BnBackward> {
-    let op = "bn_train_bwd";
-    let cols = gamma.numel();
-    let mut dx = pool::take(x.numel());
-    let b = bias.map(|b| host(b, op)).transpose()?;
-    let (dgamma, dbeta) = bn::train_bwd(
-        host(dy, op)?,
-        host(x, op)?,
-        b,
-        host(y, op)?,
-        host(gamma, op)?,
-        host(mean, op)?,
-        host(invstd, op)?,
-        relu,
-        &mut dx,
-    );
-    let dx = Tensor::from_vec(x.shape(), dx);
-    // The bias gradient: sum_rows of dx, the same pass the Linear backward would make.
-    let dbias = bias.map(|_| sum_rows(&dx)).transpose()?;
-    Ok(BnBackward { dx, dgamma: Tensor::from_vec(&[cols], dgamma), dbeta: Tensor::from_vec(&[cols], dbeta), dbias })
-}
-
-pub fn bn_eval_fwd(
-    x: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-    relu: bool,
-) -> Result<Tensor> {
-    let op = "bn_eval_fwd";
-    let mut y = pool::take(x.numel());
-    bn::eval_fwd(
-        host(x, op)?,
-        host(running_mean, op)?,
-        host(running_var, op)?,
-        host(gamma, op)?,
-        host(beta, op)?,
-        eps,
-        relu,
-        &mut y,
-    );
-    Ok(Tensor::from_vec(x.shape(), y))
-}
-
-/// [`crate::ops::linear_bn_eval`]: with bf16 GEMMs and AVX512-BF16 one GEMM that applies the
-/// BatchNorm in its store ([`matmul_bf16::ColumnMap`], the arithmetic of [`bn::eval_fwd`]);
-/// otherwise the GEMM, then the BatchNorm pass.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_bn_eval(
-    x: &Tensor,
-    w: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-    relu: bool,
-) -> Result<Tensor> {
-    let op = "linear_bn_eval";
-    if cpu_matmul_precision() == CpuMatmulPrecision::Bf16 {
-        let (m, _, n) = ops::matmul_dims(x, w, false, true)?;
-        let mul = bn::eval_scale(host(gamma, op)?, host(running_var, op)?, eps);
-        let map = ColumnMap { sub: host(running_mean, op)?, mul: &mul, add: host(beta, op)?, relu };
+impl Backend for CpuBackend {
+    fn matmul(&self, a: &Tensor, b: &Tensor, t: Transpose) -> Result<Tensor> {
+        let (m, k, n) = ops::matmul_dims(a, b, t)?;
         let mut out = pool::take(m * n);
-        if linear_mapped(op, x, w, map, &mut out)? {
-            return Ok(Tensor::from_vec(&[m, n], out));
-        }
-        pool::give(out);
+        let shape = GemmShape { m, k, n, trans_a: t.a, trans_b: t.b };
+        sgemm(shape, host(a, "matmul")?, host(b, "matmul")?, &mut out, false, 1.0);
+        Ok(Tensor::from_vec(&[m, n], out))
     }
-    let y = matmul(x, w, false, true)?;
-    bn_eval_fwd(&y, running_mean, running_var, gamma, beta, eps, relu)
-}
 
-pub fn ema_(running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
-    let b = host(batch, "ema_")?;
-    elementwise::ema(host_mut(running, "ema_")?, b, momentum);
-    Ok(())
-}
+    /// `x W^T + b` as one GEMM that accumulates onto rows pre-filled with the bias, or with bf16
+    /// GEMMs adds the bias in the GEMM's store (either way no separate pass of `matmul` +
+    /// `bias_add`).
+    fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let (m, k, n) = ops::matmul_dims(x, w, Transpose::NT)?;
+        let mut out = pool::take(m * n);
+        if let (Some(b), CpuMatmulPrecision::Bf16) = (b, cpu_matmul_precision()) {
+            // The bias in the bf16 GEMM's store, `(c - 0) * 1 + b` = `c + b` exactly: no pass to
+            // broadcast it and no read of C (as `matmul` then `bias_add`, which the GPU runs).
+            let (zeros, ones) = (vec![0f32; n], vec![1f32; n]);
+            let map = ColumnMap { sub: &zeros, mul: &ones, add: host(b, "linear_fwd")?, relu: false };
+            if linear_mapped("linear_fwd", x, w, map, &mut out)? {
+                return Ok(Tensor::from_vec(&[m, n], out));
+            }
+        }
+        if let Some(b) = b {
+            elementwise::broadcast_rows(host(b, "linear_fwd")?, &mut out);
+        }
+        let shape = GemmShape { m, k, n, trans_a: false, trans_b: true };
+        sgemm(shape, host(x, "linear_fwd")?, host(w, "linear_fwd")?, &mut out, b.is_some(), 1.0);
+        Ok(Tensor::from_vec(&[m, n], out))
+    }
 
-pub fn relu_fwd(x: &Tensor) -> Result<Tensor> {
-    let mut out = pool::take(x.numel());
-    elementwise::relu(host(x, "relu_fwd")?, &mut out);
-    Ok(Tensor::from_vec(x.shape(), out))
-}
+    fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mut out = pool::take(x.numel());
+        elementwise::bias_add(host(x, "bias_add")?, host(b, "bias_add")?, &mut out);
+        Ok(Tensor::from_vec(x.shape(), out))
+    }
 
-pub fn relu_bwd(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let mut out = pool::take(dy.numel());
-    elementwise::relu_bwd(host(dy, "relu_bwd")?, host(y, "relu_bwd")?, &mut out);
-    Ok(Tensor::from_vec(dy.shape(), out))
-}
+    fn sum_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, cols) = x.dims2();
+        let sums = elementwise::sum_rows(host(x, "sum_rows")?, cols);
+        Ok(Tensor::from_vec(&[cols], vec_f32(&sums)))
+    }
 
-pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
-    let (_, d) = z.dims2();
-    let (parts, dz) = vicreg::fwd_bwd(host(z, "vicreg_fwd_bwd")?, d, n_per_image, w);
-    Ok((parts, Tensor::from_vec(z.shape(), dz)))
-}
+    fn bn_train_fwd(&self, a: BnTrainArgs<'_>) -> Result<BnForward> {
+        let op = "bn_train_fwd";
+        let cols = a.gamma.numel();
+        let mut y = pool::take(a.x.numel());
+        let args = bn::TrainFwd {
+            x: host(a.x, op)?,
+            bias: a.bias.map(|b| host(b, op)).transpose()?,
+            gamma: host(a.gamma, op)?,
+            beta: host(a.beta, op)?,
+            eps: a.eps,
+            relu: a.relu,
+        };
+        let s = bn::train_fwd(args, &mut y);
+        Ok(BnForward {
+            y: Tensor::from_vec(a.x.shape(), y),
+            mean: Tensor::from_vec(&[cols], s.mean),
+            invstd: Tensor::from_vec(&[cols], s.invstd),
+            var_unbiased: Tensor::from_vec(&[cols], s.var_unbiased),
+        })
+    }
 
-pub fn group_mean(x: &Tensor, n: usize) -> Result<Tensor> {
-    let (rows, cols) = x.dims2();
-    let mut out = pool::take(rows / n * cols);
-    elementwise::group_mean(host(x, "group_mean")?, cols, n, &mut out);
-    Ok(Tensor::from_vec(&[rows / n, cols], out))
-}
+    /// The CPU kernel reads its ReLU mask from y (beta is not needed).
+    fn bn_train_bwd(&self, a: BnBackwardArgs<'_>) -> Result<BnBackward> {
+        let op = "bn_train_bwd";
+        let f = a.fwd;
+        let cols = f.gamma.numel();
+        let mut dx = pool::take(f.x.numel());
+        let args = bn::TrainBwd {
+            dy: host(a.dy, op)?,
+            x: host(f.x, op)?,
+            bias: f.bias.map(|b| host(b, op)).transpose()?,
+            y: host(a.y, op)?,
+            gamma: host(f.gamma, op)?,
+            mean: host(a.mean, op)?,
+            invstd: host(a.invstd, op)?,
+            relu: f.relu,
+        };
+        let (dgamma, dbeta) = bn::train_bwd(args, &mut dx);
+        let dx = Tensor::from_vec(f.x.shape(), dx);
+        // The bias gradient: sum_rows of dx, the same pass the Linear backward would make.
+        let dbias = f.bias.map(|_| self.sum_rows(&dx)).transpose()?;
+        Ok(BnBackward { dx, dgamma: Tensor::from_vec(&[cols], dgamma), dbeta: Tensor::from_vec(&[cols], dbeta), dbias })
+    }
 
-pub fn group_mean_bwd(dy: &Tensor, n: usize) -> Result<Tensor> {
-    let (groups, cols) = dy.dims2();
-    let mut out = pool::take(groups * n * cols);
-    elementwise::group_mean_bwd(host(dy, "group_mean_bwd")?, cols, n, &mut out);
-    Ok(Tensor::from_vec(&[groups * n, cols], out))
-}
+    fn bn_eval_fwd(&self, x: &Tensor, bn: BnEval<'_>) -> Result<Tensor> {
+        let op = "bn_eval_fwd";
+        let mut y = pool::take(x.numel());
+        let scale = bn::eval_scale(host(bn.gamma, op)?, host(bn.running_var, op)?, bn.eps);
+        let map = bn::ColumnAffine { mean: host(bn.running_mean, op)?, scale: &scale, beta: host(bn.beta, op)? };
+        bn::normalize(host(x, op)?, map, bn.relu, &mut y);
+        Ok(Tensor::from_vec(x.shape(), y))
+    }
 
-pub fn dot(x: &Tensor, w: &Tensor) -> Result<f64> {
-    Ok(elementwise::dot(host(x, "dot")?, host(w, "dot")?))
-}
+    /// With bf16 GEMMs and AVX512-BF16 one GEMM that applies the BatchNorm in its store
+    /// ([`matmul_bf16::ColumnMap`], the arithmetic of [`bn::normalize`]); otherwise the GEMM,
+    /// then the BatchNorm pass.
+    fn linear_bn_eval(&self, x: &Tensor, w: &Tensor, bn: BnEval<'_>) -> Result<Tensor> {
+        let op = "linear_bn_eval";
+        if cpu_matmul_precision() == CpuMatmulPrecision::Bf16 {
+            let (m, _, n) = ops::matmul_dims(x, w, Transpose::NT)?;
+            let mul = bn::eval_scale(host(bn.gamma, op)?, host(bn.running_var, op)?, bn.eps);
+            let map = ColumnMap { sub: host(bn.running_mean, op)?, mul: &mul, add: host(bn.beta, op)?, relu: bn.relu };
+            let mut out = pool::take(m * n);
+            if linear_mapped(op, x, w, map, &mut out)? {
+                return Ok(Tensor::from_vec(&[m, n], out));
+            }
+            pool::give(out);
+        }
+        let y = self.matmul(x, w, Transpose::NT)?;
+        self.bn_eval_fwd(&y, bn)
+    }
 
-pub fn axpy_(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
-    let x = host(x, "axpy_")?;
-    elementwise::axpy(host_mut(y, "axpy_")?, alpha, x);
-    Ok(())
-}
+    fn ema_(&self, running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()> {
+        let b = host(batch, "ema_")?;
+        elementwise::ema(host_mut(running, "ema_")?, b, momentum);
+        Ok(())
+    }
 
-pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
-    let op = "adamw_";
-    elementwise::adamw(host_mut(param, op)?, host(grad, op)?, host_mut(m, op)?, host_mut(v, op)?, h);
-    Ok(())
-}
+    fn relu_fwd(&self, x: &Tensor) -> Result<Tensor> {
+        let mut out = pool::take(x.numel());
+        elementwise::relu(host(x, "relu_fwd")?, &mut out);
+        Ok(Tensor::from_vec(x.shape(), out))
+    }
 
-pub fn scale_(x: &mut Tensor, s: f32) -> Result<()> {
-    elementwise::scale(host_mut(x, "scale_")?, s);
-    Ok(())
+    fn relu_bwd(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let mut out = pool::take(dy.numel());
+        elementwise::relu_bwd(host(dy, "relu_bwd")?, host(y, "relu_bwd")?, &mut out);
+        Ok(Tensor::from_vec(dy.shape(), out))
+    }
+
+    fn vicreg_fwd_bwd(&self, z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
+        let (_, d) = z.dims2();
+        let (parts, dz) = vicreg::fwd_bwd(host(z, "vicreg_fwd_bwd")?, d, n_per_image, w);
+        Ok((parts, Tensor::from_vec(z.shape(), dz)))
+    }
+
+    fn group_mean(&self, x: &Tensor, n: usize) -> Result<Tensor> {
+        let (rows, cols) = x.dims2();
+        let mut out = pool::take(rows / n * cols);
+        elementwise::group_mean(host(x, "group_mean")?, cols, n, &mut out);
+        Ok(Tensor::from_vec(&[rows / n, cols], out))
+    }
+
+    fn group_mean_bwd(&self, dy: &Tensor, n: usize) -> Result<Tensor> {
+        let (groups, cols) = dy.dims2();
+        let mut out = pool::take(groups * n * cols);
+        elementwise::group_mean_bwd(host(dy, "group_mean_bwd")?, cols, n, &mut out);
+        Ok(Tensor::from_vec(&[groups * n, cols], out))
+    }
+
+    fn dot(&self, x: &Tensor, w: &Tensor) -> Result<f64> {
+        Ok(elementwise::dot(host(x, "dot")?, host(w, "dot")?))
+    }
+
+    fn axpy_(&self, y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
+        let x = host(x, "axpy_")?;
+        elementwise::axpy(host_mut(y, "axpy_")?, alpha, x);
+        Ok(())
+    }
+
+    fn scale_(&self, x: &mut Tensor, s: f32) -> Result<()> {
+        elementwise::scale(host_mut(x, "scale_")?, s);
+        Ok(())
+    }
+
+    fn adamw_(&self, s: AdamWSlot<'_>, h: AdamW) -> Result<()> {
+        let op = "adamw_";
+        let h = AdamW { weight_decay: s.weight_decay, ..h };
+        elementwise::adamw(host_mut(s.param, op)?, host(s.grad, op)?, host_mut(s.m, op)?, host_mut(s.v, op)?, h);
+        Ok(())
+    }
 }

@@ -24,7 +24,7 @@ use super::matmul::{gram, sgemm, GemmShape};
 use super::par::{reduce_rows, rows_per_task};
 use super::pool;
 use super::simd::multiversion;
-use crate::ops::{VicregParts, VicregWeights};
+use crate::backend::{VicregParts, VicregWeights};
 
 /// Rows of C per task when it becomes M (a row is D multiply-adds in f64 and D scalings).
 const ROWS_PER_TASK: usize = 64;

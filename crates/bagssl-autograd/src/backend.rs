@@ -1,0 +1,288 @@
+//! The backend trait: every primitive once, implemented by [`crate::cpu::CpuBackend`] and
+//! [`crate::cuda::CudaBackend`], so a primitive that one backend lacks does not compile.
+//!
+//! Each primitive with more than a couple of inputs takes one argument struct with named fields
+//! ([`BnTrainArgs`], [`BnBackwardArgs`], [`BnEval`], [`AdamWSlot`]): a swapped argument is a
+//! compile error, not a parity-test failure. Fused forms that a backend may specialise (linear
+//! with bias, linear + eval-mode BatchNorm, the asynchronous loss, the multi-tensor updates) have
+//! a default method that composes the plain primitives; a backend overrides only what it fuses.
+//!
+//! Shapes were checked by [`crate::ops`] before a backend method runs; the backends may assume
+//! them. The types here are shared by both backends and by `ops`, and import neither.
+
+use crate::tensor::{Device, Tensor};
+use crate::{Error, Result};
+
+/// `op(a) @ op(b)` where op transposes when asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Transpose {
+    pub a: bool,
+    pub b: bool,
+}
+
+impl Transpose {
+    /// `a @ b`.
+    pub const NN: Transpose = Transpose { a: false, b: false };
+    /// `a @ b^T`: a PyTorch Linear's `x W^T`.
+    pub const NT: Transpose = Transpose { a: false, b: true };
+}
+
+/// A training-mode BatchNorm over the rows of `x + bias` (batch statistics, biased variance),
+/// optionally followed by ReLU.
+///
+/// `bias` is the bias of the Linear layer before the BatchNorm, folded in, so no pass writes and
+/// re-reads the biased matrix: the CUDA kernels add it as they read x (bit for bit `bias_add`
+/// then BatchNorm), the CPU ones take the statistics of x and shift its mean (the same values to
+/// f32 rounding, no work per element). The batch mean is that of `x + bias`.
+#[derive(Clone, Copy)]
+pub struct BnTrainArgs<'a> {
+    pub x: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub eps: f32,
+    pub relu: bool,
+}
+
+/// The backward of the forward `fwd`, with its output `y` and batch statistics.
+///
+/// With ReLU, `y > 0` is the mask (a GPU recomputes it from x, gamma and beta, bit for bit,
+/// rather than read y). With a bias, [`BnBackward::dbias`] is the column sums of dx.
+#[derive(Clone, Copy)]
+pub struct BnBackwardArgs<'a> {
+    pub fwd: BnTrainArgs<'a>,
+    pub dy: &'a Tensor,
+    pub y: &'a Tensor,
+    pub mean: &'a Tensor,
+    pub invstd: &'a Tensor,
+}
+
+/// An eval-mode BatchNorm: running statistics and affine parameters, optionally followed by ReLU.
+#[derive(Clone, Copy)]
+pub struct BnEval<'a> {
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub eps: f32,
+    pub relu: bool,
+}
+
+impl BnEval<'_> {
+    /// The four per-column vectors, named, for shape and device checks.
+    pub(crate) fn vectors(&self) -> [(&'static str, &Tensor); 4] {
+        [
+            ("running_mean", self.running_mean),
+            ("running_var", self.running_var),
+            ("gamma", self.gamma),
+            ("beta", self.beta),
+        ]
+    }
+}
+
+/// What a training-mode BatchNorm forward produces and its backward needs.
+pub struct BnForward {
+    /// Output (after the optional ReLU).
+    pub y: Tensor,
+    /// Batch mean per column.
+    pub mean: Tensor,
+    /// 1 / sqrt(biased batch variance + eps) per column.
+    pub invstd: Tensor,
+    /// Unbiased batch variance per column (for the running statistics).
+    pub var_unbiased: Tensor,
+}
+
+/// What a BatchNorm backward returns.
+pub struct BnBackward {
+    /// dL/dx, which is also dL/d(x + bias).
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+    /// The column sums of dx: the gradient of the folded bias, when the forward had one.
+    pub dbias: Option<Tensor>,
+}
+
+/// AdamW hyper-parameters for one update (PyTorch's `torch.optim.AdamW` semantics).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+/// One tensor of an AdamW update: the parameter, its gradient, its moments, its weight decay.
+pub struct AdamWSlot<'a> {
+    pub param: &'a mut Tensor,
+    pub grad: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    /// This tensor's weight decay (the [`AdamW`]'s `weight_decay` is not used).
+    pub weight_decay: f32,
+}
+
+/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md, bag-VICReg).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VicregWeights {
+    pub invariance: f32,
+    pub variance: f32,
+    pub covariance: f32,
+    pub eps: f32,
+}
+
+impl Default for VicregWeights {
+    fn default() -> Self {
+        VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 }
+    }
+}
+
+/// The bag-VICReg loss and its three unweighted terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VicregParts {
+    pub loss: f64,
+    pub invariance: f64,
+    pub variance: f64,
+    pub covariance: f64,
+}
+
+impl VicregParts {
+    /// In the order of [`crate::loss::BagVicreg`]'s terms: loss, invariance, variance, covariance.
+    pub fn to_array(self) -> [f64; 4] {
+        [self.loss, self.invariance, self.variance, self.covariance]
+    }
+    pub fn from_slice(v: &[f64]) -> VicregParts {
+        VicregParts { loss: v[0], invariance: v[1], variance: v[2], covariance: v[3] }
+    }
+}
+
+/// Scalars of a loss, possibly still on their way from the GPU (an asynchronous copy into
+/// page-locked memory): a training step queues its backward pass before it waits for them.
+#[derive(Debug)]
+pub struct PendingScalars(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Ready(Vec<f64>),
+    Gpu(bagssl_kernels::PendingScalars),
+}
+
+impl PendingScalars {
+    pub fn ready(values: Vec<f64>) -> Self {
+        PendingScalars(Pending::Ready(values))
+    }
+    pub(crate) fn gpu(s: bagssl_kernels::PendingScalars) -> Self {
+        PendingScalars(Pending::Gpu(s))
+    }
+    /// The scalars; on a GPU waits for their copy only, not for the work queued after it.
+    pub fn wait(&self) -> Result<Vec<f64>> {
+        match &self.0 {
+            Pending::Ready(v) => Ok(v.clone()),
+            Pending::Gpu(s) => {
+                let v = s.wait()?;
+                Ok(vec![v.loss, v.invariance, v.variance, v.covariance])
+            }
+        }
+    }
+}
+
+/// A scalar loss and its gradient from one op: the scalars (first the weighted loss), the
+/// weighted loss as a 1-element tensor on the input's device, and dL/dz.
+pub struct LossGrad {
+    pub scalars: PendingScalars,
+    pub loss: Tensor,
+    pub grad: Tensor,
+}
+
+/// The primitives of one device. Tensors passed in live on that device (checked by `ops`).
+pub trait Backend: Sync {
+    fn matmul(&self, a: &Tensor, b: &Tensor, t: Transpose) -> Result<Tensor>;
+    /// `x + b`, `b` broadcast over the rows.
+    fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// Column sums: (rows, cols) -> (cols).
+    fn sum_rows(&self, x: &Tensor) -> Result<Tensor>;
+    fn bn_train_fwd(&self, a: BnTrainArgs<'_>) -> Result<BnForward>;
+    fn bn_train_bwd(&self, a: BnBackwardArgs<'_>) -> Result<BnBackward>;
+    fn bn_eval_fwd(&self, x: &Tensor, bn: BnEval<'_>) -> Result<Tensor>;
+    /// `r = (1 - momentum) r + momentum batch`, in place.
+    fn ema_(&self, running: &mut Tensor, batch: &Tensor, momentum: f32) -> Result<()>;
+    fn relu_fwd(&self, x: &Tensor) -> Result<Tensor>;
+    /// `dy * (y > 0)`.
+    fn relu_bwd(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
+    /// bag-VICReg on z (B*n, D): the parts and dL/dz of the weighted loss.
+    fn vicreg_fwd_bwd(&self, z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)>;
+    /// Mean over consecutive groups of `n` rows: (B*n, D) -> (B, D).
+    fn group_mean(&self, x: &Tensor, n: usize) -> Result<Tensor>;
+    /// (B, D) -> (B*n, D), each row `dy[b] / n`.
+    fn group_mean_bwd(&self, dy: &Tensor, n: usize) -> Result<Tensor>;
+    /// `sum(x * w)` in f64.
+    fn dot(&self, x: &Tensor, w: &Tensor) -> Result<f64>;
+    /// `y += alpha x`, in place.
+    fn axpy_(&self, y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()>;
+    /// `x *= s`, in place.
+    fn scale_(&self, x: &mut Tensor, s: f32) -> Result<()>;
+    /// One AdamW update of `s.param` in place, with weight decay `s.weight_decay`.
+    fn adamw_(&self, s: AdamWSlot<'_>, h: AdamW) -> Result<()>;
+
+    /// `x W^T + b`, W (out, in) as in PyTorch.
+    fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.matmul(x, w, Transpose::NT)?;
+        match b {
+            Some(b) => self.bias_add(&y, b),
+            None => Ok(y),
+        }
+    }
+
+    /// Eval-mode `act(BN(x W^T))`: a Linear without bias, then [`Backend::bn_eval_fwd`].
+    fn linear_bn_eval(&self, x: &Tensor, w: &Tensor, bn: BnEval<'_>) -> Result<Tensor> {
+        let y = self.matmul(x, w, Transpose::NT)?;
+        self.bn_eval_fwd(&y, bn)
+    }
+
+    /// [`Backend::vicreg_fwd_bwd`] without waiting for the scalars (loss, invariance, variance,
+    /// covariance) where the device can queue their copy.
+    fn vicreg_fwd_bwd_async(&self, z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<LossGrad> {
+        let (parts, grad) = self.vicreg_fwd_bwd(z, n_per_image, w)?;
+        let loss = Tensor::full(&[1], parts.loss as f32, &z.device())?;
+        Ok(LossGrad { scalars: PendingScalars::ready(parts.to_array().to_vec()), loss, grad })
+    }
+
+    /// [`Backend::ema_`] on every `(running, batch)` pair.
+    fn ema_multi_(&self, pairs: &mut [(&mut Tensor, &Tensor)], momentum: f32) -> Result<()> {
+        pairs.iter_mut().try_for_each(|(r, b)| self.ema_(r, b, momentum))
+    }
+
+    /// [`Backend::adamw_`] on every slot.
+    fn adamw_multi_(&self, slots: &mut [AdamWSlot<'_>], h: AdamW) -> Result<()> {
+        for s in slots.iter_mut() {
+            let slot = AdamWSlot {
+                param: &mut *s.param,
+                grad: s.grad,
+                m: &mut *s.m,
+                v: &mut *s.v,
+                weight_decay: s.weight_decay,
+            };
+            self.adamw_(slot, h)?;
+        }
+        Ok(())
+    }
+}
+
+/// The backend of `device`.
+pub fn of_device(device: &Device) -> &'static dyn Backend {
+    match device {
+        Device::Cpu => &crate::cpu::CpuBackend,
+        Device::Cuda(_) => &crate::cuda::CudaBackend,
+    }
+}
+
+/// The backend of tensors that must share one device; an error naming `op` when they do not.
+pub fn of_tensors(op: &'static str, ts: &[&Tensor]) -> Result<&'static dyn Backend> {
+    let cuda = ts.first().is_some_and(|t| t.is_cuda());
+    if ts.iter().any(|t| t.is_cuda() != cuda) {
+        return Err(Error::DeviceMismatch { op });
+    }
+    Ok(if cuda { &crate::cuda::CudaBackend } else { &crate::cpu::CpuBackend })
+}
