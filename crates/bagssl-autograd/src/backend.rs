@@ -124,13 +124,25 @@ pub struct AdamWSlot<'a> {
     pub weight_decay: f32,
 }
 
-/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md, bag-VICReg).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md, bag-VICReg): the one type for
+/// them, from the config's `[loss]` section (defaults here) to the kernels. `eps` is fixed by the
+/// definition, so it is neither read nor written by serde.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VicregWeights {
+    #[serde(serialize_with = "shortest_f32")]
     pub invariance: f32,
+    #[serde(serialize_with = "shortest_f32")]
     pub variance: f32,
+    #[serde(serialize_with = "shortest_f32")]
     pub covariance: f32,
+    #[serde(skip)]
     pub eps: f32,
+}
+
+/// An f32 written as the f64 of its shortest decimal form (`0.3`, not `0.30000001192092896`).
+fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(*v as f64))
 }
 
 impl Default for VicregWeights {

@@ -31,7 +31,7 @@ impl Trainer {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let mut tensors = self.model.named_tensors();
-        tensors.extend(self.optimizer.named_state(self.model.params()));
+        tensors.extend(self.optimizer.named_state(&self.model.params()));
         let mut meta = model_meta(self.model.config())?;
         meta.insert("train_config".into(), to_json(&self.config)?);
         meta.insert("step".into(), self.step.to_string());
@@ -51,7 +51,7 @@ impl Trainer {
         let st = file.parse()?;
         let config: TrainConfig = st.meta_json("train_config")?;
         let model = st.model(device)?;
-        let mut optimizer = Optimizer::new(config.optimizer, config.weight_decay as f32, model.params())?;
+        let mut optimizer = Optimizer::new(config.optimizer, config.weight_decay as f32, &model.params())?;
         let slots = Optimizer::slot_names(config.optimizer);
         for (i, p) in model.params().iter().enumerate() {
             for (s, slot) in slots.iter().enumerate() {

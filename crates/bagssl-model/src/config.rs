@@ -58,39 +58,11 @@ impl std::str::FromStr for OptimizerKind {
     }
 }
 
-/// Weights of the three bag-VICReg terms (lambda, mu, nu in DESIGN §3).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LossWeights {
-    pub invariance: f32,
-    pub variance: f32,
-    pub covariance: f32,
-}
-
-impl Default for LossWeights {
-    fn default() -> Self {
-        LossWeights { invariance: 25.0, variance: 25.0, covariance: 1.0 }
-    }
-}
-
-impl LossWeights {
-    /// The autograd op's parameters (the epsilon of the variance term is fixed by DESIGN §3).
-    pub fn vicreg(&self) -> VicregWeights {
-        VicregWeights {
-            invariance: self.invariance,
-            variance: self.variance,
-            covariance: self.covariance,
-            ..VicregWeights::default()
-        }
-    }
-}
-
 /// Everything that determines a training run besides the data and the model shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Patches per image (n).
+    /// Patches per image (n); their side is the model's (`ModelConfig::patch`).
     pub per_image: usize,
-    /// Patch side (p); must equal the model's.
-    pub patch: usize,
     /// Flip / colour jitter / grayscale on (DESIGN §3); off: only the position is random.
     pub augment: bool,
     /// Images per step (B); a step sees `B * per_image` patches.
@@ -103,19 +75,14 @@ pub struct TrainConfig {
     /// Decoupled (AdamW) or L2 (LARS) weight decay; applied to Linear weights only.
     pub weight_decay: f64,
     pub optimizer: OptimizerKind,
-    pub loss: LossWeights,
+    /// bag-VICReg's weights (old checkpoints also store a `patch`, now the model's alone).
+    pub loss: VicregWeights,
     /// Seeds the initialisation, the epoch permutations and the patch sampler.
     pub seed: u64,
 }
 
 impl TrainConfig {
-    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
-        if self.patch != model.patch {
-            return Err(ModelError::Config(format!(
-                "train patch size {} differs from the model's {}",
-                self.patch, model.patch
-            )));
-        }
+    pub fn validate(&self) -> Result<()> {
         if self.per_image < 2 {
             return Err(ModelError::Config(format!(
                 "per_image must be at least 2 (the invariance term compares patches of one image), got {}",

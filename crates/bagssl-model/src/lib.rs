@@ -3,8 +3,9 @@
 //!
 //! Layout:
 //! - [`config`]: `ModelConfig`, `TrainConfig` (serde, stored in checkpoints as JSON).
-//! - [`model`]: `BagSslModel` — parameters with PyTorch names, the tape forward used for training
-//!   and the tape-free eval-mode encoder used for evaluation.
+//! - [`layers`]: layer types (Linear, BatchNorm, Sequential, ...) with named parameters, PyTorch
+//!   names derived from the tree, one forward for training and evaluation.
+//! - [`model`]: `BagSslModel` — the encoder and projector as a layer tree.
 //! - [`optim`]: AdamW and LARS over the model's parameter list.
 //! - [`schedule`]: linear warm-up then cosine decay, per step.
 //! - [`source`]: where a step's patch matrix comes from (CPU gather | CUDA).
@@ -13,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod layers;
 pub mod model;
 pub mod optim;
 pub mod schedule;
@@ -21,8 +23,10 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use config::{LossWeights, ModelConfig, OptimizerKind, TrainConfig};
-pub use model::{BagSslModel, Param, ParamKind, RunningStats, TrainForward, BN_EPS, BN_MOMENTUM};
+pub use bagssl_autograd::VicregWeights;
+pub use config::{ModelConfig, OptimizerKind, TrainConfig};
+pub use layers::{Layer, Param, ParamKind, RunningStats, BN_EPS, BN_MOMENTUM};
+pub use model::{BagSslModel, TrainForward};
 pub use optim::Optimizer;
 pub use schedule::lr_factor;
 pub use source::PatchSource;

@@ -1,66 +1,30 @@
 //! The BagSSL network: encoder `f` (`layers` x Linear-BN-ReLU) and projector `g`
-//! (Linear-BN-ReLU-Linear), with PyTorch parameter names so weights can be exchanged with the
-//! reference and compared against the golden vectors.
+//! (Linear-BN-ReLU-Linear), as layer types with PyTorch parameter names, so weights can be
+//! exchanged with the reference and compared against the golden vectors.
 //!
-//! Parameters live in one flat, ordered list (`Param`: name, kind, tensor) rather than in nested
-//! layer structs: the optimizer, the checkpoint writer and the golden test all walk "every
-//! parameter by name", and the forward addresses them by a fixed index layout.
+//! The tree, with the names it gives:
+//! ```text
+//! BagSslModel
+//! ├── encoder: Sequential<LinearBn>     encoder.{i}.weight, .bias, .bn.gamma, .bn.beta, .bn.running_*
+//! └── projector: Projector
+//!     ├── hidden: LinearBn              projector.0.weight, .bias, .bn.*
+//!     └── out: Linear                   projector.1.weight, .bias
+//! ```
+//! One forward serves training and evaluation: [`BagSslModel::forward_train`] and
+//! [`BagSslModel::encode_eval`] run the same layers, in training and in eval mode.
 
-use bagssl_autograd::{ops, Device, PendingParts, Tape, Tensor, Var, VicregParts, VicregWeights};
+use bagssl_autograd::{ops, BagVicreg, Device, PendingLoss, Tape, Tensor, Var, VicregParts, VicregWeights};
 use bagssl_data::SeededRng;
 
 use crate::config::ModelConfig;
+use crate::layers::{Forward, Init, Layer, Linear, LinearBn, Param, RunningStats, Sequential, Visitor, VisitorMut};
 use crate::{ModelError, Result};
 
-/// BatchNorm epsilon (PyTorch default, DESIGN §3).
-pub const BN_EPS: f32 = 1e-5;
-/// Running-statistics momentum (PyTorch default, DESIGN §3).
-pub const BN_MOMENTUM: f32 = 0.1;
-
-/// What a parameter is; decides weight decay and LARS adaptation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamKind {
-    /// A Linear weight matrix (out, in).
-    Weight,
-    /// A Linear bias.
-    Bias,
-    /// BatchNorm scale.
-    BnGamma,
-    /// BatchNorm shift.
-    BnBeta,
-}
-
-impl ParamKind {
-    /// Only weight matrices get weight decay and the LARS trust ratio: decaying biases or BN
-    /// affine parameters only hurts (the usual VICReg/BYOL recipe excludes all 1-D parameters).
-    pub fn is_weight(self) -> bool {
-        matches!(self, ParamKind::Weight)
-    }
-}
-
-/// One trainable tensor with its PyTorch-style name (`encoder.0.weight`, `projector.0.bn.gamma`, ..).
+/// The projector `g`: Linear-BN-ReLU, then a Linear.
 #[derive(Debug)]
-pub struct Param {
-    pub name: String,
-    pub kind: ParamKind,
-    pub value: Tensor,
-}
-
-/// Running mean / variance of one BatchNorm (eval mode uses them). `prefix` is e.g. `encoder.0.bn`.
-#[derive(Debug)]
-pub struct RunningStats {
-    pub prefix: String,
-    pub mean: Tensor,
-    pub var: Tensor,
-}
-
-impl RunningStats {
-    pub fn mean_name(&self) -> String {
-        format!("{}.running_mean", self.prefix)
-    }
-    pub fn var_name(&self) -> String {
-        format!("{}.running_var", self.prefix)
-    }
+pub struct Projector {
+    pub hidden: LinearBn,
+    pub out: Linear,
 }
 
 /// The vars of one training forward on a tape.
@@ -84,9 +48,9 @@ pub struct TrainForward {
 
 impl TrainForward {
     /// bag-VICReg of the projector output (with its bias, which the loss does not see, getting its
-    /// gradient): see [`Tape::bag_vicreg_async`].
-    pub fn loss_async(&self, tape: &mut Tape<'_>, per_image: usize, w: VicregWeights) -> Result<(Var, PendingParts)> {
-        Ok(tape.bag_vicreg_async(self.z, Some(self.z_bias), per_image, w)?)
+    /// gradient): see [`Tape::loss`]. The scalars are not waited for.
+    pub fn loss_async(&self, tape: &mut Tape<'_>, per_image: usize, w: VicregWeights) -> Result<(Var, PendingLoss)> {
+        Ok(tape.loss(self.z, Some(self.z_bias), &BagVicreg { per_image, weights: w })?)
     }
 
     /// [`TrainForward::loss_async`], waiting for the loss terms.
@@ -115,99 +79,41 @@ impl TrainForward {
     }
 }
 
-/// Encoder + projector parameters and BatchNorm running statistics, on one device.
+/// Encoder + projector, on one device.
 #[derive(Debug)]
 pub struct BagSslModel {
     config: ModelConfig,
     device: Device,
-    params: Vec<Param>,
-    running: Vec<RunningStats>,
-}
-
-/// Name, kind and shape of every parameter, in the fixed order the forward relies on:
-/// encoder block i at `4i..4i+4` (weight, bias, gamma, beta), projector.0 at `4L..4L+4`,
-/// projector.1 weight and bias at `4L+4`, `4L+5`.
-fn param_layout(c: &ModelConfig) -> Vec<(String, ParamKind, Vec<usize>)> {
-    let mut out = Vec::with_capacity(4 * c.layers + 6);
-    let block = |out: &mut Vec<_>, prefix: &str, fan_in: usize, width: usize| {
-        out.push((format!("{prefix}.weight"), ParamKind::Weight, vec![width, fan_in]));
-        out.push((format!("{prefix}.bias"), ParamKind::Bias, vec![width]));
-        out.push((format!("{prefix}.bn.gamma"), ParamKind::BnGamma, vec![width]));
-        out.push((format!("{prefix}.bn.beta"), ParamKind::BnBeta, vec![width]));
-    };
-    let mut fan_in = c.input_dim();
-    for i in 0..c.layers {
-        block(&mut out, &format!("encoder.{i}"), fan_in, c.hidden);
-        fan_in = c.hidden;
-    }
-    block(&mut out, "projector.0", c.hidden, c.proj);
-    out.push(("projector.1.weight".into(), ParamKind::Weight, vec![c.proj, c.proj]));
-    out.push(("projector.1.bias".into(), ParamKind::Bias, vec![c.proj]));
-    out
-}
-
-/// Prefix and width of every BatchNorm, in forward order.
-fn bn_layout(c: &ModelConfig) -> Vec<(String, usize)> {
-    let mut out: Vec<_> = (0..c.layers).map(|i| (format!("encoder.{i}.bn"), c.hidden)).collect();
-    out.push(("projector.0.bn".into(), c.proj));
-    out
-}
-
-/// Host values of a freshly initialised parameter, like PyTorch: `nn.Linear` draws weight and bias
-/// from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)); BN gamma 1, beta 0.
-fn init_values(kind: ParamKind, shape: &[usize], fan_in: usize, rng: &mut SeededRng) -> Vec<f32> {
-    let n = shape.iter().product();
-    match kind {
-        ParamKind::Weight | ParamKind::Bias => {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            (0..n).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect()
-        }
-        ParamKind::BnGamma => vec![1.0; n],
-        ParamKind::BnBeta => vec![0.0; n],
-    }
+    pub encoder: Sequential<LinearBn>,
+    pub projector: Projector,
 }
 
 impl BagSslModel {
-    /// A freshly initialised model (PyTorch's default init, drawn from `SeededRng::new(seed)`).
+    /// A freshly initialised model (PyTorch's default init, drawn from `SeededRng::new(seed)`
+    /// in parameter order).
     pub fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
-        config.validate()?;
         let mut rng = SeededRng::new(seed);
-        let mut params = Vec::new();
-        let mut fan_in = 0;
-        for (name, kind, shape) in param_layout(&config) {
-            if kind == ParamKind::Weight {
-                fan_in = shape[1]; // the bias that follows shares its weight's fan-in
-            }
-            let host = init_values(kind, &shape, fan_in, &mut rng);
-            params.push(Param { name, kind, value: Tensor::from_vec(&shape, host).to_device(device)? });
-        }
-        let running = Self::fresh_running(&config, device)?;
-        Ok(BagSslModel { config, device: device.clone(), params, running })
+        Self::build(config, &mut Init::Seeded(&mut rng), device)
     }
 
     /// A model with every parameter zero (filled by a checkpoint loader or a test).
     pub fn zeros(config: ModelConfig, device: &Device) -> Result<Self> {
-        config.validate()?;
-        let params = param_layout(&config)
-            .into_iter()
-            .map(|(name, kind, shape)| Ok(Param { name, kind, value: Tensor::zeros(&shape, device)? }))
-            .collect::<Result<Vec<_>>>()?;
-        let running = Self::fresh_running(&config, device)?;
-        Ok(BagSslModel { config, device: device.clone(), params, running })
+        Self::build(config, &mut Init::Zeros, device)
     }
 
-    /// Running mean 0 and variance 1, as PyTorch initialises them.
-    fn fresh_running(config: &ModelConfig, device: &Device) -> Result<Vec<RunningStats>> {
-        bn_layout(config)
-            .into_iter()
-            .map(|(prefix, width)| {
-                Ok(RunningStats {
-                    prefix,
-                    mean: Tensor::zeros(&[width], device)?,
-                    var: Tensor::full(&[width], 1.0, device)?,
-                })
-            })
-            .collect()
+    fn build(config: ModelConfig, init: &mut Init<'_>, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let mut fan_in = config.input_dim();
+        let mut blocks = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            blocks.push(LinearBn::new(&format!("encoder.{i}"), fan_in, config.hidden, init, device)?);
+            fan_in = config.hidden;
+        }
+        let projector = Projector {
+            hidden: LinearBn::new("projector.0", config.hidden, config.proj, init, device)?,
+            out: Linear::new("projector.1", config.proj, config.proj, true, init, device)?,
+        };
+        Ok(BagSslModel { config, device: device.clone(), encoder: Sequential { layers: blocks }, projector })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -220,26 +126,46 @@ impl BagSslModel {
     pub fn hidden(&self) -> usize {
         self.config.hidden
     }
-    pub fn params(&self) -> &[Param] {
-        &self.params
+
+    fn visit(&self) -> Visitor<'_> {
+        let mut v = Visitor::default();
+        self.encoder.visit(&mut v);
+        self.projector.hidden.visit(&mut v);
+        self.projector.out.visit(&mut v);
+        v
     }
-    pub fn params_mut(&mut self) -> &mut [Param] {
-        &mut self.params
+
+    fn visit_mut(&mut self) -> VisitorMut<'_> {
+        let mut v = VisitorMut::default();
+        self.encoder.visit_mut(&mut v);
+        self.projector.hidden.visit_mut(&mut v);
+        self.projector.out.visit_mut(&mut v);
+        v
     }
-    pub fn running_stats(&self) -> &[RunningStats] {
-        &self.running
+
+    /// Every parameter, in tree order (the optimizer's and the checkpoint's order).
+    pub fn params(&self) -> Vec<&Param> {
+        self.visit().params
     }
-    pub fn running_stats_mut(&mut self) -> &mut [RunningStats] {
-        &mut self.running
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.visit_mut().params
+    }
+    /// Every BatchNorm's running statistics, in tree order.
+    pub fn running_stats(&self) -> Vec<&RunningStats> {
+        self.visit().running
+    }
+    pub fn running_stats_mut(&mut self) -> Vec<&mut RunningStats> {
+        self.visit_mut().running
     }
     pub fn param(&self, name: &str) -> Option<&Param> {
-        self.params.iter().find(|p| p.name == name)
+        self.params().into_iter().find(|p| p.name == name)
     }
 
     /// Every stored tensor with its checkpoint name: parameters, then running mean / var.
     pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
-        let mut out: Vec<(String, &Tensor)> = self.params.iter().map(|p| (p.name.clone(), &p.value)).collect();
-        for r in &self.running {
+        let v = self.visit();
+        let mut out: Vec<(String, &Tensor)> = v.params.iter().map(|p| (p.name.clone(), &p.value)).collect();
+        for r in v.running {
             out.push((r.mean_name(), &r.mean));
             out.push((r.var_name(), &r.var));
         }
@@ -248,10 +174,11 @@ impl BagSslModel {
 
     /// Mutable access to a parameter or running statistic by its checkpoint name.
     pub fn tensor_mut(&mut self, name: &str) -> Option<&mut Tensor> {
-        if let Some(p) = self.params.iter_mut().find(|p| p.name == name) {
+        let v = self.visit_mut();
+        if let Some(p) = v.params.into_iter().find(|p| p.name == name) {
             return Some(&mut p.value);
         }
-        self.running.iter_mut().find_map(|r| {
+        v.running.into_iter().find_map(|r| {
             if name == r.mean_name() {
                 Some(&mut r.mean)
             } else if name == r.var_name() {
@@ -279,23 +206,12 @@ impl BagSslModel {
 
     /// A copy of the whole model on `device` (e.g. train on the CPU, evaluate on a GPU).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let params = self
-            .params
-            .iter()
-            .map(|p| Ok(Param { name: p.name.clone(), kind: p.kind, value: p.value.to_device(device)? }))
-            .collect::<Result<Vec<_>>>()?;
-        let running = self
-            .running
-            .iter()
-            .map(|r| {
-                Ok(RunningStats {
-                    prefix: r.prefix.clone(),
-                    mean: r.mean.to_device(device)?,
-                    var: r.var.to_device(device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(BagSslModel { config: self.config, device: device.clone(), params, running })
+        let mut copy = BagSslModel::zeros(self.config, device)?;
+        for (name, t) in self.named_tensors() {
+            let slot = copy.tensor_mut(&name).ok_or_else(|| ModelError::Internal(format!("no tensor `{name}`")))?;
+            *slot = t.to_device(device)?;
+        }
+        Ok(copy)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -310,61 +226,44 @@ impl BagSslModel {
     /// `x_requires_grad` is for gradient checks (dL/dx); training passes false.
     pub fn forward_train<'a>(&'a self, tape: &mut Tape<'a>, x: Tensor, x_requires_grad: bool) -> Result<TrainForward> {
         self.check_input(&x)?;
-        let pv: Vec<Var> = self.params.iter().map(|p| tape.leaf(&p.value, true)).collect();
         let xv = tape.input(x, x_requires_grad);
-        let mut bn_outputs = Vec::with_capacity(self.running.len());
-        let mut block = |tape: &mut Tape<'a>, input: Var, base: usize| -> Result<Var> {
-            // The Linear bias goes into the BatchNorm's passes (same values as adding it here,
-            // without a pass over the (rows, width) matrix each way).
-            let y = tape.linear(input, pv[base], None)?;
-            let out = tape.batch_norm(y, Some(pv[base + 1]), pv[base + 2], pv[base + 3], BN_EPS, true)?;
-            bn_outputs.push(out);
-            Ok(out)
-        };
-        let mut cur = xv;
-        for i in 0..self.config.layers {
-            cur = block(tape, cur, 4 * i)?;
-        }
-        let h = cur;
-        let base = 4 * self.config.layers;
-        let g = block(tape, h, base)?;
+        let mut f = Forward::new(tape, true);
+        let h = self.encoder.forward(&mut f, xv)?;
+        let g = self.projector.hidden.forward(&mut f, h)?;
         // Without its bias: the loss is invariant to it (TrainForward::z).
-        let z = tape.linear(g, pv[base + 4], None)?;
-        Ok(TrainForward { x: xv, h, z, z_bias: pv[base + 5], params: pv, bn_outputs })
+        let (z, z_bias) = self.projector.out.forward_split(&mut f, g)?;
+        let z_bias = z_bias.ok_or_else(|| ModelError::Internal("the projector's last Linear has no bias".into()))?;
+        let params = f.leaves_of(&self.params())?;
+        let bn_outputs = f.bn_outputs_of(&self.running_stats())?;
+        Ok(TrainForward { x: xv, h, z, z_bias, params, bn_outputs })
     }
 
-    /// Eval-mode encoder without a tape: BatchNorm uses the running statistics, so a patch's
-    /// embedding does not depend on the rest of the batch. Returns h (rows, hidden).
+    /// The eval-mode encoder (BatchNorm with the running statistics, so a patch's embedding does
+    /// not depend on the rest of the batch): the same layers as [`BagSslModel::forward_train`]'s,
+    /// in eval mode. Returns h (rows, hidden).
     pub fn encode_eval(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        let mut cur: Option<Tensor> = None;
-        for i in 0..self.config.layers {
-            let p = &self.params[4 * i..4 * i + 4];
-            let r = &self.running[i];
-            let input = cur.as_ref().unwrap_or(x);
-            // BN(x W^T + b) with running mean m is BN(x W^T) with running mean m - b: the bias
-            // folds into a per-column shift instead of a pass over the (rows, hidden) output.
-            let mut shift = r.mean.try_clone()?;
-            ops::axpy_(&mut shift, -1.0, &p[1].value)?;
-            cur =
-                Some(ops::linear_bn_eval(input, &p[0].value, &shift, &r.var, &p[2].value, &p[3].value, BN_EPS, true)?);
-        }
-        Ok(cur.expect("ModelConfig::validate guarantees at least one encoder layer"))
+        let mut tape = Tape::new();
+        let xv = tape.leaf(x, false);
+        let h = self.encoder.forward(&mut Forward::new(&mut tape, false), xv)?;
+        Ok(tape.into_value(h)?)
     }
 
     /// Moves every running statistic towards this step's batch statistics:
     /// `r = (1 - momentum) r + momentum batch`, variance from the unbiased batch variance (PyTorch).
     pub fn update_running_stats(&mut self, batch: &[(Tensor, Tensor)], momentum: f32) -> Result<()> {
-        if batch.len() != self.running.len() {
+        let mut running = self.running_stats_mut();
+        if batch.len() != running.len() {
             return Err(ModelError::Config(format!(
                 "{} batch statistics for {} BatchNorms",
                 batch.len(),
-                self.running.len()
+                running.len()
             )));
         }
         // Every vector in one call (one launch on a GPU).
         let mut pairs: Vec<(&mut Tensor, &Tensor)> = Vec::with_capacity(2 * batch.len());
-        for (r, (mean, var)) in self.running.iter_mut().zip(batch) {
+        for (r, (mean, var)) in running.iter_mut().zip(batch) {
+            let r = &mut **r;
             pairs.push((&mut r.mean, mean));
             pairs.push((&mut r.var, var));
         }
@@ -380,7 +279,7 @@ mod tests {
     fn layout_names_and_shapes() {
         let c = ModelConfig { patch: 4, layers: 2, hidden: 32, proj: 24 };
         let m = BagSslModel::new(c, 0, &Device::Cpu).unwrap();
-        let names: Vec<_> = m.params().iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<_> = m.params().iter().map(|p| p.name.clone()).collect();
         assert_eq!(names.len(), 14);
         assert_eq!(names[0], "encoder.0.weight");
         assert_eq!(names[7], "encoder.1.bn.beta");
@@ -411,5 +310,25 @@ mod tests {
         let r = &a.running_stats()[0];
         assert!(r.mean.to_vec().unwrap().iter().all(|&v| v == 0.0));
         assert!(r.var.to_vec().unwrap().iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn eval_forward_is_the_training_layers_in_eval_mode() {
+        // With fresh running statistics (mean 0, var 1) the eval forward of one block is
+        // relu(gamma (x W^T + b) / sqrt(1 + eps) + beta); check it against that formula.
+        let c = ModelConfig { patch: 2, layers: 1, hidden: 5, proj: 3 };
+        let m = BagSslModel::new(c, 3, &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(&[4, 12], (0..48).map(|i| (i as f32 * 0.37).sin()).collect());
+        let h = m.encode_eval(&x).unwrap().to_vec().unwrap();
+        let w = m.param("encoder.0.weight").unwrap().value.to_vec().unwrap();
+        let b = m.param("encoder.0.bias").unwrap().value.to_vec().unwrap();
+        let xs = x.to_vec().unwrap();
+        for r in 0..4 {
+            for o in 0..5 {
+                let y: f64 = (0..12).map(|k| xs[r * 12 + k] as f64 * w[o * 12 + k] as f64).sum::<f64>() + b[o] as f64;
+                let want = (y / (1.0 + crate::BN_EPS as f64).sqrt()).max(0.0);
+                assert!((h[r * 5 + o] as f64 - want).abs() < 1e-5, "row {r} col {o}: {} vs {want}", h[r * 5 + o]);
+            }
+        }
     }
 }

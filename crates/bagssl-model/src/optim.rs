@@ -1,4 +1,4 @@
-//! Optimizers over the model's flat parameter list: AdamW (PyTorch semantics, one fused op per
+//! Optimizers over the model's parameters (in [`crate::BagSslModel::params`] order): AdamW (PyTorch semantics, one fused op per
 //! tensor) and LARS (as in the VICReg code: momentum 0.9, trust coefficient 0.001, built from the
 //! `dot` / `axpy_` / `scale_` primitives so it runs on either device).
 //!
@@ -9,7 +9,7 @@ use bagssl_autograd::ops::AdamWSlot;
 use bagssl_autograd::{ops, AdamW, Tensor};
 
 use crate::config::OptimizerKind;
-use crate::model::{Param, ParamKind};
+use crate::layers::{Param, ParamKind};
 use crate::{ModelError, Result};
 
 pub const ADAM_BETA1: f32 = 0.9;
@@ -29,7 +29,7 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// Zero state for `params` (on their devices).
-    pub fn new(kind: OptimizerKind, weight_decay: f32, params: &[Param]) -> Result<Self> {
+    pub fn new(kind: OptimizerKind, weight_decay: f32, params: &[&Param]) -> Result<Self> {
         let slots = Self::slot_names(kind).len();
         let state = params
             .iter()
@@ -60,7 +60,7 @@ impl Optimizer {
     }
 
     /// Every state buffer with its checkpoint name.
-    pub fn named_state<'s>(&'s self, params: &[Param]) -> Vec<(String, &'s Tensor)> {
+    pub fn named_state<'s>(&'s self, params: &[&Param]) -> Vec<(String, &'s Tensor)> {
         let slots = Self::slot_names(self.kind);
         params
             .iter()
@@ -79,7 +79,7 @@ impl Optimizer {
 
     /// One update of every parameter with its gradient. `step` is the 1-based update count
     /// (AdamW bias correction).
-    pub fn update(&mut self, params: &mut [Param], grads: &[Tensor], lr: f32, step: u64) -> Result<()> {
+    pub fn update(&mut self, params: &mut [&mut Param], grads: &[Tensor], lr: f32, step: u64) -> Result<()> {
         if params.len() != grads.len() || params.len() != self.state.len() {
             return Err(ModelError::Config(format!(
                 "optimizer: {} parameters, {} gradients, {} state entries",
@@ -105,7 +105,7 @@ impl Optimizer {
             OptimizerKind::Lars => {
                 for i in 0..params.len() {
                     let wd = self.decay_for(params[i].kind);
-                    let (p, g, bufs) = (&mut params[i], &grads[i], &mut self.state[i]);
+                    let (p, g, bufs) = (&mut *params[i], &grads[i], &mut self.state[i]);
                     lars_update(&mut p.value, g, &mut bufs[0], lr, wd, p.kind.is_weight())?;
                 }
             }
@@ -165,9 +165,9 @@ mod tests {
         let b0 = vec![0.5, -1.0, 2.0];
         let g = vec![0.1, -0.3, 4.0];
         let mut params = vec![param("w", ParamKind::Weight, w0.clone()), param("b", ParamKind::Bias, b0.clone())];
-        let mut opt = Optimizer::new(OptimizerKind::AdamW, 0.1, &params).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::AdamW, 0.1, &params.iter().collect::<Vec<_>>()).unwrap();
         let grads = vec![Tensor::from_vec(&[3], g.clone()), Tensor::from_vec(&[3], g.clone())];
-        opt.update(&mut params, &grads, 0.01, 1).unwrap();
+        opt.update(&mut params.iter_mut().collect::<Vec<_>>(), &grads, 0.01, 1).unwrap();
         let w = params[0].value.to_vec().unwrap();
         let b = params[1].value.to_vec().unwrap();
         for i in 0..3 {
@@ -181,7 +181,7 @@ mod tests {
         assert!((w[0] - (0.5 * (1.0 - 0.001) - 0.01)).abs() < 1e-5);
         let m = opt.state()[0][0].to_vec().unwrap();
         assert!((m[2] - 0.4).abs() < 1e-6);
-        let names: Vec<_> = opt.named_state(&params).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<_> = opt.named_state(&params.iter().collect::<Vec<_>>()).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["optim.w.m", "optim.w.v", "optim.b.m", "optim.b.v"]);
     }
 
@@ -195,10 +195,10 @@ mod tests {
             param("b", ParamKind::Bias, p0.clone()),
         ];
         let wd = 0.5f32;
-        let mut opt = Optimizer::new(OptimizerKind::Lars, wd, &params).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::Lars, wd, &params.iter().collect::<Vec<_>>()).unwrap();
         let grads: Vec<_> = (0..3).map(|_| Tensor::from_vec(&[2], g.clone())).collect();
         let lr = 0.1f32;
-        opt.update(&mut params, &grads, lr, 1).unwrap();
+        opt.update(&mut params.iter_mut().collect::<Vec<_>>(), &grads, lr, 1).unwrap();
         // Weight: d = g + wd p = (2.1, 2.8), |d| = 3.5; q = 0.001 * 5 / 3.5; mu = q d; p -= lr mu.
         let q = 0.001 * 5.0 / 3.5;
         let w = params[0].value.to_vec().unwrap();
@@ -211,7 +211,7 @@ mod tests {
             assert!((v[1] - (4.0 - lr * 0.8)).abs() < 1e-6, "{v:?}");
         }
         // Second step: momentum 0.9 accumulates.
-        opt.update(&mut params, &grads, lr, 2).unwrap();
+        opt.update(&mut params.iter_mut().collect::<Vec<_>>(), &grads, lr, 2).unwrap();
         let b = params[2].value.to_vec().unwrap();
         assert!((b[0] - (3.0 - lr * 0.6 - lr * (0.9 * 0.6 + 0.6))).abs() < 1e-5, "{b:?}");
     }

@@ -5,12 +5,13 @@
 //! stream [`PERM_STREAM`] draws the epoch permutations. All three states go into checkpoints, so a
 //! resumed run continues bit-identically on the CPU.
 
-use bagssl_autograd::{Device, Tape};
+use bagssl_autograd::{BagVicreg, Device, LossValues, Tape};
 use bagssl_data::{check_patch_size, ImageStore, PatchSampler, PatchSpec, RngState, SeededRng};
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::config::{ModelConfig, TrainConfig};
-use crate::model::{BagSslModel, BN_MOMENTUM};
+use crate::layers::BN_MOMENTUM;
+use crate::model::BagSslModel;
 use crate::optim::Optimizer;
 use crate::schedule::lr_factor;
 use crate::source::PatchSource;
@@ -19,19 +20,41 @@ use crate::{ModelError, Result};
 /// ChaCha stream of the epoch permutations (0: weight init, 1: patch sampler).
 pub const PERM_STREAM: u64 = 2;
 
-/// What one step reports (for `metrics.jsonl`).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+/// What one step reports (for `metrics.jsonl`): serialized as `step`, `epoch`, every scalar of
+/// the loss under its own name (`loss`, then bag-VICReg's `invariance`, `variance`,
+/// `covariance`) and `lr`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepStats {
     /// 1-based number of this step (= steps done after it).
     pub step: u64,
     /// 0-based epoch the batch was drawn from.
     pub epoch: u64,
+    /// The weighted loss (`terms.loss()`).
     pub loss: f64,
-    pub invariance: f64,
-    pub variance: f64,
-    pub covariance: f64,
+    /// The loss's scalars by name, the weighted loss first.
+    pub terms: LossValues,
     /// Learning rate used by this step's update.
     pub lr: f64,
+}
+
+impl StepStats {
+    /// The loss scalar called `name` (`loss`, `invariance`, ...).
+    pub fn term(&self, name: &str) -> Option<f64> {
+        self.terms.get(name)
+    }
+}
+
+impl Serialize for StepStats {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("step", &self.step)?;
+        m.serialize_entry("epoch", &self.epoch)?;
+        for (name, v) in self.terms.iter() {
+            m.serialize_entry(name, &v)?;
+        }
+        m.serialize_entry("lr", &self.lr)?;
+        m.end()
+    }
 }
 
 /// Position in the current epoch's permutation of the dataset.
@@ -121,7 +144,7 @@ impl Trainer {
 
     /// A fresh run (step 0, zero optimizer state) starting from the given weights.
     pub fn with_model(model: BagSslModel, config: TrainConfig) -> Result<Self> {
-        let optimizer = Optimizer::new(config.optimizer, config.weight_decay as f32, model.params())?;
+        let optimizer = Optimizer::new(config.optimizer, config.weight_decay as f32, &model.params())?;
         let sampler = PatchSampler::new(config.seed, config.augment);
         let cursor = EpochCursor::new(config.seed);
         Self::from_parts(model, optimizer, sampler, cursor, config, 0)
@@ -136,7 +159,7 @@ impl Trainer {
         config: TrainConfig,
         step: u64,
     ) -> Result<Self> {
-        config.validate(model.config())?;
+        config.validate()?;
         let source = PatchSource::for_device(model.device());
         Ok(Trainer { model, optimizer, sampler, cursor, config, step, source, images: Vec::new(), specs: Vec::new() })
     }
@@ -197,10 +220,12 @@ impl Trainer {
     /// random draws are consumed).
     pub fn step(&mut self, store: &ImageStore) -> Result<StepStats> {
         let c = &self.config;
-        check_patch_size(c.patch, store.height, store.width).map_err(|e| ModelError::Config(e.to_string()))?;
+        let patch = self.model.config().patch;
+        check_patch_size(patch, store.height, store.width).map_err(|e| ModelError::Config(e.to_string()))?;
         let epoch = self.cursor.next_batch(store.len(), c.batch_images, &mut self.images)?;
-        self.sampler.sample_into(&self.images, c.per_image, c.patch, store.height, store.width, &mut self.specs);
-        let x = self.source.patches(store, &self.specs, c.patch)?;
+        self.sampler.sample_into(&self.images, c.per_image, patch, store.height, store.width, &mut self.specs);
+        let x = self.source.patches(store, &self.specs, patch)?;
+        let loss_fn = BagVicreg { per_image: c.per_image, weights: c.loss };
         let number = self.step + 1;
         let lr = c.lr * lr_factor(self.step, c.warmup_steps, c.total_steps);
 
@@ -209,7 +234,7 @@ impl Trainer {
             let fw = self.model.forward_train(&mut tape, x, false)?;
             // On a GPU the loss terms travel to the host while the backward pass is queued and
             // runs; the step waits for them (not for the backward) before it updates anything.
-            let (loss, pending) = fw.loss_async(&mut tape, c.per_image, c.loss.vicreg())?;
+            let (loss, pending) = tape.loss(fw.z, Some(fw.z_bias), &loss_fn)?;
             let batch_stats = fw.batch_stats(&tape)?;
             let mut g = tape.backward(loss)?;
             let grads = fw
@@ -218,25 +243,17 @@ impl Trainer {
                 .zip(self.model.params())
                 .map(|(&v, p)| g.take(v).ok_or_else(|| ModelError::Internal(format!("no gradient for `{}`", p.name))))
                 .collect::<Result<Vec<_>>>()?;
-            let parts = pending.wait()?;
-            if !parts.loss.is_finite() {
+            let terms = pending.wait()?;
+            if !terms.loss().is_finite() {
                 return Err(ModelError::NonFiniteLoss { step: number });
             }
-            (parts, grads, batch_stats)
+            (terms, grads, batch_stats)
         };
 
-        self.optimizer.update(self.model.params_mut(), &grads, lr as f32, number)?;
+        self.optimizer.update(&mut self.model.params_mut(), &grads, lr as f32, number)?;
         self.model.update_running_stats(&batch_stats, BN_MOMENTUM)?;
         self.step = number;
-        Ok(StepStats {
-            step: number,
-            epoch,
-            loss: parts.loss,
-            invariance: parts.invariance,
-            variance: parts.variance,
-            covariance: parts.covariance,
-            lr,
-        })
+        Ok(StepStats { step: number, epoch, loss: parts.loss(), terms: parts, lr })
     }
 }
 

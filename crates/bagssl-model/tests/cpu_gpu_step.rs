@@ -63,7 +63,7 @@ use bagssl_kernels::{at_each_gemm_precision, gpu_or_skip, GemmPrecision, Gpu};
 use bagssl_model::optim::{ADAM_EPS, LARS_ETA};
 use bagssl_model::trainer::PERM_STREAM;
 use bagssl_model::{
-    BagSslModel, LossWeights, ModelConfig, OptimizerKind, ParamKind, PatchSource, StepStats, TrainConfig, Trainer,
+    BagSslModel, ModelConfig, OptimizerKind, ParamKind, PatchSource, StepStats, TrainConfig, Trainer, VicregWeights,
     BN_MOMENTUM,
 };
 
@@ -81,7 +81,6 @@ fn model_config() -> ModelConfig {
 fn train_config(optimizer: OptimizerKind) -> TrainConfig {
     TrainConfig {
         per_image: 8,
-        patch: 8,
         augment: true,
         batch_images: 16,
         total_steps: 100,
@@ -93,7 +92,7 @@ fn train_config(optimizer: OptimizerKind) -> TrainConfig {
         },
         weight_decay: 1e-4,
         optimizer,
-        loss: LossWeights::default(),
+        loss: VicregWeights::default(),
         seed: 5,
     }
 }
@@ -228,7 +227,8 @@ fn first_batch(c: &TrainConfig, store: &ImageStore) -> Vec<PatchSpec> {
     let mut rng = SeededRng::new(c.seed);
     rng.rng().set_stream(PERM_STREAM);
     let images: Vec<u32> = rng.permutation(store.len())[..c.batch_images].iter().map(|&i| i as u32).collect();
-    PatchSampler::new(c.seed, c.augment).sample(&images, c.per_image, c.patch, store.height, store.width)
+    let patch = model_config().patch;
+    PatchSampler::new(c.seed, c.augment).sample(&images, c.per_image, patch, store.height, store.width)
 }
 
 /// Everything of one hand-run training step, on the host.
@@ -248,7 +248,7 @@ fn manual(model: &BagSslModel, x: Tensor, c: &TrainConfig) -> Manual {
     let fw = model.forward_train(&mut tape, x, false).unwrap();
     let h = tape.value(fw.h).to_vec().unwrap();
     let z = fw.z_values(&tape).unwrap().to_vec().unwrap();
-    let (loss, p) = fw.loss(&mut tape, c.per_image, c.loss.vicreg()).unwrap();
+    let (loss, p) = fw.loss(&mut tape, c.per_image, c.loss).unwrap();
     let stats = fw.batch_stats(&tape).unwrap().iter().map(|(m, v)| (host(m), host(v))).collect();
     let mut g = tape.backward(loss).unwrap();
     let grads = fw.params.iter().map(|&v| host(&g.take(v).expect("every parameter has a gradient"))).collect();
@@ -377,8 +377,9 @@ fn compare_first_step(rep: &mut Report, tol: Tol, store: &ImageStore, cpu: &mut 
     let c = cpu.trainer.config().clone();
     assert_eq!(&c, other.trainer.config());
     let specs = first_batch(&c, store);
-    let xc = cpu.source.patches(store, &specs, c.patch).unwrap();
-    let xo = other.source.patches(store, &specs, c.patch).unwrap();
+    let patch = cpu.trainer.model().config().patch;
+    let xc = cpu.source.patches(store, &specs, patch).unwrap();
+    let xo = other.source.patches(store, &specs, patch).unwrap();
     rep.max_diff("patch matrix X", &host(&xo), &host(&xc), x_tol);
 
     let mc = manual(cpu.trainer.model(), xc, &c);

@@ -10,7 +10,7 @@
 //! on the scale of the neighbouring gradients (~0.1 - 1).
 
 use bagssl_autograd::{Device, Tape, Tensor};
-use bagssl_model::{BagSslModel, LossWeights, ModelConfig, BN_MOMENTUM};
+use bagssl_model::{BagSslModel, ModelConfig, VicregWeights, BN_MOMENTUM};
 use serde_json::Value;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden");
@@ -60,7 +60,7 @@ fn model_step_matches_golden() {
     let (h, z, parts, grads, grad_x, stats, names) = {
         let mut tape = Tape::new();
         let fw = model.forward_train(&mut tape, x, true).unwrap();
-        let (loss, parts) = fw.loss(&mut tape, n, LossWeights::default().vicreg()).unwrap();
+        let (loss, parts) = fw.loss(&mut tape, n, VicregWeights::default()).unwrap();
         let h = tape.value(fw.h).to_vec().unwrap();
         let z = fw.z_values(&tape).unwrap().to_vec().unwrap();
         let stats = fw.batch_stats(&tape).unwrap();
@@ -95,7 +95,8 @@ fn model_step_matches_golden() {
     for (key, v) in running.iter().filter(|(k, _)| k.as_str() != "about") {
         // Golden keys are `<prefix>.mean` / `<prefix>.var`; ours `<prefix>.running_mean` / `_var`.
         let (prefix, stat) = key.rsplit_once('.').unwrap();
-        let r = model.running_stats().iter().find(|r| r.prefix == prefix).unwrap_or_else(|| panic!("no BN {prefix}"));
+        let running = model.running_stats();
+        let r = running.iter().find(|r| r.prefix == prefix).unwrap_or_else(|| panic!("no BN {prefix}"));
         let got = if stat == "mean" { &r.mean } else { &r.var };
         ok &= check(&format!("running {key}"), &got.to_vec().unwrap(), &array(v).1, 0.0, 1e-5);
         checked += 1;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bagssl_autograd::cpu::pool;
 use bagssl_autograd::{set_cpu_matmul_precision, CpuMatmulPrecision, Device};
 use bagssl_data::{synthetic, SyntheticSpec};
-use bagssl_model::{LossWeights, ModelConfig, OptimizerKind, TrainConfig, Trainer};
+use bagssl_model::{ModelConfig, OptimizerKind, TrainConfig, Trainer, VicregWeights};
 
 struct Counting;
 
@@ -66,7 +66,6 @@ fn a_warm_cpu_step_allocates_no_large_buffer() {
             set_cpu_matmul_precision(precision);
             let config = TrainConfig {
                 per_image: 16,
-                patch: 8,
                 augment: true,
                 batch_images: 8,
                 total_steps: 100,
@@ -74,7 +73,7 @@ fn a_warm_cpu_step_allocates_no_large_buffer() {
                 lr: 1e-3,
                 weight_decay: 1e-4,
                 optimizer,
-                loss: LossWeights::default(),
+                loss: VicregWeights::default(),
                 seed: 5,
             };
             let mut trainer = Trainer::new(model, config, &Device::Cpu).unwrap();

@@ -210,7 +210,7 @@ pub fn model_and_train_config(
     cfg: &Config,
     train_images: usize,
 ) -> Result<(bagssl_model::ModelConfig, bagssl_model::TrainConfig)> {
-    use bagssl_model::{LossWeights, ModelConfig, OptimizerKind, TrainConfig};
+    use bagssl_model::{ModelConfig, OptimizerKind, TrainConfig, VicregWeights};
     if cfg.train.batch_images > train_images {
         bail!(
             "config key `train.batch_images` = {} is larger than the training set ({train_images} images)",
@@ -228,7 +228,6 @@ pub fn model_and_train_config(
     };
     let train = TrainConfig {
         per_image: cfg.patches.per_image,
-        patch: cfg.patches.size,
         augment: cfg.patches.augment,
         batch_images: cfg.train.batch_images,
         total_steps,
@@ -236,10 +235,11 @@ pub fn model_and_train_config(
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
         optimizer: if cfg.train.optimizer == "lars" { OptimizerKind::Lars } else { OptimizerKind::AdamW },
-        loss: LossWeights {
+        loss: VicregWeights {
             invariance: cfg.loss.invariance as f32,
             variance: cfg.loss.variance as f32,
             covariance: cfg.loss.covariance as f32,
+            ..VicregWeights::default()
         },
         seed: cfg.seed,
     };

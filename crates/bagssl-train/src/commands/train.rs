@@ -78,11 +78,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         progress.set_message(format!("loss {:.4}", s.loss));
         let log_every = cfg.train.log_every as u64;
         if s.step % log_every == 0 || s.step == total {
-            metrics.write(&json!({
-                "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss,
-                "invariance": s.invariance, "variance": s.variance, "covariance": s.covariance,
-                "lr": s.lr, "elapsed_s": started.elapsed().as_secs_f64(),
-            }))?;
+            // step, epoch, lr and the loss's own scalars (StepStats' serialization), plus these.
+            let mut line = serde_json::to_value(&s)?;
+            line["event"] = json!("step");
+            line["elapsed_s"] = json!(started.elapsed().as_secs_f64());
+            metrics.write(&line)?;
         }
         if cfg.train.checkpoint_every > 0 && s.step % cfg.train.checkpoint_every as u64 == 0 {
             trainer.save(&ckpt_path)?;

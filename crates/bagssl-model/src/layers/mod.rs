@@ -1,0 +1,168 @@
+//! Layer types: named parameters in fields, PyTorch names derived from the layer tree, and one
+//! forward for training and evaluation ([`Forward::train`] is the flag).
+//!
+//! A layer is built under a name prefix (`encoder.0`), and each of its parameters gets its full
+//! PyTorch name at construction (`encoder.0.weight`), so the optimizer, the checkpoints and the
+//! golden tests all walk the same names ([`Layer::visit`], in tree order). A forward records onto
+//! a [`Tape`]: in training mode every parameter is a leaf that needs a gradient and every
+//! BatchNorm reports its batch statistics; in eval mode BatchNorm uses its running statistics
+//! and nothing needs a gradient. How a layer computes (folding a Linear bias into the BatchNorm
+//! after it, fusing the eval-mode BatchNorm into the GEMM) is the layer's business.
+
+mod batchnorm;
+mod linear;
+mod sequential;
+
+pub use batchnorm::{BatchNorm, BnNames, RunningStats, BN_EPS, BN_MOMENTUM};
+pub use linear::{Linear, LinearBn};
+pub use sequential::Sequential;
+
+use bagssl_autograd::{Device, Tape, Tensor, Var};
+use bagssl_data::SeededRng;
+
+use crate::Result;
+
+/// What a parameter is; decides weight decay and LARS adaptation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A weight matrix (a Linear's (out, in), a convolution's kernel).
+    Weight,
+    /// A Linear bias.
+    Bias,
+    /// BatchNorm scale.
+    BnGamma,
+    /// BatchNorm shift.
+    BnBeta,
+}
+
+impl ParamKind {
+    /// Only weight matrices get weight decay and the LARS trust ratio: decaying biases or BN
+    /// affine parameters only hurts (the usual VICReg/BYOL recipe excludes all 1-D parameters).
+    pub fn is_weight(self) -> bool {
+        matches!(self, ParamKind::Weight)
+    }
+}
+
+/// One trainable tensor with its full PyTorch-style name (`encoder.0.weight`, ...).
+#[derive(Debug)]
+pub struct Param {
+    pub name: String,
+    pub kind: ParamKind,
+    pub value: Tensor,
+}
+
+/// How new parameters are filled.
+pub enum Init<'r> {
+    /// PyTorch's defaults, drawn in construction order: `nn.Linear` weight and bias from
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)); BN gamma 1, beta 0.
+    Seeded(&'r mut SeededRng),
+    /// Every parameter zero (filled by a checkpoint loader or a test).
+    Zeros,
+}
+
+impl Init<'_> {
+    /// A parameter of `shape` on `device`; `fan_in` bounds the uniform draws of weights and biases.
+    pub fn param(
+        &mut self,
+        name: String,
+        kind: ParamKind,
+        shape: &[usize],
+        fan_in: usize,
+        device: &Device,
+    ) -> Result<Param> {
+        let n = shape.iter().product();
+        let value = match self {
+            Init::Zeros => Tensor::zeros(shape, device)?,
+            Init::Seeded(rng) => {
+                let host = match kind {
+                    ParamKind::Weight | ParamKind::Bias => {
+                        let bound = 1.0 / (fan_in as f32).sqrt();
+                        (0..n).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect()
+                    }
+                    ParamKind::BnGamma => vec![1.0; n],
+                    ParamKind::BnBeta => vec![0.0; n],
+                };
+                Tensor::from_vec(shape, host).to_device(device)?
+            }
+        };
+        Ok(Param { name, kind, value })
+    }
+}
+
+/// `prefix.name`, or `name` at the root.
+pub fn child(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// One forward pass through layers on a tape, in training or eval mode.
+pub struct Forward<'t, 'a> {
+    pub tape: &'t mut Tape<'a>,
+    /// Training mode: batch statistics, parameters that need gradients. Eval: running statistics.
+    pub train: bool,
+    leaves: Vec<(&'a Param, Var)>,
+    batch_stats: Vec<(&'a RunningStats, Var)>,
+}
+
+impl<'t, 'a> Forward<'t, 'a> {
+    pub fn new(tape: &'t mut Tape<'a>, train: bool) -> Self {
+        Forward { tape, train, leaves: Vec::new(), batch_stats: Vec::new() }
+    }
+
+    /// `p` as a leaf of the tape (needing a gradient in training mode).
+    pub fn param(&mut self, p: &'a Param) -> Var {
+        let v = self.tape.leaf(&p.value, self.train);
+        self.leaves.push((p, v));
+        v
+    }
+
+    /// Records that the training-mode BatchNorm owning `running` produced `output`.
+    pub fn batch_norm_output(&mut self, running: &'a RunningStats, output: Var) {
+        self.batch_stats.push((running, output));
+    }
+
+    /// The leaf of each of `params` (in that order); an error for one this forward did not use.
+    pub fn leaves_of(&self, params: &[&Param]) -> Result<Vec<Var>> {
+        params.iter().map(|p| find(&self.leaves, p, &p.name)).collect()
+    }
+
+    /// The BatchNorm output of each of `running` (in that order).
+    pub fn bn_outputs_of(&self, running: &[&RunningStats]) -> Result<Vec<Var>> {
+        running.iter().map(|r| find(&self.batch_stats, r, &r.prefix)).collect()
+    }
+}
+
+fn find<T>(pairs: &[(&T, Var)], want: &T, name: &str) -> Result<Var> {
+    pairs
+        .iter()
+        .find(|(t, _)| std::ptr::eq(*t, want))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| crate::ModelError::Internal(format!("`{name}` was not used by the forward")))
+}
+
+/// Everything a layer holds, in tree order.
+#[derive(Default)]
+pub struct Visitor<'s> {
+    pub params: Vec<&'s Param>,
+    pub running: Vec<&'s RunningStats>,
+}
+
+/// [`Visitor`] with mutable access.
+#[derive(Default)]
+pub struct VisitorMut<'s> {
+    pub params: Vec<&'s mut Param>,
+    pub running: Vec<&'s mut RunningStats>,
+}
+
+/// A layer: a forward on the tape and its parameters and running statistics.
+pub trait Layer {
+    /// `x` through the layer, in [`Forward::train`] mode.
+    fn forward<'a>(&'a self, f: &mut Forward<'_, 'a>, x: Var) -> Result<Var>;
+    /// Adds the parameters and running statistics, in tree order.
+    fn visit<'s>(&'s self, v: &mut Visitor<'s>);
+    /// [`Layer::visit`], mutably (same order).
+    fn visit_mut<'s>(&'s mut self, v: &mut VisitorMut<'s>);
+}
