@@ -4,7 +4,7 @@
 # evaluation throughput and peak memory; prints both and the ratios. Not part of CI.
 #
 #   benchmarks/compare_torch.sh            # CPU preset: patch 8, 16 x 32 images, 512 wide (issue 3)
-#   PRESET=gpu benchmarks/compare_torch.sh # DESIGN §3 reference config on CUDA (16 x 256, 2048 wide)
+#   PRESET=gpu benchmarks/compare_torch.sh # docs/DEFINITIONS.md §11 reference config on CUDA (16 x 256, 2048 wide)
 #
 # PRECISION: the GEMM math of both sides, like for like. f32 (the CPU default): our f32 GEMMs
 # against PyTorch in f32; bf16 (the GPU default): our bf16 GEMMs (cpu_precision / gpu_precision

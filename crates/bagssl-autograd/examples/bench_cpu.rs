@@ -7,7 +7,7 @@
 //!
 //! Shapes: `cpu` is the CPU training config (32 images x 16 patches = N 512 rows of 8*8*3 = 192,
 //! encoder 192 -> 512 -> 512, bag-VICReg at D = 512, as `bagssl-train bench --config
-//! configs/bench-cpu.toml` trains); `ref` is the DESIGN §3 reference config (256 x 16 = N 4096
+//! configs/bench-cpu.toml` trains); `ref` is the reference config of docs/DEFINITIONS.md §11 (256 x 16 = N 4096
 //! rows, 192 -> 2048, D = 2048). `--quick` (CI) runs fewer repeats and skips the reference
 //! config's N x 2048 x 2048 products and its bag-VICReg (172 of the full run's 197 GFLOP per
 //! repeat).

@@ -4,7 +4,8 @@
 mod common;
 
 use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, BnTrainArgs, Device, Error, Tensor, VicregWeights};
-use common::{host, rand_tensor, rng, Report};
+use bagssl_testkit::Report;
+use common::{host, rand_tensor, rng};
 
 fn f64s(t: &Tensor) -> Vec<f64> {
     host(t).iter().map(|&x| x as f64).collect()

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn gpu(test: &str) -> Option<(Device, std::sync::Arc<bagssl_kernels::Gpu>)> {
-    bagssl_kernels::gpu_or_skip(test).map(|g| (Device::Cuda(g.clone()), g))
+    bagssl_testkit::gpu_or_skip(test).map(|g| (Device::Cuda(g.clone()), g))
 }
 
 fn uniform(r: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {

@@ -1,4 +1,4 @@
-//! The float64 PyTorch golden vectors (`/work/shared/golden`) against the f32 CPU path.
+//! The float64 PyTorch golden vectors (`fixtures/golden/`) against the f32 CPU path.
 //!
 //! Tolerances: the f32 forward rounds each value to ~6e-8 relative and every layer adds a few
 //! such roundings, BatchNorm over 20 rows amplifies them by at most ~10, so values and gradients
@@ -11,7 +11,8 @@
 mod common;
 
 use bagssl_autograd::{ops, Tape, Tensor, VicregWeights};
-use common::{golden_array, golden_f64, golden_tensor, host, load_golden, Report};
+use bagssl_testkit::{golden, Report};
+use common::{golden_array, golden_f64, golden_tensor, host};
 
 fn weights(g: &serde_json::Value) -> VicregWeights {
     VicregWeights {
@@ -24,7 +25,7 @@ fn weights(g: &serde_json::Value) -> VicregWeights {
 
 #[test]
 fn vicreg_bag_golden() {
-    let g = load_golden("vicreg_bag.json");
+    let g = golden("vicreg_bag.json");
     let z = golden_tensor(&g, "z");
     let n = g["n_per_image"].as_u64().unwrap() as usize;
     let (parts, dz) = ops::vicreg_fwd_bwd(&z, n, weights(&g)).unwrap();
@@ -41,7 +42,7 @@ fn vicreg_bag_golden() {
 /// The tape through the tiny encoder + projector of `model_step.json`, built by hand.
 #[test]
 fn model_step_golden() {
-    let g = load_golden("model_step.json");
+    let g = golden("model_step.json");
     let n = g["n_per_image"].as_u64().unwrap() as usize;
     let bn_eps = golden_f64(&g, "bn_eps") as f32;
     let params = &g["params"];

@@ -17,7 +17,8 @@
 mod common;
 
 use bagssl_autograd::{ops, BnTrainArgs, Tape, Tensor, Var, VicregWeights};
-use common::{host, rand_tensor, rng, Report};
+use bagssl_testkit::Report;
+use common::{host, rand_tensor, rng};
 use rand::Rng;
 
 const RTOL: f64 = 2e-3;

@@ -1,4 +1,4 @@
-//! Times the CPU patch gather at the DESIGN §3 reference configuration.
+//! Times the CPU patch gather at the reference configuration (docs/DEFINITIONS.md §11).
 //!
 //! `cargo run -p bagssl-data --release --example gather_bench`
 //!

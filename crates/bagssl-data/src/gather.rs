@@ -1,4 +1,4 @@
-//! CPU patch gather + augmentation (DESIGN §3 "Patch vector" and "Evaluation grid").
+//! CPU patch gather + augmentation (docs/DEFINITIONS.md §3 "Patch vector" and §8 "Evaluation grid").
 //!
 //! This is the CPU reference of the GPU patch-embedding kernel: both follow the same steps in
 //! the same order in f32. Output rows are flattened (y, x, channel), HWC.
@@ -171,7 +171,7 @@ pub fn grid_len(height: usize, width: usize, patch: usize, stride: usize) -> usi
     grid_steps(height, patch, stride) * grid_steps(width, patch, stride)
 }
 
-/// Evaluation grid (DESIGN §3): `oy = 0, s, 2s, ... <= H - p`, same for `ox`, row-major over
+/// Evaluation grid (docs/DEFINITIONS.md §8): `oy = 0, s, 2s, ... <= H - p`, same for `ox`, row-major over
 /// `(oy, ox)` like `unfold`. Empty when the patch does not fit.
 ///
 /// # Panics

@@ -1,5 +1,5 @@
 //! bagssl-data: datasets, the decoded [`ImageStore`], seeded patch sampling and the CPU patch
-//! gather + augmentation (DESIGN.md §2-3).
+//! gather + augmentation (docs/DEFINITIONS.md §1-§3).
 //!
 //! - [`load`] reads CIFAR-10 binary or an ImageFolder of JPEG/PNG (auto-detected), optionally
 //!   through an on-disk cache; [`synthetic`] makes a labelled set with no files at all.

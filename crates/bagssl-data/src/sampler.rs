@@ -1,4 +1,4 @@
-//! Seeded patch sampling (DESIGN §3 "Patch spec").
+//! Seeded patch sampling (docs/DEFINITIONS.md §2 "Patch spec").
 //!
 //! A step's only randomness is the list of [`PatchSpec`]s drawn here on the host; the CPU gather
 //! and the GPU kernel both consume the same specs, which is what makes CPU-vs-GPU parity exact.
@@ -21,7 +21,7 @@ pub const GRAY_P: f32 = 0.2;
 /// run that seeds both with the same number gets independent draws.
 pub const PATCH_STREAM: u64 = 1;
 
-/// Colour-jitter factors of one patch (DESIGN §3).
+/// Colour-jitter factors of one patch (docs/DEFINITIONS.md §2; applied as §3 says).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Jitter {
     pub brightness: f32,

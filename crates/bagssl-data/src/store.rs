@@ -4,9 +4,9 @@ use rayon::prelude::*;
 
 use crate::{DataError, SeededRng};
 
-/// CIFAR-10 training-set channel mean of `x / 255` (DESIGN §3).
+/// CIFAR-10 training-set channel mean of `x / 255` (docs/DEFINITIONS.md §1).
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
-/// CIFAR-10 training-set channel std of `x / 255` (DESIGN §3).
+/// CIFAR-10 training-set channel std of `x / 255` (docs/DEFINITIONS.md §1).
 pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 /// All images of a dataset, decoded once to u8 HWC row-major, with their labels.

@@ -1,31 +1,9 @@
-//! Golden vectors from the float64 PyTorch reference (`shared/golden/`, DESIGN §3): the oracle
-//! for the patch vector (crop, flip, jitter, gray, normalise, HWC) and the evaluation grid.
-
-use std::path::PathBuf;
+//! Golden vectors from the float64 PyTorch reference (`fixtures/golden/`): the oracle for the
+//! patch vector (crop, flip, jitter, gray, normalise, HWC; docs/DEFINITIONS.md §3) and the evaluation grid (§8).
 
 use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, Jitter, PatchSpec};
+use bagssl_testkit::{array, f32s, golden, usizes, verdict};
 use serde_json::Value;
-
-fn golden(name: &str) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    let path = dir.join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("golden file {} missing ({e}); the shared/ folder must sit beside the repository", path.display())
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()))
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("integer") as usize).collect()
-}
 
 fn spec(v: &Value) -> PatchSpec {
     let jitter = match &v["jitter"] {
@@ -47,10 +25,10 @@ fn spec(v: &Value) -> PatchSpec {
 }
 
 fn golden_store(g: &Value) -> ImageStore {
-    let shape = usizes(&g["images"]["shape"]);
+    let (shape, data) = array(&g["images"]);
     assert_eq!(shape.len(), 4);
     assert_eq!(shape[3], 3);
-    let pixels: Vec<u8> = usizes(&g["images"]["data"]).into_iter().map(|v| v as u8).collect();
+    let pixels: Vec<u8> = data.into_iter().map(|v| v as u8).collect();
     let mean = f32s(&g["mean"]);
     let std = f32s(&g["std"]);
     ImageStore::new(
@@ -73,9 +51,9 @@ fn golden_patches() {
     assert_eq!(gw, bagssl_data::GRAY_WEIGHTS.to_vec(), "gray weights differ from the golden file");
     let store = golden_store(&g);
     let specs: Vec<PatchSpec> = g["specs"].as_array().unwrap().iter().map(spec).collect();
-    let expect = f64s(&g["patches"]["data"]);
+    let (shape, expect) = array(&g["patches"]);
     let d = p * p * 3;
-    assert_eq!(usizes(&g["patches"]["shape"]), vec![specs.len(), d]);
+    assert_eq!(shape, vec![specs.len(), d]);
 
     let mut out = vec![f32::NAN; specs.len() * d];
     gather_patches(&store, &specs, p, &mut out);
@@ -84,7 +62,7 @@ fn golden_patches() {
         let diff = (0..d).map(|k| (f64::from(out[i * d + k]) - expect[i * d + k]).abs()).fold(0.0, f64::max);
         let ok = diff < 1e-5;
         all_ok &= ok;
-        println!("{} patch {i} {s:?}: max abs diff {diff:.3e}", if ok { "OK    " } else { "NOT OK" });
+        println!("{} patch {i} {s:?}: max abs diff {diff:.3e}", verdict(ok));
     }
     println!("overall: {}", if all_ok { "OK" } else { "NOT OK" });
     assert!(all_ok, "patch vectors differ from golden/patches.json");

@@ -1,21 +1,18 @@
-//! Real data: the CIFAR-10 training JPEGs shipped in `../shared/data` (ImageFolder inside a
-//! .tar.xz), unpacked into a temporary folder (never into the repository), loaded, and checked
-//! against what CIFAR-10 is: 50,000 32x32 images, 10 classes of 5,000, the usual channel means.
+//! Real data: the CIFAR-10 training JPEGs (an ImageFolder inside a .tar.xz, found by
+//! `bagssl_testkit::cifar10_archive_or_skip`: `$BAGSSL_CIFAR10_ARCHIVE`, else
+//! `../shared/data/cifar10-train-jpeg.tar.xz` beside the checkout; skipped with a reason when
+//! neither exists), unpacked into a temporary folder (never into the repository), loaded, and
+//! checked against what CIFAR-10 is: 50,000 32x32 images, 10 classes of 5,000, the usual channel
+//! means.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use bagssl_data::{load_with_report, DatasetFormat, LoadOptions, Split, CIFAR10_MEAN, CIFAR10_STD};
+use bagssl_testkit::cifar10_archive_or_skip;
 
 #[test]
 fn shared_cifar10_jpegs_load_as_cifar10() {
-    let archive = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cifar10-train-jpeg.tar.xz");
-    if !archive.exists() {
-        // CI and every session have shared/ beside the checkout; say so loudly if not.
-        println!("skipped: {} not found (shared/ is not beside the checkout)", archive.display());
-        eprintln!("skipped: {} not found", archive.display());
-        return;
-    }
+    let Some(archive) = cifar10_archive_or_skip("shared_cifar10_jpegs_load_as_cifar10") else { return };
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new("tar").arg("xJf").arg(&archive).arg("-C").arg(dir.path()).status().expect("tar runs");
     assert!(status.success(), "tar xJf {} failed", archive.display());

@@ -73,7 +73,7 @@ fn check_args(model: &BagSslModel, store: &ImageStore, patch: usize, stride: usi
 }
 
 /// Bag-of-patch embeddings, (N, hidden) row-major: for each image, the mean over the evaluation
-/// grid (`patch`, `stride`, DESIGN §3) of the eval-mode encoder output.
+/// grid (`patch`, `stride`, docs/DEFINITIONS.md §8) of the eval-mode encoder output.
 ///
 /// Memory per batch is `batch_images * grid_len * (p*p*3 + hidden)` floats; choose `batch_images`
 /// accordingly (e.g. 64 for CIFAR-10 at p = 8, stride 2, hidden 2048: about 110 MB).

@@ -1,4 +1,4 @@
-//! Weighted cosine kNN (DESIGN §3): each test embedding votes with its `k` most cosine-similar
+//! Weighted cosine kNN (docs/DEFINITIONS.md §9): each test embedding votes with its `k` most cosine-similar
 //! training embeddings, each neighbour weighted by `exp(sim / t)`; the class with the largest
 //! vote wins, ties to the lowest class id.
 //!

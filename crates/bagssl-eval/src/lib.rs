@@ -1,5 +1,5 @@
 //! bagssl-eval: how good is a BagSSL encoder? Image embeddings are the mean of the eval-mode
-//! encoder over every grid patch (the "bag of patch embeddings", DESIGN §3); their quality is
+//! encoder over every grid patch (the "bag of patch embeddings", docs/DEFINITIONS.md §8); their quality is
 //! measured with a weighted cosine kNN and a linear probe, as the PyTorch reference does.
 //!
 //! - [`embed`]: grid / single-patch embeddings of a whole [`bagssl_data::ImageStore`].

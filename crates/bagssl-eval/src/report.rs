@@ -1,5 +1,5 @@
 //! One-call evaluation of an encoder: bag embeddings of both splits, kNN, linear probe, and the
-//! single-patch kNN baseline — the numbers of `eval.json` (DESIGN §6).
+//! single-patch kNN baseline — the numbers of `eval.json` (README.md, "Outputs").
 
 use bagssl_data::ImageStore;
 use bagssl_model::BagSslModel;
@@ -24,7 +24,8 @@ pub struct EvalConfig {
 }
 
 impl Default for EvalConfig {
-    /// DESIGN §6 defaults: patch 8, stride 2, k 20, t 0.1, 50 probe epochs.
+    /// The defaults of docs/DEFINITIONS.md §8-§10 (and of the `[eval]` config section, README.md): patch 8,
+    /// stride 2, k 20, t 0.1, 50 probe epochs.
     fn default() -> Self {
         EvalConfig { patch: 8, stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, seed: 0, batch_images: 64 }
     }

@@ -7,16 +7,11 @@ use bagssl_eval::{
     centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, ProbeOptions,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
+use bagssl_testkit::{array, golden};
 use serde_json::Value;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden");
-
-fn golden(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(format!("{GOLDEN}/{name}")).unwrap()).unwrap()
-}
-
 fn data(v: &Value) -> Vec<f64> {
-    v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    array(v).1
 }
 
 #[test]

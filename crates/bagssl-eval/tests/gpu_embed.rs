@@ -17,8 +17,8 @@
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
 use bagssl_eval::{embed_bag, embed_single_patch};
-use bagssl_kernels::{at_each_gemm_precision, gpu_or_skip};
 use bagssl_model::{BagSslModel, ModelConfig};
+use bagssl_testkit::{at_each_gemm_precision, gpu_or_skip};
 
 const PATCH: usize = 8;
 const HIDDEN: usize = 64;

@@ -1,4 +1,4 @@
-//! GPU kernel microbenchmarks at the reference configuration of DESIGN.md §3 (256 images x 16
+//! GPU kernel microbenchmarks at the reference configuration of docs/DEFINITIONS.md §11 (256 images x 16
 //! patches of 8x8 = N 4096 rows of 192, hidden = D = 2048), one aligned line per kernel and shape:
 //! `op | shape | median ms | GB/s or TFLOP/s | % of limit`.
 //!
@@ -35,6 +35,7 @@
 use std::sync::Arc;
 
 use bagssl_kernels::*;
+use bagssl_testkit::REQUIRE_GPU_ENV;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut};

@@ -22,9 +22,6 @@ pub mod optim;
 pub mod patch;
 pub mod vicreg;
 
-use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
-
 pub use batchnorm::{
     bn_batch_stats_f32, bn_bwd_sums_f32, bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32,
     bn_train_fwd_f32, BnTrainGrads, BnTrainOut,
@@ -63,46 +60,25 @@ impl From<cudarc::cublas::result::CublasError> for KernelError {
     }
 }
 
-/// Environment variable that turns "no GPU" from a skip into a failure in tests.
-pub const REQUIRE_GPU_ENV: &str = "BAGSSL_REQUIRE_GPU";
-
-/// For tests that need a GPU: the process-wide device 0, or `None` after printing
-/// `skipped: <test>: <reason>` where `cargo test` shows it (stderr, bypassing the capture, and
-/// stdout). Panics instead of skipping when `BAGSSL_REQUIRE_GPU=1` (set on the GPU machines).
-pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
+/// The unit tests' GPU: device 0, or `None` after printing `skipped: <test>: <reason>`
+/// (panics under `BAGSSL_REQUIRE_GPU=1`). Integration tests use `bagssl_testkit::gpu_or_skip`,
+/// which cannot serve here: the testkit links the library, not this test build of it.
+#[cfg(test)]
+pub(crate) fn gpu_or_skip(test: &str) -> Option<std::sync::Arc<Gpu>> {
+    use std::io::Write as _;
+    use std::sync::{Arc, OnceLock};
     static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
-    let g = GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string()));
-    match g {
+    match GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string())) {
         Ok(gpu) => Some(gpu.clone()),
         Err(reason) => {
-            if std::env::var(REQUIRE_GPU_ENV).as_deref() == Ok("1") {
-                panic!("{test}: {REQUIRE_GPU_ENV}=1 but the GPU is unusable: {reason}");
+            if std::env::var("BAGSSL_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("{test}: BAGSSL_REQUIRE_GPU=1 but the GPU is unusable: {reason}");
             }
             let line = format!("skipped: {test}: {reason}\n");
             let _ = std::io::stderr().write_all(line.as_bytes());
             print!("{line}");
             None
         }
-    }
-}
-
-/// For tests that compare the GPU at every GEMM precision: runs `f` at each of
-/// [`GemmPrecision::ALL`] on `gpu`, one caller at a time in this process (the precision is a
-/// property of the shared [`Gpu`] of [`gpu_or_skip`]), and restores the previous setting
-/// afterwards, even when `f` panics.
-pub fn at_each_gemm_precision(gpu: &Gpu, mut f: impl FnMut(GemmPrecision)) {
-    struct Restore<'a>(&'a Gpu, GemmPrecision);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            self.0.set_gemm_precision(self.1);
-        }
-    }
-    static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let _restore = Restore(gpu, gpu.gemm_precision());
-    for p in GemmPrecision::ALL {
-        gpu.set_gemm_precision(p);
-        f(p);
     }
 }
 

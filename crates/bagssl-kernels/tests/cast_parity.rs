@@ -3,7 +3,8 @@
 //! bit-exact, NaN stays NaN. Also checks that `GpuBuf::bf16` is that copy and that a write to
 //! the buffer drops it.
 
-use bagssl_kernels::{cast_bf16_f32, gpu_or_skip};
+use bagssl_kernels::cast_bf16_f32;
+use bagssl_testkit::gpu_or_skip;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

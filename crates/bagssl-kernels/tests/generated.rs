@@ -1,16 +1,11 @@
 //! The committed outputs of `cargo xtask build-kernels` match `kernels/` (no nvcc needed): the
 //! source hash in `src/generated/manifest.txt` is recomputed from the sources here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// The repository root: `$BAGSSL_REPO_ROOT` (set by scripts/gpu-check.sh, where the test
-/// executables run away from the build tree), else two levels above this crate.
-fn repo_root() -> PathBuf {
-    match std::env::var_os("BAGSSL_REPO_ROOT") {
-        Some(r) => PathBuf::from(r),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
-    }
-}
+// `$BAGSSL_REPO_ROOT` (set by scripts/gpu-check.sh, where the test executables run away from the
+// build tree), else two levels above the crates.
+use bagssl_testkit::{repo_root, skip};
 
 /// Same algorithm as `source_hash` in xtask/src/main.rs: FNV-1a 64 over every
 /// `kernels/**/*.{cu,cuh,h,flags}`, sorted by relative path: path, NUL, contents, NUL.
@@ -50,10 +45,7 @@ fn generated_kernels_are_up_to_date() {
     let root = repo_root();
     let kernels = root.join("kernels");
     if !kernels.is_dir() {
-        let msg = format!("skipped: generated_kernels_are_up_to_date: no kernels/ at {}\n", root.display());
-        use std::io::Write;
-        let _ = std::io::stderr().write_all(msg.as_bytes());
-        print!("{msg}");
+        skip("generated_kernels_are_up_to_date", &format!("no kernels/ at {}", root.display()));
         return;
     }
     let manifest = include_str!("../src/generated/manifest.txt");

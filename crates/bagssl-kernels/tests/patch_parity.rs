@@ -6,7 +6,8 @@
 //! ulps of values of magnitude <= ~3, so `max |gpu - cpu| <= 2e-5`.
 
 use bagssl_data::{gather_grid, gather_patches, grid_len, ImageStore, Jitter, PatchSpec as DataSpec};
-use bagssl_kernels::{gpu_or_skip, patch_embed_fwd_f32, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, PatchSpec};
+use bagssl_kernels::{patch_embed_fwd_f32, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, PatchSpec};
+use bagssl_testkit::gpu_or_skip;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

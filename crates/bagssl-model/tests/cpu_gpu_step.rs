@@ -59,13 +59,14 @@ use std::sync::Arc;
 
 use bagssl_autograd::{Device, Tape, Tensor};
 use bagssl_data::{gather_patches, synthetic, ImageStore, PatchSampler, PatchSpec, SeededRng, SyntheticSpec};
-use bagssl_kernels::{at_each_gemm_precision, gpu_or_skip, GemmPrecision, Gpu};
+use bagssl_kernels::{GemmPrecision, Gpu};
 use bagssl_model::optim::{ADAM_EPS, LARS_ETA};
 use bagssl_model::trainer::PERM_STREAM;
 use bagssl_model::{
     BagSslModel, ModelConfig, OptimizerKind, ParamKind, PatchSource, StepStats, TrainConfig, Trainer, VicregWeights,
     BN_MOMENTUM,
 };
+use bagssl_testkit::{at_each_gemm_precision, gpu_or_skip};
 
 /// Largest inner dimension of the step's GEMMs (p*p*3 = 192; the batch is 128 rows).
 const K: usize = 192;

@@ -1,4 +1,4 @@
-//! Golden check of one training forward/backward against `golden/model_step.json` (float64
+//! Golden check of one training forward/backward against `fixtures/golden/model_step.json` (float64
 //! PyTorch): h, z, the loss and its terms, dL/dx, every parameter gradient and the BatchNorm
 //! running statistics after the step.
 //!
@@ -11,33 +11,11 @@
 
 use bagssl_autograd::{Device, Tape, Tensor};
 use bagssl_model::{BagSslModel, ModelConfig, VicregWeights, BN_MOMENTUM};
-use serde_json::Value;
-
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/golden");
-
-fn array(v: &Value) -> (Vec<usize>, Vec<f64>) {
-    let shape = v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    let data = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-    (shape, data)
-}
-
-/// Prints OK / NOT OK with the error; returns whether it passed.
-fn check(name: &str, got: &[f32], want: &[f64], floor: f64, tol: f64) -> bool {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let scale = want.iter().fold(floor, |m, w| m.max(w.abs()));
-    let err = got.iter().zip(want).fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / scale;
-    let ok = err <= tol;
-    println!(
-        "{} {name}: max error {err:.2e} (relative to {scale:.3e}, bound {tol:.0e})",
-        if ok { "OK" } else { "NOT OK" }
-    );
-    ok
-}
+use bagssl_testkit::{array, golden, Report};
 
 #[test]
 fn model_step_matches_golden() {
-    let text = std::fs::read_to_string(format!("{GOLDEN}/model_step.json")).expect("golden/model_step.json");
-    let g: Value = serde_json::from_str(&text).unwrap();
+    let g = golden("model_step.json");
     let cfg = ModelConfig {
         patch: g["patch"].as_u64().unwrap() as usize,
         layers: 2,
@@ -56,7 +34,6 @@ fn model_step_matches_golden() {
     let (xs, xd) = array(&g["x"]);
     let x = Tensor::from_vec(&xs, xd.iter().map(|&v| v as f32).collect());
 
-    let mut ok = true;
     let (h, z, parts, grads, grad_x, stats, names) = {
         let mut tape = Tape::new();
         let fw = model.forward_train(&mut tape, x, true).unwrap();
@@ -70,23 +47,20 @@ fn model_step_matches_golden() {
         let pg: Vec<Vec<f32>> = fw.params.iter().map(|&v| grads.take(v).expect("gradient").to_vec().unwrap()).collect();
         (h, z, parts, pg, grad_x, stats, names)
     };
-    ok &= check("h", &h, &array(&g["h"]).1, 0.0, 1e-5);
-    ok &= check("z", &z, &array(&g["z"]).1, 0.0, 1e-5);
+    let mut report = Report::new("model_step.json");
+    report.check_relative("h", &h, &array(&g["h"]).1, 0.0, 1e-5);
+    report.check_relative("z", &z, &array(&g["z"]).1, 0.0, 1e-5);
     for (key, got) in [
         ("loss", parts.loss),
         ("invariance", parts.invariance),
         ("variance", parts.variance),
         ("covariance", parts.covariance),
     ] {
-        let want = g[key].as_f64().unwrap();
-        let err = (got - want).abs() / want.abs();
-        let pass = err <= 1e-5;
-        println!("{} {key}: {got} vs {want} (relative error {err:.2e})", if pass { "OK" } else { "NOT OK" });
-        ok &= pass;
+        report.check_scalar(key, got, g[key].as_f64().unwrap(), 1e-5);
     }
-    ok &= check("grad_x", &grad_x, &array(&g["grad_x"]).1, 0.0, 1e-4);
+    report.check_relative("grad_x", &grad_x, &array(&g["grad_x"]).1, 0.0, 1e-4);
     for (name, got) in names.iter().zip(&grads) {
-        ok &= check(&format!("grad {name}"), got, &array(&g["grads"][name]).1, 0.1, 1e-4);
+        report.check_relative(&format!("grad {name}"), got, &array(&g["grads"][name]).1, 0.1, 1e-4);
     }
 
     model.update_running_stats(&stats, BN_MOMENTUM).unwrap();
@@ -98,9 +72,9 @@ fn model_step_matches_golden() {
         let running = model.running_stats();
         let r = running.iter().find(|r| r.prefix == prefix).unwrap_or_else(|| panic!("no BN {prefix}"));
         let got = if stat == "mean" { &r.mean } else { &r.var };
-        ok &= check(&format!("running {key}"), &got.to_vec().unwrap(), &array(v).1, 0.0, 1e-5);
+        report.check_relative(&format!("running {key}"), &got.to_vec().unwrap(), &array(v).1, 0.0, 1e-5);
         checked += 1;
     }
     assert!(checked >= 2);
-    assert!(ok, "some tensors differ from the golden vectors (see NOT OK above)");
+    report.finish();
 }

@@ -89,7 +89,7 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     assert!(steps.len() >= 10, "{metrics}");
     assert!(steps.iter().all(|s| s["loss"].as_f64().unwrap().is_finite()));
     assert_eq!(lines.iter().filter(|l| l["event"] == "eval").count(), 2);
-    // eval.json: the DESIGN §6 contract.
+    // eval.json: the contract of README.md, "Outputs".
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     for k in ["knn", "linear", "knn_single_patch"] {
@@ -309,7 +309,7 @@ fn stopping_and_resuming_reproduces_the_uninterrupted_run() {
 }
 
 /// `bench` ends with one JSON line holding at least `ms_per_step`, `patches_per_s` and `device`
-/// (DESIGN §6), plus what the benchmark scripts read.
+/// (the contract of README.md, "Outputs"), plus what the benchmark scripts read.
 #[test]
 fn bench_ends_with_the_json_contract() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
