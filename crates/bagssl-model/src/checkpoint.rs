@@ -2,8 +2,8 @@
 //! statistics, optimizer state `optim.{param}.{m|v|momentum}`) plus a string metadata map
 //! (format, configs as JSON, step, epoch cursor, RNG states as JSON).
 //!
-//! Writes are atomic: the file is written and fsynced under a temporary name in the target's
-//! directory, then renamed over the target, so a crash or a failed write never leaves a truncated
+//! Writes are atomic: the file is written and fsynced under a unique temporary name in the
+//! target's directory, then renamed over the target, so a crash or a failed write never leaves a truncated
 //! checkpoint where a good one was.
 
 use std::collections::HashMap;
@@ -124,35 +124,30 @@ fn write_checkpoint(path: &Path, tensors: &[(String, &Tensor)], meta: HashMap<St
     write_atomic(path, &bytes)
 }
 
-/// The temporary file [`write_atomic`] writes before renaming: same directory as `path` (so the
-/// rename cannot cross file systems), hidden, tagged with the process id.
-pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-/// On any failure the temp file is removed and an existing `path` is untouched.
+/// Writes `bytes` to `path` atomically: a uniquely named temporary file in the same directory (so
+/// the rename cannot cross file systems, and concurrent writers never share one), fsync, rename
+/// over `path`, fsync of the directory. On any failure the temporary file is removed and an
+/// existing `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if path.file_name().is_none() {
+    let Some(name) = path.file_name() else {
         return Err(ModelError::Checkpoint { path: path.into(), detail: "not a file path".into() });
-    }
-    let tmp = temp_path_for(path);
-    let attempt = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
     };
-    if let Err(source) = attempt() {
-        let _ = fs::remove_file(&tmp);
-        return Err(ModelError::Io { path: path.into(), source });
-    }
+    let io = |source| ModelError::Io { path: path.into(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // What `File::create` would give (0o666 less the umask), not tempfile's private 0o600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    // Dropping `tmp` on an early return deletes the temporary file.
+    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     // Persist the rename itself; best effort (not every platform can open a directory).
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
     }
     Ok(())
 }

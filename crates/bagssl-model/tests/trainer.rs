@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
-use bagssl_model::checkpoint::temp_path_for;
+use bagssl_model::checkpoint::write_atomic;
 use bagssl_model::{lr_factor, BagSslModel, LossWeights, ModelConfig, ModelError, OptimizerKind, TrainConfig, Trainer};
 
 fn store(images: usize, side: usize, seed: u64) -> ImageStore {
@@ -114,18 +114,24 @@ fn checkpoint_write_is_atomic() {
     let saved = snapshot(&t);
     t.step(&data).unwrap();
 
-    // Make the next write fail: a directory squats on the temporary file's name. (Permissions
-    // would not stop root, which runs these tests on CI machines.)
-    let blocker = temp_path_for(&ck);
-    std::fs::create_dir(&blocker).unwrap();
-    std::fs::write(blocker.join("keep"), b"x").unwrap();
-    let err = t.save(&ck).unwrap_err();
-    assert!(err.to_string().contains("ck.safetensors"), "error names the file: {err}");
+    // Make a write fail at the rename: a non-empty directory squats on the target's name. (The
+    // temporary names are unique, so nothing can squat on them; permissions would not stop root,
+    // which runs these tests on CI machines.)
+    let blocked = dir.path().join("blocked.safetensors");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"x").unwrap();
+    let err = t.save(&blocked).unwrap_err();
+    assert!(err.to_string().contains("blocked.safetensors"), "error names the file: {err}");
+    assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"x", "the existing target is untouched");
+    let mut leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    leftovers.sort();
+    assert_eq!(leftovers, ["blocked.safetensors", "ck.safetensors"], "no temporary file left behind");
     let old = Trainer::resume(&ck, &data, &Device::Cpu).expect("previous checkpoint still loads");
     assert_eq!(old.steps_done(), 1);
     assert!(same_bits(&snapshot(&old), &saved), "previous checkpoint intact");
+    std::fs::remove_dir_all(&blocked).unwrap();
 
-    std::fs::remove_dir_all(&blocker).unwrap();
+    // Overwriting a checkpoint replaces it whole.
     t.save(&ck).unwrap();
     assert_eq!(Trainer::resume(&ck, &data, &Device::Cpu).unwrap().steps_done(), 2);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -137,6 +143,44 @@ fn checkpoint_write_is_atomic() {
     let err = t.save(file.join("ck.safetensors")).unwrap_err();
     assert!(matches!(err, ModelError::Io { .. }), "{err}");
     assert!(err.to_string().contains("plain/ck.safetensors"), "{err}");
+}
+
+/// Two writers of one path in one process (e.g. a periodic checkpoint and an export): every
+/// version a reader sees is one writer's whole file, and no temporary file is left behind.
+#[test]
+fn concurrent_atomic_writes_never_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.bin");
+    // Each payload: 64 KiB of one byte value, so a mix of two writes or a short file shows.
+    let payload = |b: u8| vec![b; 64 << 10];
+    write_atomic(&path, &payload(0)).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = std::fs::read(&path).unwrap();
+                assert_eq!(got.len(), 64 << 10, "a whole file");
+                assert!(got.iter().all(|&v| v == got[0]), "one writer's bytes");
+                reads += 1;
+            }
+            reads
+        });
+        let writers: Vec<_> = [1u8, 2]
+            .map(|b| {
+                let (path, payload) = (&path, payload(b));
+                s.spawn(move || (0..200).try_for_each(|_| write_atomic(path, &payload)))
+            })
+            .into_iter()
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, ["out.bin"], "no temporary file left behind");
 }
 
 /// Writes a safetensors file with the given tensors and a valid model header.

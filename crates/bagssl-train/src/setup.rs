@@ -168,12 +168,10 @@ impl MetricsLog {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so a failure leaves the old file.
+/// Writes `contents` to `path` atomically (a unique temporary file, fsync, rename), so a failure
+/// leaves the old file: [`bagssl_model::checkpoint::write_atomic`].
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    Ok(bagssl_model::checkpoint::write_atomic(path, contents)?)
 }
 
 /// Default run directory: `runs/<UTC timestamp>`.
