@@ -21,6 +21,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
+pub use checkpoint::{read_normalization, Normalization};
 pub use config::{LossWeights, ModelConfig, OptimizerKind, TrainConfig};
 pub use model::{BagSslModel, Param, ParamKind, RunningStats, TrainForward, BN_EPS, BN_MOMENTUM};
 pub use optim::Optimizer;

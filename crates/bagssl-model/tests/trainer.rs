@@ -6,7 +6,10 @@ use std::path::Path;
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
 use bagssl_model::checkpoint::write_atomic;
-use bagssl_model::{lr_factor, BagSslModel, LossWeights, ModelConfig, ModelError, OptimizerKind, TrainConfig, Trainer};
+use bagssl_model::{
+    lr_factor, read_normalization, BagSslModel, LossWeights, ModelConfig, ModelError, Normalization, OptimizerKind,
+    TrainConfig, Trainer,
+};
 
 fn store(images: usize, side: usize, seed: u64) -> ImageStore {
     synthetic(&SyntheticSpec { images, classes: 4, height: side, width: side, seed })
@@ -229,6 +232,74 @@ fn load_errors_name_file_and_tensor() {
     assert!(msg.contains("garbage.safetensors"), "{msg}");
     let msg = BagSslModel::load(dir.path().join("absent.safetensors"), &Device::Cpu).unwrap_err().to_string();
     assert!(msg.contains("absent.safetensors"), "{msg}");
+}
+
+/// A checkpoint records the normalisation of the store it was trained on (`normalize_mean`,
+/// `normalize_std`); resume and the header-only reader give it back; a weights-only file can carry
+/// it too; a checkpoint written before it was recorded reads as `None`.
+#[test]
+fn checkpoints_record_the_training_normalization() {
+    let data = store(16, 12, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    assert_eq!(t.normalization(), None, "nothing trained on yet");
+    t.step(&data).unwrap();
+    let expected = Normalization { mean: data.mean, std: data.std };
+    assert_eq!(t.normalization(), Some(expected));
+    t.save(&ck).unwrap();
+    assert_eq!(read_normalization(&ck).unwrap(), Some(expected), "bit-exact through JSON");
+    let bytes = std::fs::read(&ck).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    let mean: Vec<f32> = serde_json::from_str(&meta["normalize_mean"]).unwrap();
+    assert_eq!(mean, data.mean, "a JSON array of 3 numbers");
+    assert_eq!(Trainer::resume(&ck, &data, &Device::Cpu).unwrap().normalization(), Some(expected));
+
+    let weights = dir.path().join("weights.safetensors");
+    t.model().save(&weights).unwrap();
+    assert_eq!(read_normalization(&weights).unwrap(), None);
+    t.model().save_with_normalization(&weights, Some(&expected)).unwrap();
+    assert_eq!(read_normalization(&weights).unwrap(), Some(expected));
+
+    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoint-4b64f18.safetensors");
+    assert_eq!(read_normalization(&old).unwrap(), None, "written before normalisation was recorded");
+    assert_eq!(Trainer::resume(&old, &store(64, 12, 0), &Device::Cpu).unwrap().normalization(), None);
+}
+
+#[test]
+fn malformed_normalization_metadata_names_file_and_key() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.safetensors");
+    let write = |entries: &[(&str, &str)]| {
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), bagssl_model::checkpoint::FORMAT.to_string());
+        meta.insert("model_config".to_string(), serde_json::to_string(&model_config()).unwrap());
+        for (k, v) in entries {
+            meta.insert(k.to_string(), v.to_string());
+        }
+        let b = [0u8; 4];
+        let views = [("x", TensorView::new(Dtype::F32, vec![1], &b).unwrap())];
+        std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    };
+    let good = "[0.5, 0.5, 0.5]";
+    for (entries, key) in [
+        (vec![("normalize_mean", "[0.5, 0.5]"), ("normalize_std", good)], "normalize_mean"),
+        (vec![("normalize_mean", good), ("normalize_std", "\"wide\"")], "normalize_std"),
+        (vec![("normalize_mean", good), ("normalize_std", "[0.2, 0, 0.2]")], "normalize_std"),
+        (vec![("normalize_mean", good)], "normalize_std"),
+        (vec![("normalize_std", good)], "normalize_mean"),
+    ] {
+        write(&entries);
+        let e = read_normalization(&path).unwrap_err().to_string();
+        assert!(e.contains("odd.safetensors") && e.contains(&format!("`{key}`")), "{entries:?}: {e}");
+    }
+    write(&[("normalize_mean", good), ("normalize_std", good)]);
+    assert_eq!(read_normalization(&path).unwrap(), Some(Normalization { mean: [0.5; 3], std: [0.5; 3] }));
+    std::fs::write(&path, b"abc").unwrap();
+    let e = read_normalization(&path).unwrap_err().to_string();
+    assert!(e.contains("odd.safetensors") && e.contains("safetensors"), "{e}");
 }
 
 #[test]

@@ -147,6 +147,21 @@ pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
     Ok(Datasets { train, test, source })
 }
 
+/// Makes `stores` normalise like the images `checkpoint`'s model was trained on (whatever their own
+/// statistics), as every command that reads a checkpoint and a dataset must. A checkpoint written
+/// before the normalisation was recorded keeps the stores' own statistics, with a warning.
+pub fn use_checkpoint_normalization(checkpoint: &Path, stores: &mut [&mut ImageStore]) -> Result<()> {
+    match bagssl_model::read_normalization(checkpoint)? {
+        Some(n) => stores.iter_mut().for_each(|s| n.apply_to(s)),
+        None => eprintln!(
+            "bagssl: warning: {} does not record the training images' normalisation (an older checkpoint); \
+             normalising with the statistics of the given images",
+            checkpoint.display()
+        ),
+    }
+    Ok(())
+}
+
 /// Appends JSON lines to `metrics.jsonl`, flushing each one so a crash loses nothing.
 pub struct MetricsLog {
     file: std::fs::File,
