@@ -4,11 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bagssl_autograd::{set_cpu_matmul_precision, CpuMatmulPrecision, Device};
+use bagssl_autograd::{set_cpu_matmul_precision, Device};
 use bagssl_data::{ImageStore, LoadOptions, Split, SyntheticSpec};
 
 use crate::cli::ConfigArgs;
-use crate::config::{Config, QUICKSTART};
+use crate::config::{choice_name, Config, DeviceKind, QUICKSTART};
 
 /// Config file (or the embedded quickstart) + shorthands + `--set`, validated.
 pub fn resolve_config(args: &ConfigArgs) -> Result<Config> {
@@ -49,33 +49,24 @@ pub fn toml_str(s: &str) -> String {
 /// `cpu` (GEMMs at `cpu_precision`), or the first CUDA GPU (GEMMs at `gpu_precision`) with a
 /// clear error when there is none.
 pub fn resolve_device(cfg: &Config) -> Result<Device> {
-    match cfg.device.as_str() {
-        "cpu" => {
-            let p = match cfg.cpu_precision.as_str() {
-                "f32" => CpuMatmulPrecision::F32,
-                "bf16" => CpuMatmulPrecision::Bf16,
-                other => bail!("config key `cpu_precision` must be f32 or bf16 (got {other:?})"),
-            };
-            set_cpu_matmul_precision(p);
+    match cfg.device {
+        DeviceKind::Cpu => {
+            set_cpu_matmul_precision(cfg.cpu_precision);
             Ok(Device::Cpu)
         }
-        "cuda" => {
-            let precision = bagssl_kernels::GemmPrecision::parse(&cfg.gpu_precision).ok_or_else(|| {
-                anyhow::anyhow!("config key `gpu_precision` must be bf16, tf32 or f32 (got {:?})", cfg.gpu_precision)
-            })?;
+        DeviceKind::Cuda => {
             let gpu = bagssl_kernels::Gpu::new(0).context("--device cuda: no usable CUDA GPU")?;
-            gpu.set_gemm_precision(precision);
+            gpu.set_gemm_precision(cfg.gpu_precision);
             Ok(Device::Cuda(gpu))
         }
-        other => bail!("unknown device {other:?}: expected cpu or cuda"),
     }
 }
 
-/// The GEMM math the run uses on its device: `cpu_precision` or `gpu_precision`.
-pub fn precision_label(cfg: &Config) -> &str {
-    match cfg.device.as_str() {
-        "cuda" => &cfg.gpu_precision,
-        _ => &cfg.cpu_precision,
+/// The GEMM math the run uses on its device: `cpu_precision` or `gpu_precision`, by name.
+pub fn precision_label(cfg: &Config) -> String {
+    match cfg.device {
+        DeviceKind::Cuda => choice_name(&cfg.gpu_precision),
+        DeviceKind::Cpu => choice_name(&cfg.cpu_precision),
     }
 }
 
@@ -223,7 +214,7 @@ pub fn model_and_train_config(
     cfg: &Config,
     train_images: usize,
 ) -> Result<(bagssl_model::ModelConfig, bagssl_model::TrainConfig)> {
-    use bagssl_model::{LossWeights, ModelConfig, OptimizerKind, TrainConfig};
+    use bagssl_model::{LossWeights, ModelConfig, TrainConfig};
     if cfg.train.batch_images > train_images {
         bail!(
             "config key `train.batch_images` = {} is larger than the training set ({train_images} images)",
@@ -248,7 +239,7 @@ pub fn model_and_train_config(
         warmup_steps,
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
-        optimizer: if cfg.train.optimizer == "lars" { OptimizerKind::Lars } else { OptimizerKind::AdamW },
+        optimizer: cfg.train.optimizer,
         loss: LossWeights {
             invariance: cfg.loss.invariance as f32,
             variance: cfg.loss.variance as f32,
@@ -272,13 +263,13 @@ mod tests {
     #[test]
     fn cpu_precision_sets_the_cpu_gemm_switch() {
         use super::*;
-        let mut cfg = Config { cpu_precision: "bf16".into(), ..Config::default() };
+        use bagssl_autograd::CpuMatmulPrecision;
+        let mut cfg = Config { cpu_precision: CpuMatmulPrecision::Bf16, ..Config::default() };
         assert!(matches!(resolve_device(&cfg).unwrap(), Device::Cpu));
         assert_eq!(bagssl_autograd::cpu_matmul_precision(), CpuMatmulPrecision::Bf16);
-        cfg.cpu_precision = "f32".into();
+        assert_eq!(precision_label(&cfg), "bf16");
+        cfg.cpu_precision = CpuMatmulPrecision::F32;
         resolve_device(&cfg).unwrap();
         assert_eq!(bagssl_autograd::cpu_matmul_precision(), CpuMatmulPrecision::F32);
-        cfg.cpu_precision = "fp8".into();
-        assert!(resolve_device(&cfg).unwrap_err().to_string().contains("cpu_precision"));
     }
 }
