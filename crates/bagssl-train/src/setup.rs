@@ -89,6 +89,13 @@ pub struct Datasets {
     pub source: String,
 }
 
+/// Seed of the permutation that holds `data.val_fraction` of the training images out for
+/// evaluation when there is no `data.eval_path`, for real and synthetic data alike. Fixed, not
+/// derived from `seed`: runs of different seeds on one dataset are evaluated on the same images,
+/// and `eval` of an older real-data checkpoint holds out what its run held out (12345 is what
+/// real data always used; the synthetic set used `seed ^ 0x5eed` before).
+pub const HOLDOUT_SEED: u64 = 12345;
+
 /// Loads (or synthesizes) the training split and the evaluation split.
 pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
     let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
@@ -101,13 +108,13 @@ pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
             width: cfg.data.synthetic_size,
             seed: cfg.seed,
         });
-        let (train, test) = all.split_holdout(cfg.data.val_fraction, cfg.seed ^ 0x5eed);
+        let (train, test) = all.split_holdout(cfg.data.val_fraction, HOLDOUT_SEED);
         (train, test, format!("synthetic ({} images, {} classes)", all.len(), cfg.data.synthetic_classes))
     } else {
         let path = Path::new(&cfg.data.path);
         let train = bagssl_data::load(path, &opts(Split::Train))?;
         if cfg.data.eval_path.is_empty() {
-            let (tr, te) = train.split_holdout(cfg.data.val_fraction, 12345);
+            let (tr, te) = train.split_holdout(cfg.data.val_fraction, HOLDOUT_SEED);
             let src = format!("{} ({} train, {} held out)", path.display(), tr.len(), te.len());
             (tr, te, src)
         } else {
