@@ -430,7 +430,10 @@ fn embed_normalises_like_the_training_run() {
             "data.cache_dir=\"off\"",
         ]);
         assert!(o.status.success(), "{}", text(&o));
-        (read_embeddings(&emb), text(&o))
+        let bytes = std::fs::read(&emb).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mean: [f32; 3] = serde_json::from_str(&header.metadata().as_ref().unwrap()["normalize_mean"]).unwrap();
+        (read_embeddings(&emb), mean, text(&o))
     };
     // The quickstart's [eval]: stride 4, 32 images a batch.
     let in_process = |ckpt: &Path, store: &bagssl_data::ImageStore| {
@@ -438,8 +441,9 @@ fn embed_normalises_like_the_training_run() {
         bagssl_eval::embed_bag(&model, store, model.config().patch, 4, 32).unwrap()
     };
 
-    let (got, log) = embed(&ckpt, "emb.safetensors");
+    let (got, mean, log) = embed(&ckpt, "emb.safetensors");
     assert!(!log.contains("warning"), "{log}");
+    assert_eq!(mean, train.mean, "the output records the normalisation used");
     let with_training_stats = in_process(&ckpt, &store.clone().with_stats(train.mean, train.std));
     let self_normalised = in_process(&ckpt, &store);
     assert!(max_abs_diff(&got, &with_training_stats) <= 1e-6, "{}", max_abs_diff(&got, &with_training_stats));
@@ -451,7 +455,8 @@ fn embed_normalises_like_the_training_run() {
     let old_ckpt = old.join("checkpoint.safetensors");
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors");
     std::fs::copy(fixture, &old_ckpt).unwrap();
-    let (got, log) = embed(&old_ckpt, "old.safetensors");
+    let (got, mean, log) = embed(&old_ckpt, "old.safetensors");
+    assert_eq!(mean, store.mean);
     assert_eq!(log.lines().filter(|l| l.contains("warning")).count(), 1, "{log}");
     assert!(log.contains("normalisation"), "{log}");
     assert!(max_abs_diff(&got, &in_process(&old_ckpt, &store)) <= 1e-6);

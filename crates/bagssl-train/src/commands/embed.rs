@@ -51,6 +51,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         ("checkpoint".to_string(), args.checkpoint.display().to_string()),
         ("patch".to_string(), patch.to_string()),
         ("stride".to_string(), cfg.eval.stride.to_string()),
+        // The normalisation the images went through (the training run's, when recorded).
+        ("normalize_mean".to_string(), serde_json::to_string(&store.mean)?),
+        ("normalize_std".to_string(), serde_json::to_string(&store.std)?),
         ("aggregation".to_string(), "mean of eval-mode encoder outputs over the grid".to_string()),
     ]);
     let bytes = safetensors::serialize(tensors, Some(meta))?;
