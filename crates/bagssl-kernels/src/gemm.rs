@@ -20,7 +20,8 @@ use crate::device::same_gpu;
 use crate::{GpuBuf, KernelError};
 
 /// Math of the f32 GEMMs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum GemmPrecision {
     /// TF32 tensor cores, f32 accumulation (`CUBLAS_COMPUTE_32F_FAST_TF32`).

@@ -1,20 +1,22 @@
 //! Checkpoints in safetensors: every tensor by its PyTorch-style name (parameters, BN running
 //! statistics, optimizer state `optim.{param}.{m|v|momentum}`) plus a string metadata map
-//! (format, configs as JSON, step, epoch cursor, RNG states as JSON).
+//! (format, configs as JSON, step, epoch cursor, RNG states as JSON, and the training images'
+//! normalisation as `normalize_mean` / `normalize_std`, JSON arrays of 3 numbers).
 //!
-//! Writes are atomic: the file is written and fsynced under a temporary name in the target's
-//! directory, then renamed over the target, so a crash or a failed write never leaves a truncated
+//! Writes are atomic: the file is written and fsynced under a unique temporary name in the
+//! target's directory, then renamed over the target, so a crash or a failed write never leaves a truncated
 //! checkpoint where a good one was.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{ImageStore, PatchSampler, RngState};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::model::BagSslModel;
@@ -24,6 +26,110 @@ use crate::{ModelError, Result};
 
 /// Value of the `format` metadata key; bump when the layout changes incompatibly.
 pub const FORMAT: &str = "bagssl-checkpoint/1";
+
+/// Metadata key of [`Normalization::mean`] (a JSON array of 3 numbers).
+pub const NORMALIZE_MEAN: &str = "normalize_mean";
+/// Metadata key of [`Normalization::std`] (a JSON array of 3 numbers).
+pub const NORMALIZE_STD: &str = "normalize_std";
+
+/// The per-channel normalisation of `x / 255` a model was trained with (the training store's
+/// `mean`/`std`). Images embedded or evaluated later must be normalised the same way, whatever
+/// their own statistics: see [`read_normalization`] and [`Normalization::apply_to`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// The normalisation `store` applies.
+    pub fn of(store: &ImageStore) -> Normalization {
+        Normalization { mean: store.mean, std: store.std }
+    }
+
+    /// Makes `store` normalise like this (its pixels are unchanged).
+    pub fn apply_to(&self, store: &mut ImageStore) {
+        store.mean = self.mean;
+        store.std = self.std;
+    }
+
+    fn write_meta(&self, meta: &mut HashMap<String, String>) -> Result<()> {
+        meta.insert(NORMALIZE_MEAN.into(), to_json(&self.mean)?);
+        meta.insert(NORMALIZE_STD.into(), to_json(&self.std)?);
+        Ok(())
+    }
+
+    /// The normalisation recorded in `meta` (of the file `path`); `None` when neither key is
+    /// there (a checkpoint written before they were recorded).
+    fn from_meta(path: &Path, meta: &HashMap<String, String>) -> Result<Option<Normalization>> {
+        let err = |detail: String| ModelError::Checkpoint { path: path.into(), detail };
+        let channels = |key: &str, positive: bool| -> Result<[f32; 3]> {
+            let v = &meta[key];
+            let bad = |why: String| err(format!("metadata `{key}` = `{v}`: expected a JSON array of 3 {why}"));
+            let values: [f32; 3] = serde_json::from_str(v).map_err(|e| bad(format!("numbers ({e})")))?;
+            if values.iter().any(|x| !x.is_finite() || positive && *x <= 0.0) {
+                return Err(bad(if positive { "positive finite numbers" } else { "finite numbers" }.into()));
+            }
+            Ok(values)
+        };
+        match (meta.contains_key(NORMALIZE_MEAN), meta.contains_key(NORMALIZE_STD)) {
+            (false, false) => Ok(None),
+            (true, true) => {
+                Ok(Some(Normalization { mean: channels(NORMALIZE_MEAN, false)?, std: channels(NORMALIZE_STD, true)? }))
+            }
+            (has_mean, _) => {
+                let (missing, present) =
+                    if has_mean { (NORMALIZE_STD, NORMALIZE_MEAN) } else { (NORMALIZE_MEAN, NORMALIZE_STD) };
+                Err(err(format!("missing metadata `{missing}` (`{present}` is there)")))
+            }
+        }
+    }
+}
+
+/// The normalisation a checkpoint ([`Trainer::save`] or [`BagSslModel::save_with_normalization`])
+/// records, reading only its header; `Ok(None)` for a checkpoint written before it was recorded.
+/// Malformed values are errors naming the file and the key.
+pub fn read_normalization(path: impl AsRef<Path>) -> Result<Option<Normalization>> {
+    let path = path.as_ref();
+    let meta = read_header_metadata(path)?;
+    match meta.get("format") {
+        Some(f) if f == FORMAT => {}
+        Some(f) => {
+            return Err(ModelError::Checkpoint {
+                path: path.into(),
+                detail: format!("format `{f}`, expected `{FORMAT}`"),
+            })
+        }
+        None => return Err(ModelError::Checkpoint { path: path.into(), detail: "missing metadata `format`".into() }),
+    }
+    Normalization::from_meta(path, &meta)
+}
+
+/// The `__metadata__` map of a safetensors file, from its header alone (not the tensor data).
+fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let invalid = |detail: String| ModelError::Checkpoint {
+        path: path.into(),
+        detail: format!("not a valid safetensors file: {detail}"),
+    };
+    let io = |source| ModelError::Io { path: path.into(), source };
+    let mut f = fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| invalid(format!("no header length ({e})")))?;
+    // safetensors' own limit on the header size.
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(invalid(format!("header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| invalid(format!("truncated header ({e})")))?;
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let h: Header = serde_json::from_slice(&header).map_err(|e| invalid(format!("header: {e}")))?;
+    Ok(h.metadata.unwrap_or_default())
+}
 
 impl Trainer {
     /// Writes a full checkpoint (weights, running statistics, optimizer state, step, epoch cursor,
@@ -41,7 +147,16 @@ impl Trainer {
         meta.insert("n_images".into(), self.cursor.perm.len().to_string());
         meta.insert("perm_rng".into(), to_json(&self.cursor.rng_at_epoch_start)?);
         meta.insert("sampler_rng".into(), to_json(&self.sampler.state())?);
+        if let Some(n) = &self.normalization {
+            n.write_meta(&mut meta)?;
+        }
         write_checkpoint(path, &tensors, meta)
+    }
+
+    /// The normalisation of the store the last step trained on (or, before the first step of a
+    /// resumed run, the one its checkpoint recorded); [`Trainer::save`] writes it.
+    pub fn normalization(&self) -> Option<Normalization> {
+        self.normalization
     }
 
     /// Continues the run saved at `path` on `device`; `store` must be the training set it was
@@ -76,7 +191,9 @@ impl Trainer {
             store.len(),
         );
         let sampler = PatchSampler::from_state(&st.meta_json::<RngState>("sampler_rng")?, config.augment);
-        Trainer::from_parts(model, optimizer, sampler, cursor, config, step)
+        let mut trainer = Trainer::from_parts(model, optimizer, sampler, cursor, config, step)?;
+        trainer.normalization = Normalization::from_meta(st.path, &st.meta)?;
+        Ok(trainer)
     }
 }
 
@@ -90,7 +207,17 @@ impl BagSslModel {
 
     /// Writes only the weights, running statistics and model config (atomically).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_checkpoint(path.as_ref(), &self.named_tensors(), model_meta(self.config())?)
+        self.save_with_normalization(path, None)
+    }
+
+    /// Like [`BagSslModel::save`], also recording the normalisation the model was trained with
+    /// (what [`read_normalization`] returns).
+    pub fn save_with_normalization(&self, path: impl AsRef<Path>, normalization: Option<&Normalization>) -> Result<()> {
+        let mut meta = model_meta(self.config())?;
+        if let Some(n) = normalization {
+            n.write_meta(&mut meta)?;
+        }
+        write_checkpoint(path.as_ref(), &self.named_tensors(), meta)
     }
 }
 
@@ -124,35 +251,30 @@ fn write_checkpoint(path: &Path, tensors: &[(String, &Tensor)], meta: HashMap<St
     write_atomic(path, &bytes)
 }
 
-/// The temporary file [`write_atomic`] writes before renaming: same directory as `path` (so the
-/// rename cannot cross file systems), hidden, tagged with the process id.
-pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-/// On any failure the temp file is removed and an existing `path` is untouched.
+/// Writes `bytes` to `path` atomically: a uniquely named temporary file in the same directory (so
+/// the rename cannot cross file systems, and concurrent writers never share one), fsync, rename
+/// over `path`, fsync of the directory. On any failure the temporary file is removed and an
+/// existing `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if path.file_name().is_none() {
+    let Some(name) = path.file_name() else {
         return Err(ModelError::Checkpoint { path: path.into(), detail: "not a file path".into() });
-    }
-    let tmp = temp_path_for(path);
-    let attempt = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
     };
-    if let Err(source) = attempt() {
-        let _ = fs::remove_file(&tmp);
-        return Err(ModelError::Io { path: path.into(), source });
-    }
+    let io = |source| ModelError::Io { path: path.into(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // What `File::create` would give (0o666 less the umask), not tempfile's private 0o600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    // Dropping `tmp` on an early return deletes the temporary file.
+    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     // Persist the rename itself; best effort (not every platform can open a directory).
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod trainer;
 use std::path::PathBuf;
 
 pub use bagssl_autograd::VicregWeights;
+pub use checkpoint::{read_normalization, Normalization};
 pub use config::{ModelConfig, OptimizerKind, TrainConfig};
 pub use layers::{Layer, Param, ParamKind, RunningStats, BN_EPS, BN_MOMENTUM};
 pub use model::{BagSslModel, TrainForward};

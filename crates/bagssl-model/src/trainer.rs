@@ -130,6 +130,8 @@ pub struct Trainer {
     pub(crate) cursor: EpochCursor,
     pub(crate) config: TrainConfig,
     pub(crate) step: u64,
+    /// Normalisation of the store the last step trained on (checkpoints record it).
+    pub(crate) normalization: Option<crate::checkpoint::Normalization>,
     source: PatchSource,
     images: Vec<u32>,
     specs: Vec<PatchSpec>,
@@ -161,7 +163,8 @@ impl Trainer {
     ) -> Result<Self> {
         config.validate()?;
         let source = PatchSource::for_device(model.device());
-        Ok(Trainer { model, optimizer, sampler, cursor, config, step, source, images: Vec::new(), specs: Vec::new() })
+        let (images, specs, normalization) = (Vec::new(), Vec::new(), None);
+        Ok(Trainer { model, optimizer, sampler, cursor, config, step, normalization, source, images, specs })
     }
 
     pub fn model(&self) -> &BagSslModel {
@@ -253,6 +256,7 @@ impl Trainer {
         self.optimizer.update(&mut self.model.params_mut(), &grads, lr as f32, number)?;
         self.model.update_running_stats(&batch_stats, BN_MOMENTUM)?;
         self.step = number;
+        self.normalization = Some(crate::checkpoint::Normalization::of(store));
         Ok(StepStats { step: number, epoch, loss: parts.loss(), terms: parts, lr })
     }
 }

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
-use bagssl_model::checkpoint::temp_path_for;
+use bagssl_model::checkpoint::write_atomic;
 use bagssl_model::{
-    lr_factor, BagSslModel, ModelConfig, ModelError, OptimizerKind, TrainConfig, Trainer, VicregWeights,
+    lr_factor, read_normalization, BagSslModel, ModelConfig, ModelError, Normalization, OptimizerKind, TrainConfig,
+    Trainer, VicregWeights,
 };
 
 fn store(images: usize, side: usize, seed: u64) -> ImageStore {
@@ -115,18 +116,24 @@ fn checkpoint_write_is_atomic() {
     let saved = snapshot(&t);
     t.step(&data).unwrap();
 
-    // Make the next write fail: a directory squats on the temporary file's name. (Permissions
-    // would not stop root, which runs these tests on CI machines.)
-    let blocker = temp_path_for(&ck);
-    std::fs::create_dir(&blocker).unwrap();
-    std::fs::write(blocker.join("keep"), b"x").unwrap();
-    let err = t.save(&ck).unwrap_err();
-    assert!(err.to_string().contains("ck.safetensors"), "error names the file: {err}");
+    // Make a write fail at the rename: a non-empty directory squats on the target's name. (The
+    // temporary names are unique, so nothing can squat on them; permissions would not stop root,
+    // which runs these tests on CI machines.)
+    let blocked = dir.path().join("blocked.safetensors");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("keep"), b"x").unwrap();
+    let err = t.save(&blocked).unwrap_err();
+    assert!(err.to_string().contains("blocked.safetensors"), "error names the file: {err}");
+    assert_eq!(std::fs::read(blocked.join("keep")).unwrap(), b"x", "the existing target is untouched");
+    let mut leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    leftovers.sort();
+    assert_eq!(leftovers, ["blocked.safetensors", "ck.safetensors"], "no temporary file left behind");
     let old = Trainer::resume(&ck, &data, &Device::Cpu).expect("previous checkpoint still loads");
     assert_eq!(old.steps_done(), 1);
     assert!(same_bits(&snapshot(&old), &saved), "previous checkpoint intact");
+    std::fs::remove_dir_all(&blocked).unwrap();
 
-    std::fs::remove_dir_all(&blocker).unwrap();
+    // Overwriting a checkpoint replaces it whole.
     t.save(&ck).unwrap();
     assert_eq!(Trainer::resume(&ck, &data, &Device::Cpu).unwrap().steps_done(), 2);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -138,6 +145,44 @@ fn checkpoint_write_is_atomic() {
     let err = t.save(file.join("ck.safetensors")).unwrap_err();
     assert!(matches!(err, ModelError::Io { .. }), "{err}");
     assert!(err.to_string().contains("plain/ck.safetensors"), "{err}");
+}
+
+/// Two writers of one path in one process (e.g. a periodic checkpoint and an export): every
+/// version a reader sees is one writer's whole file, and no temporary file is left behind.
+#[test]
+fn concurrent_atomic_writes_never_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.bin");
+    // Each payload: 64 KiB of one byte value, so a mix of two writes or a short file shows.
+    let payload = |b: u8| vec![b; 64 << 10];
+    write_atomic(&path, &payload(0)).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = std::fs::read(&path).unwrap();
+                assert_eq!(got.len(), 64 << 10, "a whole file");
+                assert!(got.iter().all(|&v| v == got[0]), "one writer's bytes");
+                reads += 1;
+            }
+            reads
+        });
+        let writers: Vec<_> = [1u8, 2]
+            .map(|b| {
+                let (path, payload) = (&path, payload(b));
+                s.spawn(move || (0..200).try_for_each(|_| write_atomic(path, &payload)))
+            })
+            .into_iter()
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, ["out.bin"], "no temporary file left behind");
 }
 
 /// Writes a safetensors file with the given tensors and a valid model header.
@@ -186,6 +231,74 @@ fn load_errors_name_file_and_tensor() {
     assert!(msg.contains("garbage.safetensors"), "{msg}");
     let msg = BagSslModel::load(dir.path().join("absent.safetensors"), &Device::Cpu).unwrap_err().to_string();
     assert!(msg.contains("absent.safetensors"), "{msg}");
+}
+
+/// A checkpoint records the normalisation of the store it was trained on (`normalize_mean`,
+/// `normalize_std`); resume and the header-only reader give it back; a weights-only file can carry
+/// it too; a checkpoint written before it was recorded reads as `None`.
+#[test]
+fn checkpoints_record_the_training_normalization() {
+    let data = store(16, 12, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    assert_eq!(t.normalization(), None, "nothing trained on yet");
+    t.step(&data).unwrap();
+    let expected = Normalization { mean: data.mean, std: data.std };
+    assert_eq!(t.normalization(), Some(expected));
+    t.save(&ck).unwrap();
+    assert_eq!(read_normalization(&ck).unwrap(), Some(expected), "bit-exact through JSON");
+    let bytes = std::fs::read(&ck).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    let mean: Vec<f32> = serde_json::from_str(&meta["normalize_mean"]).unwrap();
+    assert_eq!(mean, data.mean, "a JSON array of 3 numbers");
+    assert_eq!(Trainer::resume(&ck, &data, &Device::Cpu).unwrap().normalization(), Some(expected));
+
+    let weights = dir.path().join("weights.safetensors");
+    t.model().save(&weights).unwrap();
+    assert_eq!(read_normalization(&weights).unwrap(), None);
+    t.model().save_with_normalization(&weights, Some(&expected)).unwrap();
+    assert_eq!(read_normalization(&weights).unwrap(), Some(expected));
+
+    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoint-4b64f18.safetensors");
+    assert_eq!(read_normalization(&old).unwrap(), None, "written before normalisation was recorded");
+    assert_eq!(Trainer::resume(&old, &store(64, 12, 0), &Device::Cpu).unwrap().normalization(), None);
+}
+
+#[test]
+fn malformed_normalization_metadata_names_file_and_key() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.safetensors");
+    let write = |entries: &[(&str, &str)]| {
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), bagssl_model::checkpoint::FORMAT.to_string());
+        meta.insert("model_config".to_string(), serde_json::to_string(&model_config()).unwrap());
+        for (k, v) in entries {
+            meta.insert(k.to_string(), v.to_string());
+        }
+        let b = [0u8; 4];
+        let views = [("x", TensorView::new(Dtype::F32, vec![1], &b).unwrap())];
+        std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    };
+    let good = "[0.5, 0.5, 0.5]";
+    for (entries, key) in [
+        (vec![("normalize_mean", "[0.5, 0.5]"), ("normalize_std", good)], "normalize_mean"),
+        (vec![("normalize_mean", good), ("normalize_std", "\"wide\"")], "normalize_std"),
+        (vec![("normalize_mean", good), ("normalize_std", "[0.2, 0, 0.2]")], "normalize_std"),
+        (vec![("normalize_mean", good)], "normalize_std"),
+        (vec![("normalize_std", good)], "normalize_mean"),
+    ] {
+        write(&entries);
+        let e = read_normalization(&path).unwrap_err().to_string();
+        assert!(e.contains("odd.safetensors") && e.contains(&format!("`{key}`")), "{entries:?}: {e}");
+    }
+    write(&[("normalize_mean", good), ("normalize_std", good)]);
+    assert_eq!(read_normalization(&path).unwrap(), Some(Normalization { mean: [0.5; 3], std: [0.5; 3] }));
+    std::fs::write(&path, b"abc").unwrap();
+    let e = read_normalization(&path).unwrap_err().to_string();
+    assert!(e.contains("odd.safetensors") && e.contains("safetensors"), "{e}");
 }
 
 #[test]

@@ -4,6 +4,10 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+pub use bagssl_autograd::CpuMatmulPrecision;
+pub use bagssl_kernels::GemmPrecision;
+pub use bagssl_model::OptimizerKind;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The embedded default (`configs/quickstart.toml`), compiled in.
@@ -14,19 +18,27 @@ pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
 pub struct Config {
     pub seed: u64,
     /// `cpu` or `cuda`.
-    pub device: String,
+    pub device: DeviceKind,
     /// Math of the GEMMs on a GPU: `bf16` (operands rounded to bf16, f32 accumulation, like
     /// PyTorch's bf16 autocast), `tf32` or `f32`.
-    pub gpu_precision: String,
+    pub gpu_precision: GemmPrecision,
     /// Math of the GEMMs on the CPU: `f32`, or `bf16` (operands rounded to bf16, f32
     /// accumulation, on AVX512-BF16 where the CPU has it: about twice the f32 rate).
-    pub cpu_precision: String,
+    pub cpu_precision: CpuMatmulPrecision,
     pub data: DataConfig,
     pub patches: PatchConfig,
     pub model: ModelSection,
     pub loss: LossConfig,
     pub train: TrainSection,
     pub eval: EvalSection,
+}
+
+/// The `device` a run computes on (`cpu` | `cuda`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,7 +89,7 @@ pub struct TrainSection {
     pub batch_images: usize,
     pub epochs: f64,
     /// `adamw` or `lars`.
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     pub lr: f64,
     pub weight_decay: f64,
     pub warmup_epochs: f64,
@@ -104,9 +116,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             seed: 0,
-            device: "cpu".into(),
-            gpu_precision: "bf16".into(),
-            cpu_precision: "f32".into(),
+            device: DeviceKind::Cpu,
+            gpu_precision: GemmPrecision::Bf16,
+            cpu_precision: CpuMatmulPrecision::F32,
             data: DataConfig::default(),
             patches: PatchConfig::default(),
             model: ModelSection::default(),
@@ -155,7 +167,7 @@ impl Default for TrainSection {
         TrainSection {
             batch_images: 256,
             epochs: 30.0,
-            optimizer: "adamw".into(),
+            optimizer: OptimizerKind::AdamW,
             lr: 1e-3,
             weight_decay: 1e-5,
             warmup_epochs: 2.0,
@@ -186,6 +198,7 @@ impl Config {
 
     fn from_table(table: toml::Table, origin: &str) -> Result<Config> {
         check_keys(&table, origin)?;
+        check_choices(&table, origin)?;
         let cfg: Config = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(cfg)
     }
@@ -230,18 +243,6 @@ impl Config {
         }
         if self.patches.per_image < 2 {
             bail!("config key `patches.per_image` must be at least 2: the invariance term needs co-occurring patches");
-        }
-        if !matches!(self.device.as_str(), "cpu" | "cuda") {
-            bail!("config key `device` must be \"cpu\" or \"cuda\" (got {:?})", self.device);
-        }
-        if !matches!(self.cpu_precision.as_str(), "f32" | "bf16") {
-            bail!("config key `cpu_precision` must be \"f32\" or \"bf16\" (got {:?})", self.cpu_precision);
-        }
-        if bagssl_kernels::GemmPrecision::parse(&self.gpu_precision).is_none() {
-            bail!("config key `gpu_precision` must be \"bf16\", \"tf32\" or \"f32\" (got {:?})", self.gpu_precision);
-        }
-        if !matches!(self.train.optimizer.as_str(), "adamw" | "lars") {
-            bail!("config key `train.optimizer` must be \"adamw\" or \"lars\" (got {:?})", self.train.optimizer);
         }
         let finite_pos =
             [("train.lr", self.train.lr), ("train.epochs", self.train.epochs), ("eval.knn_t", self.eval.knn_t)];
@@ -317,6 +318,43 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Rejects a value that is not one of its key's names, naming the key and listing the names
+/// (serde's message has neither the key nor its section).
+fn check_choices(table: &toml::Table, origin: &str) -> Result<()> {
+    use CpuMatmulPrecision as Cpu;
+    check_choice(table, origin, "device", &[DeviceKind::Cpu, DeviceKind::Cuda])?;
+    check_choice(table, origin, "gpu_precision", &GemmPrecision::ALL)?;
+    check_choice(table, origin, "cpu_precision", &[Cpu::F32, Cpu::Bf16])?;
+    check_choice(table, origin, "train.optimizer", &[OptimizerKind::AdamW, OptimizerKind::Lars])
+}
+
+fn check_choice<T: Serialize + DeserializeOwned>(
+    table: &toml::Table,
+    origin: &str,
+    key: &str,
+    all: &[T],
+) -> Result<()> {
+    let value = match key.split_once('.') {
+        Some((section, k)) => table.get(section).and_then(|t| t.get(k)),
+        None => table.get(key),
+    };
+    match value {
+        Some(v) if v.clone().try_into::<T>().is_err() => {
+            let names: Vec<String> = all.iter().map(choice_name).collect();
+            bail!("{origin}: config key `{key}` must be one of {} (got {v})", names.join(", "))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The config spelling of a choice (`cpu`, `bf16`, `adamw`, ...).
+pub fn choice_name<T: Serialize>(choice: &T) -> String {
+    match toml::Value::try_from(choice) {
+        Ok(toml::Value::String(s)) => s,
+        other => panic!("a config choice serializes to a string, not {other:?}"),
+    }
 }
 
 /// " (did you mean `x`?)" when a known key is close.
@@ -396,7 +434,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.train.lr, 1.0);
         assert_eq!(c.model.hidden, 64);
-        assert_eq!(c.device, "cuda");
+        assert_eq!(c.device, DeviceKind::Cuda);
         let c = Config::default().with_overrides(&["data.path=/tmp/x y".into()]).unwrap();
         assert_eq!(c.data.path, "/tmp/x y");
     }
@@ -420,10 +458,6 @@ mod tests {
         for (set, key) in [
             ("train.batch_images=0", "train.batch_images"),
             ("train.lr=-1", "train.lr"),
-            ("device=tpu", "device"),
-            ("gpu_precision=fp8", "gpu_precision"),
-            ("cpu_precision=tf32", "cpu_precision"),
-            ("train.optimizer=sgd", "train.optimizer"),
             ("data.val_fraction=1.5", "data.val_fraction"),
             ("patches.size=40", "patches.size"),
         ] {
@@ -431,9 +465,39 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{set}: {e}");
         }
+        // Choices fail as the config is read, naming the key and the valid names.
+        for (set, message) in [
+            ("device=tpu", "config key `device` must be one of cpu, cuda (got \"tpu\")"),
+            ("gpu_precision=fp8", "config key `gpu_precision` must be one of bf16, tf32, f32 (got \"fp8\")"),
+            ("cpu_precision=tf32", "config key `cpu_precision` must be one of f32, bf16 (got \"tf32\")"),
+            ("train.optimizer=sgd", "config key `train.optimizer` must be one of adamw, lars (got \"sgd\")"),
+            ("device=3", "config key `device` must be one of cpu, cuda (got \"3\")"),
+        ] {
+            let e = Config::default().with_overrides(&[set.into()]).unwrap_err().to_string();
+            assert!(e.contains(message), "{set}: {e}");
+        }
+        let e = Config::from_toml("device = \"gpu\"\n", "x.toml").unwrap_err().to_string();
+        assert_eq!(e, "x.toml: config key `device` must be one of cpu, cuda (got \"gpu\")");
+        let e = Config::from_toml("[train]\noptimizer = 1\n", "x.toml").unwrap_err().to_string();
+        assert_eq!(e, "x.toml: config key `train.optimizer` must be one of adamw, lars (got 1)");
         let c = Config::default();
         let e = c.validate_for_images(6, 6, "data/x").unwrap_err().to_string();
         assert!(e.contains("patches.size") && e.contains("6 x 6"), "{e}");
+    }
+
+    /// The resolved config.toml spells the choices as they always were.
+    #[test]
+    fn choices_are_written_by_name() {
+        let c = Config::default()
+            .with_overrides(&["device=cuda".into(), "gpu_precision=tf32".into(), "train.optimizer=lars".into()])
+            .unwrap();
+        let text = c.to_toml();
+        for line in ["device = \"cuda\"", "gpu_precision = \"tf32\"", "cpu_precision = \"f32\"", "optimizer = \"lars\""]
+        {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(Config::from_toml(&text, "rt").unwrap(), c);
+        assert_eq!(choice_name(&CpuMatmulPrecision::Bf16), "bf16");
     }
 
     #[test]

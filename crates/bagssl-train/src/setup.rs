@@ -4,11 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bagssl_autograd::{set_cpu_matmul_precision, CpuMatmulPrecision, Device};
+use bagssl_autograd::{set_cpu_matmul_precision, Device};
 use bagssl_data::{ImageStore, LoadOptions, Split, SyntheticSpec};
 
 use crate::cli::ConfigArgs;
-use crate::config::{Config, QUICKSTART};
+use crate::config::{choice_name, Config, DeviceKind, QUICKSTART};
 
 /// Config file (or the embedded quickstart) + shorthands + `--set`, validated.
 pub fn resolve_config(args: &ConfigArgs) -> Result<Config> {
@@ -49,33 +49,24 @@ pub fn toml_str(s: &str) -> String {
 /// `cpu` (GEMMs at `cpu_precision`), or the first CUDA GPU (GEMMs at `gpu_precision`) with a
 /// clear error when there is none.
 pub fn resolve_device(cfg: &Config) -> Result<Device> {
-    match cfg.device.as_str() {
-        "cpu" => {
-            let p = match cfg.cpu_precision.as_str() {
-                "f32" => CpuMatmulPrecision::F32,
-                "bf16" => CpuMatmulPrecision::Bf16,
-                other => bail!("config key `cpu_precision` must be f32 or bf16 (got {other:?})"),
-            };
-            set_cpu_matmul_precision(p);
+    match cfg.device {
+        DeviceKind::Cpu => {
+            set_cpu_matmul_precision(cfg.cpu_precision);
             Ok(Device::Cpu)
         }
-        "cuda" => {
-            let precision = bagssl_kernels::GemmPrecision::parse(&cfg.gpu_precision).ok_or_else(|| {
-                anyhow::anyhow!("config key `gpu_precision` must be bf16, tf32 or f32 (got {:?})", cfg.gpu_precision)
-            })?;
+        DeviceKind::Cuda => {
             let gpu = bagssl_kernels::Gpu::new(0).context("--device cuda: no usable CUDA GPU")?;
-            gpu.set_gemm_precision(precision);
+            gpu.set_gemm_precision(cfg.gpu_precision);
             Ok(Device::Cuda(gpu))
         }
-        other => bail!("unknown device {other:?}: expected cpu or cuda"),
     }
 }
 
-/// The GEMM math the run uses on its device: `cpu_precision` or `gpu_precision`.
-pub fn precision_label(cfg: &Config) -> &str {
-    match cfg.device.as_str() {
-        "cuda" => &cfg.gpu_precision,
-        _ => &cfg.cpu_precision,
+/// The GEMM math the run uses on its device: `cpu_precision` or `gpu_precision`, by name.
+pub fn precision_label(cfg: &Config) -> String {
+    match cfg.device {
+        DeviceKind::Cuda => choice_name(&cfg.gpu_precision),
+        DeviceKind::Cpu => choice_name(&cfg.cpu_precision),
     }
 }
 
@@ -98,6 +89,13 @@ pub struct Datasets {
     pub source: String,
 }
 
+/// Seed of the permutation that holds `data.val_fraction` of the training images out for
+/// evaluation when there is no `data.eval_path`, for real and synthetic data alike. Fixed, not
+/// derived from `seed`: runs of different seeds on one dataset are evaluated on the same images,
+/// and `eval` of an older real-data checkpoint holds out what its run held out (12345 is what
+/// real data always used; the synthetic set used `seed ^ 0x5eed` before).
+pub const HOLDOUT_SEED: u64 = 12345;
+
 /// Loads (or synthesizes) the training split and the evaluation split.
 pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
     let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
@@ -110,13 +108,13 @@ pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
             width: cfg.data.synthetic_size,
             seed: cfg.seed,
         });
-        let (train, test) = all.split_holdout(cfg.data.val_fraction, cfg.seed ^ 0x5eed);
+        let (train, test) = all.split_holdout(cfg.data.val_fraction, HOLDOUT_SEED);
         (train, test, format!("synthetic ({} images, {} classes)", all.len(), cfg.data.synthetic_classes))
     } else {
         let path = Path::new(&cfg.data.path);
         let train = bagssl_data::load(path, &opts(Split::Train))?;
         if cfg.data.eval_path.is_empty() {
-            let (tr, te) = train.split_holdout(cfg.data.val_fraction, 12345);
+            let (tr, te) = train.split_holdout(cfg.data.val_fraction, HOLDOUT_SEED);
             let src = format!("{} ({} train, {} held out)", path.display(), tr.len(), te.len());
             (tr, te, src)
         } else {
@@ -147,6 +145,21 @@ pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
     Ok(Datasets { train, test, source })
 }
 
+/// Makes `stores` normalise like the images `checkpoint`'s model was trained on (whatever their own
+/// statistics), as every command that reads a checkpoint and a dataset must. A checkpoint written
+/// before the normalisation was recorded keeps the stores' own statistics, with a warning.
+pub fn use_checkpoint_normalization(checkpoint: &Path, stores: &mut [&mut ImageStore]) -> Result<()> {
+    match bagssl_model::read_normalization(checkpoint)? {
+        Some(n) => stores.iter_mut().for_each(|s| n.apply_to(s)),
+        None => eprintln!(
+            "bagssl: warning: {} does not record the training images' normalisation (an older checkpoint); \
+             normalising with the statistics of the given images",
+            checkpoint.display()
+        ),
+    }
+    Ok(())
+}
+
 /// Appends JSON lines to `metrics.jsonl`, flushing each one so a crash loses nothing.
 pub struct MetricsLog {
     file: std::fs::File,
@@ -168,12 +181,10 @@ impl MetricsLog {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so a failure leaves the old file.
+/// Writes `contents` to `path` atomically (a unique temporary file, fsync, rename), so a failure
+/// leaves the old file: [`bagssl_model::checkpoint::write_atomic`].
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    Ok(bagssl_model::checkpoint::write_atomic(path, contents)?)
 }
 
 /// Default run directory: `runs/<UTC timestamp>`.
@@ -210,7 +221,7 @@ pub fn model_and_train_config(
     cfg: &Config,
     train_images: usize,
 ) -> Result<(bagssl_model::ModelConfig, bagssl_model::TrainConfig)> {
-    use bagssl_model::{ModelConfig, OptimizerKind, TrainConfig, VicregWeights};
+    use bagssl_model::{ModelConfig, TrainConfig, VicregWeights};
     if cfg.train.batch_images > train_images {
         bail!(
             "config key `train.batch_images` = {} is larger than the training set ({train_images} images)",
@@ -234,7 +245,7 @@ pub fn model_and_train_config(
         warmup_steps,
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
-        optimizer: if cfg.train.optimizer == "lars" { OptimizerKind::Lars } else { OptimizerKind::AdamW },
+        optimizer: cfg.train.optimizer,
         loss: VicregWeights {
             invariance: cfg.loss.invariance as f32,
             variance: cfg.loss.variance as f32,
@@ -259,13 +270,13 @@ mod tests {
     #[test]
     fn cpu_precision_sets_the_cpu_gemm_switch() {
         use super::*;
-        let mut cfg = Config { cpu_precision: "bf16".into(), ..Config::default() };
+        use bagssl_autograd::CpuMatmulPrecision;
+        let mut cfg = Config { cpu_precision: CpuMatmulPrecision::Bf16, ..Config::default() };
         assert!(matches!(resolve_device(&cfg).unwrap(), Device::Cpu));
         assert_eq!(bagssl_autograd::cpu_matmul_precision(), CpuMatmulPrecision::Bf16);
-        cfg.cpu_precision = "f32".into();
+        assert_eq!(precision_label(&cfg), "bf16");
+        cfg.cpu_precision = CpuMatmulPrecision::F32;
         resolve_device(&cfg).unwrap();
         assert_eq!(bagssl_autograd::cpu_matmul_precision(), CpuMatmulPrecision::F32);
-        cfg.cpu_precision = "fp8".into();
-        assert!(resolve_device(&cfg).unwrap_err().to_string().contains("cpu_precision"));
     }
 }

@@ -379,3 +379,130 @@ fn bench_runs_with_bf16_gemms_on_the_cpu_and_profiles_the_step() {
     assert_eq!(j["precision"], "bf16");
     assert!(j["ms_per_step"].as_f64().is_some_and(|v| v > 0.0), "{j}");
 }
+
+/// The `embeddings` tensor of an `embed` output file.
+fn read_embeddings(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor("embeddings").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `embed` normalises the images it is given with the training run's statistics (recorded in the
+/// checkpoint), not their own; a checkpoint from before they were recorded keeps the old
+/// behaviour (the images' own statistics) and says so.
+#[test]
+fn embed_normalises_like_the_training_run() {
+    use bagssl_data::{LoadOptions, Split, SyntheticSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+
+    // Images whose pixel statistics are far from the synthetic training set's.
+    let cifar = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&cifar).unwrap();
+    for b in 1..=5 {
+        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 4);
+    }
+    let opts = LoadOptions { split: Split::Train, resize: None, cache_dir: None, progress: false };
+    let store = bagssl_data::load(&cifar, &opts).unwrap();
+    // TINY's training set: the quickstart's synthetic spec with 200 images; the held-out split
+    // keeps the whole set's statistics.
+    let train = bagssl_data::synthetic(&SyntheticSpec { images: 200, classes: 10, height: 32, width: 32, seed: 0 });
+    assert!(max_abs_diff(&store.mean, &train.mean) > 0.01, "{:?} vs {:?}", store.mean, train.mean);
+    let embed = |ckpt: &Path, name: &str| {
+        let emb = dir.path().join(name);
+        let o = run(&[
+            "embed",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            cifar.to_str().unwrap(),
+            "--out",
+            emb.to_str().unwrap(),
+            "--set",
+            "data.cache_dir=\"off\"",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let bytes = std::fs::read(&emb).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mean: [f32; 3] = serde_json::from_str(&header.metadata().as_ref().unwrap()["normalize_mean"]).unwrap();
+        (read_embeddings(&emb), mean, text(&o))
+    };
+    // The quickstart's [eval]: stride 4, 32 images a batch.
+    let in_process = |ckpt: &Path, store: &bagssl_data::ImageStore| {
+        let model = bagssl_model::BagSslModel::load(ckpt, &bagssl_autograd::Device::Cpu).unwrap();
+        bagssl_eval::embed_bag(&model, store, model.config().patch, 4, 32).unwrap()
+    };
+
+    let (got, mean, log) = embed(&ckpt, "emb.safetensors");
+    assert!(!log.contains("warning"), "{log}");
+    assert_eq!(mean, train.mean, "the output records the normalisation used");
+    let with_training_stats = in_process(&ckpt, &store.clone().with_stats(train.mean, train.std));
+    let self_normalised = in_process(&ckpt, &store);
+    assert!(max_abs_diff(&got, &with_training_stats) <= 1e-6, "{}", max_abs_diff(&got, &with_training_stats));
+    assert!(max_abs_diff(&got, &self_normalised) > 1e-3, "{}", max_abs_diff(&got, &self_normalised));
+
+    // A checkpoint written before normalize_mean/normalize_std existed: as before, with a warning.
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    let old_ckpt = old.join("checkpoint.safetensors");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors");
+    std::fs::copy(fixture, &old_ckpt).unwrap();
+    let (got, mean, log) = embed(&old_ckpt, "old.safetensors");
+    assert_eq!(mean, store.mean);
+    assert_eq!(log.lines().filter(|l| l.contains("warning")).count(), 1, "{log}");
+    assert!(log.contains("normalisation"), "{log}");
+    assert!(max_abs_diff(&got, &in_process(&old_ckpt, &store)) <= 1e-6);
+}
+
+/// `eval` normalises both splits with the training run's statistics too.
+#[test]
+fn eval_normalises_like_the_training_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+    let cifar = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&cifar).unwrap();
+    for b in 1..=5 {
+        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 12);
+    }
+    write_cifar_batch(&cifar, "test_batch.bin", 20);
+    let eval = |ckpt: &Path| {
+        let report = dir.path().join("report.json");
+        let o = run(&[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--eval-data",
+            dir.path().to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+            "--set",
+            "eval.probe_epochs=2",
+            "--set",
+            "data.cache_dir=\"off\"",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    assert!(!eval(&ckpt).contains("warning"));
+    let old = dir.path().join("old.safetensors");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors"),
+        &old,
+    )
+    .unwrap();
+    let log = eval(&old);
+    assert_eq!(log.lines().filter(|l| l.contains("warning")).count(), 1, "{log}");
+}

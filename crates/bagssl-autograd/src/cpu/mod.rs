@@ -36,7 +36,8 @@ use matmul_bf16::{gemm_views_bf16_mapped, ColumnMap};
 
 /// Precision of the CPU GEMMs (every CPU matmul, linear layer and the bag-VICReg products go
 /// through [`matmul::sgemm`]). Process-wide; the CUDA backend ignores it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CpuMatmulPrecision {
     /// f32 operands and accumulation (the `gemm` crate): the default, bit-for-bit as before.
     #[default]

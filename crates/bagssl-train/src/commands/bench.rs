@@ -164,8 +164,6 @@ fn encoder_flops_per_patch(cfg: &Config) -> f64 {
     2.0 * (d_in * h + (cfg.model.layers as f64 - 1.0) * h * h)
 }
 
-/// GEMM FLOPs of one training step: forward, backward (dX and dW; no dX for the input), and the
-/// covariance of bag-VICReg (Zc^T Zc forward, Zc C backward). Elementwise work is not counted.
 /// `steps` more steps with [`bagssl_autograd::profile`] on: the per-op totals and the wall time.
 fn profile_steps(
     trainer: &mut bagssl_model::Trainer,
@@ -207,7 +205,9 @@ fn print_profile(ops: &[bagssl_autograd::profile::OpTime], wall: f64, steps: usi
     println!("  {:<22} {:>9.3} {:>8} {:>6.1}%", "outside ops", rest, "", 100.0 * rest / total);
 }
 
-pub fn step_flops(cfg: &Config) -> f64 {
+/// GEMM FLOPs of one training step: forward, backward (dX and dW; no dX for the input), and the
+/// covariance of bag-VICReg (Zc^T Zc forward, Zc C backward). Elementwise work is not counted.
+fn step_flops(cfg: &Config) -> f64 {
     let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
     let d_in = (cfg.patches.size * cfg.patches.size * 3) as f64;
     let (h, z) = (cfg.model.hidden as f64, cfg.model.proj as f64);

@@ -29,10 +29,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let model = BagSslModel::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
-    let store = bagssl_data::load(
+    let mut store = bagssl_data::load(
         &args.data,
         &LoadOptions { split, resize, cache_dir: setup::cache_dir(&cfg), progress: true },
     )?;
+    setup::use_checkpoint_normalization(&args.checkpoint, &mut [&mut store])?;
     let patch = model.config().patch;
     cfg.validate_for_images(store.height, store.width, &args.data.display().to_string())?;
     let t = std::time::Instant::now();
@@ -50,6 +51,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         ("checkpoint".to_string(), args.checkpoint.display().to_string()),
         ("patch".to_string(), patch.to_string()),
         ("stride".to_string(), cfg.eval.stride.to_string()),
+        // The normalisation the images went through (the training run's, when recorded).
+        ("normalize_mean".to_string(), serde_json::to_string(&store.mean)?),
+        ("normalize_std".to_string(), serde_json::to_string(&store.std)?),
         ("aggregation".to_string(), "mean of eval-mode encoder outputs over the grid".to_string()),
     ]);
     let bytes = safetensors::serialize(tensors, Some(meta))?;

@@ -18,7 +18,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let device = setup::resolve_device(&cfg)?;
     let model = BagSslModel::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
-    let data = setup::load_datasets(&cfg, true)?;
+    let mut data = setup::load_datasets(&cfg, true)?;
+    setup::use_checkpoint_normalization(&args.checkpoint, &mut [&mut data.train, &mut data.test])?;
     if model.config().patch > data.train.height.min(data.train.width) {
         bail!("{}: patch size {} is larger than the images", args.checkpoint.display(), model.config().patch);
     }

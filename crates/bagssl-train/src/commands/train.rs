@@ -36,7 +36,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create run directory {}", out.display()))?;
 
-    let data = setup::load_datasets(&cfg, !args.quiet)?;
+    let mut data = setup::load_datasets(&cfg, !args.quiet)?;
+    if let Some(ckpt) = &args.resume {
+        // A resumed run goes on normalising as it started.
+        setup::use_checkpoint_normalization(ckpt, &mut [&mut data.train, &mut data.test])?;
+    }
     eprintln!(
         "bagssl: data {} | {}x{} images | device {}",
         data.source,
