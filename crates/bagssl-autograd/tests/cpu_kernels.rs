@@ -96,8 +96,10 @@ struct BnRef {
     dbeta: Vec<f64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bn_ref(x: &[f64], dy: &[f64], gamma: &[f64], beta: &[f64], rows: usize, cols: usize, eps: f64, relu: bool) -> BnRef {
+/// The f64 BatchNorm of `x` (rows, gamma.len()) and its backward for the upstream `dy`.
+fn bn_ref(x: &[f64], dy: &[f64], gamma: &[f64], beta: &[f64], eps: f64, relu: bool) -> BnRef {
+    let cols = gamma.len();
+    let rows = x.len() / cols;
     let n = rows as f64;
     let col = |v: &[f64], j: usize| (0..rows).map(move |i| v[i * cols + j]).collect::<Vec<_>>();
     let mut r = BnRef {
@@ -148,7 +150,7 @@ fn batch_norm_matches_f64() {
             let dy = rand_tensor(&mut r, &[rows, cols]);
             let gamma = rand_tensor(&mut r, &[cols]);
             let beta = rand_tensor(&mut r, &[cols]);
-            let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), rows, cols, 1e-5, relu);
+            let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), 1e-5, relu);
             let f = ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
                 .unwrap();
             let bagssl_autograd::BnBackward { dx, dgamma, dbeta, dbias } = ops::bn_train_bwd(BnBackwardArgs {

@@ -37,20 +37,19 @@ impl PlainValues {
     }
 }
 
-/// The `p x p` crop at (`oy`, `ox`) of the HWC image `img` (`width` wide), mirrored left-right
-/// if `flip`, into `out` (HWC) as `value(channel, byte)`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn crop(
-    img: &[u8],
-    width: usize,
+/// Where a `p x p` patch sits in its image, and whether it is mirrored left-right.
+#[derive(Clone, Copy)]
+struct Crop {
     oy: usize,
     ox: usize,
     flip: bool,
     p: usize,
-    out: &mut [f32],
-    value: impl Fn(usize, u8) -> f32,
-) {
+}
+
+/// The crop `c` of the HWC image `img` (`width` wide) into `out` (HWC) as `value(channel, byte)`.
+#[inline(always)]
+fn crop(img: &[u8], width: usize, c: Crop, out: &mut [f32], value: impl Fn(usize, u8) -> f32) {
+    let Crop { oy, ox, flip, p } = c;
     for y in 0..p {
         let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
         let dst = &mut out[y * p * 3..][..p * 3];
@@ -63,30 +62,33 @@ fn crop(
     }
 }
 
+/// The normalisation of a store: its per-channel mean and std, and their values for every byte.
+struct Norm<'n> {
+    mean: &'n [f32; 3],
+    std: &'n [f32; 3],
+    plain: &'n PlainValues,
+}
+
 /// Writes one patch vector into `out` (`p*p*3` floats), using `out` itself as scratch so the
-/// gathers allocate nothing. `img` is the whole HWC image, `width` its width. `plain` holds
-/// `mean`/`std`'s values for patches without jitter or grayscale.
-#[allow(clippy::too_many_arguments)]
+/// gathers allocate nothing. `img` is the whole HWC image, `width` its width. Patches without
+/// jitter or grayscale take `norm.plain`'s values.
 fn write_patch(
     img: &[u8],
     width: usize,
-    oy: usize,
-    ox: usize,
-    flip: bool,
+    c: Crop,
     jitter: Option<Jitter>,
     gray: bool,
-    p: usize,
-    mean: &[f32; 3],
-    std: &[f32; 3],
-    plain: &PlainValues,
+    norm: &Norm<'_>,
     out: &mut [f32],
 ) {
+    let Norm { mean, std, plain } = *norm;
+    let p = c.p;
     if jitter.is_none() && !gray {
-        crop(img, width, oy, ox, flip, p, out, |c, b| plain.0[c][usize::from(b)]);
+        crop(img, width, c, out, |ch, b| plain.0[ch][usize::from(b)]);
         return;
     }
     // 1. crop / 255, mirrored left-right if flip.
-    crop(img, width, oy, ox, flip, p, out, |_, b| f32::from(b) / 255.0);
+    crop(img, width, c, out, |_, b| f32::from(b) / 255.0);
     // 2. jitter: brightness, contrast around the patch's mean luma, saturation, clamp.
     if let Some(j) = jitter {
         let mut sum = 0f32;
@@ -141,6 +143,7 @@ pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out
     }
     let (h, w) = (store.height, store.width);
     let plain = PlainValues::new(&store.mean, &store.std);
+    let norm = Norm { mean: &store.mean, std: &store.std, plain: &plain };
     out.par_chunks_mut(d).zip(specs.par_iter()).with_min_len(MIN_PATCHES_PER_TASK).for_each(|(dst, s)| {
         let (oy, ox) = (s.oy as usize, s.ox as usize);
         assert!(
@@ -149,7 +152,8 @@ pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out
             store.len()
         );
         let img = store.image(s.image as usize);
-        write_patch(img, w, oy, ox, s.flip, s.jitter, s.gray, patch, &store.mean, &store.std, &plain, dst);
+        let c = Crop { oy, ox, flip: s.flip, p: patch };
+        write_patch(img, w, c, s.jitter, s.gray, &norm, dst);
     });
 }
 
@@ -201,10 +205,11 @@ pub fn gather_grid(store: &ImageStore, images: Range<usize>, patch: usize, strid
     }
     let first = images.start;
     let plain = PlainValues::new(&store.mean, &store.std);
+    let norm = Norm { mean: &store.mean, std: &store.std, plain: &plain };
     out.par_chunks_mut(d).enumerate().with_min_len(MIN_PATCHES_PER_TASK).for_each(|(k, dst)| {
         let (img, t) = (first + k / per_image, k % per_image);
         let (oy, ox) = ((t / nx) * stride, (t % nx) * stride);
-        write_patch(store.image(img), w, oy, ox, false, None, false, patch, &store.mean, &store.std, &plain, dst);
+        write_patch(store.image(img), w, Crop { oy, ox, flip: false, p: patch }, None, false, &norm, dst);
     });
 }
 
@@ -228,7 +233,8 @@ mod tests {
         }
         for flip in [false, true] {
             let mut got = vec![f32::NAN; p * p * 3];
-            write_patch(&img, width, 2, 3, flip, None, false, p, &mean, &std, &plain, &mut got);
+            let norm = Norm { mean: &mean, std: &std, plain: &plain };
+            write_patch(&img, width, Crop { oy: 2, ox: 3, flip, p }, None, false, &norm, &mut got);
             for y in 0..p {
                 for x in 0..p {
                     let sx = if flip { p - 1 - x } else { x };

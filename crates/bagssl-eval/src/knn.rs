@@ -10,7 +10,7 @@
 use bagssl_autograd::{ops, Tensor};
 use rayon::prelude::*;
 
-use crate::{check_labels, rows_of, EvalError, Result};
+use crate::{check_labels, rows_of, EvalError, Labeled, Result};
 
 /// Test rows per similarity block: 256 x 50 000 training rows is ~51 MB of similarities.
 const BLOCK: usize = 256;
@@ -110,18 +110,16 @@ pub(crate) fn argmax_lowest<T: PartialOrd + Copy>(v: &[T]) -> usize {
 }
 
 /// Fraction of test rows whose kNN prediction equals their label.
-#[allow(clippy::too_many_arguments)]
 pub fn knn_accuracy(
-    train: &[f32],
-    train_labels: &[u32],
-    test: &[f32],
-    test_labels: &[u32],
+    train: Labeled<'_>,
+    test: Labeled<'_>,
     dim: usize,
     k: usize,
     t: f64,
     classes: usize,
 ) -> Result<f64> {
-    let (pred, _) = knn_predict(train, train_labels, test, dim, k, t, classes)?;
+    let test_labels = test.labels;
+    let (pred, _) = knn_predict(train.features, train.labels, test.features, dim, k, t, classes)?;
     if test_labels.len() != pred.len() {
         return Err(EvalError::Invalid(format!("{} test labels for {} test rows", test_labels.len(), pred.len())));
     }

@@ -17,6 +17,13 @@ pub use knn::{knn_accuracy, knn_predict};
 pub use probe::{linear_probe, ProbeOptions};
 pub use report::{evaluate, EvalConfig, EvalReport};
 
+/// Row-major features (one row per image) and their class labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Labeled<'a> {
+    pub features: &'a [f32],
+    pub labels: &'a [u32],
+}
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

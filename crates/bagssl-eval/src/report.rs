@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::embed::{embed_bag, embed_single_patch};
 use crate::knn::knn_accuracy;
 use crate::probe::linear_probe;
+use crate::Labeled;
 use crate::Result;
 
 /// Evaluation settings (the `[eval]` config section plus the patch size).
@@ -57,13 +58,21 @@ pub fn evaluate(model: &BagSslModel, train: &ImageStore, test: &ImageStore, cfg:
 
     let ftr = embed_bag(model, train, p, s, bi)?;
     let fte = embed_bag(model, test, p, s, bi)?;
-    let knn = knn_accuracy(&ftr, &train.labels, &fte, &test.labels, dim, cfg.knn_k, cfg.knn_t, classes)?;
-    let linear = linear_probe(&ftr, &train.labels, &fte, &test.labels, dim, classes, cfg.probe_epochs, cfg.seed)?;
+    let (tr, te) =
+        (Labeled { features: &ftr, labels: &train.labels }, Labeled { features: &fte, labels: &test.labels });
+    let knn = knn_accuracy(tr, te, dim, cfg.knn_k, cfg.knn_t, classes)?;
+    let linear = linear_probe(tr, te, dim, classes, cfg.probe_epochs, cfg.seed)?;
     drop((ftr, fte));
 
     let single_tr = embed_single_patch(model, train, p, s, bi)?;
     let single_te = embed_single_patch(model, test, p, s, bi)?;
-    let knn_single_patch =
-        knn_accuracy(&single_tr, &train.labels, &single_te, &test.labels, dim, cfg.knn_k, cfg.knn_t, classes)?;
+    let knn_single_patch = knn_accuracy(
+        Labeled { features: &single_tr, labels: &train.labels },
+        Labeled { features: &single_te, labels: &test.labels },
+        dim,
+        cfg.knn_k,
+        cfg.knn_t,
+        classes,
+    )?;
     Ok(EvalReport { knn, linear, knn_single_patch })
 }

@@ -4,7 +4,8 @@ use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec};
 use bagssl_eval::probe::train_probe;
 use bagssl_eval::{
-    centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, ProbeOptions,
+    centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, Labeled,
+    ProbeOptions,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{array, golden};
@@ -61,10 +62,29 @@ fn probe_learns_separable_data_and_is_deterministic() {
     let (x, y) = blobs(2500, dim, classes, 1);
     let (xtr, ytr, xte, yte) = (&x[..2000 * dim], &y[..2000], &x[2000 * dim..], &y[2000..]);
     // 100 epochs of 4 mini-batches: the reference's lr (1e-3) needs a few hundred Adam steps.
-    let acc = linear_probe(xtr, ytr, xte, yte, dim, classes, 100, 0).unwrap();
+    let acc = linear_probe(
+        Labeled { features: xtr, labels: ytr },
+        Labeled { features: xte, labels: yte },
+        dim,
+        classes,
+        100,
+        0,
+    )
+    .unwrap();
     println!("probe accuracy {acc}");
     assert!(acc > 0.95, "accuracy {acc}");
-    assert_eq!(acc, linear_probe(xtr, ytr, xte, yte, dim, classes, 100, 0).unwrap());
+    assert_eq!(
+        acc,
+        linear_probe(
+            Labeled { features: xtr, labels: ytr },
+            Labeled { features: xte, labels: yte },
+            dim,
+            classes,
+            100,
+            0
+        )
+        .unwrap()
+    );
     let opts = ProbeOptions { epochs: 5, seed: 3, ..ProbeOptions::default() };
     let a = train_probe(xtr, ytr, dim, classes, &opts).unwrap();
     let b = train_probe(xtr, ytr, dim, classes, &opts).unwrap();

@@ -164,7 +164,7 @@ mod tests {
         let w0 = vec![0.5, -1.0, 2.0];
         let b0 = vec![0.5, -1.0, 2.0];
         let g = vec![0.1, -0.3, 4.0];
-        let mut params = vec![param("w", ParamKind::Weight, w0.clone()), param("b", ParamKind::Bias, b0.clone())];
+        let mut params = [param("w", ParamKind::Weight, w0.clone()), param("b", ParamKind::Bias, b0.clone())];
         let mut opt = Optimizer::new(OptimizerKind::AdamW, 0.1, &params.iter().collect::<Vec<_>>()).unwrap();
         let grads = vec![Tensor::from_vec(&[3], g.clone()), Tensor::from_vec(&[3], g.clone())];
         opt.update(&mut params.iter_mut().collect::<Vec<_>>(), &grads, 0.01, 1).unwrap();
@@ -189,7 +189,7 @@ mod tests {
     fn lars_trust_ratio_on_weights_only() {
         let p0 = vec![3.0, 4.0]; // |p| = 5
         let g = vec![0.6, 0.8]; // |g| = 1
-        let mut params = vec![
+        let mut params = [
             param("w", ParamKind::Weight, p0.clone()),
             param("g", ParamKind::BnGamma, p0.clone()),
             param("b", ParamKind::Bias, p0.clone()),

@@ -28,7 +28,8 @@ pub struct Config {
     pub data: DataConfig,
     pub patches: PatchConfig,
     pub model: ModelSection,
-    pub loss: LossConfig,
+    /// bag-VICReg's weights (`invariance`, `variance`, `covariance`), defaults in their type.
+    pub loss: bagssl_model::VicregWeights,
     pub train: TrainSection,
     pub eval: EvalSection,
 }
@@ -77,14 +78,6 @@ pub struct ModelSection {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct LossConfig {
-    pub invariance: f64,
-    pub variance: f64,
-    pub covariance: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
     pub batch_images: usize,
     pub epochs: f64,
@@ -122,7 +115,7 @@ impl Default for Config {
             data: DataConfig::default(),
             patches: PatchConfig::default(),
             model: ModelSection::default(),
-            loss: LossConfig::default(),
+            loss: bagssl_model::VicregWeights::default(),
             train: TrainSection::default(),
             eval: EvalSection::default(),
         }
@@ -153,12 +146,6 @@ impl Default for PatchConfig {
 impl Default for ModelSection {
     fn default() -> Self {
         ModelSection { layers: 2, hidden: 2048, proj: 2048 }
-    }
-}
-
-impl Default for LossConfig {
-    fn default() -> Self {
-        LossConfig { invariance: 25.0, variance: 25.0, covariance: 1.0 }
     }
 }
 
@@ -254,9 +241,9 @@ impl Config {
         let finite_nonneg = [
             ("train.weight_decay", self.train.weight_decay),
             ("train.warmup_epochs", self.train.warmup_epochs),
-            ("loss.invariance", self.loss.invariance),
-            ("loss.variance", self.loss.variance),
-            ("loss.covariance", self.loss.covariance),
+            ("loss.invariance", self.loss.invariance as f64),
+            ("loss.variance", self.loss.variance as f64),
+            ("loss.covariance", self.loss.covariance as f64),
         ];
         for (key, v) in finite_nonneg {
             if !(v.is_finite() && v >= 0.0) {

@@ -221,7 +221,7 @@ pub fn model_and_train_config(
     cfg: &Config,
     train_images: usize,
 ) -> Result<(bagssl_model::ModelConfig, bagssl_model::TrainConfig)> {
-    use bagssl_model::{ModelConfig, TrainConfig, VicregWeights};
+    use bagssl_model::{ModelConfig, TrainConfig};
     if cfg.train.batch_images > train_images {
         bail!(
             "config key `train.batch_images` = {} is larger than the training set ({train_images} images)",
@@ -246,12 +246,7 @@ pub fn model_and_train_config(
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
         optimizer: cfg.train.optimizer,
-        loss: VicregWeights {
-            invariance: cfg.loss.invariance as f32,
-            variance: cfg.loss.variance as f32,
-            covariance: cfg.loss.covariance as f32,
-            ..VicregWeights::default()
-        },
+        loss: cfg.loss,
         seed: cfg.seed,
     };
     Ok((model, train))
