@@ -124,7 +124,7 @@ pub struct AdamWSlot<'a> {
     pub weight_decay: f32,
 }
 
-/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md, bag-VICReg): the one type for
+/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md §7): the one type for
 /// them, from the config's `[loss]` section (defaults here) to the kernels. `eps` is fixed by the
 /// definition, so it is neither read nor written by serde.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

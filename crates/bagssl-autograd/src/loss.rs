@@ -70,7 +70,7 @@ impl LossValues {
     }
 }
 
-/// bag-VICReg (docs/DEFINITIONS.md, bag-VICReg) over groups of `per_image` consecutive rows.
+/// bag-VICReg (docs/DEFINITIONS.md §7) over groups of `per_image` consecutive rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BagVicreg {
     pub per_image: usize,

@@ -208,7 +208,7 @@ fn check_vicreg(z: &Tensor, n_per_image: usize) -> Result<()> {
 }
 
 /// bag-VICReg on `z` (B*n, D): the loss parts and dL/dz of the weighted loss
-/// (docs/DEFINITIONS.md, bag-VICReg).
+/// (docs/DEFINITIONS.md §7).
 pub fn vicreg_fwd_bwd(z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<(VicregParts, Tensor)> {
     let _p = crate::profile::op("vicreg_fwd_bwd");
     check_vicreg(z, n_per_image)?;

@@ -63,7 +63,7 @@ impl std::str::FromStr for OptimizerKind {
 pub struct TrainConfig {
     /// Patches per image (n); their side is the model's (`ModelConfig::patch`).
     pub per_image: usize,
-    /// Flip / colour jitter / grayscale on (DESIGN §3); off: only the position is random.
+    /// Flip / colour jitter / grayscale on (docs/DEFINITIONS.md §2-§3); off: only the position is random.
     pub augment: bool,
     /// Images per step (B); a step sees `B * per_image` patches.
     pub batch_images: usize,

@@ -1,6 +1,6 @@
 //! Where a training step's patch matrix comes from.
 //!
-//! The patch specs are drawn on the host (they are the step's only randomness, DESIGN §2); turning
+//! The patch specs are drawn on the host (they are the step's only randomness, docs/DEFINITIONS.md §2); turning
 //! them into the normalized (B*n, p*p*3) matrix is device work. This enum is the single seam
 //! between the trainer and that work.
 //!

@@ -104,7 +104,7 @@ pub struct EmbedArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Without --config: DESIGN §3's reference configuration on synthetic CIFAR-sized data, on the CPU.
+    /// Without --config: the reference configuration (docs/DEFINITIONS.md §11) on synthetic CIFAR-sized data, on the CPU.
     #[command(flatten)]
     pub cfg: ConfigArgs,
     /// Timed training steps (after warm-up).

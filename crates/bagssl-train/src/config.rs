@@ -1,5 +1,5 @@
 //! The run configuration: TOML on disk, `--set section.key=value` overrides, validation.
-//! The key names are a contract (DESIGN §6): scripts read and write them.
+//! The key names are a contract (README.md, "Configuration"): scripts read and write them.
 
 use std::path::Path;
 

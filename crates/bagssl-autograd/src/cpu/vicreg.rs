@@ -1,4 +1,4 @@
-//! bag-VICReg forward and backward in one function (DESIGN §3).
+//! bag-VICReg forward and backward in one function (docs/DEFINITIONS.md §7).
 //!
 //! `z` is (N, D), rows `b*n .. b*n + n` are image b's patches. With `mb` the per-image mean,
 //! `mu` the mean over all rows, `Zc = z - mu`, `C = Zc^T Zc / (N - 1)`, `s_d = sqrt(C_dd + eps)`:

@@ -1,6 +1,6 @@
 //! BatchNorm over the rows (a feature per column), PyTorch semantics: batch statistics in
 //! training (biased variance to normalise, unbiased for the running variance), running
-//! statistics in eval mode (docs/DEFINITIONS.md, BatchNorm).
+//! statistics in eval mode (docs/DEFINITIONS.md §5).
 
 use bagssl_autograd::{ops, BnEval, Device, Tensor, Var};
 

@@ -11,7 +11,7 @@ use crate::commands::train::device_label;
 use crate::config::Config;
 use crate::setup;
 
-/// DESIGN §3's reference configuration, on synthetic data of CIFAR-10's size.
+/// the reference configuration (docs/DEFINITIONS.md §11), on synthetic data of CIFAR-10's size.
 const REFERENCE: &str = include_str!("../../../../configs/reference.toml");
 
 pub fn run(args: BenchArgs) -> Result<()> {
