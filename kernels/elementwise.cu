@@ -2,25 +2,14 @@
 // bias add, column sums (the bias gradient), group mean forward/backward (bag aggregation),
 // axpy, scale and a dot product with an f64 result.
 //
-// Build: cargo xtask build-kernels
-// CPU reference: crates/bagssl-autograd/src/cpu.rs; parity: crates/bagssl-autograd/tests/cuda_parity.rs
+// Build: cargo xtask build-kernels   (check: cargo xtask build-kernels --check)
+// CPU reference: crates/bagssl-autograd/src/cpu/elementwise.rs; parity: crates/bagssl-autograd/tests/cuda_parity.rs
 // Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
-// Versions:
-//   1: grid-stride loops, one element per thread per iteration; column sums with a (32 x 16)
-//      block per 32 columns (coalesced along rows, tree over the 16 row lanes); dot with per-block
-//      f64 partials and a one-block final sum (deterministic, no atomics).
-//      H200, 4096 x 2048: sum_rows 0.109 ms (7 % of a copy's GB/s: 64 blocks for 132 SMs).
-//   2: the column kernels (bias add, column sums, group mean) on the 2-D column-tile grid of
-//      common.cuh (as batchnorm.cu v2): float4 columns when cols % 4 == 0, no 64-bit `i % cols`;
-//      sum_rows_f32 sums row chunks into a scratch buffer and the last block of each column tile
-//      adds the chunks in f64 (fixed order, deterministic).
-//   3: sum_rows_f32 optionally (x16 not null) writes the bf16 copy of x as it reads it: the column
-//      sums of a gradient are taken right before the bf16 GEMMs on it (a Linear's bias gradient;
-//      bag-VICReg's dL/dz feeds two), which then need no cast kernel re-reading x (+16.8 MB
-//      written, -33.5 MB read and a launch at 4096 x 2048).
-//   cast_bf16_f32 (v1): the bf16 operand copies for cuBLAS (crates/bagssl-kernels/src/gemm.rs),
-//      float4 in, 4 x bf16 out; 6 bytes per element, ~12 us for a 4096 x 2048 activation.
+// Why these versions (kernels/lab/HISTORY.md has the others and their timings): the column kernels
+// (bias add, column sums, group mean) on the 2-D column-tile grid of common.cuh, float4 columns and
+// no 64-bit `%`, enough blocks to fill the GPU; sum_rows_f32 writes its input's bf16 GEMM copy as it
+// reads it (no cast pass); the 1-D kernels are grid-stride loops, dot a deterministic f64 tree.
 //
 // Napkin math: every kernel here moves 8-12 bytes per element and does ~1 FLOP: at 4.1 TB/s (an
 // H200 copy) a (4096 x 2048) f32 matrix pass (33.5 MB read + 33.5 MB written) costs ~16 us.

@@ -7,7 +7,7 @@
 //! tree-ordered, so sums differ from the CPU's in the last bits); `matmul` and the two products
 //! inside `vicreg_fwd_bwd` run at the GPU's `GemmPrecision` (bf16 operands with f32
 //! accumulation by default, relative error a few 1e-3 of the operands' scale;
-//! `BAGSSL_GEMM_PRECISION=tf32|f32` or the config key `gpu_precision` for the others).
+//! `Gpu::set_gemm_precision`, i.e. the config key `gpu_precision`, for the others).
 
 use bagssl_kernels as k;
 use bagssl_kernels::GpuBuf;
@@ -59,7 +59,16 @@ pub fn bn_train_fwd(
     let op = "bn_train_fwd";
     let (rows, cols) = x.dims2();
     let bias = bias.map(|b| buf(b, op)).transpose()?;
-    let o = k::bn_train_fwd_f32(buf(x, op)?, bias, buf(gamma, op)?, buf(beta, op)?, rows, cols, eps, relu)?;
+    let o = k::bn_train_fwd_f32(&k::BnTrainFwdArgs {
+        x: buf(x, op)?,
+        bias,
+        gamma: buf(gamma, op)?,
+        beta: buf(beta, op)?,
+        rows,
+        cols,
+        eps,
+        relu,
+    })?;
     Ok(BnForward {
         y: Tensor::from_gpu(x.shape(), o.y),
         mean: Tensor::from_gpu(&[cols], o.mean),
@@ -82,19 +91,19 @@ pub fn bn_train_bwd(
 ) -> Result<BnBackward> {
     let op = "bn_train_bwd";
     let (rows, cols) = x.dims2();
-    let g = k::bn_train_bwd_f32(
-        buf(dy, op)?,
-        buf(x, op)?,
-        bias.map(|b| buf(b, op)).transpose()?,
-        buf(y, op)?,
-        buf(gamma, op)?,
-        buf(beta, op)?,
-        buf(mean, op)?,
-        buf(invstd, op)?,
+    let g = k::bn_train_bwd_f32(&k::BnTrainBwdArgs {
+        dy: buf(dy, op)?,
+        x: buf(x, op)?,
+        bias: bias.map(|b| buf(b, op)).transpose()?,
+        y: buf(y, op)?,
+        gamma: buf(gamma, op)?,
+        beta: buf(beta, op)?,
+        mean: buf(mean, op)?,
+        invstd: buf(invstd, op)?,
         rows,
         cols,
         relu,
-    )?;
+    })?;
     Ok(BnBackward {
         dx: Tensor::from_gpu(x.shape(), g.dx),
         dgamma: Tensor::from_gpu(&[cols], g.dgamma),
@@ -114,17 +123,17 @@ pub fn bn_eval_fwd(
 ) -> Result<Tensor> {
     let op = "bn_eval_fwd";
     let (rows, cols) = x.dims2();
-    let y = k::bn_eval_fwd_f32(
-        buf(x, op)?,
-        buf(running_mean, op)?,
-        buf(running_var, op)?,
-        buf(gamma, op)?,
-        buf(beta, op)?,
+    let y = k::bn_eval_fwd_f32(&k::BnEvalArgs {
+        x: buf(x, op)?,
+        running_mean: buf(running_mean, op)?,
+        running_var: buf(running_var, op)?,
+        gamma: buf(gamma, op)?,
+        beta: buf(beta, op)?,
         rows,
         cols,
         eps,
         relu,
-    )?;
+    })?;
     Ok(Tensor::from_gpu(x.shape(), y))
 }
 

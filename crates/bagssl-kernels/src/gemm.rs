@@ -43,7 +43,7 @@ impl GemmPrecision {
         }
     }
 
-    /// `bf16`, `tf32` or `f32` (the config and `BAGSSL_GEMM_PRECISION` spelling).
+    /// `bf16`, `tf32` or `f32` (the config key `gpu_precision`'s spelling).
     pub fn parse(s: &str) -> Option<GemmPrecision> {
         match s {
             "bf16" => Some(GemmPrecision::Bf16),
@@ -272,7 +272,6 @@ mod tests {
     use super::*;
 
     /// Reference column-major GEMM with cuBLAS's argument conventions.
-    #[allow(clippy::too_many_arguments)]
     fn sgemm_colmajor(cm: &ColMajor, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
         for j in 0..cm.n {
             for i in 0..cm.m {
