@@ -217,7 +217,14 @@ pub fn adamw_multi_(slots: &mut [AdamWSlot<'_>], h: AdamW) -> Result<()> {
 pub fn adamw_(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, h: AdamW) -> Result<()> {
     let op = "adamw_";
     let g = buf(grad, op)?;
-    k::adamw_f32(buf_mut(param, op)?, g, buf_mut(m, op)?, buf_mut(v, op)?, adamw_config(h))?;
+    let t = k::AdamWTensor {
+        param: buf_mut(param, op)?,
+        grad: g,
+        m: buf_mut(m, op)?,
+        v: buf_mut(v, op)?,
+        weight_decay: h.weight_decay,
+    };
+    k::adamw_f32(t, adamw_config(h))?;
     Ok(())
 }
 

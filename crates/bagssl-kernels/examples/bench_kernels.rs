@@ -410,7 +410,8 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let (mut m1, mut v1) = (gpu.zeros(h * h)?, gpu.zeros(h * h)?);
     let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5, step: 1 };
     streaming(&mut timer, "adamw_f32", &format!("{h}x{h}"), 28.0 * (h * h) as f64, &mut || {
-        adamw_f32(&mut pm, &w2, &mut m1, &mut v1, cfg)
+        let t = AdamWTensor { param: &mut pm, grad: &w2, m: &mut m1, v: &mut v1, weight_decay: cfg.weight_decay };
+        adamw_f32(t, cfg)
     })?;
     println!("bench_kernels: {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())

@@ -419,16 +419,26 @@ pub struct GpuBuf {
     bf16: OnceLock<CudaSlice<u16>>,
 }
 
+/// `len`, `is_empty` and `gpu` of a device buffer type with fields `len` and `gpu`.
+macro_rules! buffer_basics {
+    ($t:ty) => {
+        impl $t {
+            pub fn len(&self) -> usize {
+                self.len
+            }
+            pub fn is_empty(&self) -> bool {
+                self.len == 0
+            }
+            pub fn gpu(&self) -> &Arc<Gpu> {
+                &self.gpu
+            }
+        }
+    };
+}
+buffer_basics!(GpuBuf);
+buffer_basics!(GpuBytes);
+
 impl GpuBuf {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
-    }
     /// Copies the elements to the host (waits for the stream).
     pub fn to_host(&self) -> Result<Vec<f32>, KernelError> {
         self.gpu.download_raw(&self.data, self.len)
@@ -504,15 +514,6 @@ pub struct GpuBytes {
 }
 
 impl GpuBytes {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
-    }
     pub fn to_host(&self) -> Result<Vec<u8>, KernelError> {
         self.gpu.download_raw(&self.data, self.len)
     }

@@ -86,6 +86,19 @@ pub struct Gemm {
     pub beta: f32,
 }
 
+/// Checks the operand lengths `[a, b, c]` against `g`'s shape: equal (`exact`), or at least that
+/// long (raw allocations may be longer than the matrix, never shorter).
+fn check_operands(op: &str, g: &Gemm, lens: [usize; 3], exact: bool) -> Result<(), KernelError> {
+    let Gemm { m, n, k, .. } = *g;
+    let want = [m * k, k * n, m * n];
+    if lens.iter().zip(&want).any(|(&l, &w)| if exact { l != w } else { l < w }) {
+        return Err(KernelError::Invalid(format!(
+            "{op} (m={m}, n={n}, k={k}): operand lengths {lens:?}, expected {want:?}"
+        )));
+    }
+    Ok(())
+}
+
 fn to_i32(v: usize, what: &str) -> Result<i32, KernelError> {
     i32::try_from(v).map_err(|_| KernelError::Invalid(format!("gemm: {what} = {v} exceeds i32")))
 }
@@ -174,19 +187,9 @@ where
     B: DevicePtr<T>,
     C: DevicePtrMut<f32>,
 {
-    let Gemm { m, n, k, alpha, beta, .. } = g;
+    let Gemm { m, n, alpha, beta, .. } = g;
     // Allocations may be longer than the matrix (see `GpuBuf`), never shorter.
-    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-        return Err(KernelError::Invalid(format!(
-            "gemm (m={m}, n={n}, k={k}): operand lengths {}, {}, {}, expected {}, {}, {}",
-            a.len(),
-            b.len(),
-            c.len(),
-            m * k,
-            k * n,
-            m * n
-        )));
-    }
+    check_operands("gemm", &g, [a.len(), b.len(), c.len()], false)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -231,18 +234,7 @@ where
 pub fn gemm_f32(g: Gemm, a: &GpuBuf, b: &GpuBuf, c: &mut GpuBuf) -> Result<(), KernelError> {
     let gpu = c.gpu().clone();
     same_gpu("gemm_f32", &gpu, &[a.gpu(), b.gpu()])?;
-    let (m, n, k) = (g.m, g.n, g.k);
-    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
-        return Err(KernelError::Invalid(format!(
-            "gemm_f32 (m={m}, n={n}, k={k}): lengths {}, {}, {}, expected {}, {}, {}",
-            a.len(),
-            b.len(),
-            c.len(),
-            m * k,
-            k * n,
-            m * n
-        )));
-    }
+    check_operands("gemm_f32", &g, [a.len(), b.len(), c.len()], true)?;
     match gpu.gemm_precision() {
         GemmPrecision::Bf16 => gemm_bf16_raw(&gpu, g, a.bf16()?, b.bf16()?, c.slice_mut()),
         _ => gemm_raw(&gpu, g, a.slice(), b.slice(), c.slice_mut()),

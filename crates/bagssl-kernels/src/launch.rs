@@ -1,7 +1,8 @@
 //! Launch-configuration helpers shared by the family launchers.
 
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    SyncOnDrop,
 };
 
 use crate::ffi::{BAGSSL_COL_LANES, BAGSSL_COL_MAX_TILES, BAGSSL_COL_PASS, BAGSSL_COL_TILE};
@@ -141,6 +142,15 @@ pub(crate) unsafe fn launch_struct<T: DeviceRepr>(
     // SAFETY: the caller's.
     unsafe { b.launch(cfg) }?;
     Ok(())
+}
+
+/// Pushes an optional output argument (a bf16 copy, Zc, ...): the buffer, or `null` (a
+/// `CUdeviceptr` of 0: the kernel then writes none).
+pub(crate) fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, out: Option<&'a mut CudaSlice<T>>, null: &'a u64) {
+    match out {
+        Some(c) => b.arg(c),
+        None => b.arg(null),
+    };
 }
 
 /// `n` as the u32 the kernels index with.

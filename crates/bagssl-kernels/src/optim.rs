@@ -28,20 +28,13 @@ fn bias_corrections(h: &AdamWConfig) -> (f32, f32) {
     ((f64::from(h.lr) / bc1) as f32, bc2.sqrt() as f32)
 }
 
-/// One AdamW update of `param` in place, with moment buffers `m`, `v` (same length as `param`).
-pub fn adamw_f32(
-    param: &mut GpuBuf,
-    grad: &GpuBuf,
-    m: &mut GpuBuf,
-    v: &mut GpuBuf,
-    h: AdamWConfig,
-) -> Result<(), KernelError> {
+/// One AdamW update of `t.param` in place, with its moment buffers `t.m`, `t.v` (same length) and
+/// `t.weight_decay` (as in [`adamw_multi_f32`]: `h.weight_decay` is not used).
+pub fn adamw_f32(t: AdamWTensor<'_>, h: AdamWConfig) -> Result<(), KernelError> {
     let op = "adamw_f32";
+    t_checked(op, &t)?;
+    let AdamWTensor { param, grad, m, v, weight_decay } = t;
     let gpu = param.gpu().clone();
-    same_gpu(op, &gpu, &[grad.gpu(), m.gpu(), v.gpu()])?;
-    for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-        check_len(op, name, len, param.len())?;
-    }
     let n = u32_of(param.len(), "adamw_f32 n")?;
     let (step_size, bias_correction2_sqrt) = bias_corrections(&h);
     let prm = BagsslAdamWParams {
@@ -50,7 +43,7 @@ pub fn adamw_f32(
         beta1: h.beta1,
         beta2: h.beta2,
         eps: h.eps,
-        weight_decay: h.weight_decay,
+        weight_decay,
         step_size,
         bias_correction2_sqrt,
     };
@@ -63,7 +56,8 @@ pub fn adamw_f32(
     Ok(())
 }
 
-/// One tensor of [`adamw_multi_f32`].
+/// One tensor of [`adamw_f32`] and [`adamw_multi_f32`], by name (`param`, `m` and `v` are all
+/// mutable f32 buffers: positional arguments would let two of them trade places).
 pub struct AdamWTensor<'a> {
     pub param: &'a mut GpuBuf,
     pub grad: &'a GpuBuf,
@@ -71,6 +65,15 @@ pub struct AdamWTensor<'a> {
     pub v: &'a mut GpuBuf,
     /// This tensor's weight decay (the config's is not used): biases and BatchNorm parameters get 0.
     pub weight_decay: f32,
+}
+
+/// Checks that `t`'s buffers live on one GPU and match `t.param`'s length.
+fn t_checked(op: &str, t: &AdamWTensor<'_>) -> Result<(), KernelError> {
+    same_gpu(op, t.param.gpu(), &[t.grad.gpu(), t.m.gpu(), t.v.gpu()])?;
+    for (name, len) in [("grad", t.grad.len()), ("m", t.m.len()), ("v", t.v.len())] {
+        check_len(op, name, len, t.param.len())?;
+    }
+    Ok(())
 }
 
 /// One AdamW update of every tensor, [`BAGSSL_ADAMW_MAX_TENSORS`] per launch; each element as
@@ -81,10 +84,8 @@ pub fn adamw_multi_f32(tensors: &mut [AdamWTensor<'_>], h: AdamWConfig) -> Resul
     let Some(first) = tensors.first() else { return Ok(()) };
     let gpu = first.param.gpu().clone();
     for t in tensors.iter() {
-        same_gpu(op, &gpu, &[t.param.gpu(), t.grad.gpu(), t.m.gpu(), t.v.gpu()])?;
-        for (name, len) in [("grad", t.grad.len()), ("m", t.m.len()), ("v", t.v.len())] {
-            check_len(op, name, len, t.param.len())?;
-        }
+        same_gpu(op, &gpu, &[t.param.gpu()])?;
+        t_checked(op, t)?;
         u32_of(t.param.len().div_ceil(BAGSSL_ADAMW_TILE as usize) * BAGSSL_ADAMW_TILE as usize, "adamw n")?;
     }
     let (step_size, bias_correction2_sqrt) = bias_corrections(&h);
@@ -172,8 +173,8 @@ mod tests {
                 sizes.iter().map(|&n| gpu.upload(&host(n, 0.11 * step as f32 + 0.5)).unwrap()).collect();
             let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step };
             let wd = |i: usize| if i.is_multiple_of(2) { 0.05 } else { 0.0 };
-            for (i, ([p, m, v], g)) in one.iter_mut().zip(&grads).enumerate() {
-                adamw_f32(p, g, m, v, AdamWConfig { weight_decay: wd(i), ..cfg }).unwrap();
+            for (i, ([param, m, v], grad)) in one.iter_mut().zip(&grads).enumerate() {
+                adamw_f32(AdamWTensor { param, grad, m, v, weight_decay: wd(i) }, cfg).unwrap();
             }
             // Every third parameter is a GEMM operand: it has a bf16 copy before the update.
             for (i, [p, _, _]) in many.iter().enumerate() {

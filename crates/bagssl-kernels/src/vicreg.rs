@@ -5,7 +5,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use crate::device::PinnedScalars;
 use crate::ffi::{BagsslVicregParams, BAGSSL_COL_LANES};
 use crate::gemm::{gemm_bf16_raw, gemm_raw, Gemm, GemmPrecision};
-use crate::launch::{cfg_blocks, check_len, u32_of, ColGrid};
+use crate::launch::{arg_or_null, cfg_blocks, check_len, u32_of, ColGrid, COL_TARGET_BLOCKS};
 use crate::{GpuBuf, KernelError};
 
 /// Loss weights and epsilon (DESIGN §3; defaults lambda = mu = 25, nu = 1, eps = 1e-4).
@@ -134,14 +134,8 @@ pub fn vicreg_fwd_bwd_f32(
 
     let mut b = s.launch_builder(gpu.function("vicreg_center_f32")?);
     b.arg(z.slice()).arg(&mu);
-    match &mut zc {
-        Some(x) => b.arg(x),
-        None => b.arg(&null),
-    };
-    match &mut zc16 {
-        Some(x) => b.arg(x),
-        None => b.arg(&null),
-    };
+    arg_or_null(&mut b, zc.as_mut(), &null);
+    arg_or_null(&mut b, zc16.as_mut(), &null);
     b.arg(&prm).arg(&rg.chunk_rows);
     unsafe { b.launch(rg.cfg()) }?;
 
@@ -156,10 +150,7 @@ pub fn vicreg_fwd_bwd_f32(
 
     let mut b = s.launch_builder(gpu.function("vicreg_cov_terms_f32")?);
     b.arg(&mut c);
-    match &mut c16 {
-        Some(x) => b.arg(x),
-        None => b.arg(&null),
-    };
+    arg_or_null(&mut b, c16.as_mut(), &null);
     b.arg(&mut vcoef).arg(&mut cov_partial).arg(&mut var_partial).arg(&prm).arg(&cg.chunk_rows);
     unsafe { b.launch(cg.cfg()) }?;
 
@@ -190,11 +181,10 @@ pub fn vicreg_fwd_bwd_f32(
 /// groups per chunk as give about [`ColGrid`]'s block count (4 per SM): at 512 groups x 2048
 /// columns, 16 tiles x 64 chunks of 8 groups (one group of 16 rows per thread).
 fn group_grid(op: &str, n_groups: usize, dim: usize) -> Result<ColGrid, KernelError> {
-    const TARGET_BLOCKS: usize = 4 * 132;
     let tiles = ColGrid::reduction(op, n_groups, dim)?.tiles;
     let lanes = BAGSSL_COL_LANES as usize;
     let rounds = n_groups.div_ceil(lanes).max(1);
-    let chunk = (rounds * tiles / TARGET_BLOCKS).clamp(1, rounds) * lanes;
+    let chunk = (rounds * tiles / COL_TARGET_BLOCKS).clamp(1, rounds) * lanes;
     // chunk <= n_groups + lanes < 2^32 (n_rows * dim < 2^32 is checked above).
     Ok(ColGrid { tiles, chunks: n_groups.div_ceil(chunk).max(1), chunk_rows: chunk as u32 })
 }
