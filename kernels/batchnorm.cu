@@ -53,7 +53,8 @@ __device__ __forceinline__ void add_bias(float (&v)[V], const float (&b)[V]) {
 }
 
 // The fields of the argument structs (include/bagssl_kernels.h) as the typed parameters of the
-// templates below, in the structs' order: each template's parameter list is its struct's fields.
+// templates below, in the structs' order: each template's parameter list is its struct's fields
+// (the ones it does not use unnamed).
 // (__restrict__ parameters of an inlined function, unlike __restrict__ locals, let nvcc read the
 // inputs through the read-only path, as kernel parameters would.)
 #define BAGSSL_BN_FWD_FIELDS(a)                                                                               \
@@ -87,10 +88,10 @@ __device__ unsigned int bn_tile_arrivals[BAGSSL_COL_MAX_TILES];
 // relative. The shifted means then carry an absolute error ~ eps |K - mean|, which is why the mean
 // is K + md only when |md| < |mean| and the plain sums' mean otherwise.
 template <int V>
-__device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ bias, const float*, const float*,
-                         float* __restrict__ mean, float* __restrict__ invstd, float* __restrict__ var_unbiased,
-                         float* __restrict__ partial, float*, uint16_t*, const BagsslBnParams& prm,
-                         uint32_t chunk_rows) {
+__device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ bias, const float* /*gamma*/,
+                         const float* /*beta*/, float* __restrict__ mean, float* __restrict__ invstd,
+                         float* __restrict__ var_unbiased, float* __restrict__ partial, float* /*y*/,
+                         uint16_t* /*y16*/, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     const uint32_t tx = threadIdx.x, ty = threadIdx.y, n_chunks = gridDim.y;
     float shift[V] = {}, n = 0.0f, sx[V] = {}, m[V] = {}, m2[V] = {}, bb[V] = {};
@@ -232,10 +233,7 @@ __device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ 
 // Grid: launch.rs `ColGrid` (chunk_rows rows per grid.y). At most 64 registers: 4 blocks per SM.
 extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES, 4)
     bn_stats_fwd_f32(const BagsslBnFwdArgs a) {
-    if (a.prm.cols % 4 == 0)
-        bn_stats<4>(BAGSSL_BN_FWD_FIELDS(a));
-    else
-        bn_stats<1>(BAGSSL_BN_FWD_FIELDS(a));
+    with_col_vec(a.prm.cols, [=](auto v) { bn_stats<decltype(v)::value>(BAGSSL_BN_FWD_FIELDS(a)); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,7 +241,8 @@ extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES,
 template <int V, bool W16>
 __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ gamma,
                          const float* __restrict__ beta, const float* __restrict__ mean,
-                         const float* __restrict__ invstd, float*, float*, float* __restrict__ y,
+                         const float* __restrict__ invstd, float* /*var_unbiased*/, float* /*partial*/,
+                         float* __restrict__ y,
                          uint16_t* __restrict__ y16, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     if (!s.ok) return;
@@ -277,17 +276,13 @@ __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ 
 // (GpuBuf::bf16), without a cast kernel re-reading y. At most 64 registers (4 blocks per SM).
 extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES, 4)
     bn_apply_fwd_f32(const BagsslBnFwdArgs a) {
-    if (a.prm.cols % 4 == 0) {
+    with_col_vec(a.prm.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (a.y16)
-            bn_apply<4, true>(BAGSSL_BN_FWD_FIELDS(a));
+            bn_apply<V, true>(BAGSSL_BN_FWD_FIELDS(a));
         else
-            bn_apply<4, false>(BAGSSL_BN_FWD_FIELDS(a));
-    } else {
-        if (a.y16)
-            bn_apply<1, true>(BAGSSL_BN_FWD_FIELDS(a));
-        else
-            bn_apply<1, false>(BAGSSL_BN_FWD_FIELDS(a));
-    }
+            bn_apply<V, false>(BAGSSL_BN_FWD_FIELDS(a));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,8 +314,8 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
                               const float* __restrict__ y, const float* __restrict__ gamma,
                               const float* __restrict__ beta, const float* __restrict__ mean,
                               const float* __restrict__ invstd, float* __restrict__ dgamma, float* __restrict__ dbeta,
-                              float*, uint16_t*, float*, float* __restrict__ partial, const BagsslBnParams& prm,
-                              uint32_t chunk_rows) {
+                              float* /*dx*/, uint16_t* /*dx16*/, float* /*dbias*/, float* __restrict__ partial,
+                              const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     float m[V] = {}, is[V] = {}, bb[V] = {}, gr[V] = {}, be[V] = {};
     if (s.ok) {
@@ -362,17 +357,13 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
 // The ReLU mask (prm.relu): y > 0, or, with y 0, recomputed from x, gamma and beta. Grid: `ColGrid`.
 extern "C" __global__ void bn_bwd_reduce_f32(const BagsslBnBwdArgs a) {
     const bool mx = a.prm.relu && !a.y;
-    if (a.prm.cols % 4 == 0) {
+    with_col_vec(a.prm.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (mx)
-            bn_bwd_reduce<4, true>(BAGSSL_BN_BWD_FIELDS(a));
+            bn_bwd_reduce<V, true>(BAGSSL_BN_BWD_FIELDS(a));
         else
-            bn_bwd_reduce<4, false>(BAGSSL_BN_BWD_FIELDS(a));
-    } else {
-        if (mx)
-            bn_bwd_reduce<1, true>(BAGSSL_BN_BWD_FIELDS(a));
-        else
-            bn_bwd_reduce<1, false>(BAGSSL_BN_BWD_FIELDS(a));
-    }
+            bn_bwd_reduce<V, false>(BAGSSL_BN_BWD_FIELDS(a));
+    });
 }
 
 // W16: also write the bf16 copy dx16 (as bn_apply). DB: also sum dx over the rows into dbias (the
@@ -452,17 +443,13 @@ __device__ void bn_bwd_apply_v(const BagsslBnBwdArgs& a) {
 // bias gradient), through partial (gridDim.y * cols floats; bn_bwd_reduce_f32's may be reused).
 extern "C" __global__ void bn_bwd_apply_f32(const BagsslBnBwdArgs a) {
     const bool mx = a.prm.relu && !a.y;
-    if (a.prm.cols % 4 == 0) {
+    with_col_vec(a.prm.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (mx)
-            bn_bwd_apply_v<4, true>(a);
+            bn_bwd_apply_v<V, true>(a);
         else
-            bn_bwd_apply_v<4, false>(a);
-    } else {
-        if (mx)
-            bn_bwd_apply_v<1, true>(a);
-        else
-            bn_bwd_apply_v<1, false>(a);
-    }
+            bn_bwd_apply_v<V, false>(a);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,10 +486,7 @@ __device__ void bn_eval(const float* __restrict__ x, const float* __restrict__ r
     dev_ptr<const float>(a.x), dev_ptr<const float>(a.running_mean), dev_ptr<const float>(a.running_var), \
         dev_ptr<const float>(a.gamma), dev_ptr<const float>(a.beta), dev_ptr<float>(a.y), a.prm, a.chunk_rows
 extern "C" __global__ void bn_eval_fwd_f32(const BagsslBnEvalArgs a) {
-    if (a.prm.cols % 4 == 0)
-        bn_eval<4>(BAGSSL_BN_EVAL_FIELDS(a));
-    else
-        bn_eval<1>(BAGSSL_BN_EVAL_FIELDS(a));
+    with_col_vec(a.prm.cols, [=](auto v) { bn_eval<decltype(v)::value>(BAGSSL_BN_EVAL_FIELDS(a)); });
 }
 
 __device__ __forceinline__ float ema(float running, float batch, float momentum) {

@@ -38,6 +38,23 @@ __device__ T block_sum(T v) {
 // V = 4 (float4) exactly when cols % 4 == 0: the row starts are then 16-byte aligned, because every
 // matrix starts an allocation (GpuBuf, or the scratch of a launcher); launch.rs uses the same rule.
 
+// V as a type, for with_col_vec.
+template <int N>
+struct ColVec {
+    static constexpr int value = N;
+};
+
+// f(ColVec<4>()) when cols % 4 == 0 (float4 columns), else f(ColVec<1>()): the one dispatch of the
+// column kernels onto their `template <int V>` bodies, as
+//   with_col_vec(cols, [=](auto v) { body<decltype(v)::value>(...); });
+template <typename F>
+__device__ __forceinline__ void with_col_vec(uint32_t cols, F f) {
+    if (cols % 4 == 0)
+        f(ColVec<4>());
+    else
+        f(ColVec<1>());
+}
+
 // Column index math is 32-bit (cols < 2^32); only the element offset r * cols + c is 64-bit, once
 // per row.
 struct ColSpan {

@@ -170,10 +170,7 @@ extern "C" __global__ void vicreg_group_stats_f32(const float* __restrict__ z, f
                                                   float* __restrict__ mu, float* __restrict__ col_partial,
                                                   double* __restrict__ inv_partial, BagsslVicregParams prm,
                                                   uint32_t chunk_groups) {
-    if (prm.dim % 4 == 0)
-        vicreg_group_stats<4>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups);
-    else
-        vicreg_group_stats<1>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_group_stats<decltype(v)::value>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,10 +197,7 @@ __device__ void vicreg_center(const float* __restrict__ z, const float* __restri
 extern "C" __global__ void vicreg_center_f32(const float* __restrict__ z, const float* __restrict__ mu,
                                              float* __restrict__ zc, uint16_t* __restrict__ zc16,
                                              BagsslVicregParams prm, uint32_t chunk_rows) {
-    if (prm.dim % 4 == 0)
-        vicreg_center<4>(z, mu, zc, zc16, prm, chunk_rows);
-    else
-        vicreg_center<1>(z, mu, zc, zc16, prm, chunk_rows);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_center<decltype(v)::value>(z, mu, zc, zc16, prm, chunk_rows); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,10 +252,7 @@ extern "C" __global__ void vicreg_cov_terms_f32(float* __restrict__ c, uint16_t*
                                                 float* __restrict__ vcoef, double* __restrict__ cov_partial,
                                                 double* __restrict__ var_partial, BagsslVicregParams prm,
                                                 uint32_t chunk_rows) {
-    if (prm.dim % 4 == 0)
-        vicreg_cov_terms<4>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows);
-    else
-        vicreg_cov_terms<1>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_cov_terms<decltype(v)::value>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,10 +291,7 @@ __device__ void vicreg_grad_init(const float* __restrict__ z, const float* __res
 extern "C" __global__ void vicreg_grad_init_f32(const float* __restrict__ z, const float* __restrict__ gm,
                                                 const float* __restrict__ mu, const float* __restrict__ vcoef,
                                                 float* __restrict__ dz, BagsslVicregParams prm, uint32_t chunk_rows) {
-    if (prm.dim % 4 == 0)
-        vicreg_grad_init<4>(z, gm, mu, vcoef, dz, prm, chunk_rows);
-    else
-        vicreg_grad_init<1>(z, gm, mu, vcoef, dz, prm, chunk_rows);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_grad_init<decltype(v)::value>(z, gm, mu, vcoef, dz, prm, chunk_rows); });
 }
 
 // One block: out = [loss, I, V, Cv] in f64 from the partial sums, and the loss in f32 into

@@ -70,10 +70,7 @@ __device__ void bias_add(const float* __restrict__ x, const float* __restrict__ 
 // y = x + b (b broadcast over the rows)
 extern "C" __global__ void bias_add_fwd_f32(const float* __restrict__ x, const float* __restrict__ b,
                                             float* __restrict__ y, BagsslMatrixDims d, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        bias_add<4>(x, b, y, d, chunk_rows);
-    else
-        bias_add<1>(x, b, y, d, chunk_rows);
+    with_col_vec(d.cols, [=](auto v) { bias_add<decltype(v)::value>(x, b, y, d, chunk_rows); });
 }
 
 template <int V, bool W16>
@@ -101,17 +98,13 @@ __device__ void sum_rows(const float* __restrict__ x, uint16_t* __restrict__ x16
 extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, uint16_t* __restrict__ x16,
                                         float* __restrict__ out, float* __restrict__ partial, BagsslMatrixDims d,
                                         uint32_t chunk_rows) {
-    if (d.cols % 4 == 0) {
+    with_col_vec(d.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (x16)
-            sum_rows<4, true>(x, x16, out, partial, d, chunk_rows);
+            sum_rows<V, true>(x, x16, out, partial, d, chunk_rows);
         else
-            sum_rows<4, false>(x, x16, out, partial, d, chunk_rows);
-    } else {
-        if (x16)
-            sum_rows<1, true>(x, x16, out, partial, d, chunk_rows);
-        else
-            sum_rows<1, false>(x, x16, out, partial, d, chunk_rows);
-    }
+            sum_rows<V, false>(x, x16, out, partial, d, chunk_rows);
+    });
 }
 
 template <int V>
@@ -140,10 +133,7 @@ __device__ void group_mean_fwd(const float* __restrict__ x, float* __restrict__ 
 // y[g, c] = mean over the n rows g*n .. g*n+n-1 of x[r, c]; d = dims of y (groups, cols), the grid's rows.
 extern "C" __global__ void group_mean_fwd_f32(const float* __restrict__ x, float* __restrict__ y, BagsslMatrixDims d,
                                               uint32_t n, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        group_mean_fwd<4>(x, y, d, n, chunk_rows);
-    else
-        group_mean_fwd<1>(x, y, d, n, chunk_rows);
+    with_col_vec(d.cols, [=](auto v) { group_mean_fwd<decltype(v)::value>(x, y, d, n, chunk_rows); });
 }
 
 template <int V>
@@ -166,10 +156,7 @@ __device__ void group_mean_bwd(const float* __restrict__ dy, float* __restrict__
 // dx[r, c] = dy[r / n, c] / n; d = dims of dx (groups * n, cols), the grid's rows.
 extern "C" __global__ void group_mean_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx, BagsslMatrixDims d,
                                               uint32_t n, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        group_mean_bwd<4>(dy, dx, d, n, chunk_rows);
-    else
-        group_mean_bwd<1>(dy, dx, d, n, chunk_rows);
+    with_col_vec(d.cols, [=](auto v) { group_mean_bwd<decltype(v)::value>(dy, dx, d, n, chunk_rows); });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 //! Launchers of `kernels/optim.cu`: AdamW with torch.optim.AdamW semantics, one tensor per launch
 //! or many (`adamw_multi_f32`, what the training step uses).
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop};
+use cudarc::driver::PushKernelArg;
 
 use crate::device::same_gpu;
 use crate::ffi::{BagsslAdamWMulti, BagsslAdamWParams, BAGSSL_ADAMW_MAX_TENSORS, BAGSSL_ADAMW_TILE};
-use crate::launch::{cfg_1d, cfg_blocks, check_len, u32_of, MAX_GRID};
+use crate::launch::{cfg_1d, cfg_blocks, check_len, launch_struct, u32_of, DevPtrs, MAX_GRID};
 use crate::{GpuBuf, KernelError};
 
 /// AdamW hyper-parameters of one update; `step` is 1-based (bias correction; 0 counts as 1).
@@ -109,32 +109,25 @@ pub fn adamw_multi_f32(tensors: &mut [AdamWTensor<'_>], h: AdamWConfig) -> Resul
             .map(|t| if t.param.has_bf16() { gpu.alloc_raw::<u16>(t.param.len()).map(Some) } else { Ok(None) })
             .collect::<Result<_, _>>()?;
         {
-            // The guards record this launch on each buffer's events when they drop, after it.
-            let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(5 * group.len());
+            let mut p = DevPtrs::new(&stream);
             for (i, (t, copy)) in group.iter_mut().zip(copies.iter_mut()).enumerate() {
                 let n = t.param.len();
                 prm.n[i] = n as u32;
                 prm.weight_decay[i] = t.weight_decay;
                 prm.first_tile[i + 1] = prm.first_tile[i] + n.div_ceil(BAGSSL_ADAMW_TILE as usize) as u32;
-                let (p, gp) = t.param.slice_mut().device_ptr_mut(&stream);
-                let (g, gg) = t.grad.slice().device_ptr(&stream);
-                let (m, gm) = t.m.slice_mut().device_ptr_mut(&stream);
-                let (v, gv) = t.v.slice_mut().device_ptr_mut(&stream);
-                (prm.param[i], prm.grad[i], prm.m[i], prm.v[i]) = (p, g, m, v);
-                guards.extend([gp, gg, gm, gv]);
-                if let Some(c) = copy {
-                    let (c16, gc) = c.device_ptr_mut(&stream);
-                    prm.param16[i] = c16;
-                    guards.push(gc);
-                }
+                prm.param[i] = p.write(t.param.slice_mut());
+                prm.grad[i] = p.read(t.grad.slice());
+                prm.m[i] = p.write(t.m.slice_mut());
+                prm.v[i] = p.write(t.v.slice_mut());
+                prm.param16[i] = p.write_opt(copy.as_mut());
             }
             let tiles = prm.first_tile[prm.n_tensors as usize] as usize;
-            let mut b = stream.launch_builder(gpu.function("adamw_multi_f32")?);
-            b.arg(&prm);
             // SAFETY: every pointer addresses a live buffer of n[i] elements on this GPU (f32, or
             // u16 for the copies), each tensor's buffers distinct; the tiles cover exactly those
-            // elements; the guards keep the borrows until the launch is queued.
-            unsafe { b.launch(cfg_blocks(tiles.clamp(1, MAX_GRID))) }?;
+            // elements; `p` keeps the borrows until the launch is queued.
+            unsafe {
+                launch_struct(&gpu, gpu.function("adamw_multi_f32")?, &prm, cfg_blocks(tiles.clamp(1, MAX_GRID)))
+            }?;
         }
         for (t, copy) in group.iter_mut().zip(copies) {
             if let Some(c) = copy {
