@@ -185,6 +185,10 @@ mod tests {
             let passes = rows.div_ceil(BAGSSL_COL_PASS as usize);
             assert!(g.tiles * g.chunks >= COL_TARGET_BLOCKS.min(passes * g.tiles), "{rows}x{cols}: {g:?}");
         }
+        // An explicit block target (bench_kernels' one-wave grid): 16 tiles x 32 chunks of 128 rows.
+        assert_eq!(ColGrid::with_target(4096, 2048, 512), ColGrid { tiles: 16, chunks: 32, chunk_rows: 128 });
+        assert_eq!(ColGrid::with_target(4096, 2048, COL_TARGET_BLOCKS), ColGrid::new(4096, 2048));
+        assert_eq!(ColGrid::with_target(64, 8, 0), ColGrid::with_target(64, 8, 1), "a target of 0 counts as 1");
         assert!(ColGrid::reduction("t", 1, 16384 * 32 + 1).is_err());
         assert!(ColGrid::reduction("t", 1, 16384 * 32).is_ok());
     }
