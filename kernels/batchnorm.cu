@@ -1,62 +1,37 @@
 // batchnorm.cu — BatchNorm1d over the rows of a (rows, cols) matrix, PyTorch semantics
 // (DESIGN.md §3): training forward with batch statistics (biased variance to normalise, unbiased
 // for the running statistics) and an optional fused ReLU, its backward, the eval forward with
-// running statistics, and the running-statistics EMA.
+// running statistics, and the running-statistics EMA. The kernels take their buffers in one
+// named struct (BagsslBnFwdArgs, BagsslBnBwdArgs, BagsslBnEvalArgs of include/bagssl_kernels.h).
 //
-// Build: cargo xtask build-kernels
-// CPU reference: crates/bagssl-autograd/src/cpu.rs (bn_*); parity: crates/bagssl-autograd/tests/cuda_parity.rs
+// Build: cargo xtask build-kernels   (check: cargo xtask build-kernels --check)
+// CPU reference: crates/bagssl-autograd/src/cpu/bn.rs (via cpu/mod.rs bn_train_fwd, bn_train_bwd,
+//   bn_eval_fwd); parity: crates/bagssl-autograd/tests/cuda_parity.rs, crates/bagssl-kernels/src/batchnorm.rs
 // Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
+// Timings: cargo xtask bench-kernels (A/B variants: BnVariant in batchnorm.rs); history: kernels/lab/HISTORY.md
 //
 // Training forward = bn_stats_fwd_f32 (column reduction) + bn_apply_fwd_f32 (elementwise).
 // Backward, with g = dy * (y > 0) when relu, xhat = (x - mean) * invstd:
 //   dbeta = sum_r g, dgamma = sum_r g * xhat                          (bn_bwd_reduce_f32)
 //   dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma)         (bn_bwd_apply_f32)
 //
-// Versions:
-//   1: column reductions with a (32 x 16) block per 32 columns, exact two-pass mean/variance
-//      (the column is re-read from L2 for the second pass), elementwise kernels grid-stride.
-//      H200, 4096 x 2048: forward 0.186 ms, backward 0.187 ms (9 % / 17 % of a copy's GB/s): 64
-//      blocks for 132 SMs, and a 64-bit `i % cols` per element.
-//   2: every kernel but the EMA on the 2-D column-tile grid of common.cuh: (32 x 8) blocks, float4
-//      columns when cols % 4 == 0, grid.y = row chunks (launch.rs `ColGrid`: >= 528 blocks, 4 per
-//      SM of an H100/H200, when the matrix is big enough; 43 chunks of 96 rows x 16 tiles of 128
-//      columns = 688 blocks at 4096 x 2048). The reductions write per-chunk partials to a scratch
-//      buffer and the last block of each column tile (atomic arrival counter) combines them in f64
-//      in a fixed order: no second kernel, no float atomics, deterministic. Statistics: per-chunk
-//      sum, and shifted mean and M2 (exact two-pass over registers), Chan's combination (bn_stats).
-//      Elementwise kernels: per-thread column parameters in registers, a 32-bit column index, one
-//      64-bit row offset per row, 4 rows' loads in flight, the rows of the training kernels walked
-//      last-first (the reduction before them read those last: L2 hits).
-//   3: bn_apply_fwd_f32 and bn_bwd_apply_f32 take an optional (null: none) bf16 output y16 / dx16
-//      and store bf16_bits of every f32 they store (4 x bf16 in one 8-byte store on the float4
-//      path): the bf16 GEMM operand copy (GpuBuf::bf16, installed by the launcher when the GEMMs
-//      run in bf16; BAGSSL_BN_BF16=0 turns it off) without cast_bf16_f32 re-reading the output:
-//      +2 B written per element (16.8 MB at 4096 x 2048), -6 B of the cast kernel. Separate
-//      template instances with and without the copy: the f32 results and the f32-only path are v2's.
-//   4: the bias of the Linear layer before the BatchNorm, folded in (`bias`, null: none): every
-//      kernel reads x and normalises x + bias, computed in registers exactly as bias_add_fwd_f32
-//      stores it (one f32 add), so the results are those of bias_add then BatchNorm, bit for bit,
-//      without bias_add's pass (read 33.5 MB, write 33.5 MB at 4096 x 2048). bn_bwd_apply_f32 also
-//      sums dx over the rows (`dbias`, null: none): the bias gradient, without sum_rows_f32
-//      re-reading dx; its f32 lane sums and f64 chunk sums are col_sums' (common.cuh).
-//   5: the backward's ReLU mask without y: with y null, both backward kernels recompute the
-//      forward's pre-ReLU value from the x (+ bias) they read anyway, v = (x - mean) * invstd *
-//      gamma + beta, bn_apply's expression and so its bits, and mask where !(v > 0), which is where
-//      !(y > 0). -33.5 MB read per kernel at 4096 x 2048 (235 -> 168 MB for the backward).
-//      bn_bwd_apply_f32's largest instance (bf16 copy, dbias, mask from x) takes 96 registers: 2
-//      blocks per SM, still 64 KB of loads in flight per SM (128 B per thread), ~2.5x what the
-//      copy rate needs; capped at 80 it spills. BAGSSL_BN_MASK_FROM_Y=1 (Gpu::set_bn_mask_from_output)
-//      restores the v4 loads for an A/B timing (bench-kernels prints both).
-//   bn_ema_multi_f32: the running-statistics update of every BatchNorm in one launch (grid.y =
-//   vector; a step's six 2048-float updates were six launches).
+// Why these versions (kernels/lab/HISTORY.md has the others and their timings):
+//   bn_stats_fwd_f32: the 2-D column-tile grid (>= 4 blocks per SM) with per-chunk shifted two-pass
+//     statistics combined in f64 by the last block of each tile: one pass, deterministic, no atomics.
+//   bn_apply_fwd_f32: the same grid, rows walked last-first (L2 hits), writing y's bf16 GEMM copy
+//     beside y, the Linear bias added as x is read: no cast kernel and no bias_add pass.
+//   bn_bwd_reduce_f32 / bn_bwd_apply_f32: the ReLU mask recomputed from x (which they read anyway)
+//     instead of read from y, the bias gradient summed as dx is written: 33.5 MB less per kernel.
+//   bn_eval_fwd_f32: the column grid with per-thread column parameters in registers.
+//   bn_ema_multi_f32: every running statistic of a step in one launch (grid.y = vector).
 //
 // Napkin math (4096 x 2048 f32, one matrix = 33.5 MB; H200 copy 4148 GB/s, HBM3e 4.8 TB/s peak):
 //   forward: stats read x (33.5 MB) + apply read x, write y (67 MB) = 100 MB, of which the second
 //     read of x can largely hit the 50 MB L2 -> 67-100 MB of DRAM traffic, 16-24 us at the copy
 //     rate. The bench counts 67 MB (x in, y out); 60 % of the copy rate is 27 us.
-//   backward: reduce reads dy, x, y (100 MB), apply reads them again and writes dx (134 MB) = 235 MB
-//     (without ReLU y is not read: 167 MB). The bench counts 134 MB; 60 % of the copy rate is 54 us,
-//     which needs ~4.3 TB/s on the nominal bytes, i.e. the L2 hits of the reversed apply walk.
+//   backward: reduce reads dy, x (67 MB), apply reads them again and writes dx (100 MB) = 167 MB
+//     (the ReLU mask comes from x; read from y it would be 235 MB). The bench counts 100 MB (dy, x in,
+//     dx out); the second reads can hit L2 thanks to the reversed apply walk.
 //   scratch: 3 (forward) or 2 (backward) floats per column per chunk (1 MB / 0.7 MB at 43 chunks),
 //     written once, read once by the last blocks.
 
@@ -67,7 +42,7 @@ template <int V>
 __device__ __forceinline__ void load_bias(const float* __restrict__ bias, uint32_t c0, float (&b)[V]) {
 #pragma unroll
     for (int c = 0; c < V; ++c) b[c] = 0.0f;
-    if (bias) load_cols<V>(bias + c0, b);
+    if (bias) load_cols_nc<V>(bias + c0, b);
 }
 
 // x + bias for V loaded values, in place.
@@ -76,6 +51,22 @@ __device__ __forceinline__ void add_bias(float (&v)[V], const float (&b)[V]) {
 #pragma unroll
     for (int c = 0; c < V; ++c) v[c] += b[c];
 }
+
+// The fields of the argument structs (include/bagssl_kernels.h) as the typed parameters of the
+// templates below, in the structs' order: each template's parameter list is its struct's fields
+// (the ones it does not use unnamed).
+// (__restrict__ parameters of an inlined function, unlike __restrict__ locals, let nvcc read the
+// inputs through the read-only path, as kernel parameters would.)
+#define BAGSSL_BN_FWD_FIELDS(a)                                                                               \
+    dev_ptr<const float>(a.x), dev_ptr<const float>(a.bias), dev_ptr<const float>(a.gamma),                  \
+        dev_ptr<const float>(a.beta), dev_ptr<float>(a.mean), dev_ptr<float>(a.invstd),                      \
+        dev_ptr<float>(a.var_unbiased), dev_ptr<float>(a.partial), dev_ptr<float>(a.y), dev_ptr<uint16_t>(a.y16), \
+        a.prm, a.chunk_rows
+#define BAGSSL_BN_BWD_FIELDS(a)                                                                                    \
+    dev_ptr<const float>(a.dy), dev_ptr<const float>(a.x), dev_ptr<const float>(a.bias), dev_ptr<const float>(a.y), \
+        dev_ptr<const float>(a.gamma), dev_ptr<const float>(a.beta), dev_ptr<const float>(a.mean),                 \
+        dev_ptr<const float>(a.invstd), dev_ptr<float>(a.dgamma), dev_ptr<float>(a.dbeta), dev_ptr<float>(a.dx),   \
+        dev_ptr<uint16_t>(a.dx16), dev_ptr<float>(a.dbias), dev_ptr<float>(a.partial), a.prm, a.chunk_rows
 
 // Arrival counters of the column reductions of this module (see last_chunk_block).
 __device__ unsigned int bn_tile_arrivals[BAGSSL_COL_MAX_TILES];
@@ -97,15 +88,16 @@ __device__ unsigned int bn_tile_arrivals[BAGSSL_COL_MAX_TILES];
 // relative. The shifted means then carry an absolute error ~ eps |K - mean|, which is why the mean
 // is K + md only when |md| < |mean| and the plain sums' mean otherwise.
 template <int V>
-__device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ bias, float* __restrict__ mean,
-                         float* __restrict__ invstd, float* __restrict__ var_unbiased, float* __restrict__ partial,
-                         const BagsslBnParams& prm, uint32_t chunk_rows) {
+__device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ bias, const float* /*gamma*/,
+                         const float* /*beta*/, float* __restrict__ mean, float* __restrict__ invstd,
+                         float* __restrict__ var_unbiased, float* __restrict__ partial, float* /*y*/,
+                         uint16_t* /*y16*/, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     const uint32_t tx = threadIdx.x, ty = threadIdx.y, n_chunks = gridDim.y;
     float shift[V] = {}, n = 0.0f, sx[V] = {}, m[V] = {}, m2[V] = {}, bb[V] = {};
     if (s.ok) {
         load_bias<V>(bias, s.c0, bb);
-        load_cols<V>(x + s.c0, shift);
+        load_cols_nc<V>(x + s.c0, shift);
         add_bias<V>(shift, bb);
         for (uint32_t p = s.r0; p < s.r1; p += BAGSSL_COL_PASS) {
             const uint32_t left = s.r1 - p;
@@ -113,7 +105,7 @@ __device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ 
 #pragma unroll
             for (uint32_t k = 0; k < BAGSSL_COL_RPT; ++k) {  // clamped rows: all loads in bounds, issued together
                 const uint32_t o = ty + k * BAGSSL_COL_LANES;
-                load_cols<V>(x + (size_t)(p + (o < left ? o : left - 1)) * prm.cols + s.c0, d[k]);
+                load_cols_nc<V>(x + (size_t)(p + (o < left ? o : left - 1)) * prm.cols + s.c0, d[k]);
                 add_bias<V>(d[k], bb);
             }
             const uint32_t np = left > ty ? (left - ty + BAGSSL_COL_LANES - 1) / BAGSSL_COL_LANES : 0;
@@ -237,38 +229,34 @@ __device__ void bn_stats(const float* __restrict__ x, const float* __restrict__ 
 }
 
 // mean, invstd = 1 / sqrt(biased var + eps), unbiased var (0 when rows = 1) per column of x + bias
-// (bias: cols floats, or null). Grid: launch.rs `ColGrid` (chunk_rows rows per grid.y); partial:
-// 3 * gridDim.y * cols floats. At most 64 registers: 4 blocks per SM, as ColGrid plans (65 with the bias).
+// (BagsslBnFwdArgs: x, bias or 0, mean, invstd, var_unbiased, partial of 3 * gridDim.y * cols floats).
+// Grid: launch.rs `ColGrid` (chunk_rows rows per grid.y). At most 64 registers: 4 blocks per SM.
 extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES, 4)
-    bn_stats_fwd_f32(const float* __restrict__ x, const float* __restrict__ bias, float* __restrict__ mean,
-                     float* __restrict__ invstd, float* __restrict__ var_unbiased, float* __restrict__ partial,
-                     BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0)
-        bn_stats<4>(x, bias, mean, invstd, var_unbiased, partial, prm, chunk_rows);
-    else
-        bn_stats<1>(x, bias, mean, invstd, var_unbiased, partial, prm, chunk_rows);
+    bn_stats_fwd_f32(const BagsslBnFwdArgs a) {
+    with_col_vec(a.prm.cols, [=](auto v) { bn_stats<decltype(v)::value>(BAGSSL_BN_FWD_FIELDS(a)); });
 }
 
 // ---------------------------------------------------------------------------------------------
 // W16: also write the bf16 copy y16 (a separate instance, so the f32-only one is v2's code).
 template <int V, bool W16>
-__device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ mean,
-                         const float* __restrict__ invstd,
-                         const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ y,
+__device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ gamma,
+                         const float* __restrict__ beta, const float* __restrict__ mean,
+                         const float* __restrict__ invstd, float* /*var_unbiased*/, float* /*partial*/,
+                         float* __restrict__ y,
                          uint16_t* __restrict__ y16, const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     if (!s.ok) return;
     float m[V], is[V], g[V], b[V], bb[V];
     load_bias<V>(bias, s.c0, bb);
-    load_cols<V>(mean + s.c0, m);
-    load_cols<V>(invstd + s.c0, is);
-    load_cols<V>(gamma + s.c0, g);
-    load_cols<V>(beta + s.c0, b);
+    load_cols_nc<V>(mean + s.c0, m);
+    load_cols_nc<V>(invstd + s.c0, is);
+    load_cols_nc<V>(gamma + s.c0, g);
+    load_cols_nc<V>(beta + s.c0, b);
     float v[BAGSSL_COL_RPT][V];
     lane_rows_batched(
         s, prm.cols, true,  // last-first: bn_stats read those rows last
         [&](size_t o, uint32_t k) {
-            load_cols<V>(x + o, v[k]);
+            load_cols_nc<V>(x + o, v[k]);
             add_bias<V>(v[k], bb);
         },
         [&](size_t o, uint32_t k) {
@@ -282,25 +270,19 @@ __device__ void bn_apply(const float* __restrict__ x, const float* __restrict__ 
         });
 }
 
-// y = (x + bias - mean) * invstd * gamma + beta, then ReLU when prm.relu. Grid: `ColGrid`, as
-// bn_stats_fwd_f32. bias: as bn_stats_fwd_f32. y16: null, or rows * cols bf16 (as bit patterns) that
-// get bf16_bits of every y: the bf16 GEMM operand copy of y (GpuBuf::bf16), without a cast kernel
-// re-reading y. At most 64 registers (4 blocks per SM, as ColGrid plans; the bias took it to 70).
+// y = (x + bias - mean) * invstd * gamma + beta, then ReLU when prm.relu (BagsslBnFwdArgs: x, bias,
+// gamma, beta, mean, invstd, y, y16). Grid: `ColGrid`, as bn_stats_fwd_f32. y16: 0, or rows * cols
+// bf16 (as bit patterns) that get bf16_bits of every y: the bf16 GEMM operand copy of y
+// (GpuBuf::bf16), without a cast kernel re-reading y. At most 64 registers (4 blocks per SM).
 extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES, 4)
-    bn_apply_fwd_f32(const float* __restrict__ x, const float* __restrict__ bias, const float* __restrict__ mean,
-                     const float* __restrict__ invstd, const float* __restrict__ gamma, const float* __restrict__ beta,
-                     float* __restrict__ y, uint16_t* __restrict__ y16, BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0) {
-        if (y16)
-            bn_apply<4, true>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
+    bn_apply_fwd_f32(const BagsslBnFwdArgs a) {
+    with_col_vec(a.prm.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
+        if (a.y16)
+            bn_apply<V, true>(BAGSSL_BN_FWD_FIELDS(a));
         else
-            bn_apply<4, false>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
-    } else {
-        if (y16)
-            bn_apply<1, true>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
-        else
-            bn_apply<1, false>(x, bias, mean, invstd, gamma, beta, y, y16, prm, chunk_rows);
-    }
+            bn_apply<V, false>(BAGSSL_BN_FWD_FIELDS(a));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,10 +291,10 @@ extern "C" __global__ void __launch_bounds__(BAGSSL_COL_TILE * BAGSSL_COL_LANES,
 template <int V, bool MX>
 __device__ __forceinline__ void relu_grad(const float* __restrict__ dy, const float* __restrict__ y, bool relu,
                                           size_t o, float (&g)[V]) {
-    load_cols<V>(dy + o, g);
+    load_cols_nc<V>(dy + o, g);
     if (!MX && relu) {
         float yv[V];
-        load_cols<V>(y + o, yv);
+        load_cols_nc<V>(y + o, yv);
 #pragma unroll
         for (int c = 0; c < V; ++c)
             if (!(yv[c] > 0.0f)) g[c] = 0.0f;
@@ -332,16 +314,17 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
                               const float* __restrict__ y, const float* __restrict__ gamma,
                               const float* __restrict__ beta, const float* __restrict__ mean,
                               const float* __restrict__ invstd, float* __restrict__ dgamma, float* __restrict__ dbeta,
-                              float* __restrict__ partial, const BagsslBnParams& prm, uint32_t chunk_rows) {
+                              float* /*dx*/, uint16_t* /*dx16*/, float* /*dbias*/, float* __restrict__ partial,
+                              const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     float m[V] = {}, is[V] = {}, bb[V] = {}, gr[V] = {}, be[V] = {};
     if (s.ok) {
         load_bias<V>(bias, s.c0, bb);
-        load_cols<V>(mean + s.c0, m);
-        load_cols<V>(invstd + s.c0, is);
+        load_cols_nc<V>(mean + s.c0, m);
+        load_cols_nc<V>(invstd + s.c0, is);
         if (MX) {
-            load_cols<V>(gamma + s.c0, gr);
-            load_cols<V>(beta + s.c0, be);
+            load_cols_nc<V>(gamma + s.c0, gr);
+            load_cols_nc<V>(beta + s.c0, be);
         }
     }
     const bool relu = prm.relu != 0;
@@ -351,7 +334,7 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
             const size_t o = (size_t)r * prm.cols + s.c0;
             float xv[V];
             relu_grad<V, MX>(dy, y, relu, o, q[0]);
-            load_cols<V>(x + o, xv);
+            load_cols_nc<V>(x + o, xv);
             add_bias<V>(xv, bb);
 #pragma unroll
             for (int c = 0; c < V; ++c) {
@@ -369,39 +352,28 @@ __device__ void bn_bwd_reduce(const float* __restrict__ dy, const float* __restr
         });
 }
 
-// dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat (xhat of x + bias; bias: cols floats or null).
-// The ReLU mask (prm.relu): from y, or, with y null, recomputed from x, gamma and beta (v5).
-// Grid: `ColGrid`; partial: 2 * gridDim.y * cols floats.
-extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                             const float* __restrict__ bias, const float* __restrict__ y,
-                                             const float* __restrict__ gamma, const float* __restrict__ beta,
-                                             const float* __restrict__ mean, const float* __restrict__ invstd,
-                                             float* __restrict__ dgamma, float* __restrict__ dbeta,
-                                             float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
-    const bool mx = prm.relu && !y;
-#define BAGSSL_BN_BWD_REDUCE(V, MX) \
-    bn_bwd_reduce<V, MX>(dy, x, bias, y, gamma, beta, mean, invstd, dgamma, dbeta, partial, prm, chunk_rows)
-    if (prm.cols % 4 == 0) {
+// dbeta[c] = sum_r g, dgamma[c] = sum_r g * xhat, xhat of x + bias (BagsslBnBwdArgs: dy, x, bias, y,
+// gamma, beta, mean, invstd in; dgamma, dbeta out, through partial, 2 * gridDim.y * cols floats).
+// The ReLU mask (prm.relu): y > 0, or, with y 0, recomputed from x, gamma and beta. Grid: `ColGrid`.
+extern "C" __global__ void bn_bwd_reduce_f32(const BagsslBnBwdArgs a) {
+    const bool mx = a.prm.relu && !a.y;
+    with_col_vec(a.prm.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (mx)
-            BAGSSL_BN_BWD_REDUCE(4, true);
+            bn_bwd_reduce<V, true>(BAGSSL_BN_BWD_FIELDS(a));
         else
-            BAGSSL_BN_BWD_REDUCE(4, false);
-    } else {
-        if (mx)
-            BAGSSL_BN_BWD_REDUCE(1, true);
-        else
-            BAGSSL_BN_BWD_REDUCE(1, false);
-    }
-#undef BAGSSL_BN_BWD_REDUCE
+            bn_bwd_reduce<V, false>(BAGSSL_BN_BWD_FIELDS(a));
+    });
 }
 
 // W16: also write the bf16 copy dx16 (as bn_apply). DB: also sum dx over the rows into dbias (the
 // bias gradient), through partial (gridDim.y * cols floats) and the last block of each column tile.
 template <int V, bool W16, bool DB, bool MX>
 __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ bias,
-                             const float* __restrict__ y, const float* __restrict__ beta, const float* __restrict__ mean,
-                             const float* __restrict__ invstd, const float* __restrict__ gamma,
-                             const float* __restrict__ dgamma, const float* __restrict__ dbeta, float* __restrict__ dx,
+                             const float* __restrict__ y, const float* __restrict__ gamma,
+                             const float* __restrict__ beta, const float* __restrict__ mean,
+                             const float* __restrict__ invstd, const float* __restrict__ dgamma,
+                             const float* __restrict__ dbeta, float* __restrict__ dx,
                              uint16_t* __restrict__ dx16, float* __restrict__ dbias, float* __restrict__ partial,
                              const BagsslBnParams& prm, uint32_t chunk_rows) {
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
@@ -412,12 +384,12 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
         const bool relu = prm.relu != 0;
         float m[V], is[V], a[V], dg[V], db[V], bb[V], gr[V], be[V] = {};
         load_bias<V>(bias, s.c0, bb);
-        load_cols<V>(mean + s.c0, m);
-        load_cols<V>(invstd + s.c0, is);
-        load_cols<V>(gamma + s.c0, gr);
-        load_cols<V>(dgamma + s.c0, dg);
-        load_cols<V>(dbeta + s.c0, db);
-        if (MX) load_cols<V>(beta + s.c0, be);
+        load_cols_nc<V>(mean + s.c0, m);
+        load_cols_nc<V>(invstd + s.c0, is);
+        load_cols_nc<V>(gamma + s.c0, gr);
+        load_cols_nc<V>(dgamma + s.c0, dg);
+        load_cols_nc<V>(dbeta + s.c0, db);
+        if (MX) load_cols_nc<V>(beta + s.c0, be);
 #pragma unroll
         for (int c = 0; c < V; ++c) a[c] = gr[c] * is[c] / rows;  // gamma * invstd / N, as v1 per element
         float g[BAGSSL_COL_RPT][V], v[BAGSSL_COL_RPT][V];
@@ -425,7 +397,7 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
             s, prm.cols, true,  // last-first: bn_bwd_reduce read those rows last
             [&](size_t o, uint32_t k) {
                 relu_grad<V, MX>(dy, y, relu, o, g[k]);
-                load_cols<V>(x + o, v[k]);
+                load_cols_nc<V>(x + o, v[k]);
                 add_bias<V>(v[k], bb);
             },
             [&](size_t o, uint32_t k) {
@@ -450,61 +422,34 @@ __device__ void bn_bwd_apply(const float* __restrict__ dy, const float* __restri
 }
 
 template <int V, bool MX>
-__device__ void bn_bwd_apply_v(const float* __restrict__ dy, const float* __restrict__ x,
-                               const float* __restrict__ bias, const float* __restrict__ y,
-                               const float* __restrict__ beta, const float* __restrict__ mean,
-                               const float* __restrict__ invstd, const float* __restrict__ gamma,
-                               const float* __restrict__ dgamma, const float* __restrict__ dbeta,
-                               float* __restrict__ dx, uint16_t* __restrict__ dx16,
-                               float* __restrict__ dbias, float* __restrict__ partial, const BagsslBnParams& prm,
-                               uint32_t chunk_rows) {
-#define BAGSSL_BN_BWD_APPLY(W16, DB)                                                                                  \
-    bn_bwd_apply<V, W16, DB, MX>(dy, x, bias, y, beta, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias,      \
-                                 partial, prm, chunk_rows)
-    if (dx16) {
-        if (dbias)
-            BAGSSL_BN_BWD_APPLY(true, true);
+__device__ void bn_bwd_apply_v(const BagsslBnBwdArgs& a) {
+    if (a.dx16) {
+        if (a.dbias)
+            bn_bwd_apply<V, true, true, MX>(BAGSSL_BN_BWD_FIELDS(a));
         else
-            BAGSSL_BN_BWD_APPLY(true, false);
+            bn_bwd_apply<V, true, false, MX>(BAGSSL_BN_BWD_FIELDS(a));
     } else {
-        if (dbias)
-            BAGSSL_BN_BWD_APPLY(false, true);
+        if (a.dbias)
+            bn_bwd_apply<V, false, true, MX>(BAGSSL_BN_BWD_FIELDS(a));
         else
-            BAGSSL_BN_BWD_APPLY(false, false);
+            bn_bwd_apply<V, false, false, MX>(BAGSSL_BN_BWD_FIELDS(a));
     }
-#undef BAGSSL_BN_BWD_APPLY
 }
 
-// dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma), xhat of x + bias (bias: cols floats or
-// null). The ReLU mask as bn_bwd_reduce_f32 (y null: from x, gamma and beta). Grid: `ColGrid`, as
-// bn_bwd_reduce_f32.
-// dx16: null, or rows * cols bf16 that get bf16_bits of every dx (its GEMM operand copy, as y16).
-// dbias: null, or cols floats that get the column sums of dx (the bias gradient); partial: then
-// gridDim.y * cols floats of scratch (bn_bwd_reduce_f32's may be reused: it is done with it).
-extern "C" __global__ void bn_bwd_apply_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                            const float* __restrict__ bias, const float* __restrict__ y,
-                                            const float* __restrict__ beta, const float* __restrict__ mean,
-                                            const float* __restrict__ invstd, const float* __restrict__ gamma,
-                                            const float* __restrict__ dgamma,
-                                            const float* __restrict__ dbeta, float* __restrict__ dx,
-                                            uint16_t* __restrict__ dx16, float* __restrict__ dbias,
-                                            float* __restrict__ partial, BagsslBnParams prm, uint32_t chunk_rows) {
-    const bool mx = prm.relu && !y;
-#define BAGSSL_BN_BWD_APPLY_V(V, MX) \
-    bn_bwd_apply_v<V, MX>(dy, x, bias, y, beta, mean, invstd, gamma, dgamma, dbeta, dx, dx16, dbias, partial, prm, \
-                          chunk_rows)
-    if (prm.cols % 4 == 0) {
+// dx = gamma * invstd / N * (N * g - dbeta - xhat * dgamma), xhat of x + bias, the ReLU mask as
+// bn_bwd_reduce_f32's (BagsslBnBwdArgs: its inputs and dgamma, dbeta in; dx, dx16, dbias out).
+// Grid: `ColGrid`, as bn_bwd_reduce_f32. dx16: 0, or rows * cols bf16 that get bf16_bits of every
+// dx (its GEMM operand copy, as y16). dbias: 0, or cols floats that get the column sums of dx (the
+// bias gradient), through partial (gridDim.y * cols floats; bn_bwd_reduce_f32's may be reused).
+extern "C" __global__ void bn_bwd_apply_f32(const BagsslBnBwdArgs a) {
+    const bool mx = a.prm.relu && !a.y;
+    with_col_vec(a.prm.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (mx)
-            BAGSSL_BN_BWD_APPLY_V(4, true);
+            bn_bwd_apply_v<V, true>(a);
         else
-            BAGSSL_BN_BWD_APPLY_V(4, false);
-    } else {
-        if (mx)
-            BAGSSL_BN_BWD_APPLY_V(1, true);
-        else
-            BAGSSL_BN_BWD_APPLY_V(1, false);
-    }
-#undef BAGSSL_BN_BWD_APPLY_V
+            bn_bwd_apply_v<V, false>(a);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,15 +461,15 @@ __device__ void bn_eval(const float* __restrict__ x, const float* __restrict__ r
     const ColSpan s = col_span<V>(prm.rows, prm.cols, chunk_rows);
     if (!s.ok) return;
     float m[V], sd[V], g[V], b[V];
-    load_cols<V>(running_mean + s.c0, m);
-    load_cols<V>(running_var + s.c0, sd);
-    load_cols<V>(gamma + s.c0, g);
-    load_cols<V>(beta + s.c0, b);
+    load_cols_nc<V>(running_mean + s.c0, m);
+    load_cols_nc<V>(running_var + s.c0, sd);
+    load_cols_nc<V>(gamma + s.c0, g);
+    load_cols_nc<V>(beta + s.c0, b);
 #pragma unroll
     for (int c = 0; c < V; ++c) sd[c] = sqrtf(sd[c] + prm.eps);
     float v[BAGSSL_COL_RPT][V];
     lane_rows_batched(
-        s, prm.cols, false, [&](size_t o, uint32_t k) { load_cols<V>(x + o, v[k]); },
+        s, prm.cols, false, [&](size_t o, uint32_t k) { load_cols_nc<V>(x + o, v[k]); },
         [&](size_t o, uint32_t k) {
 #pragma unroll
             for (int c = 0; c < V; ++c) {
@@ -537,14 +482,11 @@ __device__ void bn_eval(const float* __restrict__ x, const float* __restrict__ r
 
 // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, then ReLU when prm.relu.
 // Grid: `ColGrid`.
-extern "C" __global__ void bn_eval_fwd_f32(const float* __restrict__ x, const float* __restrict__ running_mean,
-                                           const float* __restrict__ running_var, const float* __restrict__ gamma,
-                                           const float* __restrict__ beta, float* __restrict__ y,
-                                           BagsslBnParams prm, uint32_t chunk_rows) {
-    if (prm.cols % 4 == 0)
-        bn_eval<4>(x, running_mean, running_var, gamma, beta, y, prm, chunk_rows);
-    else
-        bn_eval<1>(x, running_mean, running_var, gamma, beta, y, prm, chunk_rows);
+#define BAGSSL_BN_EVAL_FIELDS(a)                                                                          \
+    dev_ptr<const float>(a.x), dev_ptr<const float>(a.running_mean), dev_ptr<const float>(a.running_var), \
+        dev_ptr<const float>(a.gamma), dev_ptr<const float>(a.beta), dev_ptr<float>(a.y), a.prm, a.chunk_rows
+extern "C" __global__ void bn_eval_fwd_f32(const BagsslBnEvalArgs a) {
+    with_col_vec(a.prm.cols, [=](auto v) { bn_eval<decltype(v)::value>(BAGSSL_BN_EVAL_FIELDS(a)); });
 }
 
 __device__ __forceinline__ float ema(float running, float batch, float momentum) {

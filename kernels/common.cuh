@@ -38,6 +38,23 @@ __device__ T block_sum(T v) {
 // V = 4 (float4) exactly when cols % 4 == 0: the row starts are then 16-byte aligned, because every
 // matrix starts an allocation (GpuBuf, or the scratch of a launcher); launch.rs uses the same rule.
 
+// V as a type, for with_col_vec.
+template <int N>
+struct ColVec {
+    static constexpr int value = N;
+};
+
+// f(ColVec<4>()) when cols % 4 == 0 (float4 columns), else f(ColVec<1>()): the one dispatch of the
+// column kernels onto their `template <int V>` bodies, as
+//   with_col_vec(cols, [=](auto v) { body<decltype(v)::value>(...); });
+template <typename F>
+__device__ __forceinline__ void with_col_vec(uint32_t cols, F f) {
+    if (cols % 4 == 0)
+        f(ColVec<4>());
+    else
+        f(ColVec<1>());
+}
+
 // Column index math is 32-bit (cols < 2^32); only the element offset r * cols + c is 64-bit, once
 // per row.
 struct ColSpan {
@@ -98,6 +115,12 @@ __device__ __forceinline__ void lane_rows_batched(const ColSpan& s, uint32_t col
         [&](uint32_t, size_t o, uint32_t k) { store(o, k); });
 }
 
+// The typed pointer of a device address in a parameter struct (a CUdeviceptr; 0 is the null pointer).
+template <typename T>
+__device__ __forceinline__ T* dev_ptr(uint64_t a) {
+    return reinterpret_cast<T*>(a);
+}
+
 // V floats at p, p[0 .. V): one 16-byte access when V = 4. `_cg` reads through L2 only (data that
 // other blocks of the same launch wrote).
 template <int V>
@@ -109,6 +132,19 @@ __device__ __forceinline__ void load_cols<1>(const float* p, float (&v)[1]) {
 template <>
 __device__ __forceinline__ void load_cols<4>(const float* p, float (&v)[4]) {
     const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+}
+// `_nc` reads through the read-only (non-coherent) path: inputs no thread of the launch writes,
+// reached through a parameter struct, where nvcc cannot prove that itself.
+template <int V>
+__device__ __forceinline__ void load_cols_nc(const float* p, float (&v)[V]);
+template <>
+__device__ __forceinline__ void load_cols_nc<1>(const float* p, float (&v)[1]) {
+    v[0] = __ldg(p);
+}
+template <>
+__device__ __forceinline__ void load_cols_nc<4>(const float* p, float (&v)[4]) {
+    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
     v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
 }
 template <int V>

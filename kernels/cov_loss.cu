@@ -2,8 +2,8 @@
 // image b's patches): the three loss terms and dL/dz, without a round trip to the host. Only the
 // four scalars (loss, I, V, Cv) in f64 come back, 32 bytes.
 //
-// Build: cargo xtask build-kernels
-// CPU reference: crates/bagssl-autograd/src/cpu.rs (vicreg_fwd_bwd); golden: shared/golden/vicreg_bag.json
+// Build: cargo xtask build-kernels   (check: cargo xtask build-kernels --check)
+// CPU reference: crates/bagssl-autograd/src/cpu/vicreg.rs (fwd_bwd); golden: shared/golden/vicreg_bag.json
 // parity: crates/bagssl-autograd/tests/cuda_parity.rs (N = 4096, D = 2048 among others)
 // Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
@@ -22,27 +22,14 @@
 // vicreg_cov_terms_f32 (Coff in place, its bf16 copy when bf16) -> vicreg_grad_init_f32 ->
 // GEMM dz += Zc Coff -> vicreg_finalize_f32.
 //
-// Versions:
-//   1: the two D x D x N products on cuBLAS (TF32 tensor cores or full f32, see Gpu::gemm_precision),
-//      the rest as fused memory-bound kernels with per-block f64 partials (deterministic, no atomics).
-//      With bf16 GEMMs, two more passes cast Zc and Coff (cast_bf16_f32). H200, 4096 x 2048, bf16:
-//      0.375 ms, of which ~0.1 ms GEMMs and ~0.17-0.2 ms the memory-bound kernels around them.
-//   2: every kernel but the finalize on the 2-D column-tile grid of common.cuh (float4 columns when
-//      D % 4 == 0, 32-bit column index, one 64-bit row offset per row; no 64-bit `/` or `%` per
-//      element). vicreg_group_stats_f32 keeps a group's rows (<= 16) in registers for the exact
-//      two-pass (z - gm)^2, and also sums gm per column chunk; the last block of each column tile
-//      adds the chunks in f64 (fixed order, as sum_rows_f32) and writes mu: vicreg_colmean_f32 is
-//      gone. vicreg_center_f32 writes Zc in f32 (TF32/F32 GEMMs) or only its bf16 copy (bf16
-//      GEMMs: nothing reads the f32 Zc then), vicreg_cov_terms_f32 writes Coff's bf16 copy in the
-//      same pass: both casts are gone. vicreg_grad_init_f32 recomputes Zc = z - mu (same bits) and
-//      no longer reads Zc. Loss partials: f64 per block, f32 only within <= 16 rows of a group.
+// Why this version (kernels/lab/HISTORY.md has v1 and its timings): every kernel but the finalize
+// on the 2-D column-tile grid; vicreg_group_stats_f32 also gives the column means (one kernel
+// less), and center / cov_terms write the bf16 GEMM operands themselves (two cast passes less).
 //
 // Napkin math (N = 4096, D = 2048; an N x D f32 matrix is 33.5 MB, bf16 16.8 MB; C 16.8 MB; copy
 // rate ~4.1 TB/s): each GEMM is 2*N*D^2 = 34 GFLOP, ~0.05 ms each in bf16, ~0.1 ms in TF32, ~0.7 ms
 // in plain f32.
-//   v1 (bf16): group_stats R z 33.5 | center R z, W Zc 67 | cast R Zc, W Zc16 50 | grad_init R z, Zc,
-//      W dz 100.5 = 251 MB over N x D, + C: cov_terms R 16.8, cast R 16.8 W 8.4 = 42 MB: ~293 MB, 71 us.
-//   v2 (bf16): group_stats R z 33.5 (+ gm 2 MB) | center R z, W Zc16 50 | grad_init R z, W dz 67
+//   bf16: group_stats R z 33.5 (+ gm 2 MB) | center R z, W Zc16 50 | grad_init R z, W dz 67
 //      (+ gm from L2) = 151 MB, + C: cov_terms R 16.8, W Coff16 8.4 = 25 MB: ~176 MB, ~43 us at the
 //      copy rate. TF32/F32: center writes Zc in f32 (+16.8 MB): ~193 MB. 5 kernels instead of 8.
 
@@ -183,10 +170,7 @@ extern "C" __global__ void vicreg_group_stats_f32(const float* __restrict__ z, f
                                                   float* __restrict__ mu, float* __restrict__ col_partial,
                                                   double* __restrict__ inv_partial, BagsslVicregParams prm,
                                                   uint32_t chunk_groups) {
-    if (prm.dim % 4 == 0)
-        vicreg_group_stats<4>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups);
-    else
-        vicreg_group_stats<1>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_group_stats<decltype(v)::value>(z, gm, mu, col_partial, inv_partial, prm, chunk_groups); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,10 +197,7 @@ __device__ void vicreg_center(const float* __restrict__ z, const float* __restri
 extern "C" __global__ void vicreg_center_f32(const float* __restrict__ z, const float* __restrict__ mu,
                                              float* __restrict__ zc, uint16_t* __restrict__ zc16,
                                              BagsslVicregParams prm, uint32_t chunk_rows) {
-    if (prm.dim % 4 == 0)
-        vicreg_center<4>(z, mu, zc, zc16, prm, chunk_rows);
-    else
-        vicreg_center<1>(z, mu, zc, zc16, prm, chunk_rows);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_center<decltype(v)::value>(z, mu, zc, zc16, prm, chunk_rows); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,10 +252,7 @@ extern "C" __global__ void vicreg_cov_terms_f32(float* __restrict__ c, uint16_t*
                                                 float* __restrict__ vcoef, double* __restrict__ cov_partial,
                                                 double* __restrict__ var_partial, BagsslVicregParams prm,
                                                 uint32_t chunk_rows) {
-    if (prm.dim % 4 == 0)
-        vicreg_cov_terms<4>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows);
-    else
-        vicreg_cov_terms<1>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_cov_terms<decltype(v)::value>(c, c16, vcoef, cov_partial, var_partial, prm, chunk_rows); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,10 +291,7 @@ __device__ void vicreg_grad_init(const float* __restrict__ z, const float* __res
 extern "C" __global__ void vicreg_grad_init_f32(const float* __restrict__ z, const float* __restrict__ gm,
                                                 const float* __restrict__ mu, const float* __restrict__ vcoef,
                                                 float* __restrict__ dz, BagsslVicregParams prm, uint32_t chunk_rows) {
-    if (prm.dim % 4 == 0)
-        vicreg_grad_init<4>(z, gm, mu, vcoef, dz, prm, chunk_rows);
-    else
-        vicreg_grad_init<1>(z, gm, mu, vcoef, dz, prm, chunk_rows);
+    with_col_vec(prm.dim, [=](auto v) { vicreg_grad_init<decltype(v)::value>(z, gm, mu, vcoef, dz, prm, chunk_rows); });
 }
 
 // One block: out = [loss, I, V, Cv] in f64 from the partial sums, and the loss in f32 into

@@ -2,25 +2,14 @@
 // bias add, column sums (the bias gradient), group mean forward/backward (bag aggregation),
 // axpy, scale and a dot product with an f64 result.
 //
-// Build: cargo xtask build-kernels
-// CPU reference: crates/bagssl-autograd/src/cpu.rs; parity: crates/bagssl-autograd/tests/cuda_parity.rs
+// Build: cargo xtask build-kernels   (check: cargo xtask build-kernels --check)
+// CPU reference: crates/bagssl-autograd/src/cpu/elementwise.rs; parity: crates/bagssl-autograd/tests/cuda_parity.rs
 // Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
-// Versions:
-//   1: grid-stride loops, one element per thread per iteration; column sums with a (32 x 16)
-//      block per 32 columns (coalesced along rows, tree over the 16 row lanes); dot with per-block
-//      f64 partials and a one-block final sum (deterministic, no atomics).
-//      H200, 4096 x 2048: sum_rows 0.109 ms (7 % of a copy's GB/s: 64 blocks for 132 SMs).
-//   2: the column kernels (bias add, column sums, group mean) on the 2-D column-tile grid of
-//      common.cuh (as batchnorm.cu v2): float4 columns when cols % 4 == 0, no 64-bit `i % cols`;
-//      sum_rows_f32 sums row chunks into a scratch buffer and the last block of each column tile
-//      adds the chunks in f64 (fixed order, deterministic).
-//   3: sum_rows_f32 optionally (x16 not null) writes the bf16 copy of x as it reads it: the column
-//      sums of a gradient are taken right before the bf16 GEMMs on it (a Linear's bias gradient;
-//      bag-VICReg's dL/dz feeds two), which then need no cast kernel re-reading x (+16.8 MB
-//      written, -33.5 MB read and a launch at 4096 x 2048).
-//   cast_bf16_f32 (v1): the bf16 operand copies for cuBLAS (crates/bagssl-kernels/src/gemm.rs),
-//      float4 in, 4 x bf16 out; 6 bytes per element, ~12 us for a 4096 x 2048 activation.
+// Why these versions (kernels/lab/HISTORY.md has the others and their timings): the column kernels
+// (bias add, column sums, group mean) on the 2-D column-tile grid of common.cuh, float4 columns and
+// no 64-bit `%`, enough blocks to fill the GPU; sum_rows_f32 writes its input's bf16 GEMM copy as it
+// reads it (no cast pass); the 1-D kernels are grid-stride loops, dot a deterministic f64 tree.
 //
 // Napkin math: every kernel here moves 8-12 bytes per element and does ~1 FLOP: at 4.1 TB/s (an
 // H200 copy) a (4096 x 2048) f32 matrix pass (33.5 MB read + 33.5 MB written) costs ~16 us.
@@ -81,10 +70,7 @@ __device__ void bias_add(const float* __restrict__ x, const float* __restrict__ 
 // y = x + b (b broadcast over the rows)
 extern "C" __global__ void bias_add_fwd_f32(const float* __restrict__ x, const float* __restrict__ b,
                                             float* __restrict__ y, BagsslMatrixDims d, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        bias_add<4>(x, b, y, d, chunk_rows);
-    else
-        bias_add<1>(x, b, y, d, chunk_rows);
+    with_col_vec(d.cols, [=](auto v) { bias_add<decltype(v)::value>(x, b, y, d, chunk_rows); });
 }
 
 template <int V, bool W16>
@@ -112,17 +98,13 @@ __device__ void sum_rows(const float* __restrict__ x, uint16_t* __restrict__ x16
 extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, uint16_t* __restrict__ x16,
                                         float* __restrict__ out, float* __restrict__ partial, BagsslMatrixDims d,
                                         uint32_t chunk_rows) {
-    if (d.cols % 4 == 0) {
+    with_col_vec(d.cols, [=](auto v) {
+        constexpr int V = decltype(v)::value;
         if (x16)
-            sum_rows<4, true>(x, x16, out, partial, d, chunk_rows);
+            sum_rows<V, true>(x, x16, out, partial, d, chunk_rows);
         else
-            sum_rows<4, false>(x, x16, out, partial, d, chunk_rows);
-    } else {
-        if (x16)
-            sum_rows<1, true>(x, x16, out, partial, d, chunk_rows);
-        else
-            sum_rows<1, false>(x, x16, out, partial, d, chunk_rows);
-    }
+            sum_rows<V, false>(x, x16, out, partial, d, chunk_rows);
+    });
 }
 
 template <int V>
@@ -151,10 +133,7 @@ __device__ void group_mean_fwd(const float* __restrict__ x, float* __restrict__ 
 // y[g, c] = mean over the n rows g*n .. g*n+n-1 of x[r, c]; d = dims of y (groups, cols), the grid's rows.
 extern "C" __global__ void group_mean_fwd_f32(const float* __restrict__ x, float* __restrict__ y, BagsslMatrixDims d,
                                               uint32_t n, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        group_mean_fwd<4>(x, y, d, n, chunk_rows);
-    else
-        group_mean_fwd<1>(x, y, d, n, chunk_rows);
+    with_col_vec(d.cols, [=](auto v) { group_mean_fwd<decltype(v)::value>(x, y, d, n, chunk_rows); });
 }
 
 template <int V>
@@ -177,10 +156,7 @@ __device__ void group_mean_bwd(const float* __restrict__ dy, float* __restrict__
 // dx[r, c] = dy[r / n, c] / n; d = dims of dx (groups * n, cols), the grid's rows.
 extern "C" __global__ void group_mean_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx, BagsslMatrixDims d,
                                               uint32_t n, uint32_t chunk_rows) {
-    if (d.cols % 4 == 0)
-        group_mean_bwd<4>(dy, dx, d, n, chunk_rows);
-    else
-        group_mean_bwd<1>(dy, dx, d, n, chunk_rows);
+    with_col_vec(d.cols, [=](auto v) { group_mean_bwd<decltype(v)::value>(dy, dx, d, n, chunk_rows); });
 }
 
 // ---------------------------------------------------------------------------------------------

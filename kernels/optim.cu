@@ -1,7 +1,8 @@
 // optim.cu — optimizer updates, fused into one pass over each parameter tensor.
 //
-// Build: cargo xtask build-kernels
-// CPU reference: crates/bagssl-autograd/src/cpu.rs (adamw_); parity: crates/bagssl-autograd/tests/cuda_parity.rs
+// Build: cargo xtask build-kernels   (check: cargo xtask build-kernels --check)
+// Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
+// CPU reference: crates/bagssl-autograd/src/cpu/elementwise.rs (adamw); parity: crates/bagssl-autograd/tests/cuda_parity.rs
 //
 // adamw_f32 is torch.optim.AdamW (amsgrad=False, maximize=False), step t >= 1:
 //   p = p * (1 - lr * wd)
@@ -10,12 +11,9 @@
 //   p = p - step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps),  step_size = lr / (1 - beta1^t)
 // The two bias corrections are computed on the host in f64 and passed in BagsslAdamWParams.
 //
-// Versions:
-//   1: one grid-stride pass, 16 bytes read + 12 written per element.
-//   2: adamw_multi_f32: up to 16 tensors per launch (the step's 14 in one: 13 small ones were a
-//      launch each, ~2-3 us apiece at 2048 elements), per-tensor weight decay, and the bf16 copy of
-//      a weight written beside it (+2 B per element; the cast kernel it replaces read 4 and wrote 2).
-//      The element update is adamw_f32's expression, so both give the same bits.
+// Why these versions (kernels/lab/HISTORY.md): adamw_multi_f32 updates every tensor of a step in one
+// launch (small tensors were launch-bound) and rewrites a weight's bf16 copy beside it; adamw_f32,
+// the same expression per element, stays for single tensors.
 //
 // Napkin math: hidden = proj = 2048, 2 layers, p = 8: ~12.9 M parameters, 360 MB moved per step
 // (+25 MB of bf16 copies), ~95 us at the H200's 4.1 TB/s copy rate.

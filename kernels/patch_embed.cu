@@ -4,7 +4,8 @@
 // Linear's GEMM consumes; the backward of that Linear is dW = dY^T X on the device too.
 //
 // Build: cargo xtask build-kernels   (PTX compute_80 + cubin sm_90a, ptxas report, no spills)
-// CPU reference: bagssl_data::gather_patches; parity test: crates/bagssl-kernels/tests/patch_parity.rs
+// CPU reference: bagssl_data::gather_patches (crates/bagssl-data/src/gather.rs); parity test: crates/bagssl-kernels/tests/patch_parity.rs
+// Emulated check (no GPU): cargo xtask emulate-kernels (kernels/lab/check.cpp)
 //
 // Per patch (spec = image, oy, ox, flags, b, c, s), with w = (0.299, 0.587, 0.114):
 //   x = img[oy..oy+p, ox..ox+p, :] / 255, mirrored left-right if FLIP
@@ -15,13 +16,8 @@
 // The contrast step needs the patch mean of the gray value of the brightness-scaled patch: a
 // block reduction, so one thread block handles one patch.
 //
-// Versions:
-//   1: one block per patch, one thread per pixel (blockDim = p*p rounded up to a warp, <= 256,
-//      threads loop when p*p > 256); the jitter pass reads the pixels twice (second time from L1).
-//   2: an optional bf16 output out16 (null: none) gets bf16_bits of every float written: the bf16
-//      GEMM operand copy of X (GpuBuf::bf16), so the first Linear's products (forward and dW) need
-//      no cast kernel re-reading X (training: 3.1 MB read + launch; evaluation: 86 MB per batch of
-//      500 images).
+// Why this version (kernels/lab/HISTORY.md): one block per patch (its contrast needs a block
+// reduction), one thread per pixel, and X's bf16 GEMM copy written beside X (no cast pass).
 //
 // Napkin math (p = 8, 4096 patches): reads 4096*192 B = 0.8 MB of u8, writes 4096*192*4 B =
 // 3.1 MB of f32: ~2 us of HBM traffic at 3 TB/s; it is launch-bound at training sizes.

@@ -70,20 +70,13 @@ if t=$(limit 40); then
   timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 --set gpu_precision=tf32 \
     2>&1 | tail -n 1 | tee -a "$SUM"
 else skipped "bench tf32"; fi
-if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
-  log "### without the BatchNorm kernels' bf16 copies (BAGSSL_BN_BF16=0: cast kernels instead)"
-  BAGSSL_BN_BF16=0 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
-    2>&1 | tail -n 1 | tee -a "$SUM"
-fi
-if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
-  log "### the BatchNorm backward's ReLU mask read from y (BAGSSL_BN_MASK_FROM_Y=1: batchnorm.cu v4)"
-  BAGSSL_BN_MASK_FROM_Y=1 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
-    2>&1 | tail -n 1 | tee -a "$SUM"
-fi
-if [ ${#EXTRA[@]} = 0 ] && t=$(limit 40); then
-  log "### column kernels on one wave (BAGSSL_COL_BLOCKS=512: chunks of 128 rows, 512 blocks, not 688)"
-  BAGSSL_COL_BLOCKS=512 timeout "$t" "$CLI" bench --device cuda --steps 100 --warmup 10 --eval-images 0 \
-    2>&1 | tail -n 1 | tee -a "$SUM"
+# The BatchNorm A/B variants (mask read from y, no bf16 copies, a 512-block column grid) are lines of
+# bench_kernels' table in step 1 (BnVariant in crates/bagssl-kernels/src/batchnorm.rs), no longer
+# environment variables of the library; here the kernel table once more with the PTX (JIT) modules.
+if [ ${#EXTRA[@]} = 0 ] && [ -x .device/bin/bench_kernels ] && t=$(limit 60); then
+  log "### bench_kernels --quick --ptx (the compute_80 PTX instead of the sm_90a cubins)"
+  timeout "$t" .device/bin/bench_kernels --quick --ptx 2>&1 | grep -E '^(bn_|  of which|vicreg|matmul Bf16 x W1|bench_kernels)' \
+    | tee -a "$SUM"
 fi
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"

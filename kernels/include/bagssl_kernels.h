@@ -1,10 +1,12 @@
 /*
  * bagssl_kernels.h — the parameter structs shared by the CUDA kernels (kernels/NAME.cu) and Rust
  * (crates/bagssl-kernels/src/generated/bindings.rs, made from this file by bindgen through
- * `cargo xtask build-kernels`). Plain C: fixed-width fields, no pointers, so the layout is the same
- * for nvcc, clang and rustc; bindgen emits layout assertions that catch drift at compile time.
+ * `cargo xtask build-kernels`). Plain C: fixed-width fields, no pointer types (device addresses
+ * are uint64_t, a CUdeviceptr), so the layout is the same for nvcc, clang and rustc; bindgen emits
+ * layout assertions that catch drift at compile time.
  *
- * Every kernel takes its scalar parameters as one of these structs, by value.
+ * Every kernel takes its scalar parameters as one of these structs, by value; the BatchNorm
+ * kernels take their device buffers in one too, by name, so two of them cannot trade places.
  */
 #ifndef BAGSSL_KERNELS_H
 #define BAGSSL_KERNELS_H
@@ -83,6 +85,58 @@ typedef struct BagsslBnParams {
     float eps;
     uint32_t relu; /* 1: fuse ReLU after the affine transform (and mask the gradient) */
 } BagsslBnParams;
+
+/* The BatchNorm training forward, bn_stats_fwd_f32 then bn_apply_fwd_f32 (one struct for both, filled
+ * once). Device addresses of floats (CUdeviceptr); "or 0" marks the optional ones. */
+typedef struct BagsslBnFwdArgs {
+    uint64_t x;            /* rows * cols, read */
+    uint64_t bias;         /* cols, or 0: no bias (the Linear's bias, added as x is read) */
+    uint64_t gamma;        /* cols, read by apply */
+    uint64_t beta;         /* cols, read by apply */
+    uint64_t mean;         /* cols, written by stats, read by apply */
+    uint64_t invstd;       /* cols, 1 / sqrt(biased var + eps): as mean */
+    uint64_t var_unbiased; /* cols, written by stats */
+    uint64_t partial;      /* 3 * gridDim.y * cols scratch floats of stats */
+    uint64_t y;            /* rows * cols, written by apply */
+    uint64_t y16;          /* rows * cols bf16 bit patterns (uint16_t), or 0: no copy */
+    BagsslBnParams prm;
+    uint32_t chunk_rows; /* rows per grid.y chunk (ColGrid) */
+    uint32_t pad;
+} BagsslBnFwdArgs;
+
+/* The BatchNorm training backward, bn_bwd_reduce_f32 then bn_bwd_apply_f32 (one struct for both). */
+typedef struct BagsslBnBwdArgs {
+    uint64_t dy;      /* rows * cols, read */
+    uint64_t x;       /* rows * cols, read: the forward's input */
+    uint64_t bias;    /* cols, or 0: as BagsslBnFwdArgs */
+    uint64_t y;       /* rows * cols: the ReLU mask is y > 0; 0: recomputed from x, gamma and beta */
+    uint64_t gamma;   /* cols, read */
+    uint64_t beta;    /* cols, read (for the mask from x) */
+    uint64_t mean;    /* cols, read: the forward's */
+    uint64_t invstd;  /* cols, read: the forward's */
+    uint64_t dgamma;  /* cols, written by reduce, read by apply */
+    uint64_t dbeta;   /* cols, as dgamma */
+    uint64_t dx;      /* rows * cols, written by apply */
+    uint64_t dx16;    /* rows * cols bf16 bit patterns, or 0: no copy */
+    uint64_t dbias;   /* cols, or 0: the column sums of dx (the bias gradient), by apply */
+    uint64_t partial; /* scratch: 2 * gridDim.y * cols floats for reduce, then gridDim.y * cols for dbias */
+    BagsslBnParams prm;
+    uint32_t chunk_rows;
+    uint32_t pad;
+} BagsslBnBwdArgs;
+
+/* bn_eval_fwd_f32: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta (+ ReLU). */
+typedef struct BagsslBnEvalArgs {
+    uint64_t x;            /* rows * cols, read */
+    uint64_t running_mean; /* cols, read */
+    uint64_t running_var;  /* cols, read */
+    uint64_t gamma;        /* cols, read */
+    uint64_t beta;         /* cols, read */
+    uint64_t y;            /* rows * cols, written */
+    BagsslBnParams prm;
+    uint32_t chunk_rows;
+    uint32_t pad;
+} BagsslBnEvalArgs;
 
 /* bag-VICReg on z (n_rows = n_groups * n_per_image, dim). */
 typedef struct BagsslVicregParams {

@@ -239,7 +239,48 @@ static void check_bf16_copy(const std::string& name, const vector<uint16_t>& got
     }
 }
 
-#define NOBIAS ((const float*)nullptr)
+// A host array's address as the device address of a kernel argument struct (0 for none).
+template <typename T>
+static uint64_t dp(const vector<T>& v) {
+    return (uint64_t)(uintptr_t)v.data();
+}
+
+// The argument structs of the BatchNorm kernels (include/bagssl_kernels.h), from named buffers.
+static BagsslBnFwdArgs bn_fwd_args(const vector<float>& x, const vector<float>& gamma, const vector<float>& beta,
+                                   vector<float>& mean, vector<float>& invstd, vector<float>& varu,
+                                   vector<float>& partial, vector<float>& y, const BagsslBnParams& prm,
+                                   const ColGrid& cg) {
+    BagsslBnFwdArgs a{};
+    a.x = dp(x), a.gamma = dp(gamma), a.beta = dp(beta), a.mean = dp(mean), a.invstd = dp(invstd);
+    a.var_unbiased = dp(varu), a.partial = dp(partial), a.y = dp(y), a.prm = prm, a.chunk_rows = cg.chunk_rows;
+    return a;  // bias, y16: 0
+}
+
+// Backward inputs; dgamma, dbeta and dx: the outputs; dx16, dbias: 0 (set by the callers that want them).
+static BagsslBnBwdArgs bn_bwd_args(const vector<float>& dy, const vector<float>& x, const vector<float>* y,
+                                   const vector<float>& gamma, const vector<float>& beta, const vector<float>& mean,
+                                   const vector<float>& invstd, vector<float>& dgamma, vector<float>& dbeta,
+                                   vector<float>& dx, vector<float>& partial, const BagsslBnParams& prm,
+                                   const ColGrid& cg) {
+    BagsslBnBwdArgs a{};
+    a.dy = dp(dy), a.x = dp(x), a.y = y ? dp(*y) : 0, a.gamma = dp(gamma), a.beta = dp(beta), a.mean = dp(mean);
+    a.invstd = dp(invstd), a.dgamma = dp(dgamma), a.dbeta = dp(dbeta), a.dx = dp(dx), a.partial = dp(partial);
+    a.prm = prm, a.chunk_rows = cg.chunk_rows;
+    return a;
+}
+
+static void bn_fwd(const ColGrid& cg, const BagsslBnFwdArgs& a) {
+    emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), a);
+    check_arrivals("bn_stats", bn_tile_arrivals);
+    emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), a);
+}
+
+static void bn_bwd(const ColGrid& cg, const BagsslBnBwdArgs& a) {
+    emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), a);
+    check_arrivals("bn_bwd_reduce", bn_tile_arrivals);
+    emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), a);
+    check_arrivals("bn_bwd_apply", bn_tile_arrivals);
+}
 
 // The outputs of the BatchNorm kernels run on x = x0 + bias (stored by bias_add_fwd_f32) without a bias.
 struct BnOutputs {
@@ -258,22 +299,14 @@ static vector<float> batchnorm_folded_bias(const std::string& tag, const ColGrid
     BnOutputs got{vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(n, NAN),
                   vector<float>(cols, NAN), vector<float>(cols, NAN), vector<float>(n, NAN)};
     vector<float> partial(3 * cg.chunks * cols, NAN), dbias(cols, NAN);
-    const float* b = bias.data();
-    // With ReLU the backward recomputes its mask from x, gamma and beta (v5, y null).
-    const float* ymask = prm.relu ? nullptr : got.y.data();
-    emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x0.data(), b, got.mean.data(),
-                got.invstd.data(), got.varu.data(), partial.data(), prm, cg.chunk_rows);
-    emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x0.data(), b, (const float*)got.mean.data(),
-                (const float*)got.invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), got.y.data(),
-                (uint16_t*)nullptr, prm, cg.chunk_rows);
-    emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(), b,
-                ymask, (const float*)gamma.data(), (const float*)beta.data(), (const float*)got.mean.data(),
-                (const float*)got.invstd.data(), got.dgamma.data(), got.dbeta.data(), partial.data(), prm, cg.chunk_rows);
-    emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(), b,
-                ymask, (const float*)beta.data(), (const float*)got.mean.data(), (const float*)got.invstd.data(),
-                (const float*)gamma.data(), (const float*)got.dgamma.data(), (const float*)got.dbeta.data(),
-                got.dx.data(), (uint16_t*)nullptr, dbias.data(), partial.data(), prm, cg.chunk_rows);
-    check_arrivals("bn_bwd_apply dbias " + tag, bn_tile_arrivals);
+    BagsslBnFwdArgs f = bn_fwd_args(x0, gamma, beta, got.mean, got.invstd, got.varu, partial, got.y, prm, cg);
+    f.bias = dp(bias);
+    bn_fwd(cg, f);
+    // With ReLU the backward recomputes its mask from x, gamma and beta (v5, y 0).
+    BagsslBnBwdArgs b = bn_bwd_args(dy, x0, prm.relu ? nullptr : &got.y, gamma, beta, got.mean, got.invstd, got.dgamma,
+                                    got.dbeta, got.dx, partial, prm, cg);
+    b.bias = dp(bias), b.dbias = dp(dbias);
+    bn_bwd(cg, b);
     check_same("bn folded bias mean " + tag, got.mean, want.mean);
     check_same("bn folded bias invstd " + tag, got.invstd, want.invstd);
     check_same("bn folded bias var_unbiased " + tag, got.varu, want.varu);
@@ -330,18 +363,14 @@ static void batchnorm(Rng& r) {
             BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, eps, (uint32_t)relu};
             vector<float> mean(cols, NAN), invstd(cols, NAN), varu(cols, NAN), y(n, NAN), dgamma(cols, NAN),
                 dbeta(cols, NAN), dx(n, NAN), partial(3 * cg.chunks * cols, NAN);
-            emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean.data(),
-                        invstd.data(), varu.data(), partial.data(), prm, cg.chunk_rows);
-            check_arrivals("bn_stats " + tag, bn_tile_arrivals);
-            emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS,
-                        (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
-                        (const float*)beta.data(), y.data(), (uint16_t*)nullptr, prm, cg.chunk_rows);
+            const BagsslBnFwdArgs fa = bn_fwd_args(x, gamma, beta, mean, invstd, varu, partial, y, prm, cg);
+            bn_fwd(cg, fa);
             {  // with the bf16 copy: the same f32 bits, and bf16_bits of each beside them
                 vector<float> y2(n, NAN);
                 vector<uint16_t> y16(n, 0x1234);
-                emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS,
-                            (const float*)mean.data(), (const float*)invstd.data(), (const float*)gamma.data(),
-                            (const float*)beta.data(), y2.data(), y16.data(), prm, cg.chunk_rows);
+                BagsslBnFwdArgs f16 = fa;
+                f16.y = dp(y2), f16.y16 = dp(y16);
+                emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), f16);
                 check_same("bn_apply y with y16 " + tag, y2, y);
                 check_bf16_copy("bn_apply y16 " + tag, y16, y);
             }
@@ -364,27 +393,12 @@ static void batchnorm(Rng& r) {
             check_rel("bn_stats invstd " + tag, invstd, ris, 1e-6);
             if (rows > 1) check_rel("bn_stats var_unbiased " + tag, varu, rvu, 1e-6);
             check("bn_apply y " + tag, y, ry, 1e-5, 1e-6);
-            emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                        NOBIAS, (const float*)y.data(), (const float*)gamma.data(), (const float*)beta.data(),
-                        (const float*)mean.data(), (const float*)invstd.data(), dgamma.data(), dbeta.data(),
-                        partial.data(), prm, cg.chunk_rows);
-            check_arrivals("bn_bwd_reduce " + tag, bn_tile_arrivals);
-            emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                        NOBIAS, (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(),
-                        (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(),
-                        (const float*)dbeta.data(), dx.data(), (uint16_t*)nullptr, (float*)nullptr, (float*)nullptr, prm,
-                        cg.chunk_rows);
-            if (relu) {  // v5: the mask recomputed from x, gamma and beta (y null): the same bits
+            const BagsslBnBwdArgs ba =
+                bn_bwd_args(dy, x, &y, gamma, beta, mean, invstd, dgamma, dbeta, dx, partial, prm, cg);
+            bn_bwd(cg, ba);
+            if (relu) {  // v5: the mask recomputed from x, gamma and beta (y 0): the same bits
                 vector<float> dg3(cols, NAN), db3(cols, NAN), dx3(n, NAN);
-                emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(),
-                            (const float*)x.data(), NOBIAS, NOBIAS, (const float*)gamma.data(), (const float*)beta.data(),
-                            (const float*)mean.data(), (const float*)invstd.data(), dg3.data(), db3.data(), partial.data(),
-                            prm, cg.chunk_rows);
-                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            NOBIAS, NOBIAS, (const float*)beta.data(), (const float*)mean.data(),
-                            (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dg3.data(),
-                            (const float*)db3.data(), dx3.data(), (uint16_t*)nullptr, (float*)nullptr, (float*)nullptr,
-                            prm, cg.chunk_rows);
+                bn_bwd(cg, bn_bwd_args(dy, x, nullptr, gamma, beta, mean, invstd, dg3, db3, dx3, partial, prm, cg));
                 check_same("bn_bwd mask from x: dgamma " + tag, dg3, dgamma);
                 check_same("bn_bwd mask from x: dbeta " + tag, db3, dbeta);
                 check_same("bn_bwd mask from x: dx " + tag, dx3, dx);
@@ -392,10 +406,9 @@ static void batchnorm(Rng& r) {
             {  // with the bf16 copy (as bn_apply)
                 vector<float> dx2(n, NAN);
                 vector<uint16_t> dx16(n, 0x1234);
-                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            NOBIAS, (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(),
-                            (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(), (const float*)dbeta.data(), dx2.data(),
-                            dx16.data(), (float*)nullptr, (float*)nullptr, prm, cg.chunk_rows);
+                BagsslBnBwdArgs b16 = ba;
+                b16.dx = dp(dx2), b16.dx16 = dp(dx16);
+                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), b16);
                 check_same("bn_bwd dx with dx16 " + tag, dx2, dx);
                 check_bf16_copy("bn_bwd dx16 " + tag, dx16, dx);
             }
@@ -418,17 +431,16 @@ static void batchnorm(Rng& r) {
                 vector<float> mean2(cols), invstd2(cols), varu2(cols), dgamma2(cols), dbeta2(cols);
                 emu::g_block_order = 1 + relu;
                 vector<float> dx2(n), dbias2(cols);
-                emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean2.data(),
-                            invstd2.data(), varu2.data(), partial.data(), prm, cg.chunk_rows);
-                emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(),
-                            NOBIAS, (const float*)y.data(), (const float*)gamma.data(), (const float*)beta.data(),
-                            (const float*)mean.data(), (const float*)invstd.data(), dgamma2.data(), dbeta2.data(),
-                            partial.data(), prm, cg.chunk_rows);
-                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x0.data(),
-                            (const float*)bias.data(), (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(),
-                            (const float*)invstd.data(), (const float*)gamma.data(), (const float*)dgamma.data(),
-                            (const float*)dbeta.data(), dx2.data(), (uint16_t*)nullptr, dbias2.data(), partial.data(), prm,
-                            cg.chunk_rows);
+                BagsslBnFwdArgs f2 = fa;
+                f2.mean = dp(mean2), f2.invstd = dp(invstd2), f2.var_unbiased = dp(varu2);
+                emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), f2);
+                BagsslBnBwdArgs b2 = ba;
+                b2.dgamma = dp(dgamma2), b2.dbeta = dp(dbeta2);
+                emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), b2);
+                // The apply kernel on x0 with the bias folded in, writing dbias; dgamma, dbeta: ba's.
+                BagsslBnBwdArgs b3 = ba;
+                b3.x = dp(x0), b3.bias = dp(bias), b3.dx = dp(dx2), b3.dbias = dp(dbias2);
+                emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), b3);
                 emu::g_block_order = 0;
                 check_same("bn_bwd_apply dbias " + tag + " reordered blocks", dbias2, dbias);
                 check_same("bn_stats + bn_bwd_reduce " + tag + " reordered blocks",
@@ -450,9 +462,10 @@ static void batchnorm(Rng& r) {
                            }());
             }
             auto runm = r.vec(cols), runv = r.vec(cols, 0.1, 2);
-            emu::launch(bn_eval_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), (const float*)runm.data(),
-                        (const float*)runv.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), prm,
-                        cg.chunk_rows);
+            BagsslBnEvalArgs ea{};
+            ea.x = dp(x), ea.running_mean = dp(runm), ea.running_var = dp(runv), ea.gamma = dp(gamma);
+            ea.beta = dp(beta), ea.y = dp(y), ea.prm = prm, ea.chunk_rows = cg.chunk_rows;
+            emu::launch(bn_eval_fwd_f32, cg.grid(), ColGrid::block(), ea);
             for (size_t i = 0; i < n; ++i) {
                 const size_t c = i % cols;
                 ry[i] = (x[i] - runm[c]) / std::sqrt((double)runv[c] + eps) * gamma[c] + beta[c];
@@ -502,11 +515,9 @@ static void batchnorm_nan() {
         BagsslBnParams prm{(uint32_t)rows, (uint32_t)cols, 1e-5f, 1};
         vector<float> mean(cols), invstd(cols), varu(cols), y(x.size()), dg(cols), db(cols), dx(x.size()), partial(3 * cg.chunks * cols);
         vector<uint16_t> y16(x.size(), 0x1234), dx16(x.size(), 0x1234);
-        emu::launch(bn_stats_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, mean.data(), invstd.data(),
-                    varu.data(), partial.data(), prm, cg.chunk_rows);
-        emu::launch(bn_apply_fwd_f32, cg.grid(), ColGrid::block(), (const float*)x.data(), NOBIAS, (const float*)mean.data(),
-                    (const float*)invstd.data(), (const float*)gamma.data(), (const float*)beta.data(), y.data(), y16.data(), prm,
-                    cg.chunk_rows);
+        BagsslBnFwdArgs fa = bn_fwd_args(x, gamma, beta, mean, invstd, varu, partial, y, prm, cg);
+        fa.y16 = dp(y16);
+        bn_fwd(cg, fa);
         const std::string tag = " cols=" + std::to_string(cols);
         check_bf16_copy("bn NaN y16" + tag, y16, y);
         bool ok = std::isnan(mean[2]) && std::isnan(invstd[2]) && !std::isnan(mean[1]) && !std::isnan(invstd[3]);
@@ -514,17 +525,14 @@ static void batchnorm_nan() {
         // Backward: a NaN y masks its gradient (dbeta of column 4 counts the positive y only); column 2,
         // with a NaN mean, has a NaN dgamma (0 * NaN).
         y[7 * cols + 4] = NAN;
-        emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(), NOBIAS,
-                    (const float*)y.data(), (const float*)gamma.data(), (const float*)beta.data(), (const float*)mean.data(),
-                    (const float*)invstd.data(), dg.data(), db.data(), partial.data(), prm, cg.chunk_rows);
+        BagsslBnBwdArgs ba = bn_bwd_args(dy, x, &y, gamma, beta, mean, invstd, dg, db, dx, partial, prm, cg);
+        emu::launch(bn_bwd_reduce_f32, cg.grid(), ColGrid::block(), ba);
         double want = 0;
         for (size_t rr = 0; rr < rows; ++rr) want += y[rr * cols + 4] > 0 ? 1.0 : 0.0;
         ok = ok && db[4] == (float)want && std::isnan(dg[2]);
         vector<float> dbias(cols);
-        emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), (const float*)dy.data(), (const float*)x.data(), NOBIAS,
-                    (const float*)y.data(), (const float*)beta.data(), (const float*)mean.data(), (const float*)invstd.data(),
-                    (const float*)gamma.data(), (const float*)dg.data(), (const float*)db.data(), dx.data(), dx16.data(), dbias.data(), partial.data(), prm,
-                    cg.chunk_rows);
+        ba.dx16 = dp(dx16), ba.dbias = dp(dbias);
+        emu::launch(bn_bwd_apply_f32, cg.grid(), ColGrid::block(), ba);
         ok = ok && std::isnan(dx[2]) && !std::isnan(dx[1]);  // column 2: NaN dgamma
         ok = ok && std::isnan(dbias[2]) && !std::isnan(dbias[1]);
         check_bf16_copy("bn NaN dx16" + tag, dx16, dx);

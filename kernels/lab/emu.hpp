@@ -234,9 +234,13 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     return r;
 }
 
-// Loads through L2 (cache-global): plain loads here.
+// Loads through L2 (cache-global) or the read-only path: plain loads here.
 template <typename T>
 T __ldcg(const T* p) {
+    return *p;
+}
+template <typename T>
+T __ldg(const T* p) {
     return *p;
 }
 

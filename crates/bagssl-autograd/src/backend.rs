@@ -102,17 +102,9 @@ pub struct BnBackward {
     pub dbias: Option<Tensor>,
 }
 
-/// AdamW hyper-parameters for one update (PyTorch's `torch.optim.AdamW` semantics).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamW {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1-based step count, for bias correction.
-    pub step: u64,
-}
+/// AdamW hyper-parameters for one update (PyTorch's `torch.optim.AdamW` semantics; `step` is
+/// 1-based): the kernels' type, so no conversion sits between the backends.
+pub use bagssl_kernels::AdamWConfig as AdamW;
 
 /// One tensor of an AdamW update: the parameter, its gradient, its moments, its weight decay.
 pub struct AdamWSlot<'a> {
@@ -124,32 +116,9 @@ pub struct AdamWSlot<'a> {
     pub weight_decay: f32,
 }
 
-/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md §7): the one type for
-/// them, from the config's `[loss]` section (defaults here) to the kernels. `eps` is fixed by the
-/// definition, so it is neither read nor written by serde.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VicregWeights {
-    #[serde(serialize_with = "shortest_f32")]
-    pub invariance: f32,
-    #[serde(serialize_with = "shortest_f32")]
-    pub variance: f32,
-    #[serde(serialize_with = "shortest_f32")]
-    pub covariance: f32,
-    #[serde(skip)]
-    pub eps: f32,
-}
-
-/// An f32 written as the f64 of its shortest decimal form (`0.3`, not `0.30000001192092896`).
-fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(v.to_string().parse().unwrap_or(*v as f64))
-}
-
-impl Default for VicregWeights {
-    fn default() -> Self {
-        VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 }
-    }
-}
+/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md §7): one type from the config's
+/// `[loss]` section to the kernels.
+pub use bagssl_kernels::VicregWeights;
 
 /// The bag-VICReg loss and its three unweighted terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -37,14 +37,6 @@ fn buf_mut<'t>(t: &'t mut Tensor, op: &'static str) -> Result<&'t mut GpuBuf> {
     }
 }
 
-fn vicreg_config(w: VicregWeights) -> k::VicregConfig {
-    k::VicregConfig { invariance: w.invariance, variance: w.variance, covariance: w.covariance, eps: w.eps }
-}
-
-fn adamw_config(h: AdamW) -> k::AdamWConfig {
-    k::AdamWConfig { lr: h.lr, beta1: h.beta1, beta2: h.beta2, eps: h.eps, weight_decay: h.weight_decay, step: h.step }
-}
-
 /// The CUDA backend (the tensors' own [`bagssl_kernels::Gpu`] and its stream).
 pub struct CudaBackend;
 
@@ -69,9 +61,16 @@ impl Backend for CudaBackend {
     fn bn_train_fwd(&self, a: BnTrainArgs<'_>) -> Result<BnForward> {
         let op = "bn_train_fwd";
         let (rows, cols) = a.x.dims2();
-        let bias = a.bias.map(|b| buf(b, op)).transpose()?;
-        let o =
-            k::bn_train_fwd_f32(buf(a.x, op)?, bias, buf(a.gamma, op)?, buf(a.beta, op)?, rows, cols, a.eps, a.relu)?;
+        let o = k::bn_train_fwd_f32(&k::BnTrainFwdArgs {
+            x: buf(a.x, op)?,
+            bias: a.bias.map(|b| buf(b, op)).transpose()?,
+            gamma: buf(a.gamma, op)?,
+            beta: buf(a.beta, op)?,
+            rows,
+            cols,
+            eps: a.eps,
+            relu: a.relu,
+        })?;
         Ok(BnForward {
             y: Tensor::from_gpu(a.x.shape(), o.y),
             mean: Tensor::from_gpu(&[cols], o.mean),
@@ -84,19 +83,19 @@ impl Backend for CudaBackend {
         let op = "bn_train_bwd";
         let f = a.fwd;
         let (rows, cols) = f.x.dims2();
-        let g = k::bn_train_bwd_f32(
-            buf(a.dy, op)?,
-            buf(f.x, op)?,
-            f.bias.map(|b| buf(b, op)).transpose()?,
-            buf(a.y, op)?,
-            buf(f.gamma, op)?,
-            buf(f.beta, op)?,
-            buf(a.mean, op)?,
-            buf(a.invstd, op)?,
+        let g = k::bn_train_bwd_f32(&k::BnTrainBwdArgs {
+            dy: buf(a.dy, op)?,
+            x: buf(f.x, op)?,
+            bias: f.bias.map(|b| buf(b, op)).transpose()?,
+            y: buf(a.y, op)?,
+            gamma: buf(f.gamma, op)?,
+            beta: buf(f.beta, op)?,
+            mean: buf(a.mean, op)?,
+            invstd: buf(a.invstd, op)?,
             rows,
             cols,
-            f.relu,
-        )?;
+            relu: f.relu,
+        })?;
         Ok(BnBackward {
             dx: Tensor::from_gpu(f.x.shape(), g.dx),
             dgamma: Tensor::from_gpu(&[cols], g.dgamma),
@@ -108,17 +107,17 @@ impl Backend for CudaBackend {
     fn bn_eval_fwd(&self, x: &Tensor, bn: BnEval<'_>) -> Result<Tensor> {
         let op = "bn_eval_fwd";
         let (rows, cols) = x.dims2();
-        let y = k::bn_eval_fwd_f32(
-            buf(x, op)?,
-            buf(bn.running_mean, op)?,
-            buf(bn.running_var, op)?,
-            buf(bn.gamma, op)?,
-            buf(bn.beta, op)?,
+        let y = k::bn_eval_fwd_f32(&k::BnEvalArgs {
+            x: buf(x, op)?,
+            running_mean: buf(bn.running_mean, op)?,
+            running_var: buf(bn.running_var, op)?,
+            gamma: buf(bn.gamma, op)?,
+            beta: buf(bn.beta, op)?,
             rows,
             cols,
-            bn.eps,
-            bn.relu,
-        )?;
+            eps: bn.eps,
+            relu: bn.relu,
+        })?;
         Ok(Tensor::from_gpu(x.shape(), y))
     }
 
@@ -155,7 +154,7 @@ impl Backend for CudaBackend {
     /// only device-to-host copy) are queued into page-locked memory, not waited for.
     fn vicreg_fwd_bwd_async(&self, z: &Tensor, n_per_image: usize, w: VicregWeights) -> Result<LossGrad> {
         let (rows, d) = z.dims2();
-        let out = k::vicreg_fwd_bwd_f32(buf(z, "vicreg_fwd_bwd")?, rows, d, n_per_image, vicreg_config(w))?;
+        let out = k::vicreg_fwd_bwd_f32(buf(z, "vicreg_fwd_bwd")?, rows, d, n_per_image, w)?;
         let scalars = PendingScalars::gpu(out.scalars_async()?);
         Ok(LossGrad { scalars, loss: Tensor::from_gpu(&[1], out.loss), grad: Tensor::from_gpu(z.shape(), out.dz) })
     }
@@ -188,9 +187,15 @@ impl Backend for CudaBackend {
 
     fn adamw_(&self, s: AdamWSlot<'_>, h: AdamW) -> Result<()> {
         let op = "adamw_";
-        let h = AdamW { weight_decay: s.weight_decay, ..h };
-        let g = buf(s.grad, op)?;
-        k::adamw_f32(buf_mut(s.param, op)?, g, buf_mut(s.m, op)?, buf_mut(s.v, op)?, adamw_config(h))?;
+        let (weight_decay, grad) = (s.weight_decay, buf(s.grad, op)?);
+        let t = k::AdamWTensor {
+            param: buf_mut(s.param, op)?,
+            grad,
+            m: buf_mut(s.m, op)?,
+            v: buf_mut(s.v, op)?,
+            weight_decay,
+        };
+        k::adamw_f32(t, h)?;
         Ok(())
     }
 
@@ -206,7 +211,7 @@ impl Backend for CudaBackend {
             let v = buf_mut(s.v, op)?;
             tensors.push(k::AdamWTensor { param, grad, m, v, weight_decay });
         }
-        k::adamw_multi_f32(&mut tensors, adamw_config(h))?;
+        k::adamw_multi_f32(&mut tensors, h)?;
         Ok(())
     }
 }

@@ -216,12 +216,11 @@ fn elementwise_ops_match_cpu() {
 
 #[test]
 fn batchnorm_matches_cpu() {
-    let Some((dev, g)) = gpu("batchnorm_matches_cpu") else { return };
+    let Some((dev, _)) = gpu("batchnorm_matches_cpu") else { return };
     // The backward gets the CPU's forward results on both devices, and reads its ReLU mask from
-    // that y (not recomputed from x with the CPU's statistics, which could flip an element within
-    // rounding of 0); bagssl-kernels' tests show the two masks equal on the GPU's own forward.
-    let from_y = g.bn_mask_from_output();
-    g.set_bn_mask_from_output(true);
+    // that y (`MaskSource::Output`, not recomputed from x with the CPU's statistics, which could flip
+    // an element within rounding of 0); bagssl-kernels' tests show the two masks equal on the GPU's
+    // own forward. So the CUDA backward runs through that launcher variant, not `ops`.
     let mut r = ChaCha8Rng::seed_from_u64(3);
     let mut rep = Report::new("BatchNorm, CUDA vs CPU");
     for &(rows, cols) in &[(37, 29), (2, 1), (4096, 96), (300, 2048)] {
@@ -257,14 +256,7 @@ fn batchnorm_matches_cpu() {
             .unwrap();
             let dyg = on(&dy, &dev);
             let (yg, mg, ig) = (on(&c.y, &dev), on(&c.mean, &dev), on(&c.invstd, &dev));
-            let gb = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &xg, bias: None, gamma: &gg, beta: &bg, eps: 1e-5, relu },
-                dy: &dyg,
-                y: &yg,
-                mean: &mg,
-                invstd: &ig,
-            })
-            .unwrap();
+            let gb = bn_bwd_mask_from_y([&dyg, &xg, &yg, &gg, &bg, &mg, &ig], None, relu);
             rep.check(&format!("bn_train_bwd dx {tag}"), &gb.dx, &bc.dx, 1e-4, 1e-6);
             rep.check(&format!("bn_train_bwd dgamma {tag}"), &gb.dgamma, &bc.dgamma, 1e-4, 1e-5);
             rep.check(&format!("bn_train_bwd dbeta {tag}"), &gb.dbeta, &bc.dbeta, 1e-5, 1e-5);
@@ -296,14 +288,7 @@ fn batchnorm_matches_cpu() {
             })
             .unwrap();
             let (yg, mg, ig) = (on(&cf.y, &dev), on(&cf.mean, &dev), on(&cf.invstd, &dev));
-            let gb = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &xg, bias: Some(&bgpu), gamma: &gg, beta: &bg, eps: 1e-5, relu },
-                dy: &dyg,
-                y: &yg,
-                mean: &mg,
-                invstd: &ig,
-            })
-            .unwrap();
+            let gb = bn_bwd_mask_from_y([&dyg, &xg, &yg, &gg, &bg, &mg, &ig], Some(&bgpu), relu);
             rep.check(&format!("bn_train_bwd+bias dx {tag}"), &gb.dx, &cb.dx, 1e-4, 1e-6);
             rep.check(&format!("bn_train_bwd+bias dgamma {tag}"), &gb.dgamma, &cb.dgamma, 1e-4, 1e-5);
             let mag: f64 = host(&cb.dx).iter().map(|v| v.abs() as f64).fold(0.0, f64::max) * rows as f64;
@@ -335,8 +320,35 @@ fn batchnorm_matches_cpu() {
             );
         }
     }
-    g.set_bn_mask_from_output(from_y);
     rep.finish();
+}
+
+/// The CUDA BatchNorm backward of `[dy, x, y, gamma, beta, mean, invstd]` (CUDA tensors) with its
+/// ReLU mask read from y: `bagssl_kernels::bn_train_bwd_f32_variant` with `MaskSource::Output`.
+fn bn_bwd_mask_from_y(t: [&Tensor; 7], bias: Option<&Tensor>, relu: bool) -> bagssl_autograd::BnBackward {
+    use bagssl_kernels as k;
+    let [dy, x, y, gamma, beta, mean, invstd] = t.map(cuda_buf);
+    let (rows, cols) = x_dims(t[1]);
+    let args = k::BnTrainBwdArgs { dy, x, bias: bias.map(cuda_buf), y, gamma, beta, mean, invstd, rows, cols, relu };
+    let v = k::BnVariant { mask: k::MaskSource::Output, ..k::BnVariant::LIBRARY };
+    let g = k::bn_train_bwd_f32_variant(&args, v).expect("CUDA BatchNorm backward");
+    bagssl_autograd::BnBackward {
+        dx: Tensor::from_gpu(t[1].shape(), g.dx),
+        dgamma: Tensor::from_gpu(&[cols], g.dgamma),
+        dbeta: Tensor::from_gpu(&[cols], g.dbeta),
+        dbias: g.dbias.map(|d| Tensor::from_gpu(&[cols], d)),
+    }
+}
+
+fn cuda_buf(t: &Tensor) -> &bagssl_kernels::GpuBuf {
+    match t.storage() {
+        bagssl_autograd::Storage::Cuda(b) => b,
+        bagssl_autograd::Storage::Cpu(_) => panic!("not a CUDA tensor"),
+    }
+}
+
+fn x_dims(x: &Tensor) -> (usize, usize) {
+    (x.shape()[0], x.shape()[1])
 }
 
 #[test]

@@ -5,7 +5,10 @@
 //!     cargo xtask bench-kernels [--quick]    (after the CPU table; prints "GPU part skipped: ..."
 //!                                             when `probe()` finds no usable GPU)
 //!     cargo xtask device-tests, then on the GPU machine:
-//!     LD_LIBRARY_PATH=/usr/local/cuda/lib64 .device/bin/bench_kernels [--quick]
+//!     LD_LIBRARY_PATH=/usr/local/cuda/lib64 .device/bin/bench_kernels [--quick] [--ptx]
+//!
+//! `--ptx` loads the compute_80 PTX (JIT) even where the sm_90a cubins would load. The BatchNorm
+//! lines come once per `BnVariant` (the library's, mask from y, no bf16 copies, a 512-block grid).
 //!
 //! Timing: one warm-up, then per repeat an L2 flush (a 256 MiB memset, outside the timed span,
 //! which also keeps the GPU busy while the host queues the next launch), CUDA events around the
@@ -144,6 +147,12 @@ fn gemm(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Gemm {
     Gemm { m, n, k, trans_a, trans_b, alpha: 1.0, beta: 0.0 }
 }
 
+/// The backward of the forward `f` (its output `o`) with gradient `dy`.
+fn bwd_of<'a>(f: &BnTrainFwdArgs<'a>, dy: &'a GpuBuf, o: &'a BnTrainOut) -> BnTrainBwdArgs<'a> {
+    let BnTrainFwdArgs { x, bias, gamma, beta, rows, cols, relu, .. } = *f;
+    BnTrainBwdArgs { dy, x, bias, y: &o.y, gamma, beta, mean: &o.mean, invstd: &o.invstd, rows, cols, relu }
+}
+
 fn flop(g: &Gemm) -> f64 {
     2.0 * (g.m * g.n * g.k) as f64
 }
@@ -162,9 +171,12 @@ fn tflops(flop: f64, ms: f64) -> String {
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
+    // --ptx: the kernels JIT-compiled from the PTX even where the cubins would load (H100/H200).
+    let ptx = std::env::args().skip(1).any(|a| a == "--ptx");
     let p = probe();
     let required = std::env::var(REQUIRE_GPU_ENV).as_deref() == Ok("1");
-    let gpu = match p.reason.clone().map_or_else(|| Gpu::new(0), |r| Err(KernelError::NoGpu(r))) {
+    let open = || if ptx { Gpu::with_modules(0, ModuleKind::Ptx) } else { Gpu::new(0) };
+    let gpu = match p.reason.clone().map_or_else(open, |r| Err(KernelError::NoGpu(r))) {
         Ok(gpu) => gpu,
         Err(e) => {
             let reason = match e {
@@ -302,7 +314,7 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let m_dd = gpu.upload(&rnd(h * h, 5))?;
     for prec in &precisions {
         gpu.set_gemm_precision(*prec);
-        let ms = timer.median_ms(|| vicreg_fwd_bwd_f32(&a, rows, h, n, VicregConfig::default()).map(drop))?;
+        let ms = timer.median_ms(|| vicreg_fwd_bwd_f32(&a, rows, h, n, VicregWeights::default()).map(drop))?;
         let own = timer.median_ms(|| {
             matmul_f32(&a, &a, h, h, rows, true, false)?;
             matmul_f32(&a, &m_dd, rows, h, h, false, false).map(drop)
@@ -333,41 +345,57 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
             line(name, shape, &format!("{ms:.4} ms"), &gbs(bytes, ms), &pct_bw(bytes, ms));
             Ok::<(), KernelError>(())
         };
-    // BN forward (+ReLU): reads x, writes y.
-    streaming(&mut timer, "bn_train_fwd_f32 (+relu)", &shape, 2.0 * mat, &mut || {
-        bn_train_fwd_f32(&a, None, &gamma, &beta, rows, h, 1e-5, true).map(drop)
-    })?;
-    // BN backward (+ReLU): reads dy and x (the ReLU mask recomputed from x, v5), writes dx.
-    let mask_from_y = gpu.bn_mask_from_output();
-    gpu.set_bn_mask_from_output(false);
-    let o = bn_train_fwd_f32(&a, None, &gamma, &beta, rows, h, 1e-5, true)?;
+    // BatchNorm, one line per variant (BnVariant; the library's is BnVariant::LIBRARY). Forward
+    // (+ReLU): reads x, writes y; backward: reads dy and x (the ReLU mask recomputed from x), writes dx.
+    let lib = BnVariant::LIBRARY;
+    let plain = BnTrainFwdArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, rows, cols: h, eps: 1e-5, relu: true };
+    streaming(&mut timer, "bn_train_fwd_f32 (+relu)", &shape, 2.0 * mat, &mut || bn_train_fwd_f32(&plain).map(drop))?;
+    let o = bn_train_fwd_f32(&plain)?;
     streaming(&mut timer, "bn_train_bwd_f32 (+relu)", &shape, 3.0 * mat, &mut || {
-        bn_train_bwd_f32(&a, &a, None, &o.y, &gamma, &beta, &o.mean, &o.invstd, rows, h, true).map(drop)
+        bn_train_bwd_f32(&bwd_of(&plain, &a, &o)).map(drop)
     })?;
-    // The training step's form (v4): the Linear bias folded in, and the backward summing dx into the
-    // bias gradient. Same bytes; what it replaces is bias_add (2 x mat) and sum_rows (mat).
+    // The training step's form: the Linear bias folded in, and the backward summing dx into the bias
+    // gradient. Same bytes; what it replaces is bias_add (2 x mat) and sum_rows (mat).
     let bias = gpu.upload(&rnd(h, 6))?;
-    streaming(&mut timer, "bn_train_fwd_f32 (+bias +relu)", &shape, 2.0 * mat, &mut || {
-        bn_train_fwd_f32(&a, Some(&bias), &gamma, &beta, rows, h, 1e-5, true).map(drop)
-    })?;
-    // Its first kernel alone (reads x): the rest of the line above is the apply kernel.
-    streaming(&mut timer, "  of which bn_stats_fwd_f32", &shape, mat, &mut || {
-        bn_batch_stats_f32(&a, Some(&bias), rows, h, 1e-5).map(drop)
-    })?;
-    let ob = bn_train_fwd_f32(&a, Some(&bias), &gamma, &beta, rows, h, 1e-5, true)?;
-    streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias)", &shape, 3.0 * mat, &mut || {
-        bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
-    })?;
-    // Its first kernel alone (reads dy, x): the rest is the apply kernel.
-    streaming(&mut timer, "  of which bn_bwd_reduce_f32", &shape, 2.0 * mat, &mut || {
-        bn_bwd_sums_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
-    })?;
-    // v4's backward, the ReLU mask read from y (+33.5 MB per kernel): for comparison.
-    gpu.set_bn_mask_from_output(true);
-    streaming(&mut timer, "bn_train_bwd_f32 (+bias +relu +dbias, mask from y)", &shape, 4.0 * mat, &mut || {
-        bn_train_bwd_f32(&a, &a, Some(&bias), &ob.y, &gamma, &beta, &ob.mean, &ob.invstd, rows, h, true).map(drop)
-    })?;
-    gpu.set_bn_mask_from_output(mask_from_y);
+    let folded = BnTrainFwdArgs { bias: Some(&bias), ..plain };
+    let ob = bn_train_fwd_f32(&folded)?;
+    let bwd_b = BnTrainBwdArgs { y: &ob.y, mean: &ob.mean, invstd: &ob.invstd, ..bwd_of(&folded, &a, &o) };
+    // The variants: the library's; the ReLU mask read from y (+33.5 MB per backward kernel); no
+    // bf16 copies written by the kernels (then the bf16 GEMMs' cast kernel makes them: see the
+    // cast_bf16_f32 line); the column grid aiming for 512 blocks (one wave of 4 per SM at 4096 x
+    // 2048: chunks of 128 rows) instead of 528 (688 blocks, 1.3 waves).
+    let variants = [
+        ("", lib, 3.0),
+        (", mask from y", BnVariant { mask: MaskSource::Output, ..lib }, 4.0),
+        (", no bf16 copies", BnVariant { bf16_copies: false, ..lib }, 3.0),
+        (", 512-block grid", BnVariant { col_target_blocks: 512, ..lib }, 3.0),
+    ];
+    for (tag, v, bwd_mats) in variants {
+        if v.mask == MaskSource::Input {
+            streaming(&mut timer, &format!("bn_train_fwd_f32 (+bias +relu{tag})"), &shape, 2.0 * mat, &mut || {
+                bn_train_fwd_f32_variant(&folded, v).map(drop)
+            })?;
+        }
+        if v == lib {
+            // Its first kernel alone (reads x): the rest of the line above is the apply kernel.
+            streaming(&mut timer, "  of which bn_stats_fwd_f32", &shape, mat, &mut || {
+                bn_batch_stats_f32(&folded, v).map(drop)
+            })?;
+        }
+        streaming(
+            &mut timer,
+            &format!("bn_train_bwd_f32 (+bias +relu +dbias{tag})"),
+            &shape,
+            bwd_mats * mat,
+            &mut || bn_train_bwd_f32_variant(&bwd_b, v).map(drop),
+        )?;
+        if v == lib {
+            // Its first kernel alone (reads dy, x): the rest is the apply kernel.
+            streaming(&mut timer, "  of which bn_bwd_reduce_f32", &shape, 2.0 * mat, &mut || {
+                bn_bwd_sums_f32(&bwd_b, v).map(drop)
+            })?;
+        }
+    }
     // bias_add (what the bias folding saves in the forward): reads x, writes y.
     streaming(&mut timer, "bias_add_fwd_f32", &shape, 2.0 * mat, &mut || {
         bias_add_fwd_f32(&a, &bias, rows, h).map(drop)
@@ -383,7 +411,8 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let (mut m1, mut v1) = (gpu.zeros(h * h)?, gpu.zeros(h * h)?);
     let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5, step: 1 };
     streaming(&mut timer, "adamw_f32", &format!("{h}x{h}"), 28.0 * (h * h) as f64, &mut || {
-        adamw_f32(&mut pm, &w2, &mut m1, &mut v1, cfg)
+        let t = AdamWTensor { param: &mut pm, grad: &w2, m: &mut m1, v: &mut v1, weight_decay: cfg.weight_decay };
+        adamw_f32(t, cfg)
     })?;
     println!("bench_kernels: {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())

@@ -3,7 +3,7 @@
 //! library is probed before any other cudarc call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -119,6 +119,17 @@ pub enum ModuleKind {
     Ptx,
 }
 
+impl ModuleKind {
+    /// What [`Gpu::new`] loads on `info`: the cubins on compute capability 9.0, else the PTX.
+    pub fn for_device(info: &GpuInfo) -> ModuleKind {
+        if info.compute_capability == (9, 0) {
+            ModuleKind::Cubin
+        } else {
+            ModuleKind::Ptx
+        }
+    }
+}
+
 /// A CUDA device ready to run the kernels: context, one stream (everything is ordered on it),
 /// the loaded kernel modules and a cuBLAS handle.
 pub struct Gpu {
@@ -129,9 +140,6 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     module_kind: ModuleKind,
     precision: AtomicU8,
-    /// Whether the BatchNorm backward reads its ReLU mask from the forward output y (v4) instead
-    /// of recomputing it from x (v5, the default; same mask, 33.5 MB less read per kernel).
-    bn_mask_from_output: AtomicBool,
     /// Page-locked 4 x f64 buffers for asynchronous scalar read-backs (see [`PinnedScalars`]),
     /// kept for reuse: allocating page-locked memory costs far more than the copy.
     pinned: Mutex<Vec<(PinnedHostSlice<f64>, CudaEvent)>>,
@@ -144,11 +152,20 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Opens device `ordinal`: loads the sm_90a cubins on compute capability 9.0, else (or with
-    /// `BAGSSL_KERNELS=ptx`) the PTX;
-    /// creates a stream and a cuBLAS handle. GEMM precision starts as bf16, or as set by
-    /// `BAGSSL_GEMM_PRECISION=bf16|tf32|f32`.
+    /// Opens device `ordinal`: loads the sm_90a cubins on compute capability 9.0, else the PTX
+    /// ([`ModuleKind::for_device`]); creates a stream and a cuBLAS handle. GEMM precision starts
+    /// as bf16 ([`Gpu::set_gemm_precision`] changes it).
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>, KernelError> {
+        Gpu::open(ordinal, None)
+    }
+
+    /// [`Gpu::new`] with the kernels in the form `modules` (e.g. the PTX on an H100/H200, to time
+    /// or test the JIT path); the cubins on a device they were not built for is an error.
+    pub fn with_modules(ordinal: usize, modules: ModuleKind) -> Result<Arc<Gpu>, KernelError> {
+        Gpu::open(ordinal, Some(modules))
+    }
+
+    fn open(ordinal: usize, modules: Option<ModuleKind>) -> Result<Arc<Gpu>, KernelError> {
         let p = probe();
         if let Some(reason) = p.reason {
             return Err(KernelError::NoGpu(reason));
@@ -178,11 +195,12 @@ impl Gpu {
             // Only a speed and memory-accounting matter: never a reason to refuse the GPU.
             eprintln!("bagssl-kernels: warning: memory pool release threshold not set: {e}");
         }
+        let module_kind = modules.unwrap_or_else(|| ModuleKind::for_device(&info));
+        if module_kind == ModuleKind::Cubin && info.compute_capability != (9, 0) {
+            let (ma, mi) = info.compute_capability;
+            return Err(KernelError::Invalid(format!("the sm_90a cubins do not run on {} (sm_{ma}{mi})", info.name)));
+        }
         let stream = ctx.new_stream()?;
-        // BAGSSL_KERNELS=ptx forces the PTX path (to test the JIT on an H100/H200 too).
-        let force_ptx = std::env::var("BAGSSL_KERNELS").is_ok_and(|v| v == "ptx");
-        let module_kind =
-            if info.compute_capability == (9, 0) && !force_ptx { ModuleKind::Cubin } else { ModuleKind::Ptx };
         let mut functions = HashMap::new();
         for m in MODULES {
             let image = match module_kind {
@@ -198,13 +216,6 @@ impl Gpu {
             }
         }
         let blas = CudaBlas::new(stream.clone())?;
-        // BAGSSL_GEMM_PRECISION=bf16|tf32|f32 sets the starting precision (default bf16).
-        let precision = std::env::var("BAGSSL_GEMM_PRECISION")
-            .ok()
-            .and_then(|v| GemmPrecision::parse(&v))
-            .unwrap_or(GemmPrecision::Bf16);
-        // BAGSSL_BN_MASK_FROM_Y=1: the BatchNorm backward reads y for its ReLU mask (A/B timing).
-        let mask_from_y = std::env::var("BAGSSL_BN_MASK_FROM_Y").is_ok_and(|v| v.trim() == "1");
         Ok(Arc::new(Gpu {
             info,
             ctx,
@@ -212,8 +223,7 @@ impl Gpu {
             blas: Mutex::new(blas),
             functions,
             module_kind,
-            precision: AtomicU8::new(precision as u8),
-            bn_mask_from_output: AtomicBool::new(mask_from_y),
+            precision: AtomicU8::new(GemmPrecision::Bf16 as u8),
             pinned: Mutex::new(Vec::new()),
         }))
     }
@@ -244,15 +254,6 @@ impl Gpu {
     }
     pub fn set_gemm_precision(&self, p: GemmPrecision) {
         self.precision.store(p as u8, Ordering::Relaxed);
-    }
-
-    /// Where the BatchNorm backward gets its ReLU mask: the forward output y (true), or the
-    /// pre-ReLU value recomputed from x (false, the default): the same mask, either way.
-    pub fn bn_mask_from_output(&self) -> bool {
-        self.bn_mask_from_output.load(Ordering::Relaxed)
-    }
-    pub fn set_bn_mask_from_output(&self, on: bool) {
-        self.bn_mask_from_output.store(on, Ordering::Relaxed);
     }
 
     /// (free, total) bytes of device memory, as the driver reports them (all processes).
@@ -418,16 +419,26 @@ pub struct GpuBuf {
     bf16: OnceLock<CudaSlice<u16>>,
 }
 
+/// `len`, `is_empty` and `gpu` of a device buffer type with fields `len` and `gpu`.
+macro_rules! buffer_basics {
+    ($t:ty) => {
+        impl $t {
+            pub fn len(&self) -> usize {
+                self.len
+            }
+            pub fn is_empty(&self) -> bool {
+                self.len == 0
+            }
+            pub fn gpu(&self) -> &Arc<Gpu> {
+                &self.gpu
+            }
+        }
+    };
+}
+buffer_basics!(GpuBuf);
+buffer_basics!(GpuBytes);
+
 impl GpuBuf {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
-    }
     /// Copies the elements to the host (waits for the stream).
     pub fn to_host(&self) -> Result<Vec<f32>, KernelError> {
         self.gpu.download_raw(&self.data, self.len)
@@ -503,15 +514,6 @@ pub struct GpuBytes {
 }
 
 impl GpuBytes {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
-    }
     pub fn to_host(&self) -> Result<Vec<u8>, KernelError> {
         self.gpu.download_raw(&self.data, self.len)
     }

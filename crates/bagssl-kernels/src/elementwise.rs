@@ -4,7 +4,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use crate::device::same_gpu;
 use crate::ffi::BagsslMatrixDims;
-use crate::launch::{cfg_1d, cfg_blocks, check_len, partial_blocks, u32_of, ColGrid};
+use crate::launch::{arg_or_null, cfg_1d, cfg_blocks, check_len, partial_blocks, u32_of, ColGrid};
 use crate::{Gpu, GpuBuf, KernelError};
 
 fn dims(rows: usize, cols: usize) -> Result<BagsslMatrixDims, KernelError> {
@@ -97,10 +97,7 @@ pub fn sum_rows_f32(x: &GpuBuf, rows: usize, cols: usize) -> Result<GpuBuf, Kern
     let null = 0u64;
     let mut b = gpu.stream().launch_builder(gpu.function("sum_rows_f32")?);
     b.arg(x.slice());
-    match &mut x16 {
-        Some(c) => b.arg(c),
-        None => b.arg(&null),
-    };
+    arg_or_null(&mut b, x16.as_mut(), &null);
     b.arg(out.slice_mut()).arg(&mut partial).arg(&d).arg(&grid.chunk_rows);
     // SAFETY: x holds rows*cols floats, out holds cols, partial chunks*cols for the grid `grid`;
     // x16 (a whole allocation) rows*cols u16, or null.

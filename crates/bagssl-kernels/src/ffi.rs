@@ -32,3 +32,9 @@ unsafe impl cudarc::driver::DeviceRepr for BagsslAdamWParams {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslAdamWMulti {}
 // SAFETY: as BagsslAdamWMulti.
 unsafe impl cudarc::driver::DeviceRepr for BagsslEmaMulti {}
+// SAFETY: as BagsslAdamWMulti (device addresses as u64, the kernel parameters' BagsslBnParams).
+unsafe impl cudarc::driver::DeviceRepr for BagsslBnFwdArgs {}
+// SAFETY: as BagsslBnFwdArgs.
+unsafe impl cudarc::driver::DeviceRepr for BagsslBnBwdArgs {}
+// SAFETY: as BagsslBnFwdArgs.
+unsafe impl cudarc::driver::DeviceRepr for BagsslBnEvalArgs {}

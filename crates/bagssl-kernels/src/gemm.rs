@@ -44,7 +44,7 @@ impl GemmPrecision {
         }
     }
 
-    /// `bf16`, `tf32` or `f32` (the config and `BAGSSL_GEMM_PRECISION` spelling).
+    /// `bf16`, `tf32` or `f32` (the config key `gpu_precision`'s spelling).
     pub fn parse(s: &str) -> Option<GemmPrecision> {
         match s {
             "bf16" => Some(GemmPrecision::Bf16),
@@ -85,6 +85,19 @@ pub struct Gemm {
     pub trans_b: bool,
     pub alpha: f32,
     pub beta: f32,
+}
+
+/// Checks the operand lengths `[a, b, c]` against `g`'s shape: equal (`exact`), or at least that
+/// long (raw allocations may be longer than the matrix, never shorter).
+fn check_operands(op: &str, g: &Gemm, lens: [usize; 3], exact: bool) -> Result<(), KernelError> {
+    let Gemm { m, n, k, .. } = *g;
+    let want = [m * k, k * n, m * n];
+    if lens.iter().zip(&want).any(|(&l, &w)| if exact { l != w } else { l < w }) {
+        return Err(KernelError::Invalid(format!(
+            "{op} (m={m}, n={n}, k={k}): operand lengths {lens:?}, expected {want:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn to_i32(v: usize, what: &str) -> Result<i32, KernelError> {
@@ -175,19 +188,9 @@ where
     B: DevicePtr<T>,
     C: DevicePtrMut<f32>,
 {
-    let Gemm { m, n, k, alpha, beta, .. } = g;
+    let Gemm { m, n, alpha, beta, .. } = g;
     // Allocations may be longer than the matrix (see `GpuBuf`), never shorter.
-    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-        return Err(KernelError::Invalid(format!(
-            "gemm (m={m}, n={n}, k={k}): operand lengths {}, {}, {}, expected {}, {}, {}",
-            a.len(),
-            b.len(),
-            c.len(),
-            m * k,
-            k * n,
-            m * n
-        )));
-    }
+    check_operands("gemm", &g, [a.len(), b.len(), c.len()], false)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -232,18 +235,7 @@ where
 pub fn gemm_f32(g: Gemm, a: &GpuBuf, b: &GpuBuf, c: &mut GpuBuf) -> Result<(), KernelError> {
     let gpu = c.gpu().clone();
     same_gpu("gemm_f32", &gpu, &[a.gpu(), b.gpu()])?;
-    let (m, n, k) = (g.m, g.n, g.k);
-    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
-        return Err(KernelError::Invalid(format!(
-            "gemm_f32 (m={m}, n={n}, k={k}): lengths {}, {}, {}, expected {}, {}, {}",
-            a.len(),
-            b.len(),
-            c.len(),
-            m * k,
-            k * n,
-            m * n
-        )));
-    }
+    check_operands("gemm_f32", &g, [a.len(), b.len(), c.len()], true)?;
     match gpu.gemm_precision() {
         GemmPrecision::Bf16 => gemm_bf16_raw(&gpu, g, a.bf16()?, b.bf16()?, c.slice_mut()),
         _ => gemm_raw(&gpu, g, a.slice(), b.slice(), c.slice_mut()),
@@ -273,7 +265,6 @@ mod tests {
     use super::*;
 
     /// Reference column-major GEMM with cuBLAS's argument conventions.
-    #[allow(clippy::too_many_arguments)]
     fn sgemm_colmajor(cm: &ColMajor, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
         for j in 0..cm.n {
             for i in 0..cm.m {

@@ -1,11 +1,12 @@
 //! Launch-configuration helpers shared by the family launchers.
 
-use std::sync::OnceLock;
-
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    SyncOnDrop,
+};
 
 use crate::ffi::{BAGSSL_COL_LANES, BAGSSL_COL_MAX_TILES, BAGSSL_COL_PASS, BAGSSL_COL_TILE};
-use crate::KernelError;
+use crate::{Gpu, KernelError};
 
 /// Threads per block of the 1-D kernels.
 pub(crate) const BLOCK: u32 = 256;
@@ -30,22 +31,9 @@ pub(crate) fn partial_blocks(n: usize) -> usize {
 }
 
 /// Blocks a column kernel aims for when the matrix is big enough: 4 per SM of a 132-SM H100/H200.
-/// (Mirrored in kernels/lab/check.cpp.)
-const COL_TARGET_BLOCKS: usize = 4 * 132;
-
-/// [`COL_TARGET_BLOCKS`], or `BAGSSL_COL_BLOCKS` (read once) for timing other grids on a GPU: at
-/// 4096 x 2048 the default makes 688 blocks, 1.3 waves of 4 per SM, and 512 (chunks of 128 rows)
-/// one wave; the kernels take any chunk size, so this moves only the time.
-fn col_target_blocks() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("BAGSSL_COL_BLOCKS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(COL_TARGET_BLOCKS)
-    })
-}
+/// (Mirrored in kernels/lab/check.cpp.) The kernels take any chunk size, so another target
+/// ([`ColGrid::with_target`], timed by `bench_kernels`) moves only the time.
+pub(crate) const COL_TARGET_BLOCKS: usize = 4 * 132;
 
 /// The 2-D grid of the column kernels (kernels/common.cuh): `tiles` column tiles of
 /// `BAGSSL_COL_TILE` threads, each thread owning 4 adjacent columns (float4) when `cols % 4 == 0`,
@@ -61,17 +49,27 @@ pub(crate) struct ColGrid {
 
 impl ColGrid {
     pub(crate) fn new(rows: usize, cols: usize) -> ColGrid {
+        ColGrid::with_target(rows, cols, COL_TARGET_BLOCKS)
+    }
+
+    /// The grid aiming for `target_blocks` (at least 1) instead of [`COL_TARGET_BLOCKS`].
+    pub(crate) fn with_target(rows: usize, cols: usize, target_blocks: usize) -> ColGrid {
         let vec = if cols.is_multiple_of(4) { 4 } else { 1 };
         let tiles = cols.div_ceil(BAGSSL_COL_TILE as usize * vec).max(1);
         let passes = rows.div_ceil(BAGSSL_COL_PASS as usize).max(1);
-        let chunk_rows = (passes * tiles / col_target_blocks()).clamp(1, passes) * BAGSSL_COL_PASS as usize;
+        let chunk_rows = (passes * tiles / target_blocks.max(1)).clamp(1, passes) * BAGSSL_COL_PASS as usize;
         // chunk_rows < rows + 32 <= 2^32 (rows * cols < 2^32 is checked by the launchers).
         ColGrid { tiles, chunks: rows.div_ceil(chunk_rows).max(1), chunk_rows: chunk_rows as u32 }
     }
 
     /// The grid of a column reduction (one arrival counter per tile), or why it cannot run.
     pub(crate) fn reduction(op: &str, rows: usize, cols: usize) -> Result<ColGrid, KernelError> {
-        let g = ColGrid::new(rows, cols);
+        ColGrid::new(rows, cols).checked_reduction(op, cols)
+    }
+
+    /// `self`, when a column reduction can run on it (one arrival counter per tile).
+    pub(crate) fn checked_reduction(self, op: &str, cols: usize) -> Result<ColGrid, KernelError> {
+        let g = self;
         if g.tiles > BAGSSL_COL_MAX_TILES as usize {
             return Err(KernelError::Invalid(format!(
                 "{op}: {cols} columns make {} column tiles, more than the {BAGSSL_COL_MAX_TILES} the column \
@@ -89,6 +87,70 @@ impl ColGrid {
             shared_mem_bytes: 0,
         }
     }
+}
+
+/// The device addresses for a kernel argument struct (`BagsslBn*Args`, `BagsslAdamWMulti`, ...),
+/// with the guards cudarc hands out, kept until the launch is queued (dropped after it).
+pub(crate) struct DevPtrs<'a> {
+    stream: &'a CudaStream,
+    guards: Vec<SyncOnDrop<'a>>,
+}
+
+impl<'a> DevPtrs<'a> {
+    pub(crate) fn new(stream: &'a CudaStream) -> DevPtrs<'a> {
+        DevPtrs { stream, guards: Vec::new() }
+    }
+
+    /// The address of a buffer the kernel reads.
+    pub(crate) fn read<T>(&mut self, s: &'a CudaSlice<T>) -> u64 {
+        let (p, g) = s.device_ptr(self.stream);
+        self.guards.push(g);
+        p
+    }
+
+    /// The address of a buffer the kernel writes.
+    pub(crate) fn write<T>(&mut self, s: &'a mut CudaSlice<T>) -> u64 {
+        let (p, g) = s.device_ptr_mut(self.stream);
+        self.guards.push(g);
+        p
+    }
+
+    /// [`DevPtrs::read`] of an optional buffer: 0 (the kernels' "none") without one.
+    pub(crate) fn read_opt<T>(&mut self, s: Option<&'a CudaSlice<T>>) -> u64 {
+        s.map_or(0, |s| self.read(s))
+    }
+
+    /// [`DevPtrs::write`] of an optional buffer: 0 without one.
+    pub(crate) fn write_opt<T>(&mut self, s: Option<&'a mut CudaSlice<T>>) -> u64 {
+        s.map_or(0, |s| self.write(s))
+    }
+}
+
+/// Launches `f`, whose one argument is the struct `args`, on `gpu`'s stream.
+///
+/// # Safety
+/// `args` must be the kernel's parameter type, and every device address in it valid, on `gpu`,
+/// for what the kernel reads and writes on the grid `cfg`.
+pub(crate) unsafe fn launch_struct<T: DeviceRepr>(
+    gpu: &Gpu,
+    f: &CudaFunction,
+    args: &T,
+    cfg: LaunchConfig,
+) -> Result<(), KernelError> {
+    let mut b = gpu.stream().launch_builder(f);
+    b.arg(args);
+    // SAFETY: the caller's.
+    unsafe { b.launch(cfg) }?;
+    Ok(())
+}
+
+/// Pushes an optional output argument (a bf16 copy, Zc, ...): the buffer, or `null` (a
+/// `CUdeviceptr` of 0: the kernel then writes none).
+pub(crate) fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, out: Option<&'a mut CudaSlice<T>>, null: &'a u64) {
+    match out {
+        Some(c) => b.arg(c),
+        None => b.arg(null),
+    };
 }
 
 /// `n` as the u32 the kernels index with.
@@ -123,6 +185,10 @@ mod tests {
             let passes = rows.div_ceil(BAGSSL_COL_PASS as usize);
             assert!(g.tiles * g.chunks >= COL_TARGET_BLOCKS.min(passes * g.tiles), "{rows}x{cols}: {g:?}");
         }
+        // An explicit block target (bench_kernels' one-wave grid): 16 tiles x 32 chunks of 128 rows.
+        assert_eq!(ColGrid::with_target(4096, 2048, 512), ColGrid { tiles: 16, chunks: 32, chunk_rows: 128 });
+        assert_eq!(ColGrid::with_target(4096, 2048, COL_TARGET_BLOCKS), ColGrid::new(4096, 2048));
+        assert_eq!(ColGrid::with_target(64, 8, 0), ColGrid::with_target(64, 8, 1), "a target of 0 counts as 1");
         assert!(ColGrid::reduction("t", 1, 16384 * 32 + 1).is_err());
         assert!(ColGrid::reduction("t", 1, 16384 * 32).is_ok());
     }

@@ -6,7 +6,8 @@
 //!   `kernels/include/*.h` (bindgen, [`ffi`]).
 //! - Detection that never panics without CUDA ([`probe`]) and the device handle ([`Gpu`]).
 //! - Safe launchers named `<op>_<direction>_<dtype>`, one module per kernel family, and
-//!   row-major cuBLAS GEMMs ([`gemm`]; TF32 by default, see [`GemmPrecision`]).
+//!   row-major cuBLAS GEMMs ([`gemm`]; bf16 operands with f32 accumulation by default, see
+//!   [`GemmPrecision`]).
 //!
 //! Without a GPU every type exists and [`Gpu::new`] returns [`KernelError::NoGpu`] with the reason.
 //! Everything runs on the one stream of its [`Gpu`], so launches are ordered and only the
@@ -24,7 +25,8 @@ pub mod vicreg;
 
 pub use batchnorm::{
     bn_batch_stats_f32, bn_bwd_sums_f32, bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32,
-    bn_train_fwd_f32, BnTrainGrads, BnTrainOut,
+    bn_train_bwd_f32_variant, bn_train_fwd_f32, bn_train_fwd_f32_variant, BnEvalArgs, BnTrainBwdArgs, BnTrainFwdArgs,
+    BnTrainGrads, BnTrainOut, BnVariant, MaskSource,
 };
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
@@ -36,7 +38,7 @@ pub use optim::{adamw_f32, adamw_multi_f32, AdamWConfig, AdamWTensor};
 pub use patch::{
     grid_len, patch_embed_fwd_f32, patch_embed_fwd_f32_into, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, PatchSpec,
 };
-pub use vicreg::{vicreg_fwd_bwd_f32, PendingScalars, VicregConfig, VicregOut, VicregScalars};
+pub use vicreg::{vicreg_fwd_bwd_f32, PendingScalars, VicregOut, VicregScalars, VicregWeights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

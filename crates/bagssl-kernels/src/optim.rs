@@ -1,11 +1,11 @@
 //! Launchers of `kernels/optim.cu`: AdamW with torch.optim.AdamW semantics, one tensor per launch
 //! or many (`adamw_multi_f32`, what the training step uses).
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop};
+use cudarc::driver::PushKernelArg;
 
 use crate::device::same_gpu;
 use crate::ffi::{BagsslAdamWMulti, BagsslAdamWParams, BAGSSL_ADAMW_MAX_TENSORS, BAGSSL_ADAMW_TILE};
-use crate::launch::{cfg_1d, cfg_blocks, check_len, u32_of, MAX_GRID};
+use crate::launch::{cfg_1d, cfg_blocks, check_len, launch_struct, u32_of, DevPtrs, MAX_GRID};
 use crate::{GpuBuf, KernelError};
 
 /// AdamW hyper-parameters of one update; `step` is 1-based (bias correction; 0 counts as 1).
@@ -28,20 +28,13 @@ fn bias_corrections(h: &AdamWConfig) -> (f32, f32) {
     ((f64::from(h.lr) / bc1) as f32, bc2.sqrt() as f32)
 }
 
-/// One AdamW update of `param` in place, with moment buffers `m`, `v` (same length as `param`).
-pub fn adamw_f32(
-    param: &mut GpuBuf,
-    grad: &GpuBuf,
-    m: &mut GpuBuf,
-    v: &mut GpuBuf,
-    h: AdamWConfig,
-) -> Result<(), KernelError> {
+/// One AdamW update of `t.param` in place, with its moment buffers `t.m`, `t.v` (same length) and
+/// `t.weight_decay` (as in [`adamw_multi_f32`]: `h.weight_decay` is not used).
+pub fn adamw_f32(t: AdamWTensor<'_>, h: AdamWConfig) -> Result<(), KernelError> {
     let op = "adamw_f32";
+    t_checked(op, &t)?;
+    let AdamWTensor { param, grad, m, v, weight_decay } = t;
     let gpu = param.gpu().clone();
-    same_gpu(op, &gpu, &[grad.gpu(), m.gpu(), v.gpu()])?;
-    for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-        check_len(op, name, len, param.len())?;
-    }
     let n = u32_of(param.len(), "adamw_f32 n")?;
     let (step_size, bias_correction2_sqrt) = bias_corrections(&h);
     let prm = BagsslAdamWParams {
@@ -50,7 +43,7 @@ pub fn adamw_f32(
         beta1: h.beta1,
         beta2: h.beta2,
         eps: h.eps,
-        weight_decay: h.weight_decay,
+        weight_decay,
         step_size,
         bias_correction2_sqrt,
     };
@@ -63,7 +56,8 @@ pub fn adamw_f32(
     Ok(())
 }
 
-/// One tensor of [`adamw_multi_f32`].
+/// One tensor of [`adamw_f32`] and [`adamw_multi_f32`], by name (`param`, `m` and `v` are all
+/// mutable f32 buffers: positional arguments would let two of them trade places).
 pub struct AdamWTensor<'a> {
     pub param: &'a mut GpuBuf,
     pub grad: &'a GpuBuf,
@@ -71,6 +65,15 @@ pub struct AdamWTensor<'a> {
     pub v: &'a mut GpuBuf,
     /// This tensor's weight decay (the config's is not used): biases and BatchNorm parameters get 0.
     pub weight_decay: f32,
+}
+
+/// Checks that `t`'s buffers live on one GPU and match `t.param`'s length.
+fn t_checked(op: &str, t: &AdamWTensor<'_>) -> Result<(), KernelError> {
+    same_gpu(op, t.param.gpu(), &[t.grad.gpu(), t.m.gpu(), t.v.gpu()])?;
+    for (name, len) in [("grad", t.grad.len()), ("m", t.m.len()), ("v", t.v.len())] {
+        check_len(op, name, len, t.param.len())?;
+    }
+    Ok(())
 }
 
 /// One AdamW update of every tensor, [`BAGSSL_ADAMW_MAX_TENSORS`] per launch; each element as
@@ -81,10 +84,8 @@ pub fn adamw_multi_f32(tensors: &mut [AdamWTensor<'_>], h: AdamWConfig) -> Resul
     let Some(first) = tensors.first() else { return Ok(()) };
     let gpu = first.param.gpu().clone();
     for t in tensors.iter() {
-        same_gpu(op, &gpu, &[t.param.gpu(), t.grad.gpu(), t.m.gpu(), t.v.gpu()])?;
-        for (name, len) in [("grad", t.grad.len()), ("m", t.m.len()), ("v", t.v.len())] {
-            check_len(op, name, len, t.param.len())?;
-        }
+        same_gpu(op, &gpu, &[t.param.gpu()])?;
+        t_checked(op, t)?;
         u32_of(t.param.len().div_ceil(BAGSSL_ADAMW_TILE as usize) * BAGSSL_ADAMW_TILE as usize, "adamw n")?;
     }
     let (step_size, bias_correction2_sqrt) = bias_corrections(&h);
@@ -108,32 +109,25 @@ pub fn adamw_multi_f32(tensors: &mut [AdamWTensor<'_>], h: AdamWConfig) -> Resul
             .map(|t| if t.param.has_bf16() { gpu.alloc_raw::<u16>(t.param.len()).map(Some) } else { Ok(None) })
             .collect::<Result<_, _>>()?;
         {
-            // The guards record this launch on each buffer's events when they drop, after it.
-            let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(5 * group.len());
+            let mut p = DevPtrs::new(&stream);
             for (i, (t, copy)) in group.iter_mut().zip(copies.iter_mut()).enumerate() {
                 let n = t.param.len();
                 prm.n[i] = n as u32;
                 prm.weight_decay[i] = t.weight_decay;
                 prm.first_tile[i + 1] = prm.first_tile[i] + n.div_ceil(BAGSSL_ADAMW_TILE as usize) as u32;
-                let (p, gp) = t.param.slice_mut().device_ptr_mut(&stream);
-                let (g, gg) = t.grad.slice().device_ptr(&stream);
-                let (m, gm) = t.m.slice_mut().device_ptr_mut(&stream);
-                let (v, gv) = t.v.slice_mut().device_ptr_mut(&stream);
-                (prm.param[i], prm.grad[i], prm.m[i], prm.v[i]) = (p, g, m, v);
-                guards.extend([gp, gg, gm, gv]);
-                if let Some(c) = copy {
-                    let (c16, gc) = c.device_ptr_mut(&stream);
-                    prm.param16[i] = c16;
-                    guards.push(gc);
-                }
+                prm.param[i] = p.write(t.param.slice_mut());
+                prm.grad[i] = p.read(t.grad.slice());
+                prm.m[i] = p.write(t.m.slice_mut());
+                prm.v[i] = p.write(t.v.slice_mut());
+                prm.param16[i] = p.write_opt(copy.as_mut());
             }
             let tiles = prm.first_tile[prm.n_tensors as usize] as usize;
-            let mut b = stream.launch_builder(gpu.function("adamw_multi_f32")?);
-            b.arg(&prm);
             // SAFETY: every pointer addresses a live buffer of n[i] elements on this GPU (f32, or
             // u16 for the copies), each tensor's buffers distinct; the tiles cover exactly those
-            // elements; the guards keep the borrows until the launch is queued.
-            unsafe { b.launch(cfg_blocks(tiles.clamp(1, MAX_GRID))) }?;
+            // elements; `p` keeps the borrows until the launch is queued.
+            unsafe {
+                launch_struct(&gpu, gpu.function("adamw_multi_f32")?, &prm, cfg_blocks(tiles.clamp(1, MAX_GRID)))
+            }?;
         }
         for (t, copy) in group.iter_mut().zip(copies) {
             if let Some(c) = copy {
@@ -172,8 +166,8 @@ mod tests {
                 sizes.iter().map(|&n| gpu.upload(&host(n, 0.11 * step as f32 + 0.5)).unwrap()).collect();
             let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step };
             let wd = |i: usize| if i.is_multiple_of(2) { 0.05 } else { 0.0 };
-            for (i, ([p, m, v], g)) in one.iter_mut().zip(&grads).enumerate() {
-                adamw_f32(p, g, m, v, AdamWConfig { weight_decay: wd(i), ..cfg }).unwrap();
+            for (i, ([param, m, v], grad)) in one.iter_mut().zip(&grads).enumerate() {
+                adamw_f32(AdamWTensor { param, grad, m, v, weight_decay: wd(i) }, cfg).unwrap();
             }
             // Every third parameter is a GEMM operand: it has a bf16 copy before the update.
             for (i, [p, _, _]) in many.iter().enumerate() {

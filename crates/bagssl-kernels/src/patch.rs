@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::LaunchConfig;
-use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice, PushKernelArg};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 
 use crate::device::same_gpu;
 use crate::ffi::{
     BagsslGridParams, BagsslImageDims, BagsslPatchParams, BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY, BAGSSL_PATCH_JITTER,
 };
-use crate::launch::u32_of;
+use crate::launch::{arg_or_null, u32_of};
 use crate::{Gpu, GpuBuf, GpuBytes, KernelError};
 
 /// One training patch (the bindgen'd `BagsslPatchSpec` of `kernels/include/bagssl_kernels.h`).
@@ -202,20 +201,38 @@ pub fn patch_embed_fwd_f32_into(
     }
     u32_of(out.len(), "patch matrix size")?;
     let prm = BagsslPatchParams { dims: images.dims, n_patches: specs.len() as u32, patch: p };
+    // SAFETY: specs were checked against the image extents; out holds n_patches rows.
+    unsafe { launch_patches(images, gpu.function("patch_embed_fwd_f32")?, Some(&specs.data), out, &prm, patch) }
+}
+
+/// Launches a patch kernel, one block per output row of `out`, with the arguments (images,
+/// [specs,] out, out16, prm); out16 is X's bf16 copy, which the first Linear's bf16 GEMMs read
+/// (written here, not by a cast kernel), or null when the GEMMs are not bf16. Installs the copy.
+///
+/// # Safety
+/// `f` must take those arguments, and read only inside the images for every row of `out`.
+unsafe fn launch_patches<P: DeviceRepr>(
+    images: &GpuImages,
+    f: &CudaFunction,
+    specs: Option<&CudaSlice<PatchSpec>>,
+    out: &mut GpuBuf,
+    prm: &P,
+    patch: usize,
+) -> Result<(), KernelError> {
+    let gpu = images.gpu();
     let mut cfg = patch_block(patch);
-    cfg.grid_dim.0 = specs.len() as u32;
-    // The first Linear's bf16 GEMMs read X's bf16 copy: written here, not by a cast kernel.
+    cfg.grid_dim.0 = u32_of(out.len() / (patch * patch * 3), "patch rows")?;
     let mut out16 = gpu.bf16_operand(out.len())?;
     let null = 0u64;
-    let mut b = gpu.stream().launch_builder(gpu.function("patch_embed_fwd_f32")?);
-    b.arg(images.bytes.slice()).arg(&specs.data).arg(out.slice_mut());
-    match &mut out16 {
-        Some(c) => b.arg(c),
-        None => b.arg(&null),
-    };
-    b.arg(&prm);
-    // SAFETY: specs were checked against the image extents; out holds n_patches rows, out16 (a
-    // whole allocation) as many u16, or is null.
+    let mut b = gpu.stream().launch_builder(f);
+    b.arg(images.bytes.slice());
+    if let Some(s) = specs {
+        b.arg(s);
+    }
+    b.arg(out.slice_mut());
+    arg_or_null(&mut b, out16.as_mut(), &null);
+    b.arg(prm);
+    // SAFETY: the caller's; out16 (a whole allocation) holds as many u16 as out floats, or is null.
     unsafe { b.launch(cfg) }?;
     drop(b);
     if let Some(c) = out16 {
@@ -272,23 +289,7 @@ pub fn patch_grid_fwd_f32(
         ny: ny as u32,
         nx: nx as u32,
     };
-    let mut cfg = patch_block(patch);
-    cfg.grid_dim.0 = rows as u32;
-    let mut out16 = gpu.bf16_operand(out.len())?;
-    let null = 0u64;
-    let mut b = gpu.stream().launch_builder(gpu.function("patch_grid_fwd_f32")?);
-    b.arg(images.bytes.slice()).arg(out.slice_mut());
-    match &mut out16 {
-        Some(c) => b.arg(c),
-        None => b.arg(&null),
-    };
-    b.arg(&prm);
-    // SAFETY: the grid lies inside the images by construction; out holds `rows` rows, out16 (a
-    // whole allocation) as many u16, or is null.
-    unsafe { b.launch(cfg) }?;
-    drop(b);
-    if let Some(c) = out16 {
-        out.set_bf16(c);
-    }
+    // SAFETY: the grid lies inside the images by construction; out holds `rows` rows.
+    unsafe { launch_patches(images, gpu.function("patch_grid_fwd_f32")?, None, &mut out, &prm, patch) }?;
     Ok(out)
 }

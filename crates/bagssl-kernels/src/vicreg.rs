@@ -5,21 +5,33 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use crate::device::PinnedScalars;
 use crate::ffi::{BagsslVicregParams, BAGSSL_COL_LANES};
 use crate::gemm::{gemm_bf16_raw, gemm_raw, Gemm, GemmPrecision};
-use crate::launch::{cfg_blocks, check_len, u32_of, ColGrid};
+use crate::launch::{arg_or_null, cfg_blocks, check_len, u32_of, ColGrid, COL_TARGET_BLOCKS};
 use crate::{GpuBuf, KernelError};
 
-/// Loss weights and epsilon (DESIGN §3; defaults lambda = mu = 25, nu = 1, eps = 1e-4).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct VicregConfig {
+/// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md §7; lambda = mu = 25, nu = 1,
+/// eps = 1e-4): the one type for them, from the config's `[loss]` section through the autograd
+/// (which re-exports it) to this kernel. `eps` is fixed by the definition, so serde skips it.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VicregWeights {
+    #[serde(serialize_with = "shortest_f32")]
     pub invariance: f32,
+    #[serde(serialize_with = "shortest_f32")]
     pub variance: f32,
+    #[serde(serialize_with = "shortest_f32")]
     pub covariance: f32,
+    #[serde(skip)]
     pub eps: f32,
 }
 
-impl Default for VicregConfig {
+/// An f32 written as the f64 of its shortest decimal form (`0.3`, not `0.30000001192092896`).
+fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(*v as f64))
+}
+
+impl Default for VicregWeights {
     fn default() -> Self {
-        VicregConfig { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 }
+        VicregWeights { invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 }
     }
 }
 
@@ -70,7 +82,7 @@ pub fn vicreg_fwd_bwd_f32(
     n_rows: usize,
     dim: usize,
     n_per_image: usize,
-    w: VicregConfig,
+    w: VicregWeights,
 ) -> Result<VicregOut, KernelError> {
     let op = "vicreg_fwd_bwd_f32";
     check_len(op, "z", z.len(), n_rows * dim)?;
@@ -134,14 +146,8 @@ pub fn vicreg_fwd_bwd_f32(
 
     let mut b = s.launch_builder(gpu.function("vicreg_center_f32")?);
     b.arg(z.slice()).arg(&mu);
-    match &mut zc {
-        Some(x) => b.arg(x),
-        None => b.arg(&null),
-    };
-    match &mut zc16 {
-        Some(x) => b.arg(x),
-        None => b.arg(&null),
-    };
+    arg_or_null(&mut b, zc.as_mut(), &null);
+    arg_or_null(&mut b, zc16.as_mut(), &null);
     b.arg(&prm).arg(&rg.chunk_rows);
     unsafe { b.launch(rg.cfg()) }?;
 
@@ -156,10 +162,7 @@ pub fn vicreg_fwd_bwd_f32(
 
     let mut b = s.launch_builder(gpu.function("vicreg_cov_terms_f32")?);
     b.arg(&mut c);
-    match &mut c16 {
-        Some(x) => b.arg(x),
-        None => b.arg(&null),
-    };
+    arg_or_null(&mut b, c16.as_mut(), &null);
     b.arg(&mut vcoef).arg(&mut cov_partial).arg(&mut var_partial).arg(&prm).arg(&cg.chunk_rows);
     unsafe { b.launch(cg.cfg()) }?;
 
@@ -190,11 +193,10 @@ pub fn vicreg_fwd_bwd_f32(
 /// groups per chunk as give about [`ColGrid`]'s block count (4 per SM): at 512 groups x 2048
 /// columns, 16 tiles x 64 chunks of 8 groups (one group of 16 rows per thread).
 fn group_grid(op: &str, n_groups: usize, dim: usize) -> Result<ColGrid, KernelError> {
-    const TARGET_BLOCKS: usize = 4 * 132;
     let tiles = ColGrid::reduction(op, n_groups, dim)?.tiles;
     let lanes = BAGSSL_COL_LANES as usize;
     let rounds = n_groups.div_ceil(lanes).max(1);
-    let chunk = (rounds * tiles / TARGET_BLOCKS).clamp(1, rounds) * lanes;
+    let chunk = (rounds * tiles / COL_TARGET_BLOCKS).clamp(1, rounds) * lanes;
     // chunk <= n_groups + lanes < 2^32 (n_rows * dim < 2^32 is checked above).
     Ok(ColGrid { tiles, chunks: n_groups.div_ceil(chunk).max(1), chunk_rows: chunk as u32 })
 }

@@ -69,7 +69,7 @@ fn cached_bf16_copy_follows_writes() {
 fn sum_rows_leaves_the_bf16_copy() {
     let Some(gpu) = gpu_or_skip("sum_rows_leaves_the_bf16_copy") else { return };
     if gpu.gemm_precision() != bagssl_kernels::GemmPrecision::Bf16 {
-        println!("skipped: sum_rows_leaves_the_bf16_copy: GEMMs not in bf16 (BAGSSL_GEMM_PRECISION)");
+        println!("skipped: sum_rows_leaves_the_bf16_copy: GEMMs not in bf16 (Gpu::set_gemm_precision)");
         return;
     }
     let mut r = ChaCha8Rng::seed_from_u64(9);

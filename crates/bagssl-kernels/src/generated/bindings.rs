@@ -196,6 +196,191 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct BagsslBnFwdArgs {
+    pub x: u64,
+    pub bias: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub mean: u64,
+    pub invstd: u64,
+    pub var_unbiased: u64,
+    pub partial: u64,
+    pub y: u64,
+    pub y16: u64,
+    pub prm: BagsslBnParams,
+    pub chunk_rows: u32,
+    pub pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of BagsslBnFwdArgs"][::std::mem::size_of::<BagsslBnFwdArgs>() - 104usize];
+    ["Alignment of BagsslBnFwdArgs"][::std::mem::align_of::<BagsslBnFwdArgs>() - 8usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::x",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, x) - 0usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::bias",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, bias) - 8usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::gamma",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, gamma) - 16usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::beta",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, beta) - 24usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::mean",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, mean) - 32usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::invstd",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, invstd) - 40usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::var_unbiased",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, var_unbiased) - 48usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::partial",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, partial) - 56usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::y",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, y) - 64usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::y16",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, y16) - 72usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::prm",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, prm) - 80usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::chunk_rows",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, chunk_rows) - 96usize];
+    [
+        "Offset of field: BagsslBnFwdArgs::pad",
+    ][::std::mem::offset_of!(BagsslBnFwdArgs, pad) - 100usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct BagsslBnBwdArgs {
+    pub dy: u64,
+    pub x: u64,
+    pub bias: u64,
+    pub y: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub mean: u64,
+    pub invstd: u64,
+    pub dgamma: u64,
+    pub dbeta: u64,
+    pub dx: u64,
+    pub dx16: u64,
+    pub dbias: u64,
+    pub partial: u64,
+    pub prm: BagsslBnParams,
+    pub chunk_rows: u32,
+    pub pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of BagsslBnBwdArgs"][::std::mem::size_of::<BagsslBnBwdArgs>() - 136usize];
+    ["Alignment of BagsslBnBwdArgs"][::std::mem::align_of::<BagsslBnBwdArgs>() - 8usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::dy",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, dy) - 0usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::x",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, x) - 8usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::bias",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, bias) - 16usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::y",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, y) - 24usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::gamma",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, gamma) - 32usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::beta",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, beta) - 40usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::mean",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, mean) - 48usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::invstd",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, invstd) - 56usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::dgamma",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, dgamma) - 64usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::dbeta",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, dbeta) - 72usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::dx",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, dx) - 80usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::dx16",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, dx16) - 88usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::dbias",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, dbias) - 96usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::partial",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, partial) - 104usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::prm",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, prm) - 112usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::chunk_rows",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, chunk_rows) - 128usize];
+    [
+        "Offset of field: BagsslBnBwdArgs::pad",
+    ][::std::mem::offset_of!(BagsslBnBwdArgs, pad) - 132usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct BagsslBnEvalArgs {
+    pub x: u64,
+    pub running_mean: u64,
+    pub running_var: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub y: u64,
+    pub prm: BagsslBnParams,
+    pub chunk_rows: u32,
+    pub pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of BagsslBnEvalArgs"][::std::mem::size_of::<BagsslBnEvalArgs>() - 72usize];
+    [
+        "Alignment of BagsslBnEvalArgs",
+    ][::std::mem::align_of::<BagsslBnEvalArgs>() - 8usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::x",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, x) - 0usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::running_mean",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, running_mean) - 8usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::running_var",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, running_var) - 16usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::gamma",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, gamma) - 24usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::beta",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, beta) - 32usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::y",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, y) - 40usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::prm",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, prm) - 48usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::chunk_rows",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, chunk_rows) - 64usize];
+    [
+        "Offset of field: BagsslBnEvalArgs::pad",
+    ][::std::mem::offset_of!(BagsslBnEvalArgs, pad) - 68usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct BagsslVicregParams {
     pub n_rows: u32,
     pub dim: u32,
