@@ -214,19 +214,25 @@ impl<'a> Tape<'a> {
         eps: f32,
         relu: bool,
     ) -> Result<Var> {
-        let f = ops::bn_train_fwd(BnTrainArgs {
+        let f = ops::bn_train_fwd(self.bn_args(x, bias, gamma, beta, (eps, relu)))?;
+        let stats = Box::new(BnStats { mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased });
+        let op = Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats };
+        let mut inputs = vec![x, gamma, beta];
+        inputs.extend(bias);
+        Ok(self.push_op(f.y, op, &inputs))
+    }
+
+    /// The BatchNorm forward's arguments from the vars' values (`flags`: eps, relu).
+    fn bn_args(&self, x: Var, bias: Option<Var>, gamma: Var, beta: Var, flags: (f32, bool)) -> BnTrainArgs<'_> {
+        let (eps, relu) = flags;
+        BnTrainArgs {
             x: self.value(x),
             bias: bias.map(|b| self.value(b)),
             gamma: self.value(gamma),
             beta: self.value(beta),
             eps,
             relu,
-        })?;
-        let stats = Box::new(BnStats { mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased });
-        let op = Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats };
-        let mut inputs = vec![x, gamma, beta];
-        inputs.extend(bias);
-        Ok(self.push_op(f.y, op, &inputs))
+        }
     }
 
     /// (batch mean, unbiased batch variance) of the BatchNorm that produced `v`.
@@ -419,14 +425,7 @@ impl<'a> Tape<'a> {
                 }
             }
             Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats } => {
-                let fwd = BnTrainArgs {
-                    x: self.value(x),
-                    bias: bias.map(|b| self.value(b)),
-                    gamma: self.value(gamma),
-                    beta: self.value(beta),
-                    eps,
-                    relu,
-                };
+                let fwd = self.bn_args(x, bias, gamma, beta, (eps, relu));
                 let g =
                     ops::bn_train_bwd(BnBackwardArgs { fwd, dy: &dy, y, mean: &stats.mean, invstd: &stats.invstd })?;
                 if needs(gamma) {

@@ -84,15 +84,20 @@ impl BatchNorm {
         if bias.is_some() {
             return Err(crate::ModelError::Internal("an eval-mode BatchNorm takes no folded bias".into()));
         }
-        let eval = BnEval {
+        let eval = self.eval_args();
+        Ok(f.tape.eval_op("bn_eval_fwd", &[x], |v| ops::bn_eval_fwd(v[0], eval))?)
+    }
+
+    /// The eval-mode BatchNorm: running statistics, affine parameters, eps and the ReLU flag.
+    pub fn eval_args(&self) -> BnEval<'_> {
+        BnEval {
             running_mean: &self.running.mean,
             running_var: &self.running.var,
             gamma: &self.gamma.value,
             beta: &self.beta.value,
             eps: self.eps,
             relu: self.relu,
-        };
-        Ok(f.tape.eval_op("bn_eval_fwd", &[x], |v| ops::bn_eval_fwd(v[0], eval))?)
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Linear (`y = x W^T + b`, W (out, in) as in PyTorch) and the MLP's Linear-BatchNorm block.
 
-use bagssl_autograd::{ops, BnEval, Device, Var};
+use bagssl_autograd::{ops, Device, Var};
 
 use super::{child, BatchNorm, BnNames, Forward, Init, Layer, Param, ParamKind, Visitor, VisitorMut};
 use crate::Result;
@@ -79,15 +79,8 @@ impl Layer for LinearBn {
             let (y, bias) = self.linear.forward_split(f, x)?;
             return self.bn.forward_biased(f, y, bias);
         }
-        let (w, b, bn) = (&self.linear.weight.value, self.linear.bias.as_ref().map(|b| &b.value), &self.bn);
-        let eval = BnEval {
-            running_mean: &bn.running.mean,
-            running_var: &bn.running.var,
-            gamma: &bn.gamma.value,
-            beta: &bn.beta.value,
-            eps: bn.eps,
-            relu: bn.relu,
-        };
+        let (w, b, eval) =
+            (&self.linear.weight.value, self.linear.bias.as_ref().map(|b| &b.value), self.bn.eval_args());
         Ok(f.tape.eval_op("linear_bn_eval", &[x], |v| ops::linear_bn_eval(v[0], w, b, eval))?)
     }
     fn visit<'s>(&'s self, v: &mut Visitor<'s>) {
