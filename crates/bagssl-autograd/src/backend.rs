@@ -10,7 +10,7 @@
 //! Shapes were checked by [`crate::ops`] before a backend method runs; the backends may assume
 //! them. The types here are shared by both backends and by `ops`, and import neither.
 
-use crate::tensor::{Device, Tensor};
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 /// `op(a) @ op(b)` where op transposes when asked.
@@ -106,15 +106,9 @@ pub struct BnBackward {
 /// 1-based): the kernels' type, so no conversion sits between the backends.
 pub use bagssl_kernels::AdamWConfig as AdamW;
 
-/// One tensor of an AdamW update: the parameter, its gradient, its moments, its weight decay.
-pub struct AdamWSlot<'a> {
-    pub param: &'a mut Tensor,
-    pub grad: &'a Tensor,
-    pub m: &'a mut Tensor,
-    pub v: &'a mut Tensor,
-    /// This tensor's weight decay (the [`AdamW`]'s `weight_decay` is not used).
-    pub weight_decay: f32,
-}
+/// One tensor of an AdamW update: the parameter, its gradient, its moments and its weight decay
+/// (the [`AdamW`]'s `weight_decay` is not used). The kernels' slot type, over tensors.
+pub type AdamWSlot<'a> = bagssl_kernels::AdamWTensor<'a, Tensor>;
 
 /// Loss weights and epsilon of bag-VICReg (docs/DEFINITIONS.md §7): one type from the config's
 /// `[loss]` section to the kernels.
@@ -248,14 +242,6 @@ pub trait Backend: Sync {
             self.adamw_(slot, h)?;
         }
         Ok(())
-    }
-}
-
-/// The backend of `device`.
-pub fn of_device(device: &Device) -> &'static dyn Backend {
-    match device {
-        Device::Cpu => &crate::cpu::CpuBackend,
-        Device::Cuda(_) => &crate::cuda::CudaBackend,
     }
 }
 

@@ -42,5 +42,5 @@ fn checkpoint_of_4b64f18_resumes() {
     assert!(before > 0);
     let s = t.step(&store).unwrap();
     assert_eq!(s.step, before + 1);
-    assert!(s.loss.is_finite() && s.term("invariance").is_some());
+    assert!(s.loss().is_finite() && s.term("invariance").is_some());
 }

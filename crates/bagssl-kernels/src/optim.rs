@@ -57,12 +57,13 @@ pub fn adamw_f32(t: AdamWTensor<'_>, h: AdamWConfig) -> Result<(), KernelError> 
 }
 
 /// One tensor of [`adamw_f32`] and [`adamw_multi_f32`], by name (`param`, `m` and `v` are all
-/// mutable f32 buffers: positional arguments would let two of them trade places).
-pub struct AdamWTensor<'a> {
-    pub param: &'a mut GpuBuf,
-    pub grad: &'a GpuBuf,
-    pub m: &'a mut GpuBuf,
-    pub v: &'a mut GpuBuf,
+/// mutable f32 buffers: positional arguments would let two of them trade places). Generic over
+/// the buffer so that the autograd's device-independent slot (of `Tensor`s) is this same type.
+pub struct AdamWTensor<'a, B = GpuBuf> {
+    pub param: &'a mut B,
+    pub grad: &'a B,
+    pub m: &'a mut B,
+    pub v: &'a mut B,
     /// This tensor's weight decay (the config's is not used): biases and BatchNorm parameters get 0.
     pub weight_decay: f32,
 }

@@ -13,7 +13,7 @@
 //! One forward serves training and evaluation: [`BagSslModel::forward_train`] and
 //! [`BagSslModel::encode_eval`] run the same layers, in training and in eval mode.
 
-use bagssl_autograd::{ops, BagVicreg, Device, PendingLoss, Tape, Tensor, Var, VicregParts, VicregWeights};
+use bagssl_autograd::{ops, Device, PendingLoss, ScalarLoss, Tape, Tensor, Var, VicregParts, VicregWeights};
 use bagssl_data::SeededRng;
 
 use crate::config::ModelConfig;
@@ -47,13 +47,13 @@ pub struct TrainForward {
 }
 
 impl TrainForward {
-    /// bag-VICReg of the projector output (with its bias, which the loss does not see, getting its
-    /// gradient): see [`Tape::loss`]. The scalars are not waited for.
-    pub fn loss_async(&self, tape: &mut Tape<'_>, per_image: usize, w: VicregWeights) -> Result<(Var, PendingLoss)> {
-        Ok(tape.loss(self.z, Some(self.z_bias), &BagVicreg { per_image, weights: w })?)
+    /// A shift-invariant loss (bag-VICReg) of the projector output, with its bias, which the loss
+    /// does not see, getting its gradient: see [`Tape::loss`]. The scalars are not waited for.
+    pub fn loss_async(&self, tape: &mut Tape<'_>, loss: &dyn ScalarLoss) -> Result<(Var, PendingLoss)> {
+        Ok(tape.loss(self.z, Some(self.z_bias), loss)?)
     }
 
-    /// [`TrainForward::loss_async`], waiting for the loss terms.
+    /// bag-VICReg of the projector output, waiting for its terms.
     pub fn loss(&self, tape: &mut Tape<'_>, per_image: usize, w: VicregWeights) -> Result<(Var, VicregParts)> {
         Ok(tape.bag_vicreg(self.z, Some(self.z_bias), per_image, w)?)
     }
@@ -233,8 +233,9 @@ impl BagSslModel {
         // Without its bias: the loss is invariant to it (TrainForward::z).
         let (z, z_bias) = self.projector.out.forward_split(&mut f, g)?;
         let z_bias = z_bias.ok_or_else(|| ModelError::Internal("the projector's last Linear has no bias".into()))?;
-        let params = f.leaves_of(&self.params())?;
-        let bn_outputs = f.bn_outputs_of(&self.running_stats())?;
+        let all = self.visit();
+        let params = f.leaves_of(&all.params)?;
+        let bn_outputs = f.bn_outputs_of(&all.running)?;
         Ok(TrainForward { x: xv, h, z, z_bias, params, bn_outputs })
     }
 

@@ -29,8 +29,6 @@ pub struct StepStats {
     pub step: u64,
     /// 0-based epoch the batch was drawn from.
     pub epoch: u64,
-    /// The weighted loss (`terms.loss()`).
-    pub loss: f64,
     /// The loss's scalars by name, the weighted loss first.
     pub terms: LossValues,
     /// Learning rate used by this step's update.
@@ -38,6 +36,10 @@ pub struct StepStats {
 }
 
 impl StepStats {
+    /// The weighted loss (the first of [`StepStats::terms`]).
+    pub fn loss(&self) -> f64 {
+        self.terms.loss()
+    }
     /// The loss scalar called `name` (`loss`, `invariance`, ...).
     pub fn term(&self, name: &str) -> Option<f64> {
         self.terms.get(name)
@@ -237,7 +239,7 @@ impl Trainer {
             let fw = self.model.forward_train(&mut tape, x, false)?;
             // On a GPU the loss terms travel to the host while the backward pass is queued and
             // runs; the step waits for them (not for the backward) before it updates anything.
-            let (loss, pending) = tape.loss(fw.z, Some(fw.z_bias), &loss_fn)?;
+            let (loss, pending) = fw.loss_async(&mut tape, &loss_fn)?;
             let batch_stats = fw.batch_stats(&tape)?;
             let mut g = tape.backward(loss)?;
             let grads = fw
@@ -257,7 +259,7 @@ impl Trainer {
         self.model.update_running_stats(&batch_stats, BN_MOMENTUM)?;
         self.step = number;
         self.normalization = Some(crate::checkpoint::Normalization::of(store));
-        Ok(StepStats { step: number, epoch, loss: parts.loss(), terms: parts, lr })
+        Ok(StepStats { step: number, epoch, terms: parts, lr })
     }
 }
 

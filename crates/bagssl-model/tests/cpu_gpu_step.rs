@@ -421,9 +421,9 @@ fn compare_first_step(rep: &mut Report, tol: Tol, store: &ImageStore, cpu: &mut 
     let (r0c, r0o) = (running(&cpu.trainer), running(&other.trainer));
     let sc = cpu.trainer.step(store).unwrap();
     let so = other.trainer.step(store).unwrap();
-    rep.scalar(&format!("step loss = hand-run loss ({})", cpu.name), sc.loss, mc.parts[0], 0.0, 0.0);
-    rep.scalar(&format!("step loss = hand-run loss ({})", other.name), so.loss, mo.parts[0], 1e-6, 0.0);
-    rep.scalar("step loss", so.loss, sc.loss, tol.loss(), 0.0);
+    rep.scalar(&format!("step loss = hand-run loss ({})", cpu.name), sc.loss(), mc.parts[0], 0.0, 0.0);
+    rep.scalar(&format!("step loss = hand-run loss ({})", other.name), so.loss(), mo.parts[0], 1e-6, 0.0);
+    rep.scalar("step loss", so.loss(), sc.loss(), tol.loss(), 0.0);
     same_schedule(rep, &sc, &so);
     let (w1c, w1o) = (params(&cpu.trainer), params(&other.trainer));
     let wd = c.weight_decay;
@@ -504,7 +504,7 @@ fn compare_steps(rep: &mut Report, tol: Tol, store: &ImageStore, cpu: &mut Side,
         }
         let sc = cpu.trainer.step(store).unwrap();
         let so = other.trainer.step(store).unwrap();
-        rep.scalar(&format!("step {} loss (epoch {})", sc.step, sc.epoch), so.loss, sc.loss, tol.steps_loss(s), 0.0);
+        rep.scalar(&format!("step {} loss (epoch {})", sc.step, sc.epoch), so.loss(), sc.loss(), tol.steps_loss(s), 0.0);
         same_schedule(rep, &sc, &so);
     }
     let (wc, wo) = (params(&cpu.trainer), params(&other.trainer));

@@ -339,7 +339,7 @@ fn steps_follow_the_schedule() {
         assert_eq!(st.epoch, s / 2);
         assert_eq!(st.lr, 0.5e-3 * lr_factor(s, 2, 6));
         assert!(
-            st.loss.is_finite() && ["invariance", "variance", "covariance"].iter().all(|k| st.term(k).unwrap() >= 0.0)
+            st.loss().is_finite() && ["invariance", "variance", "covariance"].iter().all(|k| st.term(k).unwrap() >= 0.0)
         );
     }
 }
@@ -368,7 +368,7 @@ fn loss_decreases_on_synthetic_data() {
         ..train_config(OptimizerKind::AdamW)
     };
     let mut t = Trainer::new(model, cfg, &Device::Cpu).unwrap();
-    let losses: Vec<f64> = (0..50).map(|_| t.step(&data).unwrap().loss).collect();
+    let losses: Vec<f64> = (0..50).map(|_| t.step(&data).unwrap().loss()).collect();
     // Step losses are noisy (augmented patches, 16-image batches): compare 10-step means.
     let head = losses[..10].iter().sum::<f64>() / 10.0;
     let tail = losses[40..].iter().sum::<f64>() / 10.0;

@@ -79,7 +79,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .context(format!("training stopped; the last checkpoint in {} (if any) is intact", out.display()))
         })?;
         progress.set_position(s.step);
-        progress.set_message(format!("loss {:.4}", s.loss));
+        progress.set_message(format!("loss {:.4}", s.loss()));
         let log_every = cfg.train.log_every as u64;
         if s.step % log_every == 0 || s.step == total {
             // step, epoch, lr and the loss's own scalars (StepStats' serialization), plus these.
