@@ -34,28 +34,76 @@ impl Transpose {
 /// re-reads the biased matrix: the CUDA kernels add it as they read x (bit for bit `bias_add`
 /// then BatchNorm), the CPU ones take the statistics of x and shift its mean (the same values to
 /// f32 rounding, no work per element). The batch mean is that of `x + bias`.
-#[derive(Clone, Copy)]
-pub struct BnTrainArgs<'a> {
-    pub x: &'a Tensor,
-    pub bias: Option<&'a Tensor>,
-    pub gamma: &'a Tensor,
-    pub beta: &'a Tensor,
+///
+/// Generic over what holds the values: `ops` and the backends take tensors, the CPU kernels the
+/// same struct over slices ([`BnTrainArgs::try_map`]).
+pub struct BnTrainArgs<'a, T: ?Sized = Tensor> {
+    pub x: &'a T,
+    pub bias: Option<&'a T>,
+    pub gamma: &'a T,
+    pub beta: &'a T,
     pub eps: f32,
     pub relu: bool,
+}
+
+impl<'a, T: ?Sized> BnTrainArgs<'a, T> {
+    /// The same arguments with every value mapped by `f` (a tensor to its slice, say).
+    pub fn try_map<U: ?Sized, E>(
+        self,
+        f: impl Fn(&'a T) -> std::result::Result<&'a U, E>,
+    ) -> std::result::Result<BnTrainArgs<'a, U>, E> {
+        Ok(BnTrainArgs {
+            x: f(self.x)?,
+            bias: self.bias.map(&f).transpose()?,
+            gamma: f(self.gamma)?,
+            beta: f(self.beta)?,
+            eps: self.eps,
+            relu: self.relu,
+        })
+    }
 }
 
 /// The backward of the forward `fwd`, with its output `y` and batch statistics.
 ///
 /// With ReLU, `y > 0` is the mask (a GPU recomputes it from x, gamma and beta, bit for bit,
 /// rather than read y). With a bias, [`BnBackward::dbias`] is the column sums of dx.
-#[derive(Clone, Copy)]
-pub struct BnBackwardArgs<'a> {
-    pub fwd: BnTrainArgs<'a>,
-    pub dy: &'a Tensor,
-    pub y: &'a Tensor,
-    pub mean: &'a Tensor,
-    pub invstd: &'a Tensor,
+pub struct BnBackwardArgs<'a, T: ?Sized = Tensor> {
+    pub fwd: BnTrainArgs<'a, T>,
+    pub dy: &'a T,
+    pub y: &'a T,
+    pub mean: &'a T,
+    pub invstd: &'a T,
 }
+
+impl<'a, T: ?Sized> BnBackwardArgs<'a, T> {
+    /// The same arguments with every value mapped by `f`.
+    pub fn try_map<U: ?Sized, E>(
+        self,
+        f: impl Fn(&'a T) -> std::result::Result<&'a U, E>,
+    ) -> std::result::Result<BnBackwardArgs<'a, U>, E> {
+        Ok(BnBackwardArgs {
+            dy: f(self.dy)?,
+            y: f(self.y)?,
+            mean: f(self.mean)?,
+            invstd: f(self.invstd)?,
+            fwd: self.fwd.try_map(f)?,
+        })
+    }
+}
+
+// By hand: derive(Clone, Copy) would ask `T: Copy` of the unsized slice type.
+impl<T: ?Sized> Clone for BnTrainArgs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for BnTrainArgs<'_, T> {}
+impl<T: ?Sized> Clone for BnBackwardArgs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for BnBackwardArgs<'_, T> {}
 
 /// An eval-mode BatchNorm: running statistics and affine parameters, optionally followed by ReLU.
 #[derive(Clone, Copy)]

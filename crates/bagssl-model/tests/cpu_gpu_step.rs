@@ -504,7 +504,13 @@ fn compare_steps(rep: &mut Report, tol: Tol, store: &ImageStore, cpu: &mut Side,
         }
         let sc = cpu.trainer.step(store).unwrap();
         let so = other.trainer.step(store).unwrap();
-        rep.scalar(&format!("step {} loss (epoch {})", sc.step, sc.epoch), so.loss(), sc.loss(), tol.steps_loss(s), 0.0);
+        rep.scalar(
+            &format!("step {} loss (epoch {})", sc.step, sc.epoch),
+            so.loss(),
+            sc.loss(),
+            tol.steps_loss(s),
+            0.0,
+        );
         same_schedule(rep, &sc, &so);
     }
     let (wc, wo) = (params(&cpu.trainer), params(&other.trainer));

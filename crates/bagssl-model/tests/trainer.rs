@@ -339,7 +339,8 @@ fn steps_follow_the_schedule() {
         assert_eq!(st.epoch, s / 2);
         assert_eq!(st.lr, 0.5e-3 * lr_factor(s, 2, 6));
         assert!(
-            st.loss().is_finite() && ["invariance", "variance", "covariance"].iter().all(|k| st.term(k).unwrap() >= 0.0)
+            st.loss().is_finite()
+                && ["invariance", "variance", "covariance"].iter().all(|k| st.term(k).unwrap() >= 0.0)
         );
     }
 }

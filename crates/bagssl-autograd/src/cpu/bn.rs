@@ -14,6 +14,7 @@
 
 use super::par::{for_rows_mut, reduce_rows};
 use super::simd::multiversion;
+use crate::backend::{BnBackwardArgs, BnTrainArgs};
 
 /// Batch statistics of a training-mode forward, one entry per column.
 pub struct BnStats {
@@ -24,22 +25,11 @@ pub struct BnStats {
     pub var_unbiased: Vec<f32>,
 }
 
-/// The inputs of a training-mode forward of `x + bias`.
-#[derive(Clone, Copy)]
-pub struct TrainFwd<'a> {
-    pub x: &'a [f32],
-    pub bias: Option<&'a [f32]>,
-    pub gamma: &'a [f32],
-    pub beta: &'a [f32],
-    pub eps: f32,
-    pub relu: bool,
-}
-
 /// Training-mode forward of `x + bias`: writes `y` (rows, cols) and returns the batch statistics
 /// (the mean is that of `x + bias`). Needs at least two rows (like PyTorch) for the unbiased
 /// variance to exist.
-pub fn train_fwd(a: TrainFwd<'_>, y: &mut [f32]) -> BnStats {
-    let TrainFwd { x, bias, gamma, beta, eps, relu } = a;
+pub fn train_fwd(a: BnTrainArgs<'_, [f32]>, y: &mut [f32]) -> BnStats {
+    let BnTrainArgs { x, bias, gamma, beta, eps, relu } = a;
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
     let sums = reduce_rows(rows, cols, 2 * cols, |range, acc| {
@@ -115,20 +105,6 @@ multiversion! {
     }
 }
 
-/// The inputs of a training-mode backward: the forward's `x`, `bias`, `gamma`, its output `y`
-/// (whose `y > 0` is the ReLU mask) and batch statistics, and the upstream gradient `dy`.
-#[derive(Clone, Copy)]
-pub struct TrainBwd<'a> {
-    pub dy: &'a [f32],
-    pub x: &'a [f32],
-    pub bias: Option<&'a [f32]>,
-    pub y: &'a [f32],
-    pub gamma: &'a [f32],
-    pub mean: &'a [f32],
-    pub invstd: &'a [f32],
-    pub relu: bool,
-}
-
 /// Training-mode backward (same `x` and `bias` as the forward): writes `dx` and returns
 /// `(dgamma, dbeta)`. The bias gradient is the column sums of dx.
 ///
@@ -137,8 +113,9 @@ pub struct TrainBwd<'a> {
 /// `dx = gamma invstd (g - dbeta / N - xhat dgamma / N)`, evaluated per column as
 /// `p g + q (x - mean) + r` (subtracting the mean first keeps the f32 rounding relative to the
 /// spread of x, not to its magnitude).
-pub fn train_bwd(a: TrainBwd<'_>, dx: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
-    let TrainBwd { dy, x, bias, y, gamma, mean, invstd, relu } = a;
+/// Reads the ReLU mask from `a.y` (the forward's beta is not needed).
+pub fn train_bwd(a: BnBackwardArgs<'_, [f32]>, dx: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+    let BnBackwardArgs { fwd: BnTrainArgs { x, bias, gamma, relu, .. }, dy, y, mean, invstd } = a;
     let cols = gamma.len();
     let rows = x.len().checked_div(cols).unwrap_or(0);
     // x + bias - mean = x - (mean - bias): centre x on the mean of x.

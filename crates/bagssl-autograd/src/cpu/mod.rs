@@ -134,14 +134,7 @@ impl Backend for CpuBackend {
         let op = "bn_train_fwd";
         let cols = a.gamma.numel();
         let mut y = pool::take(a.x.numel());
-        let args = bn::TrainFwd {
-            x: host(a.x, op)?,
-            bias: a.bias.map(|b| host(b, op)).transpose()?,
-            gamma: host(a.gamma, op)?,
-            beta: host(a.beta, op)?,
-            eps: a.eps,
-            relu: a.relu,
-        };
+        let args = a.try_map(|t| host(t, op))?;
         let s = bn::train_fwd(args, &mut y);
         Ok(BnForward {
             y: Tensor::from_vec(a.x.shape(), y),
@@ -151,22 +144,12 @@ impl Backend for CpuBackend {
         })
     }
 
-    /// The CPU kernel reads its ReLU mask from y (beta is not needed).
     fn bn_train_bwd(&self, a: BnBackwardArgs<'_>) -> Result<BnBackward> {
         let op = "bn_train_bwd";
         let f = a.fwd;
         let cols = f.gamma.numel();
         let mut dx = pool::take(f.x.numel());
-        let args = bn::TrainBwd {
-            dy: host(a.dy, op)?,
-            x: host(f.x, op)?,
-            bias: f.bias.map(|b| host(b, op)).transpose()?,
-            y: host(a.y, op)?,
-            gamma: host(f.gamma, op)?,
-            mean: host(a.mean, op)?,
-            invstd: host(a.invstd, op)?,
-            relu: f.relu,
-        };
+        let args = a.try_map(|t| host(t, op))?;
         let (dgamma, dbeta) = bn::train_bwd(args, &mut dx);
         let dx = Tensor::from_vec(f.x.shape(), dx);
         // The bias gradient: sum_rows of dx, the same pass the Linear backward would make.
