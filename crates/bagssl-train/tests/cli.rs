@@ -2,7 +2,7 @@
 //! Each bad input must give a non-zero exit, a message naming the file / key / value, no panic,
 //! and leave earlier outputs intact.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin() -> Command {
@@ -392,6 +392,27 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// The checkpoint that 4b64f18 wrote (no `normalize_mean` / `normalize_std` metadata).
+const OLD_CHECKPOINT: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors");
+
+/// A TINY run's checkpoint (no untrained evaluation) and a CIFAR-10 binary folder beside it with
+/// `per_batch` images in each training batch and, if asked, a test batch.
+fn checkpoint_and_cifar(dir: &Path, per_batch: usize, test_batch: Option<usize>) -> (PathBuf, PathBuf) {
+    let out = dir.join("run");
+    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cifar = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir(&cifar).unwrap();
+    for b in 1..=5 {
+        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), per_batch);
+    }
+    if let Some(n) = test_batch {
+        write_cifar_batch(&cifar, "test_batch.bin", n);
+    }
+    (out.join("checkpoint.safetensors"), cifar)
+}
+
 /// `embed` normalises the images it is given with the training run's statistics (recorded in the
 /// checkpoint), not their own; a checkpoint from before they were recorded keeps the old
 /// behaviour (the images' own statistics) and says so.
@@ -399,17 +420,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn embed_normalises_like_the_training_run() {
     use bagssl_data::{LoadOptions, Split, SyntheticSpec};
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let ckpt = out.join("checkpoint.safetensors");
-
     // Images whose pixel statistics are far from the synthetic training set's.
-    let cifar = dir.path().join("cifar-10-batches-bin");
-    std::fs::create_dir(&cifar).unwrap();
-    for b in 1..=5 {
-        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 4);
-    }
+    let (ckpt, cifar) = checkpoint_and_cifar(dir.path(), 4, None);
     let opts = LoadOptions { split: Split::Train, resize: None, cache_dir: None, progress: false };
     let store = bagssl_data::load(&cifar, &opts).unwrap();
     // TINY's training set: the quickstart's synthetic spec with 200 images; the held-out split
@@ -453,8 +465,7 @@ fn embed_normalises_like_the_training_run() {
     let old = dir.path().join("old");
     std::fs::create_dir(&old).unwrap();
     let old_ckpt = old.join("checkpoint.safetensors");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors");
-    std::fs::copy(fixture, &old_ckpt).unwrap();
+    std::fs::copy(OLD_CHECKPOINT, &old_ckpt).unwrap();
     let (got, mean, log) = embed(&old_ckpt, "old.safetensors");
     assert_eq!(mean, store.mean);
     assert_eq!(log.lines().filter(|l| l.contains("warning")).count(), 1, "{log}");
@@ -466,16 +477,7 @@ fn embed_normalises_like_the_training_run() {
 #[test]
 fn eval_normalises_like_the_training_run() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let ckpt = out.join("checkpoint.safetensors");
-    let cifar = dir.path().join("cifar-10-batches-bin");
-    std::fs::create_dir(&cifar).unwrap();
-    for b in 1..=5 {
-        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 12);
-    }
-    write_cifar_batch(&cifar, "test_batch.bin", 20);
+    let (ckpt, _cifar) = checkpoint_and_cifar(dir.path(), 12, Some(20));
     let eval = |ckpt: &Path| {
         let report = dir.path().join("report.json");
         let o = run(&[
@@ -498,11 +500,7 @@ fn eval_normalises_like_the_training_run() {
     };
     assert!(!eval(&ckpt).contains("warning"));
     let old = dir.path().join("old.safetensors");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors"),
-        &old,
-    )
-    .unwrap();
+    std::fs::copy(OLD_CHECKPOINT, &old).unwrap();
     let log = eval(&old);
     assert_eq!(log.lines().filter(|l| l.contains("warning")).count(), 1, "{log}");
 }
