@@ -3,9 +3,9 @@
 
 mod common;
 
-use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, BnTrainArgs, Device, Error, Tensor, VicregWeights};
+use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, Device, Error, Tensor, VicregWeights};
 use bagssl_testkit::Report;
-use common::{host, rand_tensor, rng};
+use common::{bn_args, host, rand_tensor, rng};
 
 fn f64s(t: &Tensor) -> Vec<f64> {
     host(t).iter().map(|&x| x as f64).collect()
@@ -151,10 +151,9 @@ fn batch_norm_matches_f64() {
             let gamma = rand_tensor(&mut r, &[cols]);
             let beta = rand_tensor(&mut r, &[cols]);
             let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), 1e-5, relu);
-            let f = ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
-                .unwrap();
+            let f = ops::bn_train_fwd(bn_args(&x, None, &gamma, &beta, relu)).unwrap();
             let bagssl_autograd::BnBackward { dx, dgamma, dbeta, dbias } = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                fwd: bn_args(&x, None, &gamma, &beta, relu),
                 dy: &dy,
                 y: &f.y,
                 mean: &f.mean,
@@ -196,18 +195,8 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             let dy = rand_tensor(&mut r, &[rows, cols]);
             let (gamma, beta) = (rand_tensor(&mut r, &[cols]), rand_tensor(&mut r, &[cols]));
             let x = ops::bias_add(&x0, &bias).unwrap();
-            let want =
-                ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
-                    .unwrap();
-            let got = ops::bn_train_fwd(BnTrainArgs {
-                x: &x0,
-                bias: Some(&bias),
-                gamma: &gamma,
-                beta: &beta,
-                eps: 1e-5,
-                relu,
-            })
-            .unwrap();
+            let want = ops::bn_train_fwd(bn_args(&x, None, &gamma, &beta, relu)).unwrap();
+            let got = ops::bn_train_fwd(bn_args(&x0, Some(&bias), &gamma, &beta, relu)).unwrap();
             let mut rep = Report::new(&format!("folded bias {tag}"));
             let mut close =
                 |name: &str, g: &Tensor, w: &Tensor, atol: f64| rep.check(name, &host(g), &f64s(w), 1e-5, atol);
@@ -218,7 +207,7 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             // Both backwards get the same y (its ReLU mask) and statistics.
             let (y, m, is) = (&want.y, &want.mean, &want.invstd);
             let w = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                fwd: bn_args(&x, None, &gamma, &beta, relu),
                 dy: &dy,
                 y,
                 mean: m,
@@ -226,7 +215,7 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             })
             .unwrap();
             let g = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &x0, bias: Some(&bias), gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                fwd: bn_args(&x0, Some(&bias), &gamma, &beta, relu),
                 dy: &dy,
                 y,
                 mean: m,
@@ -468,28 +457,8 @@ fn shape_mismatches_are_errors() {
     assert!(is_shape(ops::matmul(&t(&[3, 4]), &t(&[3, 2]), false, true).map(drop)));
     assert!(is_shape(ops::linear_fwd(&t(&[3, 4]), &t(&[2, 4]), Some(&t(&[3]))).map(drop)));
     assert!(is_shape(ops::bias_add(&t(&[3, 4]), &t(&[3])).map(drop)));
-    assert!(is_shape(
-        ops::bn_train_fwd(BnTrainArgs {
-            x: &t(&[1, 4]),
-            bias: None,
-            gamma: &t(&[4]),
-            beta: &t(&[4]),
-            eps: 1e-5,
-            relu: true
-        })
-        .map(drop)
-    ));
-    assert!(is_shape(
-        ops::bn_train_fwd(BnTrainArgs {
-            x: &t(&[5, 4]),
-            bias: None,
-            gamma: &t(&[3]),
-            beta: &t(&[4]),
-            eps: 1e-5,
-            relu: true
-        })
-        .map(drop)
-    ));
+    assert!(is_shape(ops::bn_train_fwd(bn_args(&t(&[1, 4]), None, &t(&[4]), &t(&[4]), true)).map(drop)));
+    assert!(is_shape(ops::bn_train_fwd(bn_args(&t(&[5, 4]), None, &t(&[3]), &t(&[4]), true)).map(drop)));
     assert!(is_shape(ops::vicreg_fwd_bwd(&t(&[10, 4]), 3, VicregWeights::default()).map(drop)));
     assert!(is_shape(ops::vicreg_fwd_bwd(&t(&[1, 4]), 1, VicregWeights::default()).map(drop)));
     assert!(is_shape(ops::group_mean(&t(&[10, 4]), 3).map(drop)));

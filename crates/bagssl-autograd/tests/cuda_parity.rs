@@ -15,10 +15,14 @@
 //!   output scale for matmul and 1e-2 for bag-VICReg's terms and gradient; bf16 (the default)
 //!   keeps 8 bits, 4x that error, so 2e-2 and 4e-2.
 
-use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, BnTrainArgs, Device, Tensor, VicregWeights};
+mod common;
+
+use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, Device, Tensor, VicregWeights};
 use bagssl_kernels::GemmPrecision;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use common::bn_args;
 
 fn gpu(test: &str) -> Option<(Device, std::sync::Arc<bagssl_kernels::Gpu>)> {
     bagssl_testkit::gpu_or_skip(test).map(|g| (Device::Cuda(g.clone()), g))
@@ -236,10 +240,8 @@ fn batchnorm_matches_cpu() {
             let gamma = Tensor::from_vec(&[cols], uniform(&mut r, cols, 0.5, 1.5));
             let beta = rand_t(&mut r, &[cols]);
             let (xg, gg, bg) = (on(&x, &dev), on(&gamma, &dev), on(&beta, &dev));
-            let c = ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu })
-                .unwrap();
-            let g =
-                ops::bn_train_fwd(BnTrainArgs { x: &xg, bias: None, gamma: &gg, beta: &bg, eps: 1e-5, relu }).unwrap();
+            let c = ops::bn_train_fwd(bn_args(&x, None, &gamma, &beta, relu)).unwrap();
+            let g = ops::bn_train_fwd(bn_args(&xg, None, &gg, &bg, relu)).unwrap();
             rep.check(&format!("bn_train_fwd y {tag}"), &g.y, &c.y, 1e-5, 1e-5);
             rep.check(&format!("bn_train_fwd mean {tag}"), &g.mean, &c.mean, 1e-5, 1e-6);
             rep.check(&format!("bn_train_fwd invstd {tag}"), &g.invstd, &c.invstd, 1e-5, 0.0);
@@ -247,7 +249,7 @@ fn batchnorm_matches_cpu() {
             // The backward gets the CPU's forward results on both devices, so the ReLU masks agree.
             let dy = rand_t(&mut r, &[rows, cols]);
             let bc = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                fwd: bn_args(&x, None, &gamma, &beta, relu),
                 dy: &dy,
                 y: &c.y,
                 mean: &c.mean,
@@ -264,23 +266,13 @@ fn batchnorm_matches_cpu() {
             // sums of dx cancel to ~0, so the bound is at the scale of the summed magnitudes.
             let bias = rand_t(&mut r, &[cols]);
             let bgpu = on(&bias, &dev);
-            let cf = ops::bn_train_fwd(BnTrainArgs {
-                x: &x,
-                bias: Some(&bias),
-                gamma: &gamma,
-                beta: &beta,
-                eps: 1e-5,
-                relu,
-            })
-            .unwrap();
-            let gf =
-                ops::bn_train_fwd(BnTrainArgs { x: &xg, bias: Some(&bgpu), gamma: &gg, beta: &bg, eps: 1e-5, relu })
-                    .unwrap();
+            let cf = ops::bn_train_fwd(bn_args(&x, Some(&bias), &gamma, &beta, relu)).unwrap();
+            let gf = ops::bn_train_fwd(bn_args(&xg, Some(&bgpu), &gg, &bg, relu)).unwrap();
             rep.check(&format!("bn_train_fwd+bias y {tag}"), &gf.y, &cf.y, 1e-5, 1e-5);
             rep.check(&format!("bn_train_fwd+bias mean {tag}"), &gf.mean, &cf.mean, 1e-5, 1e-6);
             rep.check(&format!("bn_train_fwd+bias invstd {tag}"), &gf.invstd, &cf.invstd, 1e-5, 0.0);
             let cb = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &x, bias: Some(&bias), gamma: &gamma, beta: &beta, eps: 1e-5, relu },
+                fwd: bn_args(&x, Some(&bias), &gamma, &beta, relu),
                 dy: &dy,
                 y: &cf.y,
                 mean: &cf.mean,

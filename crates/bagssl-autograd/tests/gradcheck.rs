@@ -16,9 +16,9 @@
 
 mod common;
 
-use bagssl_autograd::{ops, BnTrainArgs, Tape, Tensor, Var, VicregWeights};
+use bagssl_autograd::{ops, Tape, Tensor, Var, VicregWeights};
 use bagssl_testkit::Report;
-use common::{host, rand_tensor, rng};
+use common::{bn_args, host, rand_tensor, rng};
 use rand::Rng;
 
 const RTOL: f64 = 2e-3;
@@ -139,10 +139,7 @@ fn bn_inputs(rows: usize, cols: usize) -> [Tensor; 3] {
         let x = rand_tensor(&mut r, &[rows, cols]);
         let gamma = away_from_zero(&mut r, &[cols]);
         let beta = rand_tensor(&mut r, &[cols]);
-        let pre =
-            ops::bn_train_fwd(BnTrainArgs { x: &x, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: false })
-                .unwrap()
-                .y;
+        let pre = ops::bn_train_fwd(bn_args(&x, None, &gamma, &beta, false)).unwrap().y;
         if host(&pre).iter().all(|v| v.abs() > 0.1) {
             return [x, gamma, beta];
         }

@@ -7,9 +7,9 @@ mod common;
 
 use bagssl_autograd::cpu::pool;
 use bagssl_autograd::{
-    ops, set_cpu_matmul_precision, BnBackwardArgs, BnEval, BnTrainArgs, CpuMatmulPrecision, Tensor, VicregWeights,
+    ops, set_cpu_matmul_precision, BnBackwardArgs, BnEval, CpuMatmulPrecision, Tensor, VicregWeights,
 };
-use common::{host, rand_tensor, rng};
+use common::{bn_args, host, rand_tensor, rng};
 
 /// Images x patches and widths big enough that every output is at least `pool::MIN_LEN` long,
 /// and `d` makes the bag-VICReg Gram matrix take its blocked path (three 128-column blocks).
@@ -36,11 +36,10 @@ fn run_all() -> Vec<Vec<f32>> {
     keep(&h);
     keep(&ops::linear_fwd(&x, &w, None).unwrap());
     keep(&ops::bias_add(&h, &b).unwrap());
-    let bn = ops::bn_train_fwd(BnTrainArgs { x: &h, bias: Some(&b), gamma: &gamma, beta: &b, eps: 1e-5, relu: true })
-        .unwrap();
+    let bn = ops::bn_train_fwd(bn_args(&h, Some(&b), &gamma, &b, true)).unwrap();
     keep(&bn.y);
     let g = ops::bn_train_bwd(BnBackwardArgs {
-        fwd: BnTrainArgs { x: &h, bias: Some(&b), gamma: &gamma, beta: &b, eps: 1e-5, relu: true },
+        fwd: bn_args(&h, Some(&b), &gamma, &b, true),
         dy: &dy,
         y: &bn.y,
         mean: &bn.mean,

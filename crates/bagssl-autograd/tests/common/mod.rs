@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use bagssl_autograd::Tensor;
+use bagssl_autograd::{BnTrainArgs, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -39,4 +39,15 @@ pub fn golden_tensor(v: &serde_json::Value, key: &str) -> Tensor {
 
 pub fn golden_f64(v: &serde_json::Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or_else(|| panic!("golden key {key}: not a number"))
+}
+
+/// A training-mode BatchNorm's arguments with PyTorch's eps.
+pub fn bn_args<'a>(
+    x: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    gamma: &'a Tensor,
+    beta: &'a Tensor,
+    relu: bool,
+) -> BnTrainArgs<'a> {
+    BnTrainArgs { x, bias, gamma, beta, eps: 1e-5, relu }
 }
