@@ -1,7 +1,7 @@
 //! Times the linear probe at the size a CIFAR-10 run uses (45k x 512 features, 10 classes,
 //! 50 epochs): `cargo run --release -p bagssl-eval --example probe_timing`.
 
-use bagssl_eval::{linear_probe, Labeled};
+use bagssl_eval::{linear_probe, Labeled, Splits};
 
 fn main() {
     let (n, dim, classes) = (45_000, 512, 10);
@@ -14,15 +14,13 @@ fn main() {
         x.extend((0..dim).map(|d| centres[c as usize * dim + d] + 2.0 * (rng.uniform() - 0.5)));
     }
     let t = std::time::Instant::now();
-    let acc = linear_probe(
-        Labeled { features: &x[..n * dim], labels: &y[..n] },
-        Labeled { features: &x[n * dim..], labels: &y[n..] },
+    let splits = Splits {
+        train: Labeled { features: &x[..n * dim], labels: &y[..n] },
+        test: Labeled { features: &x[n * dim..], labels: &y[n..] },
         dim,
         classes,
-        50,
-        0,
-    )
-    .expect("probe");
+    };
+    let acc = linear_probe(&splits, 50, 0).expect("probe");
     println!(
         "linear probe, {n} x {dim}, {classes} classes, 50 epochs: {:.2} s (accuracy {acc:.3})",
         t.elapsed().as_secs_f64()

@@ -10,7 +10,7 @@
 use bagssl_autograd::{ops, Tensor};
 use rayon::prelude::*;
 
-use crate::{check_labels, rows_of, EvalError, Labeled, Result};
+use crate::{check_labels, rows_of, EvalError, Result, Splits};
 
 /// Test rows per similarity block: 256 x 50 000 training rows is ~51 MB of similarities.
 const BLOCK: usize = 256;
@@ -110,16 +110,9 @@ pub(crate) fn argmax_lowest<T: PartialOrd + Copy>(v: &[T]) -> usize {
 }
 
 /// Fraction of test rows whose kNN prediction equals their label.
-pub fn knn_accuracy(
-    train: Labeled<'_>,
-    test: Labeled<'_>,
-    dim: usize,
-    k: usize,
-    t: f64,
-    classes: usize,
-) -> Result<f64> {
-    let test_labels = test.labels;
-    let (pred, _) = knn_predict(train.features, train.labels, test.features, dim, k, t, classes)?;
+pub fn knn_accuracy(s: &Splits<'_>, k: usize, t: f64) -> Result<f64> {
+    let test_labels = s.test.labels;
+    let (pred, _) = knn_predict(s.train.features, s.train.labels, s.test.features, s.dim, k, t, s.classes)?;
     if test_labels.len() != pred.len() {
         return Err(EvalError::Invalid(format!("{} test labels for {} test rows", test_labels.len(), pred.len())));
     }

@@ -24,6 +24,16 @@ pub struct Labeled<'a> {
     pub labels: &'a [u32],
 }
 
+/// What kNN and the linear probe evaluate: labelled features of both splits, their width and the
+/// number of classes.
+#[derive(Clone, Copy, Debug)]
+pub struct Splits<'a> {
+    pub train: Labeled<'a>,
+    pub test: Labeled<'a>,
+    pub dim: usize,
+    pub classes: usize,
+}
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

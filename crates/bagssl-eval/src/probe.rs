@@ -12,7 +12,7 @@ use bagssl_data::SeededRng;
 use rayon::prelude::*;
 
 use crate::knn::argmax_lowest;
-use crate::{check_labels, rows_of, EvalError, Labeled, Result};
+use crate::{check_labels, rows_of, EvalError, Result, Splits};
 use bagssl_autograd::cpu::matmul::{gemm_views, View};
 
 /// Hyper-parameters of the probe; the defaults are the reference's.
@@ -207,14 +207,7 @@ fn host_mut(t: &mut Tensor) -> &mut [f32] {
 
 /// Test accuracy of a linear probe trained on (`train`, `train_labels`) for `epochs` epochs with
 /// the reference's hyper-parameters ([`ProbeOptions::default`]) and `seed`.
-pub fn linear_probe(
-    train: Labeled<'_>,
-    test: Labeled<'_>,
-    dim: usize,
-    classes: usize,
-    epochs: usize,
-    seed: u64,
-) -> Result<f64> {
+pub fn linear_probe(s: &Splits<'_>, epochs: usize, seed: u64) -> Result<f64> {
     let opts = ProbeOptions { epochs, seed, ..ProbeOptions::default() };
-    train_probe(train.features, train.labels, dim, classes, &opts)?.accuracy(test.features, test.labels)
+    train_probe(s.train.features, s.train.labels, s.dim, s.classes, &opts)?.accuracy(s.test.features, s.test.labels)
 }

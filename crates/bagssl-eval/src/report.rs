@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::embed::{embed_bag, embed_single_patch};
 use crate::knn::knn_accuracy;
 use crate::probe::linear_probe;
-use crate::Labeled;
 use crate::Result;
+use crate::{Labeled, Splits};
 
 /// Evaluation settings (the `[eval]` config section plus the patch size).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,21 +58,27 @@ pub fn evaluate(model: &BagSslModel, train: &ImageStore, test: &ImageStore, cfg:
 
     let ftr = embed_bag(model, train, p, s, bi)?;
     let fte = embed_bag(model, test, p, s, bi)?;
-    let (tr, te) =
-        (Labeled { features: &ftr, labels: &train.labels }, Labeled { features: &fte, labels: &test.labels });
-    let knn = knn_accuracy(tr, te, dim, cfg.knn_k, cfg.knn_t, classes)?;
-    let linear = linear_probe(tr, te, dim, classes, cfg.probe_epochs, cfg.seed)?;
+    let bags = splits(train, &ftr, test, &fte, dim, classes);
+    let knn = knn_accuracy(&bags, cfg.knn_k, cfg.knn_t)?;
+    let linear = linear_probe(&bags, cfg.probe_epochs, cfg.seed)?;
     drop((ftr, fte));
 
     let single_tr = embed_single_patch(model, train, p, s, bi)?;
     let single_te = embed_single_patch(model, test, p, s, bi)?;
-    let knn_single_patch = knn_accuracy(
-        Labeled { features: &single_tr, labels: &train.labels },
-        Labeled { features: &single_te, labels: &test.labels },
-        dim,
-        cfg.knn_k,
-        cfg.knn_t,
-        classes,
-    )?;
+    let knn_single_patch =
+        knn_accuracy(&splits(train, &single_tr, test, &single_te, dim, classes), cfg.knn_k, cfg.knn_t)?;
     Ok(EvalReport { knn, linear, knn_single_patch })
+}
+
+/// The features of both splits with the stores' labels.
+fn splits<'a>(
+    train: &'a ImageStore,
+    ftr: &'a [f32],
+    test: &'a ImageStore,
+    fte: &'a [f32],
+    dim: usize,
+    classes: usize,
+) -> Splits<'a> {
+    let train = Labeled { features: ftr, labels: &train.labels };
+    Splits { train, test: Labeled { features: fte, labels: &test.labels }, dim, classes }
 }

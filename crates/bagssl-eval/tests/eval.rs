@@ -5,7 +5,7 @@ use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSp
 use bagssl_eval::probe::train_probe;
 use bagssl_eval::{
     centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, Labeled,
-    ProbeOptions,
+    ProbeOptions, Splits,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{array, golden};
@@ -62,29 +62,16 @@ fn probe_learns_separable_data_and_is_deterministic() {
     let (x, y) = blobs(2500, dim, classes, 1);
     let (xtr, ytr, xte, yte) = (&x[..2000 * dim], &y[..2000], &x[2000 * dim..], &y[2000..]);
     // 100 epochs of 4 mini-batches: the reference's lr (1e-3) needs a few hundred Adam steps.
-    let acc = linear_probe(
-        Labeled { features: xtr, labels: ytr },
-        Labeled { features: xte, labels: yte },
+    let splits = Splits {
+        train: Labeled { features: xtr, labels: ytr },
+        test: Labeled { features: xte, labels: yte },
         dim,
         classes,
-        100,
-        0,
-    )
-    .unwrap();
+    };
+    let acc = linear_probe(&splits, 100, 0).unwrap();
     println!("probe accuracy {acc}");
     assert!(acc > 0.95, "accuracy {acc}");
-    assert_eq!(
-        acc,
-        linear_probe(
-            Labeled { features: xtr, labels: ytr },
-            Labeled { features: xte, labels: yte },
-            dim,
-            classes,
-            100,
-            0
-        )
-        .unwrap()
-    );
+    assert_eq!(acc, linear_probe(&splits, 100, 0).unwrap());
     let opts = ProbeOptions { epochs: 5, seed: 3, ..ProbeOptions::default() };
     let a = train_probe(xtr, ytr, dim, classes, &opts).unwrap();
     let b = train_probe(xtr, ytr, dim, classes, &opts).unwrap();

@@ -109,26 +109,9 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     assert!(st.tensor("encoder.1.bn.running_var").is_ok());
 
     // eval --checkpoint on the official CIFAR binary layout.
-    let cifar = dir.path().join("cifar-10-batches-bin");
-    std::fs::create_dir(&cifar).unwrap();
-    for b in 1..=5 {
-        write_cifar_batch(&cifar, &format!("data_batch_{b}.bin"), 12);
-    }
-    write_cifar_batch(&cifar, "test_batch.bin", 20);
+    let cifar = cifar_folder(dir.path(), 12, Some(20));
     let report = dir.path().join("report.json");
-    let o = run(&[
-        "eval",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--data",
-        dir.path().to_str().unwrap(),
-        "--eval-data",
-        dir.path().to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-        "--set",
-        "eval.probe_epochs=2",
-    ]);
+    let o = eval_cifar(&ckpt, dir.path(), &report, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert!(r["trained"]["knn"].as_f64().is_some(), "{r}");
@@ -396,12 +379,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 const OLD_CHECKPOINT: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures/checkpoint-4b64f18.safetensors");
 
-/// A TINY run's checkpoint (no untrained evaluation) and a CIFAR-10 binary folder beside it with
-/// `per_batch` images in each training batch and, if asked, a test batch.
-fn checkpoint_and_cifar(dir: &Path, per_batch: usize, test_batch: Option<usize>) -> (PathBuf, PathBuf) {
-    let out = dir.join("run");
-    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
-    assert!(o.status.success(), "{}", text(&o));
+/// `dir/cifar-10-batches-bin` in the official binary layout: `per_batch` images in each training
+/// batch and, if asked, a test batch.
+fn cifar_folder(dir: &Path, per_batch: usize, test_batch: Option<usize>) -> PathBuf {
     let cifar = dir.join("cifar-10-batches-bin");
     std::fs::create_dir(&cifar).unwrap();
     for b in 1..=5 {
@@ -410,7 +390,25 @@ fn checkpoint_and_cifar(dir: &Path, per_batch: usize, test_batch: Option<usize>)
     if let Some(n) = test_batch {
         write_cifar_batch(&cifar, "test_batch.bin", n);
     }
-    (out.join("checkpoint.safetensors"), cifar)
+    cifar
+}
+
+/// `eval` of `ckpt` on the CIFAR-10 folder under `dir` (both splits), the report in `report`.
+fn eval_cifar(ckpt: &Path, dir: &Path, report: &Path, extra: &[&str]) -> std::process::Output {
+    let (ckpt, dir, report) = (ckpt.to_str().unwrap(), dir.to_str().unwrap(), report.to_str().unwrap());
+    let mut args = vec!["eval", "--checkpoint", ckpt, "--data", dir, "--eval-data", dir, "--out", report];
+    args.extend(["--set", "eval.probe_epochs=2"]);
+    args.extend(extra);
+    run(&args)
+}
+
+/// A TINY run's checkpoint (no untrained evaluation) and a CIFAR-10 binary folder beside it
+/// ([`cifar_folder`]).
+fn checkpoint_and_cifar(dir: &Path, per_batch: usize, test_batch: Option<usize>) -> (PathBuf, PathBuf) {
+    let out = dir.join("run");
+    let o = train_tiny(&out, &["--set", "eval.untrained=false"]);
+    assert!(o.status.success(), "{}", text(&o));
+    (out.join("checkpoint.safetensors"), cifar_folder(dir, per_batch, test_batch))
 }
 
 /// `embed` normalises the images it is given with the training run's statistics (recorded in the
@@ -479,22 +477,7 @@ fn eval_normalises_like_the_training_run() {
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, _cifar) = checkpoint_and_cifar(dir.path(), 12, Some(20));
     let eval = |ckpt: &Path| {
-        let report = dir.path().join("report.json");
-        let o = run(&[
-            "eval",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--data",
-            dir.path().to_str().unwrap(),
-            "--eval-data",
-            dir.path().to_str().unwrap(),
-            "--out",
-            report.to_str().unwrap(),
-            "--set",
-            "eval.probe_epochs=2",
-            "--set",
-            "data.cache_dir=\"off\"",
-        ]);
+        let o = eval_cifar(ckpt, dir.path(), &dir.path().join("report.json"), &["--set", "data.cache_dir=\"off\""]);
         assert!(o.status.success(), "{}", text(&o));
         text(&o)
     };
