@@ -81,13 +81,8 @@ impl<'a, T: ?Sized> BnBackwardArgs<'a, T> {
         self,
         f: impl Fn(&'a T) -> std::result::Result<&'a U, E>,
     ) -> std::result::Result<BnBackwardArgs<'a, U>, E> {
-        Ok(BnBackwardArgs {
-            dy: f(self.dy)?,
-            y: f(self.y)?,
-            mean: f(self.mean)?,
-            invstd: f(self.invstd)?,
-            fwd: self.fwd.try_map(f)?,
-        })
+        let [dy, y, mean, invstd] = [self.dy, self.y, self.mean, self.invstd].map(&f);
+        Ok(BnBackwardArgs { fwd: self.fwd.try_map(f)?, dy: dy?, y: y?, mean: mean?, invstd: invstd? })
     }
 }
 

@@ -553,34 +553,40 @@ fn cpu_and_gpu(gpu: &Arc<Gpu>, kind: OptimizerKind) -> (Side, Side) {
     (Side::new("cpu", cpu), Side::new("gpu", Trainer::with_model(on_gpu, c).unwrap()))
 }
 
-#[test]
-fn gpu_step_matches_cpu() {
-    let Some(gpu) = gpu_or_skip("gpu_step_matches_cpu") else { return };
-    let data = store();
+/// `check` on a fresh CPU and GPU pair of each optimizer at each GEMM precision, with the
+/// precision's tolerances, one report each titled `what`.
+fn at_each_precision_and_optimizer(
+    test: &str,
+    what: &str,
+    mut check: impl FnMut(&mut Report, Tol, &mut Side, &mut Side),
+) {
+    let Some(gpu) = gpu_or_skip(test) else { return };
     at_each_gemm_precision(&gpu, |prec| {
         for kind in [OptimizerKind::AdamW, OptimizerKind::Lars] {
             let (mut cpu, mut dev) = cpu_and_gpu(&gpu, kind);
-            let mut rep = Report::new(&format!("step {kind:?} {prec:?}"));
-            compare_first_step(&mut rep, Tol::of(prec), &data, &mut cpu, &mut dev, X_TOL);
+            let mut rep = Report::new(&format!("{what} {kind:?} {prec:?}"));
+            check(&mut rep, Tol::of(prec), &mut cpu, &mut dev);
             rep.finish();
         }
     });
 }
 
 #[test]
-fn gpu_steps_stay_close_to_cpu() {
-    let Some(gpu) = gpu_or_skip("gpu_steps_stay_close_to_cpu") else { return };
+fn gpu_step_matches_cpu() {
     let data = store();
-    at_each_gemm_precision(&gpu, |prec| {
-        for kind in [OptimizerKind::AdamW, OptimizerKind::Lars] {
-            let (mut cpu, mut dev) = cpu_and_gpu(&gpu, kind);
-            let mut rep = Report::new(&format!("{STEPS} steps {kind:?} {prec:?}"));
-            compare_steps(&mut rep, Tol::of(prec), &data, &mut cpu, &mut dev);
-            // The store went up once and is still the resident one.
-            let resident = dev.trainer.patch_source().gpu_store().is_some_and(|g| g.holds(&data));
-            rep.line(resident, "training store resident on the GPU", format!("{resident}"));
-            rep.finish();
-        }
+    at_each_precision_and_optimizer("gpu_step_matches_cpu", "step", |rep, tol, cpu, dev| {
+        compare_first_step(rep, tol, &data, cpu, dev, X_TOL)
+    });
+}
+
+#[test]
+fn gpu_steps_stay_close_to_cpu() {
+    let data = store();
+    at_each_precision_and_optimizer("gpu_steps_stay_close_to_cpu", &format!("{STEPS} steps"), |rep, tol, cpu, dev| {
+        compare_steps(rep, tol, &data, cpu, dev);
+        // The store went up once and is still the resident one.
+        let resident = dev.trainer.patch_source().gpu_store().is_some_and(|g| g.holds(&data));
+        rep.line(resident, "training store resident on the GPU", format!("{resident}"));
     });
 }
 

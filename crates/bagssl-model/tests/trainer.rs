@@ -34,6 +34,15 @@ fn train_config(optimizer: OptimizerKind) -> TrainConfig {
     }
 }
 
+/// A fresh AdamW trainer, its checkpoint path `ck.safetensors` in a new temporary folder, and a
+/// training set of 16 12x12 images drawn with `seed`.
+fn trainer_and_checkpoint(seed: u64) -> (Trainer, tempfile::TempDir, std::path::PathBuf, ImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    let t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    (t, dir, ck, store(16, 12, seed))
+}
+
 /// Every parameter, running statistic and optimizer buffer, by name, as host values.
 fn snapshot(t: &Trainer) -> Vec<(String, Vec<f32>)> {
     let mut all = t.model().named_tensors();
@@ -83,10 +92,7 @@ fn resume_is_bit_identical_lars() {
 
 #[test]
 fn model_load_reads_trainer_checkpoint() {
-    let data = store(16, 12, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck.safetensors");
-    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    let (mut t, dir, ck, data) = trainer_and_checkpoint(2);
     t.step(&data).unwrap();
     t.save(&ck).unwrap();
     let m = BagSslModel::load(&ck, &Device::Cpu).unwrap();
@@ -107,10 +113,7 @@ fn model_load_reads_trainer_checkpoint() {
 
 #[test]
 fn checkpoint_write_is_atomic() {
-    let data = store(16, 12, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck.safetensors");
-    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    let (mut t, dir, ck, data) = trainer_and_checkpoint(3);
     t.step(&data).unwrap();
     t.save(&ck).unwrap();
     let saved = snapshot(&t);
@@ -238,10 +241,7 @@ fn load_errors_name_file_and_tensor() {
 /// it too; a checkpoint written before it was recorded reads as `None`.
 #[test]
 fn checkpoints_record_the_training_normalization() {
-    let data = store(16, 12, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck.safetensors");
-    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    let (mut t, dir, ck, data) = trainer_and_checkpoint(3);
     assert_eq!(t.normalization(), None, "nothing trained on yet");
     t.step(&data).unwrap();
     let expected = Normalization { mean: data.mean, std: data.std };
