@@ -208,6 +208,11 @@ fn grad_dot_const() {
     gradcheck("dot_const", &[x], 1e-2, move |t, v| t.dot_const(v[0], w.try_clone().unwrap()).unwrap());
 }
 
+/// x (rows, 4), and a Linear layer's W (5, 4) and b (5).
+fn linear_inputs(r: &mut rand_chacha::ChaCha8Rng, rows: usize) -> [Tensor; 3] {
+    [rand_tensor(r, &[rows, 4]), rand_tensor(r, &[5, 4]), rand_tensor(r, &[5])]
+}
+
 /// The model's block: a Linear layer without its bias, the bias folded into the BatchNorm.
 /// The bias's true gradient is 0 before a training-mode BatchNorm; at eps = 1e-3 its difference
 /// quotients are f32 noise of ~2e-4 (45 outputs of ~1: 45^0.5 * 6e-8 / 2e-3), hence atol 5e-4,
@@ -215,9 +220,7 @@ fn grad_dot_const() {
 #[test]
 fn grad_linear_batch_norm_folded_bias() {
     let mut r = rng(11);
-    let x = rand_tensor(&mut r, &[9, 4]);
-    let w = rand_tensor(&mut r, &[5, 4]);
-    let b = rand_tensor(&mut r, &[5]);
+    let [x, w, b] = linear_inputs(&mut r, 9);
     let gamma = away_from_zero(&mut r, &[5]);
     let beta = rand_tensor(&mut r, &[5]);
     gradcheck_atol("linear + batch_norm(bias)", &[x, w, b, gamma, beta], 1e-3, 5e-4, |t, v| {
@@ -233,9 +236,7 @@ fn grad_linear_batch_norm_folded_bias() {
 #[test]
 fn grad_linear_bag_vicreg_bias() {
     let mut r = rng(12);
-    let x = rand_tensor(&mut r, &[12, 4]);
-    let w = rand_tensor(&mut r, &[5, 4]);
-    let b = rand_tensor(&mut r, &[5]);
+    let [x, w, b] = linear_inputs(&mut r, 12);
     let vw = VicregWeights::default();
     gradcheck_atol("linear + bag_vicreg(bias)", &[x, w, b], 1e-2, 2e-4, |t, v| {
         let z = t.linear(v[0], v[1], None).unwrap();
