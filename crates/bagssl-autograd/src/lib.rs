@@ -25,7 +25,7 @@ pub use backend::{
 };
 pub use cpu::{cpu_matmul_precision, set_cpu_matmul_precision, CpuMatmulPrecision};
 pub use loss::{BagVicreg, LossValues, PendingLoss, ScalarLoss};
-pub use tape::{Gradients, Tape, Var};
+pub use tape::{BnVars, Gradients, Tape, Var};
 pub use tensor::{Device, Storage, Tensor};
 
 /// Errors of this crate: shape mismatches and device problems, never panics on user data.

@@ -53,6 +53,18 @@ struct Node<'a> {
     requires_grad: bool,
 }
 
+/// The inputs of [`Tape::batch_norm`], as vars of the tape.
+#[derive(Clone, Copy, Debug)]
+pub struct BnVars {
+    pub x: Var,
+    /// The preceding Linear layer's bias, folded in (see [`ops::bn_train_fwd`]).
+    pub bias: Option<Var>,
+    pub gamma: Var,
+    pub beta: Var,
+    pub eps: f32,
+    pub relu: bool,
+}
+
 /// Batch statistics a BatchNorm node keeps for its backward and for [`Tape::bn_stats`].
 struct BnStats {
     mean: Tensor,
@@ -82,13 +94,7 @@ enum Op {
         b: Var,
     },
     BatchNorm {
-        x: Var,
-        /// The preceding Linear layer's bias, folded in (see [`ops::bn_train_fwd`]).
-        bias: Option<Var>,
-        gamma: Var,
-        beta: Var,
-        eps: f32,
-        relu: bool,
+        vars: BnVars,
         /// Boxed: three tensors would triple the size of every node.
         stats: Box<BnStats>,
     },
@@ -205,33 +211,23 @@ impl<'a> Tape<'a> {
     /// the Linear layer that made `x` (record that one without it), folded into the BatchNorm's
     /// passes: the same values as `linear` with the bias, one pass over the (rows, cols) matrix
     /// fewer each way. Batch statistics: [`Tape::bn_stats`].
-    pub fn batch_norm(
-        &mut self,
-        x: Var,
-        bias: Option<Var>,
-        gamma: Var,
-        beta: Var,
-        eps: f32,
-        relu: bool,
-    ) -> Result<Var> {
-        let f = ops::bn_train_fwd(self.bn_args(x, bias, gamma, beta, (eps, relu)))?;
+    pub fn batch_norm(&mut self, v: BnVars) -> Result<Var> {
+        let f = ops::bn_train_fwd(self.bn_args(v))?;
         let stats = Box::new(BnStats { mean: f.mean, invstd: f.invstd, var_unbiased: f.var_unbiased });
-        let op = Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats };
-        let mut inputs = vec![x, gamma, beta];
-        inputs.extend(bias);
-        Ok(self.push_op(f.y, op, &inputs))
+        let mut inputs = vec![v.x, v.gamma, v.beta];
+        inputs.extend(v.bias);
+        Ok(self.push_op(f.y, Op::BatchNorm { vars: v, stats }, &inputs))
     }
 
-    /// The BatchNorm forward's arguments from the vars' values (`flags`: eps, relu).
-    fn bn_args(&self, x: Var, bias: Option<Var>, gamma: Var, beta: Var, flags: (f32, bool)) -> BnTrainArgs<'_> {
-        let (eps, relu) = flags;
+    /// The BatchNorm forward's arguments: the vars' values.
+    fn bn_args(&self, v: BnVars) -> BnTrainArgs<'_> {
         BnTrainArgs {
-            x: self.value(x),
-            bias: bias.map(|b| self.value(b)),
-            gamma: self.value(gamma),
-            beta: self.value(beta),
-            eps,
-            relu,
+            x: self.value(v.x),
+            bias: v.bias.map(|b| self.value(b)),
+            gamma: self.value(v.gamma),
+            beta: self.value(v.beta),
+            eps: v.eps,
+            relu: v.relu,
         }
     }
 
@@ -424,8 +420,9 @@ impl<'a> Tape<'a> {
                     self.accumulate(grads, x, dy)?;
                 }
             }
-            Op::BatchNorm { x, bias, gamma, beta, eps, relu, stats } => {
-                let fwd = self.bn_args(x, bias, gamma, beta, (eps, relu));
+            Op::BatchNorm { vars, stats } => {
+                let BnVars { x, bias, gamma, beta, .. } = vars;
+                let fwd = self.bn_args(vars);
                 let g =
                     ops::bn_train_bwd(BnBackwardArgs { fwd, dy: &dy, y, mean: &stats.mean, invstd: &stats.invstd })?;
                 if needs(gamma) {

@@ -10,7 +10,7 @@
 
 mod common;
 
-use bagssl_autograd::{ops, Tape, Tensor, VicregWeights};
+use bagssl_autograd::{ops, BnVars, Tape, Tensor, VicregWeights};
 use bagssl_testkit::{golden, Report};
 use common::{golden_array, golden_f64, golden_tensor, host};
 
@@ -74,10 +74,10 @@ fn model_step_golden() {
         let (w, b, gamma, beta) = (p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]);
         if i == 0 {
             let y = tape.linear(input, w, Some(b)).unwrap();
-            tape.batch_norm(y, None, gamma, beta, bn_eps, true).unwrap()
+            tape.batch_norm(BnVars { x: y, bias: None, gamma, beta, eps: bn_eps, relu: true }).unwrap()
         } else {
             let y = tape.linear(input, w, None).unwrap();
-            tape.batch_norm(y, Some(b), gamma, beta, bn_eps, true).unwrap()
+            tape.batch_norm(BnVars { x: y, bias: Some(b), gamma, beta, eps: bn_eps, relu: true }).unwrap()
         }
     };
     let a0 = block(&mut tape, x, 0);

@@ -16,7 +16,7 @@
 
 mod common;
 
-use bagssl_autograd::{ops, Tape, Tensor, Var, VicregWeights};
+use bagssl_autograd::{ops, BnVars, Tape, Tensor, Var, VicregWeights};
 use bagssl_testkit::Report;
 use common::{bn_args, host, rand_tensor, rng};
 use rand::Rng;
@@ -150,13 +150,15 @@ fn bn_inputs(rows: usize, cols: usize) -> [Tensor; 3] {
 #[test]
 fn grad_batch_norm() {
     let [x, g, b] = bn_inputs(13, 3);
-    gradcheck("batch_norm", &[x, g, b], 1e-3, |t, v| t.batch_norm(v[0], None, v[1], v[2], 1e-5, false).unwrap());
+    gradcheck("batch_norm", &[x, g, b], 1e-3, |t, v| t.batch_norm(bn_vars(v[0], None, v[1], v[2], false)).unwrap());
 }
 
 #[test]
 fn grad_batch_norm_relu() {
     let [x, g, b] = bn_inputs(7, 5);
-    gradcheck("batch_norm + relu", &[x, g, b], 1e-3, |t, v| t.batch_norm(v[0], None, v[1], v[2], 1e-5, true).unwrap());
+    gradcheck("batch_norm + relu", &[x, g, b], 1e-3, |t, v| {
+        t.batch_norm(bn_vars(v[0], None, v[1], v[2], true)).unwrap()
+    });
 }
 
 #[test]
@@ -208,6 +210,11 @@ fn grad_dot_const() {
     gradcheck("dot_const", &[x], 1e-2, move |t, v| t.dot_const(v[0], w.try_clone().unwrap()).unwrap());
 }
 
+/// A training-mode BatchNorm's inputs with PyTorch's eps.
+fn bn_vars(x: Var, bias: Option<Var>, gamma: Var, beta: Var, relu: bool) -> BnVars {
+    BnVars { x, bias, gamma, beta, eps: 1e-5, relu }
+}
+
 /// x (rows, 4), and a Linear layer's W (5, 4) and b (5).
 fn linear_inputs(r: &mut rand_chacha::ChaCha8Rng, rows: usize) -> [Tensor; 3] {
     [rand_tensor(r, &[rows, 4]), rand_tensor(r, &[5, 4]), rand_tensor(r, &[5])]
@@ -225,7 +232,7 @@ fn grad_linear_batch_norm_folded_bias() {
     let beta = rand_tensor(&mut r, &[5]);
     gradcheck_atol("linear + batch_norm(bias)", &[x, w, b, gamma, beta], 1e-3, 5e-4, |t, v| {
         let y = t.linear(v[0], v[1], None).unwrap();
-        t.batch_norm(y, Some(v[2]), v[3], v[4], 1e-5, false).unwrap()
+        t.batch_norm(bn_vars(y, Some(v[2]), v[3], v[4], false)).unwrap()
     });
 }
 
@@ -283,7 +290,7 @@ fn grad_chain() {
     gradcheck("linear-bn-matmul-bias-relu-group_mean-vicreg", &[x, w1, b1, w2, b2], 1e-2, |t, v| {
         let g1 = t.linear(v[0], v[1], Some(v[2])).unwrap();
         // b1 doubles as gamma and beta: three uses of one var, so accumulation is checked too.
-        let h = t.batch_norm(g1, None, v[2], v[2], 1e-5, false).unwrap();
+        let h = t.batch_norm(bn_vars(g1, None, v[2], v[2], false)).unwrap();
         let m = t.matmul(h, v[3], false, false).unwrap();
         let z = t.bias_add(m, v[4]).unwrap();
         let p = t.group_mean(z, 2).unwrap();

@@ -2,7 +2,7 @@
 //! training (biased variance to normalise, unbiased for the running variance), running
 //! statistics in eval mode (docs/DEFINITIONS.md §5).
 
-use bagssl_autograd::{ops, BnEval, Device, Tensor, Var};
+use bagssl_autograd::{ops, BnEval, BnVars, Device, Tensor, Var};
 
 use super::{child, Forward, Init, Layer, Param, ParamKind, Visitor, VisitorMut};
 use crate::Result;
@@ -77,7 +77,7 @@ impl BatchNorm {
     pub fn forward_biased<'a>(&'a self, f: &mut Forward<'_, 'a>, x: Var, bias: Option<Var>) -> Result<Var> {
         if f.train {
             let (g, b) = (f.param(&self.gamma), f.param(&self.beta));
-            let y = f.tape.batch_norm(x, bias, g, b, self.eps, self.relu)?;
+            let y = f.tape.batch_norm(BnVars { x, bias, gamma: g, beta: b, eps: self.eps, relu: self.relu })?;
             f.batch_norm_output(&self.running, y);
             return Ok(y);
         }
