@@ -27,101 +27,11 @@ impl Transpose {
     pub const NT: Transpose = Transpose { a: false, b: true };
 }
 
-/// A training-mode BatchNorm over the rows of `x + bias` (batch statistics, biased variance),
-/// optionally followed by ReLU.
-///
-/// `bias` is the bias of the Linear layer before the BatchNorm, folded in, so no pass writes and
-/// re-reads the biased matrix: the CUDA kernels add it as they read x (bit for bit `bias_add`
-/// then BatchNorm), the CPU ones take the statistics of x and shift its mean (the same values to
-/// f32 rounding, no work per element). The batch mean is that of `x + bias`.
-///
-/// Generic over what holds the values: `ops` and the backends take tensors, the CPU kernels the
-/// same struct over slices ([`BnTrainArgs::try_map`]).
-pub struct BnTrainArgs<'a, T: ?Sized = Tensor> {
-    pub x: &'a T,
-    pub bias: Option<&'a T>,
-    pub gamma: &'a T,
-    pub beta: &'a T,
-    pub eps: f32,
-    pub relu: bool,
-}
-
-impl<'a, T: ?Sized> BnTrainArgs<'a, T> {
-    /// The same arguments with every value mapped by `f` (a tensor to its slice, say).
-    pub fn try_map<U: ?Sized, E>(
-        self,
-        f: impl Fn(&'a T) -> std::result::Result<&'a U, E>,
-    ) -> std::result::Result<BnTrainArgs<'a, U>, E> {
-        Ok(BnTrainArgs {
-            x: f(self.x)?,
-            bias: self.bias.map(&f).transpose()?,
-            gamma: f(self.gamma)?,
-            beta: f(self.beta)?,
-            eps: self.eps,
-            relu: self.relu,
-        })
-    }
-}
-
-/// The backward of the forward `fwd`, with its output `y` and batch statistics.
-///
-/// With ReLU, `y > 0` is the mask (a GPU recomputes it from x, gamma and beta, bit for bit,
-/// rather than read y). With a bias, [`BnBackward::dbias`] is the column sums of dx.
-pub struct BnBackwardArgs<'a, T: ?Sized = Tensor> {
-    pub fwd: BnTrainArgs<'a, T>,
-    pub dy: &'a T,
-    pub y: &'a T,
-    pub mean: &'a T,
-    pub invstd: &'a T,
-}
-
-impl<'a, T: ?Sized> BnBackwardArgs<'a, T> {
-    /// The same arguments with every value mapped by `f`.
-    pub fn try_map<U: ?Sized, E>(
-        self,
-        f: impl Fn(&'a T) -> std::result::Result<&'a U, E>,
-    ) -> std::result::Result<BnBackwardArgs<'a, U>, E> {
-        let [dy, y, mean, invstd] = [self.dy, self.y, self.mean, self.invstd].map(&f);
-        Ok(BnBackwardArgs { fwd: self.fwd.try_map(f)?, dy: dy?, y: y?, mean: mean?, invstd: invstd? })
-    }
-}
-
-// By hand: derive(Clone, Copy) would ask `T: Copy` of the unsized slice type.
-impl<T: ?Sized> Clone for BnTrainArgs<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T: ?Sized> Copy for BnTrainArgs<'_, T> {}
-impl<T: ?Sized> Clone for BnBackwardArgs<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T: ?Sized> Copy for BnBackwardArgs<'_, T> {}
-
-/// An eval-mode BatchNorm: running statistics and affine parameters, optionally followed by ReLU.
-#[derive(Clone, Copy)]
-pub struct BnEval<'a> {
-    pub running_mean: &'a Tensor,
-    pub running_var: &'a Tensor,
-    pub gamma: &'a Tensor,
-    pub beta: &'a Tensor,
-    pub eps: f32,
-    pub relu: bool,
-}
-
-impl BnEval<'_> {
-    /// The four per-column vectors, named, for shape and device checks.
-    pub(crate) fn vectors(&self) -> [(&'static str, &Tensor); 4] {
-        [
-            ("running_mean", self.running_mean),
-            ("running_var", self.running_var),
-            ("gamma", self.gamma),
-            ("beta", self.beta),
-        ]
-    }
-}
+/// The BatchNorm argument structs over tensors (the same structs the CPU kernels take over
+/// slices and the CUDA launchers over GPU buffers: `bagssl_kernels::args`).
+pub type BnTrainArgs<'a, T = Tensor> = bagssl_kernels::BnTrainArgs<'a, T>;
+pub type BnBackwardArgs<'a, T = Tensor> = bagssl_kernels::BnBackwardArgs<'a, T>;
+pub type BnEval<'a, T = Tensor> = bagssl_kernels::BnEval<'a, T>;
 
 /// What a training-mode BatchNorm forward produces and its backward needs.
 pub struct BnForward {

@@ -61,16 +61,7 @@ impl Backend for CudaBackend {
     fn bn_train_fwd(&self, a: BnTrainArgs<'_>) -> Result<BnForward> {
         let op = "bn_train_fwd";
         let (rows, cols) = a.x.dims2();
-        let o = k::bn_train_fwd_f32(&k::BnTrainFwdArgs {
-            x: buf(a.x, op)?,
-            bias: a.bias.map(|b| buf(b, op)).transpose()?,
-            gamma: buf(a.gamma, op)?,
-            beta: buf(a.beta, op)?,
-            rows,
-            cols,
-            eps: a.eps,
-            relu: a.relu,
-        })?;
+        let o = k::bn_train_fwd_f32(&a.try_map(|t| buf(t, op))?, rows)?;
         Ok(BnForward {
             y: Tensor::from_gpu(a.x.shape(), o.y),
             mean: Tensor::from_gpu(&[cols], o.mean),
@@ -80,44 +71,16 @@ impl Backend for CudaBackend {
     }
 
     fn bn_train_bwd(&self, a: BnBackwardArgs<'_>) -> Result<BnBackward> {
-        let op = "bn_train_bwd";
-        let f = a.fwd;
-        let (rows, cols) = f.x.dims2();
-        let g = k::bn_train_bwd_f32(&k::BnTrainBwdArgs {
-            dy: buf(a.dy, op)?,
-            x: buf(f.x, op)?,
-            bias: f.bias.map(|b| buf(b, op)).transpose()?,
-            y: buf(a.y, op)?,
-            gamma: buf(f.gamma, op)?,
-            beta: buf(f.beta, op)?,
-            mean: buf(a.mean, op)?,
-            invstd: buf(a.invstd, op)?,
-            rows,
-            cols,
-            relu: f.relu,
-        })?;
-        Ok(BnBackward {
-            dx: Tensor::from_gpu(f.x.shape(), g.dx),
-            dgamma: Tensor::from_gpu(&[cols], g.dgamma),
-            dbeta: Tensor::from_gpu(&[cols], g.dbeta),
-            dbias: g.dbias.map(|d| Tensor::from_gpu(&[cols], d)),
-        })
+        let (rows, cols) = a.fwd.x.dims2();
+        let g = k::bn_train_bwd_f32(&a.try_map(|t| buf(t, "bn_train_bwd"))?, rows)?;
+        let vector = |v: GpuBuf| Tensor::from_gpu(&[cols], v);
+        let (dgamma, dbeta, dbias) = (vector(g.dgamma), vector(g.dbeta), g.dbias.map(vector));
+        Ok(BnBackward { dx: Tensor::from_gpu(a.fwd.x.shape(), g.dx), dgamma, dbeta, dbias })
     }
 
     fn bn_eval_fwd(&self, x: &Tensor, bn: BnEval<'_>) -> Result<Tensor> {
         let op = "bn_eval_fwd";
-        let (rows, cols) = x.dims2();
-        let y = k::bn_eval_fwd_f32(&k::BnEvalArgs {
-            x: buf(x, op)?,
-            running_mean: buf(bn.running_mean, op)?,
-            running_var: buf(bn.running_var, op)?,
-            gamma: buf(bn.gamma, op)?,
-            beta: buf(bn.beta, op)?,
-            rows,
-            cols,
-            eps: bn.eps,
-            relu: bn.relu,
-        })?;
+        let y = k::bn_eval_fwd_f32(buf(x, op)?, &bn.try_map(|t| buf(t, op))?, x.dims2().0)?;
         Ok(Tensor::from_gpu(x.shape(), y))
     }
 

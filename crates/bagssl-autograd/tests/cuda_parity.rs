@@ -321,9 +321,10 @@ fn bn_bwd_mask_from_y(t: [&Tensor; 7], bias: Option<&Tensor>, relu: bool) -> bag
     use bagssl_kernels as k;
     let [dy, x, y, gamma, beta, mean, invstd] = t.map(cuda_buf);
     let (rows, cols) = x_dims(t[1]);
-    let args = k::BnTrainBwdArgs { dy, x, bias: bias.map(cuda_buf), y, gamma, beta, mean, invstd, rows, cols, relu };
+    let fwd = k::BnTrainArgs { x, bias: bias.map(cuda_buf), gamma, beta, eps: 1e-5, relu };
+    let args = k::BnBackwardArgs { fwd, dy, y, mean, invstd };
     let v = k::BnVariant { mask: k::MaskSource::Output, ..k::BnVariant::LIBRARY };
-    let g = k::bn_train_bwd_f32_variant(&args, v).expect("CUDA BatchNorm backward");
+    let g = k::bn_train_bwd_f32_variant(&args, rows, v).expect("CUDA BatchNorm backward");
     bagssl_autograd::BnBackward {
         dx: Tensor::from_gpu(t[1].shape(), g.dx),
         dgamma: Tensor::from_gpu(&[cols], g.dgamma),

@@ -148,9 +148,8 @@ fn gemm(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Gemm {
 }
 
 /// The backward of the forward `f` (its output `o`) with gradient `dy`.
-fn bwd_of<'a>(f: &BnTrainFwdArgs<'a>, dy: &'a GpuBuf, o: &'a BnTrainOut) -> BnTrainBwdArgs<'a> {
-    let BnTrainFwdArgs { x, bias, gamma, beta, rows, cols, relu, .. } = *f;
-    BnTrainBwdArgs { dy, x, bias, y: &o.y, gamma, beta, mean: &o.mean, invstd: &o.invstd, rows, cols, relu }
+fn bwd_of<'a>(f: &BnTrainArgs<'a, GpuBuf>, dy: &'a GpuBuf, o: &'a BnTrainOut) -> BnBackwardArgs<'a, GpuBuf> {
+    BnBackwardArgs { fwd: *f, dy, y: &o.y, mean: &o.mean, invstd: &o.invstd }
 }
 
 fn flop(g: &Gemm) -> f64 {
@@ -348,18 +347,20 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     // BatchNorm, one line per variant (BnVariant; the library's is BnVariant::LIBRARY). Forward
     // (+ReLU): reads x, writes y; backward: reads dy and x (the ReLU mask recomputed from x), writes dx.
     let lib = BnVariant::LIBRARY;
-    let plain = BnTrainFwdArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, rows, cols: h, eps: 1e-5, relu: true };
-    streaming(&mut timer, "bn_train_fwd_f32 (+relu)", &shape, 2.0 * mat, &mut || bn_train_fwd_f32(&plain).map(drop))?;
-    let o = bn_train_fwd_f32(&plain)?;
+    let plain = BnTrainArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: true };
+    streaming(&mut timer, "bn_train_fwd_f32 (+relu)", &shape, 2.0 * mat, &mut || {
+        bn_train_fwd_f32(&plain, rows).map(drop)
+    })?;
+    let o = bn_train_fwd_f32(&plain, rows)?;
     streaming(&mut timer, "bn_train_bwd_f32 (+relu)", &shape, 3.0 * mat, &mut || {
-        bn_train_bwd_f32(&bwd_of(&plain, &a, &o)).map(drop)
+        bn_train_bwd_f32(&bwd_of(&plain, &a, &o), rows).map(drop)
     })?;
     // The training step's form: the Linear bias folded in, and the backward summing dx into the bias
     // gradient. Same bytes; what it replaces is bias_add (2 x mat) and sum_rows (mat).
     let bias = gpu.upload(&rnd(h, 6))?;
-    let folded = BnTrainFwdArgs { bias: Some(&bias), ..plain };
-    let ob = bn_train_fwd_f32(&folded)?;
-    let bwd_b = BnTrainBwdArgs { y: &ob.y, mean: &ob.mean, invstd: &ob.invstd, ..bwd_of(&folded, &a, &o) };
+    let folded = BnTrainArgs { bias: Some(&bias), ..plain };
+    let ob = bn_train_fwd_f32(&folded, rows)?;
+    let bwd_b = BnBackwardArgs { y: &ob.y, mean: &ob.mean, invstd: &ob.invstd, ..bwd_of(&folded, &a, &o) };
     // The variants: the library's; the ReLU mask read from y (+33.5 MB per backward kernel); no
     // bf16 copies written by the kernels (then the bf16 GEMMs' cast kernel makes them: see the
     // cast_bf16_f32 line); the column grid aiming for 512 blocks (one wave of 4 per SM at 4096 x
@@ -373,13 +374,13 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     for (tag, v, bwd_mats) in variants {
         if v.mask == MaskSource::Input {
             streaming(&mut timer, &format!("bn_train_fwd_f32 (+bias +relu{tag})"), &shape, 2.0 * mat, &mut || {
-                bn_train_fwd_f32_variant(&folded, v).map(drop)
+                bn_train_fwd_f32_variant(&folded, rows, v).map(drop)
             })?;
         }
         if v == lib {
             // Its first kernel alone (reads x): the rest of the line above is the apply kernel.
             streaming(&mut timer, "  of which bn_stats_fwd_f32", &shape, mat, &mut || {
-                bn_batch_stats_f32(&folded, v).map(drop)
+                bn_batch_stats_f32(&folded, rows, v).map(drop)
             })?;
         }
         streaming(
@@ -387,12 +388,12 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
             &format!("bn_train_bwd_f32 (+bias +relu +dbias{tag})"),
             &shape,
             bwd_mats * mat,
-            &mut || bn_train_bwd_f32_variant(&bwd_b, v).map(drop),
+            &mut || bn_train_bwd_f32_variant(&bwd_b, rows, v).map(drop),
         )?;
         if v == lib {
             // Its first kernel alone (reads dy, x): the rest is the apply kernel.
             streaming(&mut timer, "  of which bn_bwd_reduce_f32", &shape, 2.0 * mat, &mut || {
-                bn_bwd_sums_f32(&bwd_b, v).map(drop)
+                bn_bwd_sums_f32(&bwd_b, rows, v).map(drop)
             })?;
         }
     }

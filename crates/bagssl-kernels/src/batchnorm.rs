@@ -1,11 +1,13 @@
 //! Launchers of `kernels/batchnorm.cu`: BatchNorm1d over the rows, PyTorch semantics.
 //!
-//! Each launcher takes one argument struct with named fields ([`BnTrainFwdArgs`],
-//! [`BnTrainBwdArgs`], [`BnEvalArgs`]) and fills the kernels' own (`BagsslBn*Args` of
-//! `kernels/include/bagssl_kernels.h`) by name, so no two buffers can trade places on the way.
+//! Each launcher takes one argument struct with named fields ([`BnTrainArgs`],
+//! [`BnBackwardArgs`], [`BnEval`] over GPU buffers, and the row count) and fills the kernels' own
+//! (`BagsslBn*Args` of `kernels/include/bagssl_kernels.h`) by name, so no two buffers can trade
+//! places on the way. The column count is gamma's length.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
+use crate::args::{BnBackwardArgs, BnEval, BnTrainArgs};
 use crate::device::same_gpu;
 use crate::ffi::{
     BagsslBnBwdArgs, BagsslBnEvalArgs, BagsslBnFwdArgs, BagsslBnParams, BagsslEmaMulti, BAGSSL_EMA_MAX_TENSORS,
@@ -63,24 +65,6 @@ impl Default for BnVariant {
     }
 }
 
-/// The inputs of [`bn_train_fwd_f32`]: BatchNorm of `x + bias` (rows, cols) over its rows.
-#[derive(Clone, Copy, Debug)]
-pub struct BnTrainFwdArgs<'a> {
-    /// (rows, cols).
-    pub x: &'a GpuBuf,
-    /// The preceding Linear's bias (cols), added as x is read; `None`: no bias.
-    pub bias: Option<&'a GpuBuf>,
-    /// Scale (cols).
-    pub gamma: &'a GpuBuf,
-    /// Shift (cols).
-    pub beta: &'a GpuBuf,
-    pub rows: usize,
-    pub cols: usize,
-    pub eps: f32,
-    /// Fuse a ReLU after the affine transform.
-    pub relu: bool,
-}
-
 /// Output of [`bn_train_fwd_f32`].
 pub struct BnTrainOut {
     /// (rows, cols), after the optional ReLU.
@@ -111,47 +95,58 @@ fn check_vecs(op: &str, x: &GpuBuf, cols: usize, vecs: &[(&str, Option<&GpuBuf>)
     Ok(())
 }
 
-impl BnTrainFwdArgs<'_> {
-    fn checked(&self, op: &str) -> Result<BagsslBnParams, KernelError> {
-        let prm = params(op, self.x, self.rows, self.cols, self.eps, self.relu)?;
-        check_vecs(
-            op,
-            self.x,
-            self.cols,
-            &[("gamma", Some(self.gamma)), ("beta", Some(self.beta)), ("bias", self.bias)],
-        )?;
-        if self.rows == 0 {
-            return Err(KernelError::Invalid(format!("{op}: batch statistics of 0 rows")));
-        }
-        Ok(prm)
+/// The forward's kernel parameters, after checking its buffers: x (rows, gamma's length), the
+/// vectors (cols), at least one row.
+fn fwd_checked(op: &str, a: &BnTrainArgs<'_, GpuBuf>, rows: usize) -> Result<BagsslBnParams, KernelError> {
+    let cols = a.gamma.len();
+    let prm = params(op, a.x, rows, cols, a.eps, a.relu)?;
+    check_vecs(op, a.x, cols, &[("gamma", Some(a.gamma)), ("beta", Some(a.beta)), ("bias", a.bias)])?;
+    if rows == 0 {
+        return Err(KernelError::Invalid(format!("{op}: batch statistics of 0 rows")));
     }
+    Ok(prm)
 }
 
 /// Training-mode forward of `x + bias` (the Linear layer's bias, folded in: `bias_add_fwd_f32` then
 /// this without a bias, bit for bit, without the pass over x): batch statistics (per-chunk two-pass,
 /// combined in f64), normalise, affine, optional ReLU.
-pub fn bn_train_fwd_f32(a: &BnTrainFwdArgs<'_>) -> Result<BnTrainOut, KernelError> {
-    bn_train_fwd_f32_variant(a, BnVariant::LIBRARY)
+pub fn bn_train_fwd_f32(a: &BnTrainArgs<'_, GpuBuf>, rows: usize) -> Result<BnTrainOut, KernelError> {
+    bn_train_fwd_f32_variant(a, rows, BnVariant::LIBRARY)
 }
 
 /// [`bn_train_fwd_f32`] as `v` says (same f32 results).
-pub fn bn_train_fwd_f32_variant(a: &BnTrainFwdArgs<'_>, v: BnVariant) -> Result<BnTrainOut, KernelError> {
-    bn_forward("bn_train_fwd_f32", a, v, true)
+pub fn bn_train_fwd_f32_variant(
+    a: &BnTrainArgs<'_, GpuBuf>,
+    rows: usize,
+    v: BnVariant,
+) -> Result<BnTrainOut, KernelError> {
+    bn_forward("bn_train_fwd_f32", a, rows, v, true)
 }
 
 /// The first of [`bn_train_fwd_f32`]'s two kernels alone, `bn_stats_fwd_f32`: (mean, invstd,
 /// unbiased variance) per column of `x + bias` (gamma, beta and relu unused). For `bench_kernels`,
 /// which times the two apart.
-pub fn bn_batch_stats_f32(a: &BnTrainFwdArgs<'_>, v: BnVariant) -> Result<(GpuBuf, GpuBuf, GpuBuf), KernelError> {
-    let o = bn_forward("bn_batch_stats_f32", a, v, false)?;
+pub fn bn_batch_stats_f32(
+    a: &BnTrainArgs<'_, GpuBuf>,
+    rows: usize,
+    v: BnVariant,
+) -> Result<(GpuBuf, GpuBuf, GpuBuf), KernelError> {
+    let o = bn_forward("bn_batch_stats_f32", a, rows, v, false)?;
     Ok((o.mean, o.invstd, o.var_unbiased))
 }
 
 /// `bn_stats_fwd_f32`, then (with `apply`) `bn_apply_fwd_f32`, on one argument struct.
-fn bn_forward(op: &str, a: &BnTrainFwdArgs<'_>, v: BnVariant, apply: bool) -> Result<BnTrainOut, KernelError> {
-    let prm = a.checked(op)?;
-    let grid = v.grid(op, a.rows, a.cols)?;
-    let (gpu, n, cols) = (a.x.gpu(), a.rows * a.cols, a.cols);
+fn bn_forward(
+    op: &str,
+    a: &BnTrainArgs<'_, GpuBuf>,
+    rows: usize,
+    v: BnVariant,
+    apply: bool,
+) -> Result<BnTrainOut, KernelError> {
+    let prm = fwd_checked(op, a, rows)?;
+    let cols = a.gamma.len();
+    let grid = v.grid(op, rows, cols)?;
+    let (gpu, n) = (a.x.gpu(), rows * cols);
     let (mut mean, mut invstd, mut var_unbiased) = (gpu.uninit(cols)?, gpu.uninit(cols)?, gpu.uninit(cols)?);
     let mut y = gpu.uninit(if apply { n } else { 0 })?;
     if cols == 0 {
@@ -192,29 +187,6 @@ fn bn_forward(op: &str, a: &BnTrainFwdArgs<'_>, v: BnVariant, apply: bool) -> Re
     Ok(BnTrainOut { y, mean, invstd, var_unbiased })
 }
 
-/// The inputs of [`bn_train_bwd_f32`]: the forward's `x`, `bias`, `gamma`, `beta`, its outputs `y`,
-/// `mean`, `invstd`, and dL/dy.
-#[derive(Clone, Copy, Debug)]
-pub struct BnTrainBwdArgs<'a> {
-    /// dL/dy (rows, cols).
-    pub dy: &'a GpuBuf,
-    /// The forward's x (rows, cols), before its bias.
-    pub x: &'a GpuBuf,
-    /// The forward's bias (cols), or `None`.
-    pub bias: Option<&'a GpuBuf>,
-    /// The forward's output (rows, cols); read only for [`MaskSource::Output`].
-    pub y: &'a GpuBuf,
-    pub gamma: &'a GpuBuf,
-    pub beta: &'a GpuBuf,
-    /// The forward's batch mean (cols).
-    pub mean: &'a GpuBuf,
-    /// The forward's invstd (cols).
-    pub invstd: &'a GpuBuf,
-    pub rows: usize,
-    pub cols: usize,
-    pub relu: bool,
-}
-
 /// Gradients of [`bn_train_bwd_f32`].
 pub struct BnTrainGrads {
     /// (rows, cols): dL/dx, which is also dL/d(x + bias).
@@ -225,24 +197,28 @@ pub struct BnTrainGrads {
     pub dbias: Option<GpuBuf>,
 }
 
-impl<'a> BnTrainBwdArgs<'a> {
-    fn checked(&self, op: &str) -> Result<BagsslBnParams, KernelError> {
-        let (x, n) = (self.x, self.rows * self.cols);
-        let prm = params(op, x, self.rows, self.cols, 0.0, self.relu)?;
-        check_len(op, "dy", self.dy.len(), n)?;
-        check_len(op, "y", self.y.len(), n)?;
-        same_gpu(op, x.gpu(), &[self.dy.gpu(), self.y.gpu()])?;
-        let vecs = [
-            ("gamma", Some(self.gamma)),
-            ("beta", Some(self.beta)),
-            ("mean", Some(self.mean)),
-            ("invstd", Some(self.invstd)),
-            ("bias", self.bias),
-        ];
-        check_vecs(op, x, self.cols, &vecs)?;
-        Ok(prm)
-    }
+/// The backward's kernel parameters, after checking its buffers (as [`fwd_checked`], and dy and y
+/// shaped like x, mean and invstd like gamma).
+fn bwd_checked(op: &str, a: &BnBackwardArgs<'_, GpuBuf>, rows: usize) -> Result<BagsslBnParams, KernelError> {
+    let f = &a.fwd;
+    let (x, cols) = (f.x, f.gamma.len());
+    let n = rows * cols;
+    let prm = params(op, x, rows, cols, 0.0, f.relu)?;
+    check_len(op, "dy", a.dy.len(), n)?;
+    check_len(op, "y", a.y.len(), n)?;
+    same_gpu(op, x.gpu(), &[a.dy.gpu(), a.y.gpu()])?;
+    let vecs = [
+        ("gamma", Some(f.gamma)),
+        ("beta", Some(f.beta)),
+        ("mean", Some(a.mean)),
+        ("invstd", Some(a.invstd)),
+        ("bias", f.bias),
+    ];
+    check_vecs(op, x, cols, &vecs)?;
+    Ok(prm)
+}
 
+impl<'a> BnBackwardArgs<'a, GpuBuf> {
     /// The kernels' struct with the inputs, dgamma, dbeta and partial filled in (dx, dx16, dbias:
     /// 0, for the caller to set); y is 0, the mask recomputed from x, with ReLU and
     /// [`MaskSource::Input`].
@@ -258,14 +234,15 @@ impl<'a> BnTrainBwdArgs<'a> {
     where
         'a: 'p,
     {
-        let y = if self.relu && mask == MaskSource::Input { 0 } else { p.read(self.y.slice()) };
+        let f = &self.fwd;
+        let y = if f.relu && mask == MaskSource::Input { 0 } else { p.read(self.y.slice()) };
         BagsslBnBwdArgs {
             dy: p.read(self.dy.slice()),
-            x: p.read(self.x.slice()),
-            bias: p.read_opt(self.bias.map(GpuBuf::slice)),
+            x: p.read(f.x.slice()),
+            bias: p.read_opt(f.bias.map(GpuBuf::slice)),
             y,
-            gamma: p.read(self.gamma.slice()),
-            beta: p.read(self.beta.slice()),
+            gamma: p.read(f.gamma.slice()),
+            beta: p.read(f.beta.slice()),
             mean: p.read(self.mean.slice()),
             invstd: p.read(self.invstd.slice()),
             dgamma: p.write(dgamma.slice_mut()),
@@ -285,19 +262,23 @@ impl<'a> BnTrainBwdArgs<'a> {
 /// recompute its mask from x (the pre-ReLU value, same bits, without reading y). With a bias,
 /// `dbias` = the column sums of dx, made by the kernel that writes dx (no `sum_rows_f32` pass
 /// re-reading it).
-pub fn bn_train_bwd_f32(a: &BnTrainBwdArgs<'_>) -> Result<BnTrainGrads, KernelError> {
-    bn_train_bwd_f32_variant(a, BnVariant::LIBRARY)
+pub fn bn_train_bwd_f32(a: &BnBackwardArgs<'_, GpuBuf>, rows: usize) -> Result<BnTrainGrads, KernelError> {
+    bn_train_bwd_f32_variant(a, rows, BnVariant::LIBRARY)
 }
 
 /// [`bn_train_bwd_f32`] as `v` says (the same results; `v.mask` = [`MaskSource::Output`] reads
 /// the ReLU mask from y).
-pub fn bn_train_bwd_f32_variant(a: &BnTrainBwdArgs<'_>, v: BnVariant) -> Result<BnTrainGrads, KernelError> {
+pub fn bn_train_bwd_f32_variant(
+    a: &BnBackwardArgs<'_, GpuBuf>,
+    rows: usize,
+    v: BnVariant,
+) -> Result<BnTrainGrads, KernelError> {
     let op = "bn_train_bwd_f32";
-    let prm = a.checked(op)?;
-    let (gpu, rows, cols) = (a.x.gpu(), a.rows, a.cols);
+    let prm = bwd_checked(op, a, rows)?;
+    let (gpu, cols) = (a.fwd.x.gpu(), a.fwd.gamma.len());
     if cols == 0 || rows == 0 {
         // Sums over no rows, or no columns: zeros, and an empty dx.
-        let dbias = a.bias.map(|_| gpu.zeros(cols)).transpose()?;
+        let dbias = a.fwd.bias.map(|_| gpu.zeros(cols)).transpose()?;
         return Ok(BnTrainGrads {
             dx: gpu.zeros(rows * cols)?,
             dgamma: gpu.zeros(cols)?,
@@ -310,8 +291,8 @@ pub fn bn_train_bwd_f32_variant(a: &BnTrainBwdArgs<'_>, v: BnVariant) -> Result<
     // Per-chunk sums of g and g * xhat, added by the last block of each column tile; then, with a
     // bias, the per-chunk sums of dx (chunks*cols of it: the reduce kernel is done with it).
     let mut partial = gpu.alloc_raw::<f32>(2 * grid.chunks * cols)?;
-    let mut dx16 = v.bf16_copy(a.x, rows * cols)?;
-    let mut dbias = a.bias.map(|_| gpu.uninit(cols)).transpose()?;
+    let mut dx16 = v.bf16_copy(a.fwd.x, rows * cols)?;
+    let mut dbias = a.fwd.bias.map(|_| gpu.uninit(cols)).transpose()?;
     {
         let mut p = DevPtrs::new(gpu.stream());
         let mut args = a.kernel_args(&mut p, v.mask, prm, &grid, [&mut dgamma, &mut dbeta], &mut partial);
@@ -333,10 +314,14 @@ pub fn bn_train_bwd_f32_variant(a: &BnTrainBwdArgs<'_>, v: BnVariant) -> Result<
 
 /// The first of [`bn_train_bwd_f32`]'s two kernels alone, `bn_bwd_reduce_f32`: (dgamma, dbeta),
 /// with the ReLU mask as `v` says. For `bench_kernels`, which times the two apart.
-pub fn bn_bwd_sums_f32(a: &BnTrainBwdArgs<'_>, v: BnVariant) -> Result<(GpuBuf, GpuBuf), KernelError> {
+pub fn bn_bwd_sums_f32(
+    a: &BnBackwardArgs<'_, GpuBuf>,
+    rows: usize,
+    v: BnVariant,
+) -> Result<(GpuBuf, GpuBuf), KernelError> {
     let op = "bn_bwd_sums_f32";
-    let prm = a.checked(op)?;
-    let (gpu, rows, cols) = (a.x.gpu(), a.rows, a.cols);
+    let prm = bwd_checked(op, a, rows)?;
+    let (gpu, cols) = (a.fwd.x.gpu(), a.fwd.gamma.len());
     if cols == 0 || rows == 0 {
         return Err(KernelError::Invalid(format!("{op}: sums over an empty {rows} x {cols} matrix")));
     }
@@ -352,41 +337,26 @@ pub fn bn_bwd_sums_f32(a: &BnTrainBwdArgs<'_>, v: BnVariant) -> Result<(GpuBuf, 
     Ok((dgamma, dbeta))
 }
 
-/// The inputs of [`bn_eval_fwd_f32`]: eval-mode BatchNorm of x with running statistics.
-#[derive(Clone, Copy, Debug)]
-pub struct BnEvalArgs<'a> {
-    /// (rows, cols).
-    pub x: &'a GpuBuf,
-    /// Running mean (cols).
-    pub running_mean: &'a GpuBuf,
-    /// Running (unbiased) variance (cols).
-    pub running_var: &'a GpuBuf,
-    pub gamma: &'a GpuBuf,
-    pub beta: &'a GpuBuf,
-    pub rows: usize,
-    pub cols: usize,
-    pub eps: f32,
-    pub relu: bool,
-}
-
 /// Eval-mode forward with running statistics, optional ReLU.
-pub fn bn_eval_fwd_f32(a: &BnEvalArgs<'_>) -> Result<GpuBuf, KernelError> {
+/// `x` is (rows, cols), every vector of `a` (cols).
+pub fn bn_eval_fwd_f32(x: &GpuBuf, a: &BnEval<'_, GpuBuf>, rows: usize) -> Result<GpuBuf, KernelError> {
     let op = "bn_eval_fwd_f32";
-    let prm = params(op, a.x, a.rows, a.cols, a.eps, a.relu)?;
+    let cols = a.gamma.len();
+    let prm = params(op, x, rows, cols, a.eps, a.relu)?;
     let vecs = [
         ("running_mean", Some(a.running_mean)),
         ("running_var", Some(a.running_var)),
         ("gamma", Some(a.gamma)),
         ("beta", Some(a.beta)),
     ];
-    check_vecs(op, a.x, a.cols, &vecs)?;
-    let gpu = a.x.gpu();
-    let mut y = gpu.uninit(a.rows * a.cols)?;
+    check_vecs(op, x, cols, &vecs)?;
+    let gpu = x.gpu();
+    let mut y = gpu.uninit(rows * cols)?;
     if !y.is_empty() {
-        let grid = ColGrid::new(a.rows, a.cols);
+        let grid = ColGrid::new(rows, cols);
         let mut p = DevPtrs::new(gpu.stream());
         let args = BagsslBnEvalArgs {
-            x: p.read(a.x.slice()),
+            x: p.read(x.slice()),
             running_mean: p.read(a.running_mean.slice()),
             running_var: p.read(a.running_var.slice()),
             gamma: p.read(a.gamma.slice()),
@@ -452,14 +422,19 @@ mod tests {
     use crate::gemm::GemmPrecision;
     use crate::{gpu_or_skip, Gpu};
 
-    fn fwd<'a>(x: &'a GpuBuf, bias: Option<&'a GpuBuf>, gamma: &'a GpuBuf, beta: &'a GpuBuf) -> BnTrainFwdArgs<'a> {
-        BnTrainFwdArgs { x, bias, gamma, beta, rows: 0, cols: 0, eps: 1e-5, relu: false }
+    fn fwd<'a>(
+        x: &'a GpuBuf,
+        bias: Option<&'a GpuBuf>,
+        gamma: &'a GpuBuf,
+        beta: &'a GpuBuf,
+        relu: bool,
+    ) -> BnTrainArgs<'a, GpuBuf> {
+        BnTrainArgs { x, bias, gamma, beta, eps: 1e-5, relu }
     }
 
     /// The backward's arguments for the forward `a` and its output `o`.
-    fn bwd<'a>(a: &BnTrainFwdArgs<'a>, dy: &'a GpuBuf, o: &'a BnTrainOut) -> BnTrainBwdArgs<'a> {
-        let BnTrainFwdArgs { x, bias, gamma, beta, rows, cols, relu, .. } = *a;
-        BnTrainBwdArgs { dy, x, bias, y: &o.y, gamma, beta, mean: &o.mean, invstd: &o.invstd, rows, cols, relu }
+    fn bwd<'a>(a: &BnTrainArgs<'a, GpuBuf>, dy: &'a GpuBuf, o: &'a BnTrainOut) -> BnBackwardArgs<'a, GpuBuf> {
+        BnBackwardArgs { fwd: *a, dy, y: &o.y, mean: &o.mean, invstd: &o.invstd }
     }
 
     fn agrees(got: u16, x: f32) -> bool {
@@ -504,10 +479,10 @@ mod tests {
             let x = crate::bias_add_fwd_f32(&x0, &bias, rows, cols).unwrap();
             for relu in [false, true] {
                 let tag = format!("{rows}x{cols} relu={relu}");
-                let fa = BnTrainFwdArgs { rows, cols, relu, ..fwd(&x, None, &gamma, &beta) };
-                let fb = BnTrainFwdArgs { rows, cols, relu, ..fwd(&x0, Some(&bias), &gamma, &beta) };
-                let want = bn_train_fwd_f32(&fa).unwrap();
-                let got = bn_train_fwd_f32(&fb).unwrap();
+                let fa = fwd(&x, None, &gamma, &beta, relu);
+                let fb = fwd(&x0, Some(&bias), &gamma, &beta, relu);
+                let want = bn_train_fwd_f32(&fa, rows).unwrap();
+                let got = bn_train_fwd_f32(&fb, rows).unwrap();
                 for (name, g, w) in [
                     ("mean", &got.mean, &want.mean),
                     ("invstd", &got.invstd, &want.invstd),
@@ -516,8 +491,8 @@ mod tests {
                 ] {
                     assert_eq!(bits(&g.to_host().unwrap()), bits(&w.to_host().unwrap()), "{tag}: {name}");
                 }
-                let w = bn_train_bwd_f32(&bwd(&fa, &dy, &want)).unwrap();
-                let g = bn_train_bwd_f32(&bwd(&fb, &dy, &got)).unwrap();
+                let w = bn_train_bwd_f32(&bwd(&fa, &dy, &want), rows).unwrap();
+                let g = bn_train_bwd_f32(&bwd(&fb, &dy, &got), rows).unwrap();
                 assert!(w.dbias.is_none());
                 for (name, a, b) in
                     [("dx", &g.dx, &w.dx), ("dgamma", &g.dgamma, &w.dgamma), ("dbeta", &g.dbeta, &w.dbeta)]
@@ -581,13 +556,13 @@ mod tests {
             let up = |v: &[f32]| gpu.upload(v).unwrap();
             let (x, dy, bias, gamma, beta) = (up(&xs), up(&dys), up(&bias_s), up(&gs), up(&bs));
             for b in [None, Some(&bias)] {
-                let fa = BnTrainFwdArgs { rows, cols, relu: true, ..fwd(&x, b, &gamma, &beta) };
-                let f = bn_train_fwd_f32(&fa).unwrap();
+                let fa = fwd(&x, b, &gamma, &beta, true);
+                let f = bn_train_fwd_f32(&fa, rows).unwrap();
                 masked += f.y.to_host().unwrap().iter().filter(|v| **v <= 0.0 || v.is_nan()).count();
                 let mut outs = Vec::new();
                 for mask in [MaskSource::Output, MaskSource::Input] {
                     let v = BnVariant { mask, ..BnVariant::LIBRARY };
-                    let g = bn_train_bwd_f32_variant(&bwd(&fa, &dy, &f), v).unwrap();
+                    let g = bn_train_bwd_f32_variant(&bwd(&fa, &dy, &f), rows, v).unwrap();
                     let mut all = bits(&g.dx.to_host().unwrap());
                     all.extend(bits(&g.dgamma.to_host().unwrap()));
                     all.extend(bits(&g.dbeta.to_host().unwrap()));
@@ -631,9 +606,9 @@ mod tests {
                 let mut outs = Vec::new();
                 for p in [GemmPrecision::Bf16, GemmPrecision::F32] {
                     gpu.set_gemm_precision(p);
-                    let fa = BnTrainFwdArgs { rows, cols, relu, ..fwd(&x, None, &gamma, &beta) };
-                    let f = bn_train_fwd_f32(&fa).unwrap();
-                    let dx = bn_train_bwd_f32(&bwd(&fa, &dy, &f)).unwrap().dx;
+                    let fa = fwd(&x, None, &gamma, &beta, relu);
+                    let f = bn_train_fwd_f32(&fa, rows).unwrap();
+                    let dx = bn_train_bwd_f32(&bwd(&fa, &dy, &f), rows).unwrap().dx;
                     let tag = format!("{rows}x{cols} relu={relu} {}", p.name());
                     assert_eq!(bad_bf16(&f.y), 0, "{tag}: y's bf16 copy");
                     assert_eq!(bad_bf16(&dx), 0, "{tag}: dx's bf16 copy");

@@ -13,6 +13,7 @@
 //! Everything runs on the one stream of its [`Gpu`], so launches are ordered and only the
 //! explicit `to_host` copies synchronise.
 
+pub mod args;
 pub mod batchnorm;
 mod device;
 pub mod elementwise;
@@ -23,10 +24,11 @@ pub mod optim;
 pub mod patch;
 pub mod vicreg;
 
+pub use args::{BnBackwardArgs, BnEval, BnTrainArgs};
 pub use batchnorm::{
     bn_batch_stats_f32, bn_bwd_sums_f32, bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32,
-    bn_train_bwd_f32_variant, bn_train_fwd_f32, bn_train_fwd_f32_variant, BnEvalArgs, BnTrainBwdArgs, BnTrainFwdArgs,
-    BnTrainGrads, BnTrainOut, BnVariant, MaskSource,
+    bn_train_bwd_f32_variant, bn_train_fwd_f32, bn_train_fwd_f32_variant, BnTrainGrads, BnTrainOut, BnVariant,
+    MaskSource,
 };
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
