@@ -57,7 +57,15 @@ impl Patches {
     }
 }
 
-fn check_args(model: &BagSslModel, store: &ImageStore, patch: usize, stride: usize, batch_images: usize) -> Result<()> {
+/// The evaluation grid (docs/DEFINITIONS.md §8): patches of side `patch` every `stride` pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub patch: usize,
+    pub stride: usize,
+}
+
+fn check_args(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images: usize) -> Result<()> {
+    let Grid { patch, stride } = grid;
     if patch != model.config().patch {
         return Err(EvalError::Invalid(format!("patch {patch} differs from the model's {}", model.config().patch)));
     }
@@ -73,18 +81,13 @@ fn check_args(model: &BagSslModel, store: &ImageStore, patch: usize, stride: usi
 }
 
 /// Bag-of-patch embeddings, (N, hidden) row-major: for each image, the mean over the evaluation
-/// grid (`patch`, `stride`, docs/DEFINITIONS.md §8) of the eval-mode encoder output.
+/// grid ([`Grid`]) of the eval-mode encoder output.
 ///
 /// Memory per batch is `batch_images * grid_len * (p*p*3 + hidden)` floats; choose `batch_images`
 /// accordingly (e.g. 64 for CIFAR-10 at p = 8, stride 2, hidden 2048: about 110 MB).
-pub fn embed_bag(
-    model: &BagSslModel,
-    store: &ImageStore,
-    patch: usize,
-    stride: usize,
-    batch_images: usize,
-) -> Result<Vec<f32>> {
-    check_args(model, store, patch, stride, batch_images)?;
+pub fn embed_bag(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images: usize) -> Result<Vec<f32>> {
+    check_args(model, store, grid, batch_images)?;
+    let Grid { patch, stride } = grid;
     let per_image = grid_len(store.height, store.width, patch, stride);
     let mut out = Vec::with_capacity(store.len() * model.hidden());
     let mut patches = Patches::new(model.device(), store)?;
@@ -111,11 +114,11 @@ pub fn centre_position(height: usize, width: usize, patch: usize, stride: usize)
 pub fn embed_single_patch(
     model: &BagSslModel,
     store: &ImageStore,
-    patch: usize,
-    stride: usize,
+    grid: Grid,
     batch_images: usize,
 ) -> Result<Vec<f32>> {
-    check_args(model, store, patch, stride, batch_images)?;
+    check_args(model, store, grid, batch_images)?;
+    let Grid { patch, stride } = grid;
     let (oy, ox) = centre_position(store.height, store.width, patch, stride)
         .ok_or_else(|| EvalError::Invalid("empty evaluation grid".into()))?;
     let mut out = Vec::with_capacity(store.len() * model.hidden());

@@ -12,7 +12,7 @@ pub mod knn;
 pub mod probe;
 pub mod report;
 
-pub use embed::{centre_position, embed_bag, embed_single_patch};
+pub use embed::{centre_position, embed_bag, embed_single_patch, Grid};
 pub use knn::{knn_accuracy, knn_predict};
 pub use probe::{linear_probe, ProbeOptions};
 pub use report::{evaluate, EvalConfig, EvalReport};

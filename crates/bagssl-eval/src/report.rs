@@ -5,7 +5,7 @@ use bagssl_data::ImageStore;
 use bagssl_model::BagSslModel;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{embed_bag, embed_single_patch};
+use crate::embed::{embed_bag, embed_single_patch, Grid};
 use crate::knn::knn_accuracy;
 use crate::probe::linear_probe;
 use crate::Result;
@@ -54,17 +54,17 @@ fn class_count(a: &ImageStore, b: &ImageStore) -> usize {
 pub fn evaluate(model: &BagSslModel, train: &ImageStore, test: &ImageStore, cfg: &EvalConfig) -> Result<EvalReport> {
     let dim = model.hidden();
     let classes = class_count(train, test);
-    let (p, s, bi) = (cfg.patch, cfg.stride, cfg.batch_images);
+    let (grid, bi) = (Grid { patch: cfg.patch, stride: cfg.stride }, cfg.batch_images);
 
-    let ftr = embed_bag(model, train, p, s, bi)?;
-    let fte = embed_bag(model, test, p, s, bi)?;
+    let ftr = embed_bag(model, train, grid, bi)?;
+    let fte = embed_bag(model, test, grid, bi)?;
     let bags = splits(train, &ftr, test, &fte, dim, classes);
     let knn = knn_accuracy(&bags, cfg.knn_k, cfg.knn_t)?;
     let linear = linear_probe(&bags, cfg.probe_epochs, cfg.seed)?;
     drop((ftr, fte));
 
-    let single_tr = embed_single_patch(model, train, p, s, bi)?;
-    let single_te = embed_single_patch(model, test, p, s, bi)?;
+    let single_tr = embed_single_patch(model, train, grid, bi)?;
+    let single_te = embed_single_patch(model, test, grid, bi)?;
     let knn_single_patch =
         knn_accuracy(&splits(train, &single_tr, test, &single_te, dim, classes), cfg.knn_k, cfg.knn_t)?;
     Ok(EvalReport { knn, linear, knn_single_patch })

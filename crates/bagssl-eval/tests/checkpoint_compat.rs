@@ -4,7 +4,7 @@
 
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, SyntheticSpec};
-use bagssl_eval::embed::{embed_bag, embed_single_patch};
+use bagssl_eval::embed::{embed_bag, embed_single_patch, Grid};
 use bagssl_model::{BagSslModel, Trainer};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bagssl-model/tests/fixtures");
@@ -21,8 +21,8 @@ fn checkpoint_of_4b64f18_embeds_as_it_did() {
     let want: serde_json::Value = serde_json::from_str(&text).unwrap();
     let store = synthetic(&SyntheticSpec { images: 12, classes: 3, height: 12, width: 12, seed: 3 });
     for (key, got) in [
-        ("bag", embed_bag(&model, &store, 4, 4, 5).unwrap()),
-        ("single", embed_single_patch(&model, &store, 4, 4, 5).unwrap()),
+        ("bag", embed_bag(&model, &store, Grid { patch: 4, stride: 4 }, 5).unwrap()),
+        ("single", embed_single_patch(&model, &store, Grid { patch: 4, stride: 4 }, 5).unwrap()),
     ] {
         let want = floats(&want[key]);
         assert_eq!(got.len(), want.len(), "{key}");

@@ -4,7 +4,7 @@ use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec};
 use bagssl_eval::probe::train_probe;
 use bagssl_eval::{
-    centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, Labeled,
+    centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, Grid, Labeled,
     ProbeOptions, Splits,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
@@ -114,7 +114,7 @@ fn embed_bag_is_the_mean_of_patch_embeddings() {
     let s = small_store(5, 10, 12);
     let positions = grid_positions(10, 12, p, stride);
     assert_eq!(positions.len(), 9);
-    let bag = embed_bag(&m, &s, p, stride, 2).unwrap(); // batches of 2, 2, 1
+    let bag = embed_bag(&m, &s, Grid { patch: p, stride }, 2).unwrap(); // batches of 2, 2, 1
     assert_eq!(bag.len(), 5 * 8);
     for i in 0..5 {
         let mut mean = vec![0f64; 8];
@@ -128,7 +128,7 @@ fn embed_bag_is_the_mean_of_patch_embeddings() {
         }
     }
     // Batching changes only the GEMM's rounding.
-    let other = embed_bag(&m, &s, p, stride, 5).unwrap();
+    let other = embed_bag(&m, &s, Grid { patch: p, stride }, 5).unwrap();
     assert!(bag.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-6), "{bag:?} vs {other:?}");
 }
 
@@ -144,7 +144,7 @@ fn single_patch_uses_the_centre_position() {
 
     let m = tiny_model(p);
     let s = small_store(3, h, w);
-    let single = embed_single_patch(&m, &s, p, stride, 2).unwrap();
+    let single = embed_single_patch(&m, &s, Grid { patch: p, stride }, 2).unwrap();
     for i in 0..3 {
         let want = patch_embedding(&m, &s, i, 3, 3, p);
         let got = &single[i * 8..(i + 1) * 8];

@@ -16,7 +16,7 @@
 
 use bagssl_autograd::Device;
 use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
-use bagssl_eval::{embed_bag, embed_single_patch};
+use bagssl_eval::{embed_bag, embed_single_patch, Grid};
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{at_each_gemm_precision, gpu_or_skip};
 
@@ -70,7 +70,7 @@ fn check(name: &str, got: &[f32], want: &[f32], rtol: f64) -> bool {
     ok
 }
 
-type Embed = fn(&BagSslModel, &ImageStore, usize, usize, usize) -> bagssl_eval::Result<Vec<f32>>;
+type Embed = fn(&BagSslModel, &ImageStore, Grid, usize) -> bagssl_eval::Result<Vec<f32>>;
 
 fn compare(test: &str, what: &str, embed: Embed) {
     let Some(gpu) = gpu_or_skip(test) else { return };
@@ -80,10 +80,10 @@ fn compare(test: &str, what: &str, embed: Embed) {
     at_each_gemm_precision(&gpu, |prec| {
         let rtol = 3.0 * f64::from(prec.tolerance(PATCH * PATCH * 3));
         for (store, stride, batches) in cases() {
-            let want = embed(&cpu_model, &store, PATCH, stride, batches[0]).unwrap();
+            let want = embed(&cpu_model, &store, Grid { patch: PATCH, stride }, batches[0]).unwrap();
             assert_eq!(want.len(), store.len() * HIDDEN);
             for b in batches {
-                let got = embed(&gpu_model, &store, PATCH, stride, b).unwrap();
+                let got = embed(&gpu_model, &store, Grid { patch: PATCH, stride }, b).unwrap();
                 let name =
                     format!("{what} {prec:?} {}x{}x{} s={stride} batch {b}", store.len(), store.height, store.width);
                 if !check(&name, &got, &want, rtol) {

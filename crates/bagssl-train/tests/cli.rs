@@ -448,7 +448,7 @@ fn embed_normalises_like_the_training_run() {
     // The quickstart's [eval]: stride 4, 32 images a batch.
     let in_process = |ckpt: &Path, store: &bagssl_data::ImageStore| {
         let model = bagssl_model::BagSslModel::load(ckpt, &bagssl_autograd::Device::Cpu).unwrap();
-        bagssl_eval::embed_bag(&model, store, model.config().patch, 4, 32).unwrap()
+        bagssl_eval::embed_bag(&model, store, bagssl_eval::Grid { patch: model.config().patch, stride: 4 }, 32).unwrap()
     };
 
     let (got, mean, log) = embed(&ckpt, "emb.safetensors");

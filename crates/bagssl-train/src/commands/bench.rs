@@ -66,18 +66,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let store = data.train.subset(&idx);
         let model = trainer.model();
         let p = cfg.patches.size;
-        let grid = bagssl_data::grid_positions(store.height, store.width, p, cfg.eval.stride).len();
-        bagssl_eval::embed_bag(model, &store.subset(&idx[..k.min(64)]), p, cfg.eval.stride, cfg.eval.batch_images)?;
+        let grid = bagssl_eval::Grid { patch: p, stride: cfg.eval.stride };
+        let grid_len = bagssl_data::grid_positions(store.height, store.width, p, cfg.eval.stride).len();
+        bagssl_eval::embed_bag(model, &store.subset(&idx[..k.min(64)]), grid, cfg.eval.batch_images)?;
         let mut reps = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
-            bagssl_eval::embed_bag(model, &store, p, cfg.eval.stride, cfg.eval.batch_images)?;
+            bagssl_eval::embed_bag(model, &store, grid, cfg.eval.batch_images)?;
             reps.push(t.elapsed().as_secs_f64());
         }
         reps.sort_by(f64::total_cmp);
         let dt = reps[1];
         eval_images_per_s = k as f64 / dt;
-        eval_patches_per_s = (k * grid) as f64 / dt;
+        eval_patches_per_s = (k * grid_len) as f64 / dt;
         eval_gflops = eval_patches_per_s * encoder_flops_per_patch(&cfg) / 1e9;
     }
     let peak = setup::peak_rss_mib().unwrap_or(0.0);

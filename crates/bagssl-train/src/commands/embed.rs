@@ -37,7 +37,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let patch = model.config().patch;
     cfg.validate_for_images(store.height, store.width, &args.data.display().to_string())?;
     let t = std::time::Instant::now();
-    let emb = bagssl_eval::embed_bag(&model, &store, patch, cfg.eval.stride, cfg.eval.batch_images)?;
+    let emb = bagssl_eval::embed_bag(
+        &model,
+        &store,
+        bagssl_eval::Grid { patch, stride: cfg.eval.stride },
+        cfg.eval.batch_images,
+    )?;
     let dim = model.hidden();
     let labels: Vec<i64> = store.labels.iter().map(|&l| i64::from(l)).collect();
     let emb_bytes: &[u8] = bytemuck::cast_slice(&emb);
