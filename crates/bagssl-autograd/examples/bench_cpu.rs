@@ -51,9 +51,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bagssl_autograd::cpu::matmul_bf16::has_avx512_bf16;
-use bagssl_autograd::{
-    ops, set_cpu_matmul_precision, AdamW, BnBackwardArgs, BnTrainArgs, CpuMatmulPrecision, Tensor, VicregWeights,
-};
+use bagssl_autograd::{ops, set_cpu_matmul_precision, AdamW, BnTrainArgs, CpuMatmulPrecision, Tensor, VicregWeights};
 use bagssl_data::{gather_patches, ImageStore, PatchSampler};
 use rayon::prelude::*;
 
@@ -377,13 +375,10 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
         .unwrap();
     let ms = median_ms(o, || {
         drop(black_box(
-            ops::bn_train_bwd(BnBackwardArgs {
-                fwd: BnTrainArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: true },
-                dy: &dy,
-                y: &fwd.y,
-                mean: &fwd.mean,
-                invstd: &fwd.invstd,
-            })
+            ops::bn_train_bwd(fwd.backward_args(
+                BnTrainArgs { x: &a, bias: None, gamma: &gamma, beta: &beta, eps: 1e-5, relu: true },
+                &dy,
+            ))
             .unwrap(),
         ))
     });

@@ -45,6 +45,13 @@ pub struct BnForward {
     pub var_unbiased: Tensor,
 }
 
+impl BnForward {
+    /// The backward's arguments for this forward of `fwd`, with upstream gradient `dy`.
+    pub fn backward_args<'a>(&'a self, fwd: BnTrainArgs<'a>, dy: &'a Tensor) -> BnBackwardArgs<'a> {
+        BnBackwardArgs { fwd, dy, y: &self.y, mean: &self.mean, invstd: &self.invstd }
+    }
+}
+
 /// What a BatchNorm backward returns.
 pub struct BnBackward {
     /// dL/dx, which is also dL/d(x + bias).

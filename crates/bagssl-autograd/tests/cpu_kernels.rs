@@ -3,7 +3,7 @@
 
 mod common;
 
-use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, Device, Error, Tensor, VicregWeights};
+use bagssl_autograd::{ops, AdamW, BnEval, Device, Error, Tensor, VicregWeights};
 use bagssl_testkit::Report;
 use common::{bn_args, host, rand_tensor, rng};
 
@@ -152,14 +152,8 @@ fn batch_norm_matches_f64() {
             let beta = rand_tensor(&mut r, &[cols]);
             let want = bn_ref(&f64s(&x), &f64s(&dy), &f64s(&gamma), &f64s(&beta), 1e-5, relu);
             let f = ops::bn_train_fwd(bn_args(&x, None, &gamma, &beta, relu)).unwrap();
-            let bagssl_autograd::BnBackward { dx, dgamma, dbeta, dbias } = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: bn_args(&x, None, &gamma, &beta, relu),
-                dy: &dy,
-                y: &f.y,
-                mean: &f.mean,
-                invstd: &f.invstd,
-            })
-            .unwrap();
+            let bagssl_autograd::BnBackward { dx, dgamma, dbeta, dbias } =
+                ops::bn_train_bwd(f.backward_args(bn_args(&x, None, &gamma, &beta, relu), &dy)).unwrap();
             assert!(dbias.is_none());
             let mut rep = Report::new(&format!("batch norm {rows}x{cols} relu={relu}"));
             rep.check("y", &host(&f.y), &want.y, 1e-5, 0.0);
@@ -205,23 +199,9 @@ fn batch_norm_folded_bias_is_bias_add_then_batch_norm() {
             close("invstd", &got.invstd, &want.invstd, 0.0);
             close("var_unbiased", &got.var_unbiased, &want.var_unbiased, 1e-9);
             // Both backwards get the same y (its ReLU mask) and statistics.
-            let (y, m, is) = (&want.y, &want.mean, &want.invstd);
-            let w = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: bn_args(&x, None, &gamma, &beta, relu),
-                dy: &dy,
-                y,
-                mean: m,
-                invstd: is,
-            })
-            .unwrap();
-            let g = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: bn_args(&x0, Some(&bias), &gamma, &beta, relu),
-                dy: &dy,
-                y,
-                mean: m,
-                invstd: is,
-            })
-            .unwrap();
+            let is = &want.invstd;
+            let w = ops::bn_train_bwd(want.backward_args(bn_args(&x, None, &gamma, &beta, relu), &dy)).unwrap();
+            let g = ops::bn_train_bwd(want.backward_args(bn_args(&x0, Some(&bias), &gamma, &beta, relu), &dy)).unwrap();
             // dx: terms of size |gamma invstd dy| that can cancel (see batch_norm_matches_f64).
             let terms = (0..rows * cols)
                 .map(|i| (f64s(&gamma)[i % cols] * f64s(is)[i % cols] * f64s(&dy)[i]).abs())

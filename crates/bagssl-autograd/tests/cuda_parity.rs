@@ -17,7 +17,7 @@
 
 mod common;
 
-use bagssl_autograd::{ops, AdamW, BnBackwardArgs, BnEval, Device, Tensor, VicregWeights};
+use bagssl_autograd::{ops, AdamW, BnEval, Device, Tensor, VicregWeights};
 use bagssl_kernels::GemmPrecision;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -248,14 +248,7 @@ fn batchnorm_matches_cpu() {
             rep.check(&format!("bn_train_fwd var_unbiased {tag}"), &g.var_unbiased, &c.var_unbiased, 1e-5, 0.0);
             // The backward gets the CPU's forward results on both devices, so the ReLU masks agree.
             let dy = rand_t(&mut r, &[rows, cols]);
-            let bc = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: bn_args(&x, None, &gamma, &beta, relu),
-                dy: &dy,
-                y: &c.y,
-                mean: &c.mean,
-                invstd: &c.invstd,
-            })
-            .unwrap();
+            let bc = ops::bn_train_bwd(c.backward_args(bn_args(&x, None, &gamma, &beta, relu), &dy)).unwrap();
             let dyg = on(&dy, &dev);
             let (yg, mg, ig) = (on(&c.y, &dev), on(&c.mean, &dev), on(&c.invstd, &dev));
             let gb = bn_bwd_mask_from_y([&dyg, &xg, &yg, &gg, &bg, &mg, &ig], None, relu);
@@ -271,14 +264,7 @@ fn batchnorm_matches_cpu() {
             rep.check(&format!("bn_train_fwd+bias y {tag}"), &gf.y, &cf.y, 1e-5, 1e-5);
             rep.check(&format!("bn_train_fwd+bias mean {tag}"), &gf.mean, &cf.mean, 1e-5, 1e-6);
             rep.check(&format!("bn_train_fwd+bias invstd {tag}"), &gf.invstd, &cf.invstd, 1e-5, 0.0);
-            let cb = ops::bn_train_bwd(BnBackwardArgs {
-                fwd: bn_args(&x, Some(&bias), &gamma, &beta, relu),
-                dy: &dy,
-                y: &cf.y,
-                mean: &cf.mean,
-                invstd: &cf.invstd,
-            })
-            .unwrap();
+            let cb = ops::bn_train_bwd(cf.backward_args(bn_args(&x, Some(&bias), &gamma, &beta, relu), &dy)).unwrap();
             let (yg, mg, ig) = (on(&cf.y, &dev), on(&cf.mean, &dev), on(&cf.invstd, &dev));
             let gb = bn_bwd_mask_from_y([&dyg, &xg, &yg, &gg, &bg, &mg, &ig], Some(&bgpu), relu);
             rep.check(&format!("bn_train_bwd+bias dx {tag}"), &gb.dx, &cb.dx, 1e-4, 1e-6);

@@ -6,9 +6,7 @@
 mod common;
 
 use bagssl_autograd::cpu::pool;
-use bagssl_autograd::{
-    ops, set_cpu_matmul_precision, BnBackwardArgs, BnEval, CpuMatmulPrecision, Tensor, VicregWeights,
-};
+use bagssl_autograd::{ops, set_cpu_matmul_precision, BnEval, CpuMatmulPrecision, Tensor, VicregWeights};
 use common::{bn_args, host, rand_tensor, rng};
 
 /// Images x patches and widths big enough that every output is at least `pool::MIN_LEN` long,
@@ -38,14 +36,7 @@ fn run_all() -> Vec<Vec<f32>> {
     keep(&ops::bias_add(&h, &b).unwrap());
     let bn = ops::bn_train_fwd(bn_args(&h, Some(&b), &gamma, &b, true)).unwrap();
     keep(&bn.y);
-    let g = ops::bn_train_bwd(BnBackwardArgs {
-        fwd: bn_args(&h, Some(&b), &gamma, &b, true),
-        dy: &dy,
-        y: &bn.y,
-        mean: &bn.mean,
-        invstd: &bn.invstd,
-    })
-    .unwrap();
+    let g = ops::bn_train_bwd(bn.backward_args(bn_args(&h, Some(&b), &gamma, &b, true), &dy)).unwrap();
     keep(&g.dx);
     keep(&g.dgamma);
     keep(&g.dbeta);
