@@ -291,28 +291,21 @@ fn stopping_and_resuming_reproduces_the_uninterrupted_run() {
     assert_eq!(ea["trained"], eb["trained"]);
 }
 
+/// `bench` of configs/bench-cpu.toml shrunk to a 32-wide model on 200 images, one warm-up step.
+fn bench_small(extra: &[&str]) -> Output {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
+    let mut args =
+        vec!["bench", "--config", cfg, "--warmup", "1", "--set", "model.hidden=32", "--set", "model.proj=32"];
+    args.extend(["--set", "data.synthetic_images=200"]);
+    args.extend(extra);
+    run(&args)
+}
+
 /// `bench` ends with one JSON line holding at least `ms_per_step`, `patches_per_s` and `device`
 /// (the contract of README.md, "Outputs"), plus what the benchmark scripts read.
 #[test]
 fn bench_ends_with_the_json_contract() {
-    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
-    let o = run(&[
-        "bench",
-        "--config",
-        cfg,
-        "--steps",
-        "3",
-        "--warmup",
-        "1",
-        "--eval-images",
-        "8",
-        "--set",
-        "model.hidden=32",
-        "--set",
-        "model.proj=32",
-        "--set",
-        "data.synthetic_images=200",
-    ]);
+    let o = bench_small(&["--steps", "3", "--eval-images", "8"]);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     let last = stdout.lines().last().expect("output");
@@ -330,27 +323,7 @@ fn bench_ends_with_the_json_contract() {
 /// `--profile` prints the per-op table of a step before the JSON line.
 #[test]
 fn bench_runs_with_bf16_gemms_on_the_cpu_and_profiles_the_step() {
-    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/bench-cpu.toml");
-    let o = run(&[
-        "bench",
-        "--config",
-        cfg,
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--eval-images",
-        "0",
-        "--set",
-        "model.hidden=32",
-        "--set",
-        "model.proj=32",
-        "--set",
-        "data.synthetic_images=200",
-        "--set",
-        "cpu_precision=bf16",
-        "--profile",
-    ]);
+    let o = bench_small(&["--steps", "2", "--eval-images", "0", "--set", "cpu_precision=bf16", "--profile"]);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("| bf16 GEMMs"), "{stdout}");
