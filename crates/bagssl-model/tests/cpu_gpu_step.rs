@@ -55,6 +55,8 @@
 //! Without a GPU the GPU tests print `skipped: <test>: <reason>` and pass (fail with
 //! `BAGSSL_REQUIRE_GPU=1`).
 
+mod common;
+
 use std::sync::Arc;
 
 use bagssl_autograd::{Device, Tape, Tensor};
@@ -63,8 +65,7 @@ use bagssl_kernels::{GemmPrecision, Gpu};
 use bagssl_model::optim::{ADAM_EPS, LARS_ETA};
 use bagssl_model::trainer::PERM_STREAM;
 use bagssl_model::{
-    BagSslModel, ModelConfig, OptimizerKind, ParamKind, PatchSource, StepStats, TrainConfig, Trainer, VicregWeights,
-    BN_MOMENTUM,
+    BagSslModel, ModelConfig, OptimizerKind, ParamKind, PatchSource, StepStats, TrainConfig, Trainer, BN_MOMENTUM,
 };
 use bagssl_testkit::{at_each_gemm_precision, gpu_or_skip};
 
@@ -80,22 +81,13 @@ fn model_config() -> ModelConfig {
 }
 
 fn train_config(optimizer: OptimizerKind) -> TrainConfig {
-    TrainConfig {
-        per_image: 8,
-        augment: true,
-        batch_images: 16,
-        total_steps: 100,
-        warmup_steps: 0,
-        // LARS moves weights by lr * 1e-3 of their norm: 0.3 keeps the step well above an ulp.
-        lr: match optimizer {
-            OptimizerKind::AdamW => 1e-3,
-            OptimizerKind::Lars => 0.3,
-        },
-        weight_decay: 1e-4,
-        optimizer,
-        loss: VicregWeights::default(),
-        seed: 5,
-    }
+    // LARS moves weights by lr * 1e-3 of their norm: 0.3 keeps the step well above an ulp.
+    let lr = match optimizer {
+        OptimizerKind::AdamW => 1e-3,
+        OptimizerKind::Lars => 0.3,
+    };
+    let base = common::train_config(optimizer);
+    TrainConfig { per_image: 8, batch_images: 16, total_steps: 100, warmup_steps: 0, lr, seed: 5, ..base }
 }
 
 fn store() -> ImageStore {

@@ -9,13 +9,15 @@
 //! A counting global allocator; one test function, because the count and the precision switch
 //! are process-wide.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bagssl_autograd::cpu::pool;
 use bagssl_autograd::{set_cpu_matmul_precision, CpuMatmulPrecision, Device};
 use bagssl_data::{synthetic, SyntheticSpec};
-use bagssl_model::{ModelConfig, OptimizerKind, TrainConfig, Trainer, VicregWeights};
+use bagssl_model::{ModelConfig, OptimizerKind, TrainConfig, Trainer};
 
 struct Counting;
 
@@ -64,18 +66,7 @@ fn a_warm_cpu_step_allocates_no_large_buffer() {
     for optimizer in [OptimizerKind::AdamW, OptimizerKind::Lars] {
         for precision in [CpuMatmulPrecision::F32, CpuMatmulPrecision::Bf16] {
             set_cpu_matmul_precision(precision);
-            let config = TrainConfig {
-                per_image: 16,
-                augment: true,
-                batch_images: 8,
-                total_steps: 100,
-                warmup_steps: 2,
-                lr: 1e-3,
-                weight_decay: 1e-4,
-                optimizer,
-                loss: VicregWeights::default(),
-                seed: 5,
-            };
+            let config = TrainConfig { per_image: 16, total_steps: 100, seed: 5, ..common::train_config(optimizer) };
             let mut trainer = Trainer::new(model, config, &Device::Cpu).unwrap();
             for _ in 0..3 {
                 trainer.step(&data).unwrap();

@@ -1,6 +1,8 @@
 //! Training-loop behaviour: bit-identical resume, atomic checkpoints, loading errors, the
 //! non-finite-loss guard, the schedule as seen by steps, and that the loss goes down.
 
+mod common;
+
 use std::path::Path;
 
 use bagssl_autograd::Device;
@@ -8,8 +10,9 @@ use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
 use bagssl_model::checkpoint::write_atomic;
 use bagssl_model::{
     lr_factor, read_normalization, BagSslModel, ModelConfig, ModelError, Normalization, OptimizerKind, TrainConfig,
-    Trainer, VicregWeights,
+    Trainer,
 };
+use common::train_config;
 
 fn store(images: usize, side: usize, seed: u64) -> ImageStore {
     synthetic(&SyntheticSpec { images, classes: 4, height: side, width: side, seed })
@@ -17,21 +20,6 @@ fn store(images: usize, side: usize, seed: u64) -> ImageStore {
 
 fn model_config() -> ModelConfig {
     ModelConfig { patch: 4, layers: 2, hidden: 32, proj: 16 }
-}
-
-fn train_config(optimizer: OptimizerKind) -> TrainConfig {
-    TrainConfig {
-        per_image: 4,
-        augment: true,
-        batch_images: 8,
-        total_steps: 20,
-        warmup_steps: 2,
-        lr: 1e-3,
-        weight_decay: 1e-4,
-        optimizer,
-        loss: VicregWeights::default(),
-        seed: 11,
-    }
 }
 
 /// A fresh AdamW trainer, its checkpoint path `ck.safetensors` in a new temporary folder, and a
