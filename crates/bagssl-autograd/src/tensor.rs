@@ -46,13 +46,14 @@ pub struct Tensor {
 impl Tensor {
     /// A CPU tensor from its elements. Panics only on a programming error (length != product of shape).
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "Tensor::from_vec: shape {shape:?} vs {} elements",
-            data.len()
-        );
-        Tensor { shape: shape.to_vec(), storage: Storage::Cpu(data) }
+        Tensor::new("from_vec", shape, data.len(), Storage::Cpu(data))
+    }
+
+    /// `storage` of `len` elements as a tensor of `shape`; panics (a programming error of `op`)
+    /// when they do not match.
+    fn new(op: &str, shape: &[usize], len: usize, storage: Storage) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), len, "Tensor::{op}: shape {shape:?} vs {len} elements");
+        Tensor { shape: shape.to_vec(), storage }
     }
 
     /// A CPU tensor holding a copy of `data`, in a recycled buffer ([`crate::cpu::pool`]).
@@ -71,13 +72,7 @@ impl Tensor {
 
     /// Wraps a GPU buffer of `shape.iter().product()` elements.
     pub fn from_gpu(shape: &[usize], buf: GpuBuf) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            buf.len(),
-            "Tensor::from_gpu: shape {shape:?} vs {} elements",
-            buf.len()
-        );
-        Tensor { shape: shape.to_vec(), storage: Storage::Cuda(buf) }
+        Tensor::new("from_gpu", shape, buf.len(), Storage::Cuda(buf))
     }
 
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {

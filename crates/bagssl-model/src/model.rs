@@ -93,27 +93,27 @@ impl BagSslModel {
     /// in parameter order).
     pub fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = SeededRng::new(seed);
-        Self::build(config, &mut Init::Seeded(&mut rng), device)
+        Self::build(config, &mut Init::seeded(&mut rng, device))
     }
 
     /// A model with every parameter zero (filled by a checkpoint loader or a test).
     pub fn zeros(config: ModelConfig, device: &Device) -> Result<Self> {
-        Self::build(config, &mut Init::Zeros, device)
+        Self::build(config, &mut Init::zeros(device))
     }
 
-    fn build(config: ModelConfig, init: &mut Init<'_>, device: &Device) -> Result<Self> {
+    fn build(config: ModelConfig, init: &mut Init<'_>) -> Result<Self> {
         config.validate()?;
         let mut fan_in = config.input_dim();
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
-            blocks.push(LinearBn::new(&format!("encoder.{i}"), fan_in, config.hidden, init, device)?);
+            blocks.push(LinearBn::new(&format!("encoder.{i}"), fan_in, config.hidden, init)?);
             fan_in = config.hidden;
         }
         let projector = Projector {
-            hidden: LinearBn::new("projector.0", config.hidden, config.proj, init, device)?,
-            out: Linear::new("projector.1", config.proj, config.proj, true, init, device)?,
+            hidden: LinearBn::new("projector.0", config.hidden, config.proj, init)?,
+            out: Linear::new("projector.1", config.proj, config.proj, true, init)?,
         };
-        Ok(BagSslModel { config, device: device.clone(), encoder: Sequential { layers: blocks }, projector })
+        Ok(BagSslModel { config, device: init.device().clone(), encoder: Sequential { layers: blocks }, projector })
     }
 
     pub fn config(&self) -> &ModelConfig {

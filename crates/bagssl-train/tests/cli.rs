@@ -118,15 +118,7 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
 
     // embed: (N, hidden) embeddings and labels.
     let emb = dir.path().join("emb.safetensors");
-    let o = run(&[
-        "embed",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--data",
-        cifar.to_str().unwrap(),
-        "--out",
-        emb.to_str().unwrap(),
-    ]);
+    let o = embed_to(&ckpt, &cifar, &emb, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let bytes = std::fs::read(&emb).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -366,8 +358,16 @@ fn cifar_folder(dir: &Path, per_batch: usize, test_batch: Option<usize>) -> Path
     cifar
 }
 
+/// `embed` of `data` with `ckpt` into `out`.
+fn embed_to(ckpt: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (ckpt, data, out) = (ckpt.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["embed", "--checkpoint", ckpt, "--data", data, "--out", out];
+    args.extend(extra);
+    run(&args)
+}
+
 /// `eval` of `ckpt` on the CIFAR-10 folder under `dir` (both splits), the report in `report`.
-fn eval_cifar(ckpt: &Path, dir: &Path, report: &Path, extra: &[&str]) -> std::process::Output {
+fn eval_cifar(ckpt: &Path, dir: &Path, report: &Path, extra: &[&str]) -> Output {
     let (ckpt, dir, report) = (ckpt.to_str().unwrap(), dir.to_str().unwrap(), report.to_str().unwrap());
     let mut args = vec!["eval", "--checkpoint", ckpt, "--data", dir, "--eval-data", dir, "--out", report];
     args.extend(["--set", "eval.probe_epochs=2"]);
@@ -401,17 +401,7 @@ fn embed_normalises_like_the_training_run() {
     assert!(max_abs_diff(&store.mean, &train.mean) > 0.01, "{:?} vs {:?}", store.mean, train.mean);
     let embed = |ckpt: &Path, name: &str| {
         let emb = dir.path().join(name);
-        let o = run(&[
-            "embed",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--data",
-            cifar.to_str().unwrap(),
-            "--out",
-            emb.to_str().unwrap(),
-            "--set",
-            "data.cache_dir=\"off\"",
-        ]);
+        let o = embed_to(ckpt, &cifar, &emb, &["--set", "data.cache_dir=\"off\""]);
         assert!(o.status.success(), "{}", text(&o));
         let bytes = std::fs::read(&emb).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();

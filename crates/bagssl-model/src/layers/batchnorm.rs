@@ -2,7 +2,7 @@
 //! training (biased variance to normalise, unbiased for the running variance), running
 //! statistics in eval mode (docs/DEFINITIONS.md §5).
 
-use bagssl_autograd::{ops, BnEval, BnVars, Device, Tensor, Var};
+use bagssl_autograd::{ops, BnEval, BnVars, Tensor, Var};
 
 use super::{child, Forward, Init, Layer, Param, ParamKind, Visitor, VisitorMut};
 use crate::Result;
@@ -49,25 +49,18 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    pub fn new(
-        prefix: &str,
-        width: usize,
-        names: BnNames,
-        relu: bool,
-        init: &mut Init<'_>,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(prefix: &str, width: usize, names: BnNames, relu: bool, init: &mut Init<'_>) -> Result<Self> {
         let (g, b) = match names {
             BnNames::GammaBeta => ("gamma", "beta"),
             BnNames::WeightBias => ("weight", "bias"),
         };
-        let gamma = init.param(child(prefix, g), ParamKind::BnGamma, &[width], width, device)?;
-        let beta = init.param(child(prefix, b), ParamKind::BnBeta, &[width], width, device)?;
+        let gamma = init.param(child(prefix, g), ParamKind::BnGamma, &[width], width)?;
+        let beta = init.param(child(prefix, b), ParamKind::BnBeta, &[width], width)?;
         // Running mean 0 and variance 1, as PyTorch initialises them.
         let running = RunningStats {
             prefix: prefix.to_string(),
-            mean: Tensor::zeros(&[width], device)?,
-            var: Tensor::full(&[width], 1.0, device)?,
+            mean: Tensor::zeros(&[width], init.device())?,
+            var: Tensor::full(&[width], 1.0, init.device())?,
         };
         Ok(BatchNorm { gamma, beta, running, eps: BN_EPS, relu })
     }

@@ -1,6 +1,6 @@
 //! Linear (`y = x W^T + b`, W (out, in) as in PyTorch) and the MLP's Linear-BatchNorm block.
 
-use bagssl_autograd::{ops, Device, Var};
+use bagssl_autograd::{ops, Var};
 
 use super::{child, BatchNorm, BnNames, Forward, Init, Layer, Param, ParamKind, Visitor, VisitorMut};
 use crate::Result;
@@ -13,17 +13,10 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(
-        prefix: &str,
-        fan_in: usize,
-        out: usize,
-        bias: bool,
-        init: &mut Init<'_>,
-        device: &Device,
-    ) -> Result<Self> {
-        let weight = init.param(child(prefix, "weight"), ParamKind::Weight, &[out, fan_in], fan_in, device)?;
+    pub fn new(prefix: &str, fan_in: usize, out: usize, bias: bool, init: &mut Init<'_>) -> Result<Self> {
+        let weight = init.param(child(prefix, "weight"), ParamKind::Weight, &[out, fan_in], fan_in)?;
         let bias = match bias {
-            true => Some(init.param(child(prefix, "bias"), ParamKind::Bias, &[out], fan_in, device)?),
+            true => Some(init.param(child(prefix, "bias"), ParamKind::Bias, &[out], fan_in)?),
             false => None,
         };
         Ok(Linear { weight, bias })
@@ -66,9 +59,9 @@ pub struct LinearBn {
 }
 
 impl LinearBn {
-    pub fn new(prefix: &str, fan_in: usize, width: usize, init: &mut Init<'_>, device: &Device) -> Result<Self> {
-        let linear = Linear::new(prefix, fan_in, width, true, init, device)?;
-        let bn = BatchNorm::new(&child(prefix, "bn"), width, BnNames::GammaBeta, true, init, device)?;
+    pub fn new(prefix: &str, fan_in: usize, width: usize, init: &mut Init<'_>) -> Result<Self> {
+        let linear = Linear::new(prefix, fan_in, width, true, init)?;
+        let bn = BatchNorm::new(&child(prefix, "bn"), width, BnNames::GammaBeta, true, init)?;
         Ok(LinearBn { linear, bn })
     }
 }

@@ -51,29 +51,41 @@ pub struct Param {
     pub value: Tensor,
 }
 
-/// How new parameters are filled.
-pub enum Init<'r> {
-    /// PyTorch's defaults, drawn in construction order: `nn.Linear` weight and bias from
-    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)); BN gamma 1, beta 0.
+/// Where new parameters go and how they are filled.
+pub struct Init<'r> {
+    fill: Fill<'r>,
+    device: Device,
+}
+
+enum Fill<'r> {
     Seeded(&'r mut SeededRng),
-    /// Every parameter zero (filled by a checkpoint loader or a test).
     Zeros,
 }
 
-impl Init<'_> {
-    /// A parameter of `shape` on `device`; `fan_in` bounds the uniform draws of weights and biases.
-    pub fn param(
-        &mut self,
-        name: String,
-        kind: ParamKind,
-        shape: &[usize],
-        fan_in: usize,
-        device: &Device,
-    ) -> Result<Param> {
+impl<'r> Init<'r> {
+    /// PyTorch's defaults, drawn from `rng` in construction order: `nn.Linear` weight and bias
+    /// from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)); BN gamma 1,
+    /// beta 0.
+    pub fn seeded(rng: &'r mut SeededRng, device: &Device) -> Self {
+        Init { fill: Fill::Seeded(rng), device: device.clone() }
+    }
+
+    /// Every parameter zero (filled by a checkpoint loader or a test).
+    pub fn zeros(device: &Device) -> Self {
+        Init { fill: Fill::Zeros, device: device.clone() }
+    }
+
+    /// The device the parameters are made on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A parameter of `shape`; `fan_in` bounds the uniform draws of weights and biases.
+    pub fn param(&mut self, name: String, kind: ParamKind, shape: &[usize], fan_in: usize) -> Result<Param> {
         let n = shape.iter().product();
-        let value = match self {
-            Init::Zeros => Tensor::zeros(shape, device)?,
-            Init::Seeded(rng) => {
+        let value = match &mut self.fill {
+            Fill::Zeros => Tensor::zeros(shape, &self.device)?,
+            Fill::Seeded(rng) => {
                 let host = match kind {
                     ParamKind::Weight | ParamKind::Bias => {
                         let bound = 1.0 / (fan_in as f32).sqrt();
@@ -82,7 +94,7 @@ impl Init<'_> {
                     ParamKind::BnGamma => vec![1.0; n],
                     ParamKind::BnBeta => vec![0.0; n],
                 };
-                Tensor::from_vec(shape, host).to_device(device)?
+                Tensor::from_vec(shape, host).to_device(&self.device)?
             }
         };
         Ok(Param { name, kind, value })
