@@ -28,6 +28,12 @@ fn gpu(test: &str) -> Option<(Device, std::sync::Arc<bagssl_kernels::Gpu>)> {
     bagssl_testkit::gpu_or_skip(test).map(|g| (Device::Cuda(g.clone()), g))
 }
 
+/// The GPU (or a printed skip), a seeded generator and the report of a parity test.
+fn setup(test: &str, seed: u64, title: &str) -> Option<(Device, ChaCha8Rng, Report)> {
+    let (dev, _) = gpu(test)?;
+    Some((dev, ChaCha8Rng::seed_from_u64(seed), Report::new(title)))
+}
+
 fn uniform(r: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| r.random_range(lo..hi)).collect()
 }
@@ -154,9 +160,7 @@ fn gemm_backed_ops_match_cpu() {
 
 #[test]
 fn elementwise_ops_match_cpu() {
-    let Some((dev, _)) = gpu("elementwise_ops_match_cpu") else { return };
-    let mut r = ChaCha8Rng::seed_from_u64(2);
-    let mut rep = Report::new("elementwise, CUDA vs CPU");
+    let Some((dev, mut r, mut rep)) = setup("elementwise_ops_match_cpu", 2, "elementwise, CUDA vs CPU") else { return };
     for &(rows, cols) in &[(37, 29), (1, 1), (1000, 3), (513, 2048)] {
         let tag = format!("{rows}x{cols}");
         let x = rand_t(&mut r, &[rows, cols]);
@@ -220,13 +224,11 @@ fn elementwise_ops_match_cpu() {
 
 #[test]
 fn batchnorm_matches_cpu() {
-    let Some((dev, _)) = gpu("batchnorm_matches_cpu") else { return };
+    let Some((dev, mut r, mut rep)) = setup("batchnorm_matches_cpu", 3, "BatchNorm, CUDA vs CPU") else { return };
     // The backward gets the CPU's forward results on both devices, and reads its ReLU mask from
     // that y (`MaskSource::Output`, not recomputed from x with the CPU's statistics, which could flip
     // an element within rounding of 0); bagssl-kernels' tests show the two masks equal on the GPU's
     // own forward. So the CUDA backward runs through that launcher variant, not `ops`.
-    let mut r = ChaCha8Rng::seed_from_u64(3);
-    let mut rep = Report::new("BatchNorm, CUDA vs CPU");
     for &(rows, cols) in &[(37, 29), (2, 1), (4096, 96), (300, 2048)] {
         for relu in [false, true] {
             let tag = format!("{rows}x{cols} relu={relu}");
@@ -332,9 +334,7 @@ fn x_dims(x: &Tensor) -> (usize, usize) {
 
 #[test]
 fn adamw_matches_cpu() {
-    let Some((dev, _)) = gpu("adamw_matches_cpu") else { return };
-    let mut r = ChaCha8Rng::seed_from_u64(4);
-    let mut rep = Report::new("AdamW, CUDA vs CPU");
+    let Some((dev, mut r, mut rep)) = setup("adamw_matches_cpu", 4, "AdamW, CUDA vs CPU") else { return };
     for &n in &[1usize, 37 * 29, 100_003] {
         let p = rand_t(&mut r, &[n]);
         let (mut pc, mut mc, mut vc) =
