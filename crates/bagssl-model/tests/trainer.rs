@@ -365,3 +365,17 @@ fn loss_decreases_on_synthetic_data() {
     println!("loss: first 10 steps {head:.4}, last 10 steps {tail:.4}");
     assert!(tail < 0.92 * head, "loss should drop by 8% or more: {head} -> {tail}");
 }
+
+/// A step's statistics carry the loss's own scalars by name (what `metrics.jsonl` writes).
+#[test]
+fn step_stats_are_named_by_the_loss() {
+    let mut t = Trainer::new(model_config(), train_config(OptimizerKind::AdamW), &Device::Cpu).unwrap();
+    let s = t.step(&store(16, 12, 8)).unwrap();
+    let j = serde_json::to_value(&s).unwrap();
+    let mut keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["covariance", "epoch", "invariance", "loss", "lr", "step", "variance"]);
+    assert_eq!(j["loss"].as_f64(), Some(s.loss()));
+    assert_eq!(s.term("invariance"), j["invariance"].as_f64());
+    assert_eq!(s.term("no such term"), None);
+}

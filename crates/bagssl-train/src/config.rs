@@ -492,4 +492,21 @@ mod tests {
         let c = Config::from_toml(QUICKSTART, "q").unwrap();
         assert_eq!(Config::from_toml(&c.to_toml(), "rt").unwrap(), c);
     }
+
+    /// `[loss]` is bag-VICReg's weight type itself: its defaults, its values written as typed
+    /// (0.3, not 0.30000001192092896), its epsilon fixed (not a key).
+    #[test]
+    fn loss_weights_are_the_kernels_type() {
+        let d = Config::default();
+        assert_eq!(d.loss, bagssl_model::VicregWeights::default());
+        let c = d.with_overrides(&["loss.invariance=0.3".into()]).unwrap();
+        assert_eq!(c.loss.invariance, 0.3f32);
+        assert_eq!(c.loss.eps, 1e-4, "eps keeps the definition's value");
+        let text = c.to_toml();
+        assert!(text.lines().any(|l| l == "invariance = 0.3"), "{text}");
+        assert!(!text.contains("eps"), "{text}");
+        assert_eq!(Config::from_toml(&text, "rt").unwrap(), c);
+        let e = d.with_overrides(&["loss.eps=0.1".into()]).unwrap_err().to_string();
+        assert!(e.contains("loss.eps"), "{e}");
+    }
 }
