@@ -234,7 +234,7 @@ impl Trainer {
         let number = self.step + 1;
         let lr = c.lr * lr_factor(self.step, c.warmup_steps, c.total_steps);
 
-        let (parts, grads, batch_stats) = {
+        let (terms, grads, batch_stats) = {
             let mut tape = Tape::new();
             let fw = self.model.forward_train(&mut tape, x, false)?;
             // On a GPU the loss terms travel to the host while the backward pass is queued and
@@ -259,7 +259,7 @@ impl Trainer {
         self.model.update_running_stats(&batch_stats, BN_MOMENTUM)?;
         self.step = number;
         self.normalization = Some(crate::checkpoint::Normalization::of(store));
-        Ok(StepStats { step: number, epoch, terms: parts, lr })
+        Ok(StepStats { step: number, epoch, terms, lr })
     }
 }
 
