@@ -74,6 +74,9 @@ pub type AdamWSlot<'a> = bagssl_kernels::AdamWTensor<'a, Tensor>;
 /// `[loss]` section to the kernels.
 pub use bagssl_kernels::VicregWeights;
 
+/// The geometry of a convolution or a pooling window over NHWC rows (`bagssl_kernels::args`).
+pub use bagssl_kernels::Window2d;
+
 /// The bag-VICReg loss and its three unweighted terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct VicregParts {
@@ -160,6 +163,26 @@ pub trait Backend: Sync {
     fn scale_(&self, x: &mut Tensor, s: f32) -> Result<()>;
     /// One AdamW update of `s.param` in place, with weight decay `s.weight_decay`.
     fn adamw_(&self, s: AdamWSlot<'_>, h: AdamW) -> Result<()>;
+    /// The windows of `x` (n·h·w, c) as rows: (n·out_h·out_w, kh·kw·c), columns ordered
+    /// (ki, kj, channel), zero over the padding.
+    fn im2col(&self, x: &Tensor, g: Window2d) -> Result<Tensor>;
+    /// The adjoint of [`Backend::im2col`]: (n·out_h·out_w, kh·kw·c) -> (n·h·w, c), each pixel
+    /// the sum of its copies in window-offset order.
+    fn col2im(&self, cols: &Tensor, g: Window2d) -> Result<Tensor>;
+    /// (outer, a, b) -> (outer, b, a), returned as a (outer, b·a) matrix.
+    fn transpose_last2(&self, x: &Tensor, outer: usize, a: usize, b: usize) -> Result<Tensor>;
+    /// Max over each window of `x` (n·h·w, c), padding excluded: (n·out_h·out_w, c).
+    fn max_pool_fwd(&self, x: &Tensor, g: Window2d) -> Result<Tensor>;
+    /// dL/dx of [`Backend::max_pool_fwd`]: each window's gradient to its first element (window
+    /// offsets ascending) equal to its max `y`.
+    fn max_pool_bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor>;
+
+    /// `a + b` (same shape).
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mut y = a.try_clone()?;
+        self.axpy_(&mut y, 1.0, b)?;
+        Ok(y)
+    }
 
     /// `x W^T + b`, W (out, in) as in PyTorch.
     fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

@@ -16,7 +16,7 @@ use bagssl_kernels::GpuBuf;
 
 use crate::backend::{
     AdamW, AdamWSlot, Backend, BnBackward, BnBackwardArgs, BnEval, BnForward, BnTrainArgs, LossGrad, PendingScalars,
-    Transpose, VicregParts, VicregWeights,
+    Transpose, VicregParts, VicregWeights, Window2d,
 };
 use crate::ops;
 use crate::tensor::{Storage, Tensor};
@@ -177,4 +177,28 @@ impl Backend for CudaBackend {
         k::adamw_multi_f32(&mut tensors, h)?;
         Ok(())
     }
+
+    fn im2col(&self, _x: &Tensor, _g: Window2d) -> Result<Tensor> {
+        Err(todo_gpu("im2col"))
+    }
+
+    fn col2im(&self, _cols: &Tensor, _g: Window2d) -> Result<Tensor> {
+        Err(todo_gpu("col2im"))
+    }
+
+    fn transpose_last2(&self, _x: &Tensor, _outer: usize, _a: usize, _b: usize) -> Result<Tensor> {
+        Err(todo_gpu("transpose_last2"))
+    }
+
+    fn max_pool_fwd(&self, _x: &Tensor, _g: Window2d) -> Result<Tensor> {
+        Err(todo_gpu("max_pool_fwd"))
+    }
+
+    fn max_pool_bwd(&self, _x: &Tensor, _y: &Tensor, _dy: &Tensor, _g: Window2d) -> Result<Tensor> {
+        Err(todo_gpu("max_pool_bwd"))
+    }
+}
+
+fn todo_gpu(op: &'static str) -> Error {
+    Error::Shape { op, detail: "not yet on the GPU".into() }
 }

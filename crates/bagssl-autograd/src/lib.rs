@@ -21,7 +21,7 @@ pub mod tensor;
 
 pub use backend::{
     AdamW, AdamWSlot, Backend, BnBackward, BnBackwardArgs, BnEval, BnForward, BnTrainArgs, Transpose, VicregParts,
-    VicregWeights,
+    VicregWeights, Window2d,
 };
 pub use cpu::{cpu_matmul_precision, set_cpu_matmul_precision, CpuMatmulPrecision};
 pub use loss::{BagVicreg, LossValues, PendingLoss, ScalarLoss};

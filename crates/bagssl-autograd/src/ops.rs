@@ -8,7 +8,7 @@
 //! [`Error::DeviceMismatch`].
 
 use crate::backend::{self, Backend, BnBackward, BnBackwardArgs, BnEval, BnForward, BnTrainArgs, LossGrad, Transpose};
-pub use crate::backend::{AdamW, AdamWSlot, VicregParts, VicregWeights};
+pub use crate::backend::{AdamW, AdamWSlot, VicregParts, VicregWeights, Window2d};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -289,4 +289,121 @@ pub fn adamw_multi_(slots: &mut [AdamWSlot<'_>], h: AdamW) -> Result<()> {
         return Ok(());
     }
     on("adamw_", &all)?.adamw_multi_(slots, h)
+}
+
+/// `x` holds the (n·h·w, c) rows of the geometry `g`, and `g` is usable.
+fn check_window(op: &'static str, x: &Tensor, g: &Window2d, rows: usize, cols: usize) -> Result<()> {
+    g.check().map_err(|d| shape_err(op, d))?;
+    if x.dims2() != (rows, cols) {
+        return Err(shape_err(op, format!("{:?} vs ({rows}, {cols}) for {g:?}", x.shape())));
+    }
+    Ok(())
+}
+
+/// The windows of `x` (n·h·w, c) as rows (n·out_h·out_w, kh·kw·c), columns (ki, kj, channel).
+pub fn im2col(x: &Tensor, g: Window2d) -> Result<Tensor> {
+    let _p = crate::profile::op("im2col");
+    check_window("im2col", x, &g, g.in_rows(), g.c)?;
+    on("im2col", &[x])?.im2col(x, g)
+}
+
+/// The adjoint of [`im2col`]: (n·out_h·out_w, kh·kw·c) -> (n·h·w, c).
+pub fn col2im(cols: &Tensor, g: Window2d) -> Result<Tensor> {
+    let _p = crate::profile::op("col2im");
+    check_window("col2im", cols, &g, g.out_rows(), g.patch_len())?;
+    on("col2im", &[cols])?.col2im(cols, g)
+}
+
+/// (outer, a, b) -> (outer, b, a), as an (outer, b·a) matrix; `x` may have any shape with
+/// `outer·a·b` elements.
+pub fn transpose_last2(x: &Tensor, outer: usize, a: usize, b: usize) -> Result<Tensor> {
+    let _p = crate::profile::op("transpose_last2");
+    if x.numel() != outer * a * b {
+        return Err(shape_err("transpose_last2", format!("{:?} is not ({outer}, {a}, {b})", x.shape())));
+    }
+    on("transpose_last2", &[x])?.transpose_last2(x, outer, a, b)
+}
+
+/// The usable window of a max-pool: PyTorch's rule, padding at most half the window, so that
+/// every window holds at least one pixel.
+fn check_pool(op: &'static str, x: &Tensor, g: &Window2d) -> Result<()> {
+    check_window(op, x, g, g.in_rows(), g.c)?;
+    if 2 * g.pad > g.kh || 2 * g.pad > g.kw {
+        return Err(shape_err(op, format!("padding {} larger than half the {}x{} window", g.pad, g.kh, g.kw)));
+    }
+    Ok(())
+}
+
+/// Max over each window of `x` (n·h·w, c), padding excluded: (n·out_h·out_w, c).
+pub fn max_pool_fwd(x: &Tensor, g: Window2d) -> Result<Tensor> {
+    let _p = crate::profile::op("max_pool_fwd");
+    check_pool("max_pool_fwd", x, &g)?;
+    on("max_pool_fwd", &[x])?.max_pool_fwd(x, g)
+}
+
+/// Backward of [`max_pool_fwd`] with its input `x`, output `y` and dL/dy.
+pub fn max_pool_bwd(x: &Tensor, y: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+    let op = "max_pool_bwd";
+    let _p = crate::profile::op(op);
+    check_pool(op, x, &g)?;
+    same_size(op, &[("dy", dy), ("y", y)], false)?;
+    check_window(op, y, &g, g.out_rows(), g.c)?;
+    on(op, &[x, y, dy])?.max_pool_bwd(x, y, dy, g)
+}
+
+/// `a + b`, same shapes (a residual connection).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _p = crate::profile::op("add");
+    same_size("add", &[("a", a), ("b", b)], false)?;
+    on("add", &[a, b])?.add(a, b)
+}
+
+/// The weight `w` of a convolution over `g`, torchvision's (out, c, kh, kw), as the GEMM's
+/// (out, kh·kw·c) matrix: re-laid out, or only reshaped for a 1×1 window.
+fn conv_weight_matrix(op: &'static str, w: &Tensor, g: &Window2d) -> Result<Tensor> {
+    let out = w.shape().first().copied().unwrap_or(0);
+    if w.shape() != [out, g.c, g.kh, g.kw] || out == 0 {
+        return Err(shape_err(op, format!("weight {:?} vs (out, {}, {}, {})", w.shape(), g.c, g.kh, g.kw)));
+    }
+    if g.kh * g.kw == 1 {
+        return Ok(w.try_clone()?.reshape(&[out, g.c]));
+    }
+    transpose_last2(w, out, g.c, g.kh * g.kw)
+}
+
+/// A 2-D convolution (no bias, groups or dilation) of `x` (n·h·w, c) by `w` (out, c, kh, kw):
+/// (n·out_h·out_w, out), as im2col then one GEMM (none for a pointwise 1×1 at stride 1).
+pub fn conv2d_fwd(x: &Tensor, w: &Tensor, g: Window2d) -> Result<Tensor> {
+    let op = "conv2d_fwd";
+    let _p = crate::profile::op(op);
+    check_window(op, x, &g, g.in_rows(), g.c)?;
+    let wm = conv_weight_matrix(op, w, &g)?;
+    if g.is_pointwise() {
+        return matmul(x, &wm, false, true);
+    }
+    matmul(&im2col(x, g)?, &wm, false, true)
+}
+
+/// dL/dw of [`conv2d_fwd`], torchvision's (out, c, kh, kw) layout: `dyᵀ · im2col(x)`, re-laid.
+pub fn conv2d_bwd_weight(x: &Tensor, w: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+    let op = "conv2d_bwd_weight";
+    let _p = crate::profile::op(op);
+    let out = w.shape().first().copied().unwrap_or(0);
+    check_window(op, dy, &g, g.out_rows(), out)?;
+    let dwm = if g.is_pointwise() { matmul(dy, x, true, false)? } else { matmul(dy, &im2col(x, g)?, true, false)? };
+    let dw = if g.kh * g.kw == 1 { dwm } else { transpose_last2(&dwm, out, g.kh * g.kw, g.c)? };
+    Ok(dw.reshape(w.shape()))
+}
+
+/// dL/dx of [`conv2d_fwd`]: `col2im(dy · W)`, (n·h·w, c).
+pub fn conv2d_bwd_input(w: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+    let op = "conv2d_bwd_input";
+    let _p = crate::profile::op(op);
+    let wm = conv_weight_matrix(op, w, &g)?;
+    check_window(op, dy, &g, g.out_rows(), wm.dims2().0)?;
+    let dcols = matmul(dy, &wm, false, false)?;
+    if g.is_pointwise() {
+        return Ok(dcols);
+    }
+    col2im(&dcols, g)
 }

@@ -10,7 +10,7 @@
 //! Everything goes through [`crate::ops`], never through tensor storage, so the same tape runs
 //! on the CPU and on a GPU.
 
-use crate::backend::{BnBackwardArgs, BnTrainArgs, VicregParts, VicregWeights};
+use crate::backend::{BnBackwardArgs, BnTrainArgs, VicregParts, VicregWeights, Window2d};
 use crate::loss::{BagVicreg, PendingLoss, ScalarLoss};
 use crate::ops;
 use crate::tensor::Tensor;
@@ -104,6 +104,20 @@ enum Op {
     GroupMean {
         x: Var,
         n: usize,
+    },
+    /// Its backward recomputes the im2col matrix rather than keep it (kh·kw times x's size).
+    Conv2d {
+        x: Var,
+        w: Var,
+        g: Window2d,
+    },
+    MaxPool {
+        x: Var,
+        g: Window2d,
+    },
+    Add {
+        a: Var,
+        b: Var,
     },
     /// A [`ScalarLoss`]: `dz` is dL/dz for an upstream gradient of 1; `bias` a per-column shift
     /// of z that the loss does not see (see [`Tape::loss`]), whose gradient is the column sums
@@ -248,6 +262,25 @@ impl<'a> Tape<'a> {
     pub fn group_mean(&mut self, x: Var, n: usize) -> Result<Var> {
         let y = ops::group_mean(self.value(x), n)?;
         Ok(self.push_op(y, Op::GroupMean { x, n }, &[x]))
+    }
+
+    /// A 2-D convolution of `x` (n·h·w, c) by `w` (out, c, kh, kw) over `g`, see
+    /// [`ops::conv2d_fwd`]: (n·out_h·out_w, out).
+    pub fn conv2d(&mut self, x: Var, w: Var, g: Window2d) -> Result<Var> {
+        let y = ops::conv2d_fwd(self.value(x), self.value(w), g)?;
+        Ok(self.push_op(y, Op::Conv2d { x, w, g }, &[x, w]))
+    }
+
+    /// Max-pooling of `x` (n·h·w, c) over `g`: (n·out_h·out_w, c).
+    pub fn max_pool(&mut self, x: Var, g: Window2d) -> Result<Var> {
+        let y = ops::max_pool_fwd(self.value(x), g)?;
+        Ok(self.push_op(y, Op::MaxPool { x, g }, &[x]))
+    }
+
+    /// `a + b`, same shapes (a residual connection).
+    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        let y = ops::add(self.value(a), self.value(b))?;
+        Ok(self.push_op(y, Op::Add { a, b }, &[a, b]))
     }
 
     /// bag-VICReg as one op, waiting for its terms: [`Tape::loss`] with [`BagVicreg`].
@@ -446,6 +479,28 @@ impl<'a> Tape<'a> {
                 let dx = ops::group_mean_bwd(&dy, n)?;
                 self.accumulate(grads, x, dx)?;
             }
+            Op::Conv2d { x, w, g } => {
+                let (xt, wt) = (self.value(x), self.value(w));
+                if needs(w) {
+                    self.accumulate(grads, w, ops::conv2d_bwd_weight(xt, wt, &dy, g)?)?;
+                }
+                if needs(x) {
+                    self.accumulate(grads, x, ops::conv2d_bwd_input(wt, &dy, g)?)?;
+                }
+            }
+            Op::MaxPool { x, g } => {
+                let dx = ops::max_pool_bwd(self.value(x), y, &dy, g)?;
+                self.accumulate(grads, x, dx)?;
+            }
+            Op::Add { a, b } => match (needs(a), needs(b)) {
+                (true, true) => {
+                    self.accumulate(grads, a, dy.try_clone()?)?;
+                    self.accumulate(grads, b, dy)?;
+                }
+                (true, false) => self.accumulate(grads, a, dy)?,
+                (false, true) => self.accumulate(grads, b, dy)?,
+                (false, false) => {}
+            },
         }
         Ok(())
     }

@@ -123,3 +123,32 @@ fn model_step_golden() {
     }
     r.finish();
 }
+
+/// One strided convolution (`conv2d.json`): y, and dx, dw for the golden upstream dy, through
+/// the tape (NHWC rows, torchvision's weight layout).
+#[test]
+fn conv2d_golden() {
+    let g = golden("conv2d.json");
+    let (xs, wt) = (golden_array(&g, "x").0, golden_tensor(&g, "weight"));
+    let (n, h, w, c) = (xs[0], xs[1], xs[2], xs[3]);
+    let k = g["kernel"].as_u64().unwrap() as usize;
+    let (stride, pad) = (g["stride"].as_u64().unwrap() as usize, g["padding"].as_u64().unwrap() as usize);
+    let geom = bagssl_autograd::Window2d { n, h, w, c, kh: k, kw: k, stride, pad };
+    let x = golden_tensor(&g, "x").reshape(&[n * h * w, c]);
+    let dy = golden_tensor(&g, "dy");
+    assert_eq!(golden_array(&g, "y").0, [n, geom.out_h(), geom.out_w(), wt.shape()[0]]);
+
+    let mut tape = Tape::new();
+    let (xv, wv) = (tape.input(x, true), tape.leaf(&wt, true));
+    let y = tape.conv2d(xv, wv, geom).unwrap();
+    let got_y = host(tape.value(y));
+    let loss = tape.dot_const(y, dy.reshape(&[geom.out_rows(), wt.shape()[0]])).unwrap();
+    let grads = tape.backward(loss).unwrap();
+
+    let mut r = Report::new("conv2d.json");
+    r.check("y", &got_y, &golden_array(&g, "y").1, 2e-5, 1e-6);
+    r.check("dx", &host(grads.get(xv).unwrap()), &golden_array(&g, "dx").1, 2e-5, 1e-6);
+    assert_eq!(grads.get(wv).unwrap().shape(), wt.shape());
+    r.check("dweight", &host(grads.get(wv).unwrap()), &golden_array(&g, "dweight").1, 2e-5, 1e-6);
+    r.finish();
+}

@@ -339,3 +339,57 @@ fn backward_roots() {
     let grads = tape.backward(v).unwrap();
     assert_eq!(host(grads.get(v).unwrap()), vec![1.0]);
 }
+
+fn window(n: usize, h: usize, w: usize, c: usize, k: usize, stride: usize, pad: usize) -> bagssl_autograd::Window2d {
+    bagssl_autograd::Window2d { n, h, w, c, kh: k, kw: k, stride, pad }
+}
+
+/// Convolutions at awkward sizes: odd H and W, strides 1 and 2, padding 0, 1 and 3 (a 3×3
+/// window at padding 3 sees only padding at the corners), 1×1 pointwise and strided, 7×7.
+#[test]
+fn grad_conv2d() {
+    let mut r = rng(21);
+    let cases = [
+        window(2, 5, 7, 3, 3, 1, 1),
+        window(1, 7, 5, 2, 3, 2, 0),
+        window(2, 5, 3, 2, 3, 2, 3),
+        window(1, 9, 7, 2, 7, 2, 3),
+        window(2, 3, 5, 4, 1, 1, 0),
+        window(2, 5, 5, 3, 1, 2, 0),
+    ];
+    for g in cases {
+        let out = 3;
+        let x = rand_tensor(&mut r, &[g.in_rows(), g.c]);
+        let w = rand_tensor(&mut r, &[out, g.c, g.kh, g.kw]);
+        gradcheck(&format!("conv2d {g:?}"), &[x, w], 1e-2, |t, v| t.conv2d(v[0], v[1], g).unwrap());
+    }
+}
+
+/// Max-pooling 3×3 stride 2 padding 1 (the ImageNet stem's) on odd sizes, and 2×2 stride 2;
+/// distinct inputs spaced further apart than the perturbation, so no window's max changes.
+#[test]
+fn grad_max_pool() {
+    let mut r = rng(22);
+    for g in [window(2, 7, 5, 3, 3, 2, 1), window(1, 6, 4, 2, 2, 2, 0), window(1, 5, 5, 2, 3, 1, 1)] {
+        let len = g.in_rows() * g.c;
+        let mut v: Vec<f32> = (0..len).map(|i| i as f32 * 0.1).collect();
+        for i in (1..len).rev() {
+            v.swap(i, r.random_range(0..=i));
+        }
+        let x = Tensor::from_vec(&[g.in_rows(), g.c], v);
+        gradcheck(&format!("max_pool {g:?}"), &[x], 1e-2, |t, v| t.max_pool(v[0], g).unwrap());
+    }
+}
+
+/// A residual connection: both summands get the gradient, also when one var is used twice.
+#[test]
+fn grad_residual_add() {
+    let mut r = rng(23);
+    let (a, b) = (rand_tensor(&mut r, &[7, 5]), rand_tensor(&mut r, &[7, 5]));
+    gradcheck("add", &[a, b], 1e-2, |t, v| t.add(v[0], v[1]).unwrap());
+    let a = away_from_zero(&mut r, &[5, 3]);
+    gradcheck("relu(a) + a", &[a], 1e-2, |t, v| {
+        let y = t.relu(v[0]).unwrap();
+        t.add(y, v[0]).unwrap()
+    });
+}

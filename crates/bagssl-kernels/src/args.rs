@@ -99,3 +99,62 @@ macro_rules! copy_struct {
     )*};
 }
 copy_struct!(BnTrainArgs, BnBackwardArgs, BnEval);
+
+/// The geometry of a sliding window over NHWC images (a convolution's or a pooling's): `n`
+/// images of `h`×`w` pixels and `c` channels, stored as (n·h·w, c) rows; a `kh`×`kw` window
+/// moved by `stride` over the image padded by `pad` pixels on every side. One struct from the
+/// model's layers to the CPU kernels and the CUDA launchers, so no two sizes can trade places.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Window2d {
+    /// Output height: `(h + 2 pad - kh) / stride + 1`.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    /// Output width: `(w + 2 pad - kw) / stride + 1`.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Rows of the input, `n·h·w`.
+    pub fn in_rows(&self) -> usize {
+        self.n * self.h * self.w
+    }
+    /// Rows of the output, `n·out_h·out_w`.
+    pub fn out_rows(&self) -> usize {
+        self.n * self.out_h() * self.out_w()
+    }
+    /// Elements of one window, `kh·kw·c`: a row of the im2col matrix, ordered (ki, kj, channel).
+    pub fn patch_len(&self) -> usize {
+        self.kh * self.kw * self.c
+    }
+    /// The same geometry over the output of this one (for chaining layers).
+    pub fn output(&self, c: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> Window2d {
+        Window2d { n: self.n, h: self.out_h(), w: self.out_w(), c, kh, kw, stride, pad }
+    }
+    /// A 1×1 window at stride 1 without padding: the im2col matrix is the input itself.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Why the geometry is unusable (an empty window, a zero stride, a window larger than the
+    /// padded image).
+    pub fn check(&self) -> Result<(), String> {
+        let Window2d { n, h, w, c, kh, kw, stride, pad } = *self;
+        if n == 0 || h == 0 || w == 0 || c == 0 || kh == 0 || kw == 0 || stride == 0 {
+            return Err(format!("empty geometry {self:?}"));
+        }
+        if kh > h + 2 * pad || kw > w + 2 * pad {
+            return Err(format!("window {kh}x{kw} larger than the padded {h}x{w} image (pad {pad})"));
+        }
+        Ok(())
+    }
+}

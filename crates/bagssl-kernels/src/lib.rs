@@ -24,7 +24,7 @@ pub mod optim;
 pub mod patch;
 pub mod vicreg;
 
-pub use args::{BnBackwardArgs, BnEval, BnTrainArgs};
+pub use args::{BnBackwardArgs, BnEval, BnTrainArgs, Window2d};
 pub use batchnorm::{
     bn_batch_stats_f32, bn_bwd_sums_f32, bn_ema_f32, bn_ema_multi_f32, bn_eval_fwd_f32, bn_train_bwd_f32,
     bn_train_bwd_f32_variant, bn_train_fwd_f32, bn_train_fwd_f32_variant, BnTrainGrads, BnTrainOut, BnVariant,

@@ -3,6 +3,7 @@
 //! - [`matmul`]: GEMM through the `gemm` crate (strided, so transposes cost nothing);
 //! - [`matmul_bf16`]: the opt-in bf16 GEMM (AVX512-BF16) behind [`set_cpu_matmul_precision`];
 //! - [`bn`]: BatchNorm forward/backward fused with ReLU;
+//! - [`conv`]: im2col / col2im, the conv weight re-layout and max-pooling over NHWC rows;
 //! - [`vicreg`]: bag-VICReg loss and gradient in one function;
 //! - [`elementwise`]: the streaming maps and reductions (ReLU, bias, AdamW, ...);
 //! - [`par`] and [`simd`]: how passes are split over threads and vectorized;
@@ -14,6 +15,7 @@
 //! in the bf16 GEMM's store).
 
 pub mod bn;
+pub mod conv;
 pub mod elementwise;
 pub mod matmul;
 pub mod matmul_bf16;
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::backend::{
     AdamW, AdamWSlot, Backend, BnBackward, BnBackwardArgs, BnEval, BnForward, BnTrainArgs, Transpose, VicregParts,
-    VicregWeights,
+    VicregWeights, Window2d,
 };
 use crate::ops;
 use crate::tensor::Tensor;
@@ -243,5 +245,42 @@ impl Backend for CpuBackend {
         let h = AdamW { weight_decay: s.weight_decay, ..h };
         elementwise::adamw(host_mut(s.param, op)?, host(s.grad, op)?, host_mut(s.m, op)?, host_mut(s.v, op)?, h);
         Ok(())
+    }
+
+    fn im2col(&self, x: &Tensor, g: Window2d) -> Result<Tensor> {
+        let mut cols = pool::take(g.out_rows() * g.patch_len());
+        conv::im2col(host(x, "im2col")?, &g, &mut cols);
+        Ok(Tensor::from_vec(&[g.out_rows(), g.patch_len()], cols))
+    }
+
+    fn col2im(&self, cols: &Tensor, g: Window2d) -> Result<Tensor> {
+        let mut dx = pool::take(g.in_rows() * g.c);
+        conv::col2im(host(cols, "col2im")?, &g, &mut dx);
+        Ok(Tensor::from_vec(&[g.in_rows(), g.c], dx))
+    }
+
+    fn transpose_last2(&self, x: &Tensor, outer: usize, a: usize, b: usize) -> Result<Tensor> {
+        let mut out = pool::take(x.numel());
+        conv::transpose_last2(host(x, "transpose_last2")?, outer, a, b, &mut out);
+        Ok(Tensor::from_vec(&[outer, b * a], out))
+    }
+
+    fn max_pool_fwd(&self, x: &Tensor, g: Window2d) -> Result<Tensor> {
+        let mut y = pool::take(g.out_rows() * g.c);
+        conv::max_pool_fwd(host(x, "max_pool_fwd")?, &g, &mut y);
+        Ok(Tensor::from_vec(&[g.out_rows(), g.c], y))
+    }
+
+    fn max_pool_bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+        let op = "max_pool_bwd";
+        let mut dx = pool::take(g.in_rows() * g.c);
+        conv::max_pool_bwd(host(x, op)?, host(y, op)?, host(dy, op)?, &g, &mut dx);
+        Ok(Tensor::from_vec(&[g.in_rows(), g.c], dx))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mut out = pool::take(a.numel());
+        conv::add(host(a, "add")?, host(b, "add")?, &mut out);
+        Ok(Tensor::from_vec(a.shape(), out))
     }
 }
