@@ -291,7 +291,7 @@ pub fn adamw_multi_(slots: &mut [AdamWSlot<'_>], h: AdamW) -> Result<()> {
     on("adamw_", &all)?.adamw_multi_(slots, h)
 }
 
-/// `x` holds the (n·h·w, c) rows of the geometry `g`, and `g` is usable.
+/// `x` holds the (rows, cols) matrix of the geometry `g`, and `g` is usable.
 fn check_window(op: &'static str, x: &Tensor, g: &Window2d, rows: usize, cols: usize) -> Result<()> {
     g.check().map_err(|d| shape_err(op, d))?;
     if x.dims2() != (rows, cols) {
@@ -300,10 +300,21 @@ fn check_window(op: &'static str, x: &Tensor, g: &Window2d, rows: usize, cols: u
     Ok(())
 }
 
+/// `x` holds the n·h·w·c elements of the geometry's input in any shape (a patch matrix
+/// (n, h·w·c) is already NHWC), and `g` is usable.
+fn check_input(op: &'static str, x: &Tensor, g: &Window2d) -> Result<()> {
+    g.check().map_err(|d| shape_err(op, d))?;
+    let (rows, cols) = (g.in_rows(), g.c);
+    if x.numel() != rows * cols {
+        return Err(shape_err(op, format!("{:?} vs ({rows}, {cols}) for {g:?}", x.shape())));
+    }
+    Ok(())
+}
+
 /// The windows of `x` (n·h·w, c) as rows (n·out_h·out_w, kh·kw·c), columns (ki, kj, channel).
 pub fn im2col(x: &Tensor, g: Window2d) -> Result<Tensor> {
     let _p = crate::profile::op("im2col");
-    check_window("im2col", x, &g, g.in_rows(), g.c)?;
+    check_input("im2col", x, &g)?;
     on("im2col", &[x])?.im2col(x, g)
 }
 
@@ -371,15 +382,22 @@ fn conv_weight_matrix(op: &'static str, w: &Tensor, g: &Window2d) -> Result<Tens
     transpose_last2(w, out, g.c, g.kh * g.kw)
 }
 
+/// `x` as the (n·h·w, c) matrix a pointwise convolution multiplies: `None` when it is one
+/// already, else a reshaped copy.
+fn as_rows(x: &Tensor, g: &Window2d) -> Result<Option<Tensor>> {
+    Ok(if x.dims2() == (g.in_rows(), g.c) { None } else { Some(x.try_clone()?.reshape(&[g.in_rows(), g.c])) })
+}
+
 /// A 2-D convolution (no bias, groups or dilation) of `x` (n·h·w, c) by `w` (out, c, kh, kw):
 /// (n·out_h·out_w, out), as im2col then one GEMM (none for a pointwise 1×1 at stride 1).
 pub fn conv2d_fwd(x: &Tensor, w: &Tensor, g: Window2d) -> Result<Tensor> {
     let op = "conv2d_fwd";
     let _p = crate::profile::op(op);
-    check_window(op, x, &g, g.in_rows(), g.c)?;
+    check_input(op, x, &g)?;
     let wm = conv_weight_matrix(op, w, &g)?;
     if g.is_pointwise() {
-        return matmul(x, &wm, false, true);
+        let rows = as_rows(x, &g)?;
+        return matmul(rows.as_ref().unwrap_or(x), &wm, false, true);
     }
     matmul(&im2col(x, g)?, &wm, false, true)
 }
@@ -390,7 +408,13 @@ pub fn conv2d_bwd_weight(x: &Tensor, w: &Tensor, dy: &Tensor, g: Window2d) -> Re
     let _p = crate::profile::op(op);
     let out = w.shape().first().copied().unwrap_or(0);
     check_window(op, dy, &g, g.out_rows(), out)?;
-    let dwm = if g.is_pointwise() { matmul(dy, x, true, false)? } else { matmul(dy, &im2col(x, g)?, true, false)? };
+    check_input(op, x, &g)?;
+    let dwm = if g.is_pointwise() {
+        let rows = as_rows(x, &g)?;
+        matmul(dy, rows.as_ref().unwrap_or(x), true, false)?
+    } else {
+        matmul(dy, &im2col(x, g)?, true, false)?
+    };
     let dw = if g.kh * g.kw == 1 { dwm } else { transpose_last2(&dwm, out, g.kh * g.kw, g.c)? };
     Ok(dw.reshape(w.shape()))
 }

@@ -83,7 +83,7 @@ fn probe_learns_separable_data_and_is_deterministic() {
 
 /// A tiny model whose BN running statistics are not the identity, so eval-mode BN is exercised.
 fn tiny_model(patch: usize) -> BagSslModel {
-    let cfg = ModelConfig { patch, layers: 2, hidden: 8, proj: 6 };
+    let cfg = ModelConfig::mlp(patch, 2, 8, 6);
     let mut m = BagSslModel::new(cfg, 5, &Device::Cpu).unwrap();
     let mut rng = bagssl_data::SeededRng::new(9);
     for i in 0..2 {
@@ -155,7 +155,7 @@ fn single_patch_uses_the_centre_position() {
 #[test]
 fn evaluate_reports_accuracies() {
     let p = 4;
-    let m = BagSslModel::new(ModelConfig { patch: p, layers: 1, hidden: 32, proj: 8 }, 1, &Device::Cpu).unwrap();
+    let m = BagSslModel::new(ModelConfig::mlp(p, 1, 32, 8), 1, &Device::Cpu).unwrap();
     let train = synthetic(&SyntheticSpec { images: 120, classes: 4, height: 16, width: 16, seed: 1 });
     let test = synthetic(&SyntheticSpec { images: 40, classes: 4, height: 16, width: 16, seed: 2 });
     let cfg = EvalConfig { patch: p, stride: 4, knn_k: 5, probe_epochs: 5, ..EvalConfig::default() };

@@ -25,7 +25,7 @@ const HIDDEN: usize = 64;
 
 /// A model whose BatchNorm running statistics are not the identity (eval-mode BN does work).
 fn model() -> BagSslModel {
-    let cfg = ModelConfig { patch: PATCH, layers: 2, hidden: HIDDEN, proj: 48 };
+    let cfg = ModelConfig::mlp(PATCH, 2, HIDDEN, 48);
     let mut m = BagSslModel::new(cfg, 21, &Device::Cpu).unwrap();
     let mut rng = bagssl_data::SeededRng::new(22);
     for i in 0..2 {

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 pub use bagssl_autograd::VicregWeights;
 pub use checkpoint::{read_normalization, Normalization};
-pub use config::{ModelConfig, OptimizerKind, TrainConfig};
+pub use config::{Arch, BlockKind, ModelConfig, OptimizerKind, ResnetLayout, Stem, TrainConfig};
 pub use layers::{Layer, Param, ParamKind, RunningStats, BN_EPS, BN_MOMENTUM};
 pub use model::{BagSslModel, TrainForward};
 pub use optim::Optimizer;

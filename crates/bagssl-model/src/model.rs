@@ -1,14 +1,17 @@
-//! The BagSSL network: encoder `f` (`layers` x Linear-BN-ReLU) and projector `g`
-//! (Linear-BN-ReLU-Linear), as layer types with PyTorch parameter names, so weights can be
-//! exchanged with the reference and compared against the golden vectors.
+//! The BagSSL network: encoder `f` (`layers` x Linear-BN-ReLU, or a torchvision ResNet) and
+//! projector `g` (Linear-BN-ReLU blocks, then a Linear), as layer types with PyTorch parameter
+//! names, so weights can be exchanged with PyTorch and compared against the golden vectors.
 //!
 //! The tree, with the names it gives:
 //! ```text
 //! BagSslModel
-//! ├── encoder: Sequential<LinearBn>     encoder.{i}.weight, .bias, .bn.gamma, .bn.beta, .bn.running_*
+//! ├── encoder: Encoder
+//! │   ├── Mlp: Sequential<LinearBn>     encoder.{i}.weight, .bias, .bn.gamma, .bn.beta, .bn.running_*
+//! │   └── ResNet                        torchvision's: encoder.conv1.weight, encoder.bn1.*,
+//! │                                     encoder.layer{s}.{b}.conv1.weight, .downsample.0.weight, ...
 //! └── projector: Projector
-//!     ├── hidden: LinearBn              projector.0.weight, .bias, .bn.*
-//!     └── out: Linear                   projector.1.weight, .bias
+//!     ├── hidden: [LinearBn]            projector.{i}.weight, .bias, .bn.*
+//!     └── out: Linear                   projector.{k}.weight, .bias (k = number of hidden blocks)
 //! ```
 //! One forward serves training and evaluation: [`BagSslModel::forward_train`] and
 //! [`BagSslModel::encode_eval`] run the same layers, in training and in eval mode.
@@ -17,14 +20,59 @@ use bagssl_autograd::{ops, Device, PendingLoss, ScalarLoss, Tape, Tensor, Var, V
 use bagssl_data::SeededRng;
 
 use crate::config::ModelConfig;
-use crate::layers::{Forward, Init, Layer, Linear, LinearBn, Param, RunningStats, Sequential, Visitor, VisitorMut};
+use crate::layers::{
+    Forward, Init, Layer, Linear, LinearBn, Param, ResNet, RunningStats, Sequential, Visitor, VisitorMut,
+};
 use crate::{ModelError, Result};
 
-/// The projector `g`: Linear-BN-ReLU, then a Linear.
+/// The encoder `f`: patch (rows, patch·patch·3) -> h (rows, embedding width).
+#[derive(Debug)]
+pub enum Encoder {
+    Mlp(Sequential<LinearBn>),
+    ResNet(ResNet),
+}
+
+impl Layer for Encoder {
+    fn forward<'a>(&'a self, f: &mut Forward<'_, 'a>, x: Var) -> Result<Var> {
+        match self {
+            Encoder::Mlp(l) => l.forward(f, x),
+            Encoder::ResNet(l) => l.forward(f, x),
+        }
+    }
+    fn visit<'s>(&'s self, v: &mut Visitor<'s>) {
+        match self {
+            Encoder::Mlp(l) => l.visit(v),
+            Encoder::ResNet(l) => l.visit(v),
+        }
+    }
+    fn visit_mut<'s>(&'s mut self, v: &mut VisitorMut<'s>) {
+        match self {
+            Encoder::Mlp(l) => l.visit_mut(v),
+            Encoder::ResNet(l) => l.visit_mut(v),
+        }
+    }
+}
+
+/// The projector `g`: Linear-BN-ReLU blocks, then a Linear.
 #[derive(Debug)]
 pub struct Projector {
-    pub hidden: LinearBn,
+    pub hidden: Sequential<LinearBn>,
     pub out: Linear,
+}
+
+impl Projector {
+    fn new(fan_in: usize, widths: &[usize], init: &mut Init<'_>) -> Result<Self> {
+        let (&out, hidden_widths) =
+            widths.split_last().ok_or_else(|| ModelError::Config("an empty projector".into()))?;
+        let mut fan_in = fan_in;
+        let mut hidden = Vec::with_capacity(hidden_widths.len());
+        for (i, &w) in hidden_widths.iter().enumerate() {
+            hidden.push(LinearBn::new(&format!("projector.{i}"), fan_in, w, init)?);
+            fan_in = w;
+        }
+        let out = Linear::new(&format!("projector.{}", hidden_widths.len()), fan_in, out, true, init)?;
+        Ok(Projector { hidden: Sequential { layers: hidden }, out })
+    }
 }
 
 /// The vars of one training forward on a tape.
@@ -84,7 +132,7 @@ impl TrainForward {
 pub struct BagSslModel {
     config: ModelConfig,
     device: Device,
-    pub encoder: Sequential<LinearBn>,
+    pub encoder: Encoder,
     pub projector: Projector,
 }
 
@@ -103,17 +151,20 @@ impl BagSslModel {
 
     fn build(config: ModelConfig, init: &mut Init<'_>) -> Result<Self> {
         config.validate()?;
-        let mut fan_in = config.input_dim();
-        let mut blocks = Vec::with_capacity(config.layers);
-        for i in 0..config.layers {
-            blocks.push(LinearBn::new(&format!("encoder.{i}"), fan_in, config.hidden, init)?);
-            fan_in = config.hidden;
-        }
-        let projector = Projector {
-            hidden: LinearBn::new("projector.0", config.hidden, config.proj, init)?,
-            out: Linear::new("projector.1", config.proj, config.proj, true, init)?,
+        let encoder = match config.resnet_layout() {
+            Some(layout) => Encoder::ResNet(ResNet::new("encoder", &layout, config.stem, config.patch, init)?),
+            None => {
+                let mut fan_in = config.input_dim();
+                let mut blocks = Vec::with_capacity(config.layers);
+                for i in 0..config.layers {
+                    blocks.push(LinearBn::new(&format!("encoder.{i}"), fan_in, config.hidden, init)?);
+                    fan_in = config.hidden;
+                }
+                Encoder::Mlp(Sequential { layers: blocks })
+            }
         };
-        Ok(BagSslModel { config, device: init.device().clone(), encoder: Sequential { layers: blocks }, projector })
+        let projector = Projector::new(config.embedding_dim(), &config.projector_widths(), init)?;
+        Ok(BagSslModel { config, device: init.device().clone(), encoder, projector })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -124,7 +175,7 @@ impl BagSslModel {
     }
     /// Width of the representation `h`.
     pub fn hidden(&self) -> usize {
-        self.config.hidden
+        self.config.embedding_dim()
     }
 
     fn visit(&self) -> Visitor<'_> {
@@ -206,7 +257,7 @@ impl BagSslModel {
 
     /// A copy of the whole model on `device` (e.g. train on the CPU, evaluate on a GPU).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let mut copy = BagSslModel::zeros(self.config, device)?;
+        let mut copy = BagSslModel::zeros(self.config.clone(), device)?;
         for (name, t) in self.named_tensors() {
             let slot = copy.tensor_mut(&name).ok_or_else(|| ModelError::Internal(format!("no tensor `{name}`")))?;
             *slot = t.to_device(device)?;
@@ -278,7 +329,7 @@ mod tests {
 
     #[test]
     fn layout_names_and_shapes() {
-        let c = ModelConfig { patch: 4, layers: 2, hidden: 32, proj: 24 };
+        let c = ModelConfig::mlp(4, 2, 32, 24);
         let m = BagSslModel::new(c, 0, &Device::Cpu).unwrap();
         let names: Vec<_> = m.params().iter().map(|p| p.name.clone()).collect();
         assert_eq!(names.len(), 14);
@@ -293,9 +344,9 @@ mod tests {
 
     #[test]
     fn init_is_pytorch_like_and_seeded() {
-        let c = ModelConfig { patch: 4, layers: 1, hidden: 64, proj: 16 };
-        let a = BagSslModel::new(c, 7, &Device::Cpu).unwrap();
-        let b = BagSslModel::new(c, 7, &Device::Cpu).unwrap();
+        let c = ModelConfig::mlp(4, 1, 64, 16);
+        let a = BagSslModel::new(c.clone(), 7, &Device::Cpu).unwrap();
+        let b = BagSslModel::new(c.clone(), 7, &Device::Cpu).unwrap();
         let other = BagSslModel::new(c, 8, &Device::Cpu).unwrap();
         let w = a.param("encoder.0.weight").unwrap().value.to_vec().unwrap();
         let bound = 1.0 / (48f32).sqrt();
@@ -317,7 +368,7 @@ mod tests {
     fn eval_forward_is_the_training_layers_in_eval_mode() {
         // With fresh running statistics (mean 0, var 1) the eval forward of one block is
         // relu(gamma (x W^T + b) / sqrt(1 + eps) + beta); check it against that formula.
-        let c = ModelConfig { patch: 2, layers: 1, hidden: 5, proj: 3 };
+        let c = ModelConfig::mlp(2, 1, 5, 3);
         let m = BagSslModel::new(c, 3, &Device::Cpu).unwrap();
         let x = Tensor::from_vec(&[4, 12], (0..48).map(|i| (i as f32 * 0.37).sin()).collect());
         let h = m.encode_eval(&x).unwrap().to_vec().unwrap();

@@ -77,7 +77,7 @@ const X_TOL: f64 = 2e-5;
 const STEPS: usize = 6;
 
 fn model_config() -> ModelConfig {
-    ModelConfig { patch: 8, layers: 2, hidden: 64, proj: 48 }
+    ModelConfig::mlp(8, 2, 64, 48)
 }
 
 fn train_config(optimizer: OptimizerKind) -> TrainConfig {

@@ -16,12 +16,12 @@ use bagssl_testkit::{array, golden, Report};
 #[test]
 fn model_step_matches_golden() {
     let g = golden("model_step.json");
-    let cfg = ModelConfig {
-        patch: g["patch"].as_u64().unwrap() as usize,
-        layers: 2,
-        hidden: g["hidden"].as_u64().unwrap() as usize,
-        proj: g["proj"].as_u64().unwrap() as usize,
-    };
+    let cfg = ModelConfig::mlp(
+        g["patch"].as_u64().unwrap() as usize,
+        2,
+        g["hidden"].as_u64().unwrap() as usize,
+        g["proj"].as_u64().unwrap() as usize,
+    );
     let n = g["n_per_image"].as_u64().unwrap() as usize;
     let mut model = BagSslModel::zeros(cfg, &Device::Cpu).unwrap();
     let params = g["params"].as_object().unwrap();

@@ -62,12 +62,12 @@ static ALLOC: Counting = Counting;
 fn a_warm_cpu_step_allocates_no_large_buffer() {
     // 8 images x 16 patches = 128 rows; 128 wide: every (rows, width) tensor is 16384 floats.
     let data = synthetic(&SyntheticSpec { images: 64, classes: 4, height: 32, width: 32, seed: 3 });
-    let model = ModelConfig { patch: 8, layers: 2, hidden: 128, proj: 128 };
+    let model = ModelConfig::mlp(8, 2, 128, 128);
     for optimizer in [OptimizerKind::AdamW, OptimizerKind::Lars] {
         for precision in [CpuMatmulPrecision::F32, CpuMatmulPrecision::Bf16] {
             set_cpu_matmul_precision(precision);
             let config = TrainConfig { per_image: 16, total_steps: 100, seed: 5, ..common::train_config(optimizer) };
-            let mut trainer = Trainer::new(model, config, &Device::Cpu).unwrap();
+            let mut trainer = Trainer::new(model.clone(), config, &Device::Cpu).unwrap();
             for _ in 0..3 {
                 trainer.step(&data).unwrap();
             }

@@ -19,7 +19,7 @@ fn store(images: usize, side: usize, seed: u64) -> ImageStore {
 }
 
 fn model_config() -> ModelConfig {
-    ModelConfig { patch: 4, layers: 2, hidden: 32, proj: 16 }
+    ModelConfig::mlp(4, 2, 32, 16)
 }
 
 /// A fresh AdamW trainer, its checkpoint path `ck.safetensors` in a new temporary folder, and a
@@ -347,7 +347,7 @@ fn invalid_configs_are_errors() {
 #[test]
 fn loss_decreases_on_synthetic_data() {
     let data = store(128, 16, 7);
-    let model = ModelConfig { patch: 4, layers: 2, hidden: 64, proj: 64 };
+    let model = ModelConfig::mlp(4, 2, 64, 64);
     let cfg = TrainConfig {
         per_image: 8,
         batch_images: 16,

@@ -71,9 +71,19 @@ pub struct PatchConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
+    /// `mlp` | `resnet` (with `widths`, `blocks`) | `resnet18` | `resnet34` | `resnet50`.
+    pub arch: bagssl_model::Arch,
+    /// The MLP's: Linear-BN-ReLU blocks and their width.
     pub layers: usize,
     pub hidden: usize,
+    /// A `resnet`'s stage widths and BasicBlocks per stage (empty: one each).
+    pub widths: Vec<usize>,
+    pub blocks: Vec<usize>,
+    /// A ResNet's first layers: `cifar` (3x3 stride 1) or `imagenet` (7x7 stride 2 + max-pool).
+    pub stem: bagssl_model::Stem,
+    /// The projector's width (Linear-BN-ReLU-Linear), unless `projector` lists its widths.
     pub proj: usize,
+    pub projector: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -145,7 +155,16 @@ impl Default for PatchConfig {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { layers: 2, hidden: 2048, proj: 2048 }
+        ModelSection {
+            arch: bagssl_model::Arch::Mlp,
+            layers: 2,
+            hidden: 2048,
+            widths: Vec::new(),
+            blocks: Vec::new(),
+            stem: bagssl_model::Stem::Cifar,
+            proj: 2048,
+            projector: Vec::new(),
+        }
     }
 }
 

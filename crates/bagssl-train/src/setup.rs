@@ -231,12 +231,21 @@ pub fn model_and_train_config(
     let steps_per_epoch = (train_images / cfg.train.batch_images) as f64;
     let total_steps = (cfg.train.epochs * steps_per_epoch).round().max(1.0) as u64;
     let warmup_steps = ((cfg.train.warmup_epochs * steps_per_epoch).round() as u64).min(total_steps);
+    let m = &cfg.model;
+    // A ResNet's width comes from its stages: the MLP's keys do not describe it.
+    let mlp = m.arch == bagssl_model::Arch::Mlp;
     let model = ModelConfig {
         patch: cfg.patches.size,
-        layers: cfg.model.layers,
-        hidden: cfg.model.hidden,
-        proj: cfg.model.proj,
+        layers: if mlp { m.layers } else { 0 },
+        hidden: if mlp { m.hidden } else { 0 },
+        proj: m.proj,
+        arch: m.arch,
+        widths: m.widths.clone(),
+        blocks: m.blocks.clone(),
+        stem: m.stem,
+        projector: m.projector.clone(),
     };
+    model.validate().context("config section [model]")?;
     let train = TrainConfig {
         per_image: cfg.patches.per_image,
         augment: cfg.patches.augment,

@@ -10,11 +10,15 @@
 //! after it, fusing the eval-mode BatchNorm into the GEMM) is the layer's business.
 
 mod batchnorm;
+mod conv;
 mod linear;
+mod resnet;
 mod sequential;
 
 pub use batchnorm::{BatchNorm, BnNames, RunningStats, BN_EPS, BN_MOMENTUM};
+pub use conv::{Conv2d, ConvBn, Spatial};
 pub use linear::{Linear, LinearBn};
+pub use resnet::{BasicBlock, Block, Bottleneck, ResNet};
 pub use sequential::Sequential;
 
 use bagssl_autograd::{Device, Tape, Tensor, Var};
@@ -99,6 +103,27 @@ impl<'r> Init<'r> {
         };
         Ok(Param { name, kind, value })
     }
+
+    /// A convolution's weight (out, in, kh, kw) as torchvision initialises it:
+    /// `kaiming_normal_(mode = "fan_out", nonlinearity = "relu")`, N(0, 2 / (out·kh·kw)).
+    pub fn conv_weight(&mut self, name: String, shape: [usize; 4]) -> Result<Param> {
+        let n = shape.iter().product();
+        let value = match &mut self.fill {
+            Fill::Zeros => Tensor::zeros(&shape, &self.device)?,
+            Fill::Seeded(rng) => {
+                let std = (2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt();
+                let host: Vec<f32> = (0..n).map(|_| (std * standard_normal(rng)) as f32).collect();
+                Tensor::from_vec(&shape, host).to_device(&self.device)?
+            }
+        };
+        Ok(Param { name, kind: ParamKind::Weight, value })
+    }
+}
+
+/// One N(0, 1) draw (Box-Muller on two uniforms; 1 - u keeps the logarithm finite).
+fn standard_normal(rng: &mut SeededRng) -> f64 {
+    let (u1, u2) = (1.0 - rng.uniform() as f64, rng.uniform() as f64);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// `prefix.name`, or `name` at the root.

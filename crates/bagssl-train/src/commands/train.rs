@@ -62,7 +62,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             eprintln!("bagssl: resumed {} at step {}", ckpt.display(), t.steps_done());
             t
         }
-        None => Trainer::new(model_cfg, train_cfg.clone(), &device)?,
+        None => Trainer::new(model_cfg.clone(), train_cfg.clone(), &device)?,
     };
 
     let total = train_cfg.total_steps;
