@@ -225,6 +225,10 @@ fn model_meta(config: &ModelConfig) -> Result<HashMap<String, String>> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("model_config".to_string(), to_json(config)?);
+    // For readers without our config type: what the encoder is and what it takes (a patch of
+    // patch_size x patch_size x 3, NHWC, normalised by `normalize_mean` / `normalize_std`).
+    meta.insert("arch".to_string(), config.arch.name().to_string());
+    meta.insert("patch_size".to_string(), config.patch.to_string());
     Ok(meta)
 }
 

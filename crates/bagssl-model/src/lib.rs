@@ -27,7 +27,7 @@ pub use bagssl_autograd::VicregWeights;
 pub use checkpoint::{read_normalization, Normalization};
 pub use config::{Arch, BlockKind, ModelConfig, OptimizerKind, ResnetLayout, Stem, TrainConfig};
 pub use layers::{Layer, Param, ParamKind, RunningStats, BN_EPS, BN_MOMENTUM};
-pub use model::{BagSslModel, TrainForward};
+pub use model::{BagSslModel, ForwardFlops, TrainForward};
 pub use optim::Optimizer;
 pub use schedule::lr_factor;
 pub use source::PatchSource;

@@ -53,6 +53,24 @@ impl Layer for Encoder {
     }
 }
 
+/// GEMM FLOPs of one patch's forward, by part ([`BagSslModel::forward_flops_per_patch`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardFlops {
+    pub encoder: f64,
+    pub projector: f64,
+    pub first_layer: f64,
+}
+
+impl ForwardFlops {
+    /// A training step of `patches` patches: the forward, the backward's dW of every layer and
+    /// dX of all but the first, and bag-VICReg's two covariance products of width `z`.
+    pub fn step(&self, patches: usize, z: usize) -> f64 {
+        let n = patches as f64;
+        let forward = n * (self.encoder + self.projector);
+        forward + 2.0 * forward - n * self.first_layer + 2.0 * 2.0 * n * (z * z) as f64
+    }
+}
+
 /// The projector `g`: Linear-BN-ReLU blocks, then a Linear.
 #[derive(Debug)]
 pub struct Projector {
@@ -176,6 +194,24 @@ impl BagSslModel {
     /// Width of the representation `h`.
     pub fn hidden(&self) -> usize {
         self.config.embedding_dim()
+    }
+
+    /// Multiply-add FLOPs (2 per multiply-add) of the forward of one patch: the encoder's, the
+    /// projector's, and the first layer's (whose input needs no gradient in training).
+    pub fn forward_flops_per_patch(&self) -> ForwardFlops {
+        let linear = |l: &Linear| 2.0 * l.weight.value.numel() as f64;
+        let projector =
+            self.projector.hidden.layers.iter().map(|l| linear(&l.linear)).sum::<f64>() + linear(&self.projector.out);
+        match &self.encoder {
+            Encoder::Mlp(s) => {
+                let per_layer: Vec<f64> = s.layers.iter().map(|l| linear(&l.linear)).collect();
+                ForwardFlops { encoder: per_layer.iter().sum(), projector, first_layer: per_layer[0] }
+            }
+            Encoder::ResNet(r) => {
+                let (encoder, first_layer) = r.forward_flops_per_patch();
+                ForwardFlops { encoder, projector, first_layer }
+            }
+        }
     }
 
     fn visit(&self) -> Visitor<'_> {

@@ -78,7 +78,8 @@ pub enum Block {
 }
 
 impl Block {
-    fn forward_spatial<'a>(&'a self, f: &mut Forward<'_, 'a>, x: Var, s: Spatial) -> Result<(Var, Spatial)> {
+    /// `x` (n·h·w, in) of size `s` through the block: the output and its size.
+    pub fn forward_spatial<'a>(&'a self, f: &mut Forward<'_, 'a>, x: Var, s: Spatial) -> Result<(Var, Spatial)> {
         match self {
             Block::Basic(b) => {
                 let (y, s2) = b.conv1.forward_spatial(f, x, s)?;
@@ -90,6 +91,22 @@ impl Block {
                 let (y, s2) = b.conv2.forward_spatial(f, y, s)?;
                 let (y, _) = b.conv3.forward_spatial(f, y, s2)?;
                 Ok((residual(f, y, x, s, &b.downsample)?, s2))
+            }
+        }
+    }
+
+    /// FLOPs of the block's forward on an input of size `s`, and its output size.
+    fn flops(&self, s: Spatial) -> (f64, Spatial) {
+        let shortcut = |d: &Option<ConvBn>| d.as_ref().map_or(0.0, |d| conv_flops(d, s).0);
+        match self {
+            Block::Basic(b) => {
+                let (f1, s2) = conv_flops(&b.conv1, s);
+                (f1 + conv_flops(&b.conv2, s2).0 + shortcut(&b.downsample), s2)
+            }
+            Block::Bottleneck(b) => {
+                let (f1, _) = conv_flops(&b.conv1, s);
+                let (f2, s2) = conv_flops(&b.conv2, s);
+                (f1 + f2 + conv_flops(&b.conv3, s2).0 + shortcut(&b.downsample), s2)
             }
         }
     }
@@ -149,9 +166,32 @@ impl ResNet {
         Ok(ResNet { stem: stem_layer, max_pool: stem == Stem::Imagenet, stages, patch })
     }
 
+    /// GEMM FLOPs of one patch's forward through the convolutions, and the stem's alone.
+    pub fn forward_flops_per_patch(&self) -> (f64, f64) {
+        let (stem, mut s) = conv_flops(&self.stem, Spatial { n: 1, h: self.patch, w: self.patch });
+        if self.max_pool {
+            let g = stem_pool(self.stem.conv.c_out(), s);
+            s = Spatial { n: 1, h: g.out_h(), w: g.out_w() };
+        }
+        let mut total = stem;
+        for block in self.stages.iter().flatten() {
+            let (f, out) = block.flops(s);
+            total += f;
+            s = out;
+        }
+        (total, stem)
+    }
+
     fn convs(&self) -> impl Iterator<Item = &ConvBn> {
         std::iter::once(&self.stem).chain(self.stages.iter().flatten().flat_map(Block::convs))
     }
+}
+
+/// FLOPs of one convolution on one image of size `s` (2 per multiply-add), and its output size.
+fn conv_flops(c: &ConvBn, s: Spatial) -> (f64, Spatial) {
+    let g = c.conv.window(s);
+    let macs = g.out_h() * g.out_w() * c.conv.c_out() * g.patch_len();
+    (2.0 * macs as f64, Spatial { n: s.n, h: g.out_h(), w: g.out_w() })
 }
 
 /// torchvision's stem max-pool: 3x3, stride 2, padding 1.

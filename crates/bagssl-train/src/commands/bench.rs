@@ -8,7 +8,6 @@ use serde_json::json;
 
 use crate::cli::BenchArgs;
 use crate::commands::train::device_label;
-use crate::config::Config;
 use crate::setup;
 
 /// the reference configuration (docs/DEFINITIONS.md §11), on synthetic data of CIFAR-10's size.
@@ -54,7 +53,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
-    let flops = step_flops(&cfg);
+    let model_flops = trainer.model().forward_flops_per_patch();
+    let z_width = *trainer.model().config().projector_widths().last().unwrap_or(&0);
+    let flops = model_flops.step(n as usize, z_width);
     let patches_per_s = n / (ms / 1e3);
     let gflops = flops / (ms / 1e3) / 1e9;
 
@@ -79,7 +80,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let dt = reps[1];
         eval_images_per_s = k as f64 / dt;
         eval_patches_per_s = (k * grid_len) as f64 / dt;
-        eval_gflops = eval_patches_per_s * encoder_flops_per_patch(&cfg) / 1e9;
+        eval_gflops = eval_patches_per_s * model_flops.encoder / 1e9;
     }
     let peak = setup::peak_rss_mib().unwrap_or(0.0);
     // The caching allocator keeps what the steps needed, so device memory in use after them (less
@@ -90,13 +91,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     println!(
-        "config: patch {} | {} patches x {} images | hidden {} proj {} layers {} | device {} | {} GEMMs",
+        "config: patch {} | {} patches x {} images | {} | projector {:?} | device {} | {} GEMMs",
         cfg.patches.size,
         cfg.patches.per_image,
         cfg.train.batch_images,
-        cfg.model.hidden,
-        cfg.model.proj,
-        cfg.model.layers,
+        encoder_label(trainer.model().config()),
+        trainer.model().config().projector_widths(),
         device_label(&device),
         setup::precision_label(&cfg)
     );
@@ -141,6 +141,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "patch": cfg.patches.size, "per_image": cfg.patches.per_image,
                 "batch_images": cfg.train.batch_images, "hidden": cfg.model.hidden,
                 "proj": cfg.model.proj, "layers": cfg.model.layers,
+                "arch": cfg.model.arch.name(), "widths": &cfg.model.widths, "blocks": &cfg.model.blocks,
+                "stem": cfg.model.stem, "projector": &cfg.model.projector,
             },
         })
     );
@@ -158,11 +160,14 @@ fn gpu_free_bytes(device: &bagssl_autograd::Device) -> Result<Option<usize>> {
     }
 }
 
-/// Forward FLOPs of the encoder for one patch (multiply-adds count 2).
-fn encoder_flops_per_patch(cfg: &Config) -> f64 {
-    let d_in = (cfg.patches.size * cfg.patches.size * 3) as f64;
-    let h = cfg.model.hidden as f64;
-    2.0 * (d_in * h + (cfg.model.layers as f64 - 1.0) * h * h)
+/// The encoder in words: the MLP's sizes, or the ResNet's layout.
+fn encoder_label(m: &bagssl_model::ModelConfig) -> String {
+    match m.resnet_layout() {
+        None => format!("mlp: {} layers of {}", m.layers, m.hidden),
+        Some(l) => {
+            format!("{}: {:?} widths {:?} blocks {:?}, {:?} stem", m.arch.name(), l.block, l.widths, l.blocks, m.stem)
+        }
+    }
 }
 
 /// `steps` more steps with [`bagssl_autograd::profile`] on: the per-op totals and the wall time.
@@ -204,18 +209,4 @@ fn print_profile(ops: &[bagssl_autograd::profile::OpTime], wall: f64, steps: usi
     }
     let rest = total - in_ops;
     println!("  {:<22} {:>9.3} {:>8} {:>6.1}%", "outside ops", rest, "", 100.0 * rest / total);
-}
-
-/// GEMM FLOPs of one training step: forward, backward (dX and dW; no dX for the input), and the
-/// covariance of bag-VICReg (Zc^T Zc forward, Zc C backward). Elementwise work is not counted.
-fn step_flops(cfg: &Config) -> f64 {
-    let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
-    let d_in = (cfg.patches.size * cfg.patches.size * 3) as f64;
-    let (h, z) = (cfg.model.hidden as f64, cfg.model.proj as f64);
-    let first = 2.0 * n * d_in * h;
-    let rest = 2.0 * n * ((cfg.model.layers as f64 - 1.0) * h * h + h * z + z * z);
-    let forward = first + rest;
-    let backward = first + 2.0 * rest;
-    let cov = 2.0 * 2.0 * n * z * z;
-    forward + backward + cov
 }
