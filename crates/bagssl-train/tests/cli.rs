@@ -450,3 +450,48 @@ fn eval_normalises_like_the_training_run() {
     let log = eval(&old);
     assert_eq!(log.lines().filter(|l| l.contains("warning")).count(), 1, "{log}");
 }
+
+/// A ResNet run end to end: train, then eval and embed its checkpoint, whose encoder tensors
+/// carry torchvision's names and layouts; `bench` times its step.
+#[test]
+fn resnet_run_trains_evaluates_embeds_and_benches() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let resnet = [
+        "--set",
+        "model.arch=\"resnet\"",
+        "--set",
+        "model.widths=[4, 8]",
+        "--set",
+        "model.blocks=[1, 2]",
+        "--set",
+        "model.projector=[16, 12]",
+    ];
+    let o = train_tiny(&out, &resnet);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("encoder.conv1.weight").unwrap().shape(), &[4, 3, 3, 3]);
+    assert_eq!(st.tensor("encoder.layer2.0.downsample.0.weight").unwrap().shape(), &[8, 4, 1, 1]);
+    assert!(st.tensor("encoder.layer2.1.bn2.running_var").is_ok());
+    assert_eq!(st.tensor("projector.1.weight").unwrap().shape(), &[12, 16]);
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert!((0.0..=1.0).contains(&eval["trained"]["linear"].as_f64().unwrap()), "{eval}");
+
+    let cifar = cifar_folder(dir.path(), 12, Some(20));
+    let emb = dir.path().join("emb.safetensors");
+    let o = embed_to(&ckpt, &cifar, &emb, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&emb).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("embeddings").unwrap().shape(), &[60, 8]);
+
+    let o = bench_small(&["--steps", "2", "--eval-images", "8", "--set", "patches.size=8"].iter().chain(&resnet).copied().collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("resnet: Basic widths [4, 8]"), "{t}");
+    let last: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+    assert!(last["gflops"].as_f64().unwrap() > 0.0, "{last}");
+}
