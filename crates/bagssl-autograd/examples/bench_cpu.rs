@@ -416,6 +416,59 @@ fn bench_config(o: &Opts, l: &Limits, c: &Config) {
     row(&format!("gather_patches+aug {tag}"), &format!("{n}x{IN}"), ms, Work::Bytes { moved, footprint: moved }, l);
 }
 
+/// The convolution primitives at the small ResNet's shapes (`configs/cifar10-resnet-cpu.toml`:
+/// 16x16 patches, widths 32-64-128): a 3x3 stride-1 convolution of `layer1` and the stride-2 one
+/// that opens `layer2`, each as im2col / col2im (streaming, against the copy limit) and the three
+/// convolution GEMMs (forward, dW, dX: 2 MACs per output and window element, against the FMA
+/// limit, in f32 and bf16), then the ImageNet stem's max-pool and the residual add.
+/// `patches` images of 16x16; the full run uses the config's 512, `--quick` 128.
+fn bench_conv(o: &Opts, l: &Limits, patches: usize) {
+    use bagssl_autograd::Window2d;
+    let f4 = |v: usize| 4.0 * v as f64;
+    for (name, c_in, c_out, stride, side) in [("conv3x3 s1", 32, 32, 1, 16), ("conv3x3 s2", 32, 64, 2, 16)] {
+        let g = Window2d { n: patches, h: side, w: side, c: c_in, kh: 3, kw: 3, stride, pad: 1 };
+        let shape = format!("{patches}x{side}x{side}x{c_in}->{c_out}");
+        let x = tensor(g.in_rows(), c_in, 21);
+        let w = Tensor::from_vec(&[c_out, c_in, 3, 3], values(c_out * c_in * 9, 22, 0.1));
+        let dy = tensor(g.out_rows(), c_out, 23);
+        let cols_bytes = f4(g.out_rows() * g.patch_len());
+        let ms = median_ms(o, || drop(black_box(ops::im2col(&x, g).unwrap())));
+        let moved = f4(x.numel()) + cols_bytes;
+        row(&format!("im2col {name}"), &shape, ms, Work::Bytes { moved, footprint: moved }, l);
+        let cols = ops::im2col(&x, g).unwrap();
+        let ms = median_ms(o, || drop(black_box(ops::col2im(&cols, g).unwrap())));
+        row(&format!("col2im {name}"), &shape, ms, Work::Bytes { moved, footprint: moved }, l);
+        let flop = 2.0 * (g.out_rows() * g.patch_len() * c_out) as f64;
+        let fwd = || ops::conv2d_fwd(&x, &w, g).unwrap();
+        let dw = || ops::conv2d_bwd_weight(&x, &w, &dy, g).unwrap();
+        let dx = || ops::conv2d_bwd_input(&w, &dy, g).unwrap();
+        let convs: [(&str, &dyn Fn() -> Tensor); 3] =
+            [("conv2d_fwd", &fwd), ("conv2d_bwd_weight", &dw), ("conv2d_bwd_input", &dx)];
+        for (op, f) in convs {
+            let ms = median_ms(o, || drop(black_box(f())));
+            row(&format!("{op} {name}"), &shape, ms, Work::Flop(flop), l);
+            let ms = bf16(|| median_ms(o, || drop(black_box(f()))));
+            row(&format!("{op} {name} bf16"), &shape, ms, Work::FlopBf16(flop), l);
+        }
+    }
+    // Max-pool 3x3 s2 p1 on the ImageNet stem's 64 channels: reads x, writes y; backward reads x,
+    // y, dy, writes dx.
+    let g = Window2d { n: patches, h: 16, w: 16, c: 64, kh: 3, kw: 3, stride: 2, pad: 1 };
+    let shape = format!("{patches}x16x16x64");
+    let x = tensor(g.in_rows(), 64, 24);
+    let ms = median_ms(o, || drop(black_box(ops::max_pool_fwd(&x, g).unwrap())));
+    let (xin, yout) = (f4(x.numel()), f4(g.out_rows() * 64));
+    row("max_pool_fwd 3x3 s2", &shape, ms, Work::Bytes { moved: xin + yout, footprint: xin + yout }, l);
+    let y = ops::max_pool_fwd(&x, g).unwrap();
+    let dyp = tensor(g.out_rows(), 64, 25);
+    let ms = median_ms(o, || drop(black_box(ops::max_pool_bwd(&x, &y, &dyp, g).unwrap())));
+    let moved = 2.0 * xin + 2.0 * yout;
+    row("max_pool_bwd 3x3 s2", &shape, ms, Work::Bytes { moved, footprint: moved }, l);
+    let b = tensor(g.in_rows(), 64, 26);
+    let ms = median_ms(o, || drop(black_box(ops::add(&x, &b).unwrap())));
+    row("add (residual)", &shape, ms, Work::Bytes { moved: 3.0 * xin, footprint: 3.0 * xin }, l);
+}
+
 /// Runs `f` with the CPU GEMMs in bf16 (`sgemm_bf16`), then switches back to f32.
 fn bf16<T>(f: impl FnOnce() -> T) -> T {
     set_cpu_matmul_precision(CpuMatmulPrecision::Bf16);
@@ -479,8 +532,9 @@ fn run() {
 
     bench_config(&o, &l, &Config { name: "cpu", images: 32, hidden: 512, big: true });
     bench_config(&o, &l, &Config { name: "ref", images: 256, hidden: 2048, big: !o.quick });
+    bench_conv(&o, &l, if o.quick { 128 } else { 512 });
     if o.quick {
-        println!("(--quick: skipped the ref config's N x 2048 x 2048 matmuls and vicreg_fwd_bwd)");
+        println!("(--quick: skipped the ref config's N x 2048 x 2048 matmuls and vicreg_fwd_bwd; convolutions on 128 patches, not 512)");
     }
     println!("bench_cpu: {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -111,42 +111,46 @@ pub fn max_pool_fwd(x: &[f32], g: &Window2d, y: &mut [f32]) {
 
 /// The backward of [`max_pool_fwd`]: each window's gradient goes to its first element (window
 /// offsets ascending) equal to the window's max `y`, PyTorch's choice; `dx` (n·h·w, c) gathers,
-/// per input pixel, the windows that chose it.
-pub fn max_pool_bwd(x: &[f32], y: &[f32], dy: &[f32], g: &Window2d, dx: &mut [f32]) {
+/// per input pixel, the windows that chose it, in the order of [`col2im`]. `arg` (n·out_h·out_w,
+/// c) is scratch: the chosen window offset `ki·kw + kj` of each output, found once.
+pub fn max_pool_bwd(x: &[f32], y: &[f32], dy: &[f32], g: &Window2d, arg: &mut [f32], dx: &mut [f32]) {
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c);
-    for_rows_mut(dx, c, |r0, chunk| {
-        for (r, out) in chunk.chunks_exact_mut(c).enumerate() {
+    for_rows_mut(arg, c, |r0, chunk| {
+        for (r, arg) in chunk.chunks_exact_mut(c).enumerate() {
             let r = r0 + r;
-            let (img, iy, ix) = (r / (g.h * g.w), r / g.w % g.h, r % g.w);
-            out.fill(0.0);
-            for (oy, _) in covering(iy, oh, g.kh, g.stride, g.pad) {
-                for (ox, _) in covering(ix, ow, g.kw, g.stride, g.pad) {
-                    let orow = (img * oh + oy) * ow + ox;
-                    for (ch, o) in out.iter_mut().enumerate() {
-                        if argmax_row(x, y[orow * c + ch], g, img, oy, ox, ch) == Some(r) {
-                            *o += dy[orow * c + ch];
+            let (img, oy, ox) = (r / (oh * ow), r / ow % oh, r % ow);
+            let ymax = &y[r * c..][..c];
+            arg.fill(-1.0);
+            // Offsets in reverse, each overwriting: the first equal one is left.
+            for off in (0..g.kh * g.kw).rev() {
+                if let Some(src) = source_row(g, img, oy, ox, off / g.kw, off % g.kw) {
+                    for ((a, &v), &m) in arg.iter_mut().zip(&x[src * c..][..c]).zip(ymax) {
+                        if v == m || (v.is_nan() && m.is_nan()) {
+                            *a = off as f32;
                         }
                     }
                 }
             }
         }
     });
-}
-
-/// The input row of the first element of window (oy, ox) equal to `max` in channel `ch`.
-fn argmax_row(x: &[f32], max: f32, g: &Window2d, img: usize, oy: usize, ox: usize, ch: usize) -> Option<usize> {
-    let c = g.c;
-    for ki in 0..g.kh {
-        for kj in 0..g.kw {
-            if let Some(src) = source_row(g, img, oy, ox, ki, kj) {
-                let v = x[src * c + ch];
-                if v == max || (max.is_nan() && v.is_nan()) {
-                    return Some(src);
+    let arg = &*arg;
+    for_rows_mut(dx, c, |r0, chunk| {
+        for (r, out) in chunk.chunks_exact_mut(c).enumerate() {
+            let r = r0 + r;
+            let (img, iy, ix) = (r / (g.h * g.w), r / g.w % g.h, r % g.w);
+            out.fill(0.0);
+            for (oy, ki) in covering(iy, oh, g.kh, g.stride, g.pad) {
+                for (ox, kj) in covering(ix, ow, g.kw, g.stride, g.pad) {
+                    let orow = (img * oh + oy) * ow + ox;
+                    let off = (ki * g.kw + kj) as f32;
+                    let (a, d) = (&arg[orow * c..][..c], &dy[orow * c..][..c]);
+                    for ((o, &a), &d) in out.iter_mut().zip(a).zip(d) {
+                        *o += if a == off { d } else { 0.0 };
+                    }
                 }
             }
         }
-    }
-    None
+    });
 }
 
 /// `out = a + b`.
@@ -212,10 +216,22 @@ mod tests {
         let mut y = vec![0.0; g.out_rows() * 2];
         max_pool_fwd(&x, &g, &mut y);
         let dy: Vec<f32> = (0..y.len()).map(|i| 1.0 + i as f32).collect();
-        let mut dx = vec![0.0; x.len()];
-        max_pool_bwd(&x, &y, &dy, &g, &mut dx);
+        let (mut dx, mut arg) = (vec![0.0; x.len()], vec![0.0; y.len()]);
+        max_pool_bwd(&x, &y, &dy, &g, &mut arg, &mut dx);
         let total: f32 = dy.iter().sum();
         assert_eq!(dx.iter().sum::<f32>(), total);
         assert_eq!(y.iter().copied().fold(f32::MIN, f32::max), 2.0);
+
+        // All equal: the first pixel of each window inside the image wins. The 3x3 stride-2
+        // windows of a 3x3 image padded by 1 start at rows/columns -1 and 1: their first
+        // pixels are (0, 0), (0, 1), (1, 0) and (1, 1).
+        let g = geom(1, 3, 3, 1, 3, 2, 1);
+        let x = vec![5.0; 9];
+        let mut y = vec![0.0; 4];
+        max_pool_fwd(&x, &g, &mut y);
+        assert_eq!(y, [5.0; 4]);
+        let (mut dx, mut arg) = (vec![0.0; 9], vec![0.0; 4]);
+        max_pool_bwd(&x, &y, &[1.0, 2.0, 3.0, 4.0], &g, &mut arg, &mut dx);
+        assert_eq!(dx, [1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }

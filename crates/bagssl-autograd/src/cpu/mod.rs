@@ -273,8 +273,9 @@ impl Backend for CpuBackend {
 
     fn max_pool_bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
         let op = "max_pool_bwd";
-        let mut dx = pool::take(g.in_rows() * g.c);
-        conv::max_pool_bwd(host(x, op)?, host(y, op)?, host(dy, op)?, &g, &mut dx);
+        let (mut dx, mut arg) = (pool::take(g.in_rows() * g.c), pool::take(g.out_rows() * g.c));
+        conv::max_pool_bwd(host(x, op)?, host(y, op)?, host(dy, op)?, &g, &mut arg, &mut dx);
+        pool::give(arg);
         Ok(Tensor::from_vec(&[g.in_rows(), g.c], dx))
     }
 
