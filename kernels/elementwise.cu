@@ -1,6 +1,6 @@
 // elementwise.cu — the small memory-bound kernels of the training step: ReLU forward/backward,
 // bias add, column sums (the bias gradient), group mean forward/backward (bag aggregation),
-// axpy, scale and a dot product with an f64 result.
+// add, axpy, scale and a dot product with an f64 result.
 //
 // Build: cargo xtask build-kernels   (check: cargo xtask build-kernels --check)
 // CPU reference: crates/bagssl-autograd/src/cpu/elementwise.rs; parity: crates/bagssl-autograd/tests/cuda_parity.rs
@@ -163,6 +163,12 @@ extern "C" __global__ void group_mean_bwd_f32(const float* __restrict__ dy, floa
 // y += alpha * x
 extern "C" __global__ void axpy_f32(float* __restrict__ y, float alpha, const float* __restrict__ x, uint32_t n) {
     for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] += alpha * x[i];
+}
+
+// y = a + b (a residual connection; one pass instead of a copy and an axpy)
+extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
+                                   uint32_t n) {
+    for (size_t i = global_thread(); i < n; i += grid_threads()) y[i] = a[i] + b[i];
 }
 
 // x *= s

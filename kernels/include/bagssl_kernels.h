@@ -198,4 +198,21 @@ typedef struct BagsslEmaMulti {
     float momentum;
 } BagsslEmaMulti;
 
+/* The geometry of a sliding window over NHWC images (conv.cu): n images of h x w pixels and c
+ * channels stored as (n*h*w, c) rows; a kh x kw window moved by `stride` over the image padded by
+ * `pad` on every side, giving out_h x out_w windows. Filled from `Window2d` (args.rs) by the
+ * launchers, which check that every element count fits in 32 bits. */
+typedef struct BagsslWindow2d {
+    uint32_t n;
+    uint32_t h;
+    uint32_t w;
+    uint32_t c;
+    uint32_t kh;
+    uint32_t kw;
+    uint32_t stride;
+    uint32_t pad;
+    uint32_t out_h; /* (h + 2 pad - kh) / stride + 1 */
+    uint32_t out_w; /* (w + 2 pad - kw) / stride + 1 */
+} BagsslWindow2d;
+
 #endif /* BAGSSL_KERNELS_H */

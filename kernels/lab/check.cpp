@@ -12,6 +12,7 @@
 #include "emu.hpp"
 
 #include "../batchnorm.cu"
+#include "../conv.cu"
 #include "../cov_loss.cu"
 #include "../elementwise.cu"
 #include "../optim.cu"
@@ -929,6 +930,197 @@ static void cast_bf16(Rng& r) {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// conv.cu against plain CPU references that take another route to the same sums: col2im and
+// max_pool_bwd as scatters, taps (ki, kj) in the outer loop, so each pixel still receives its
+// terms in the kernels' (and crates/bagssl-autograd/src/cpu/conv.rs's) order: the same bits.
+
+static BagsslWindow2d window(uint32_t n, uint32_t h, uint32_t w, uint32_t c, uint32_t kh, uint32_t kw, uint32_t s,
+                             uint32_t p) {
+    return BagsslWindow2d{n, h, w, c, kh, kw, s, p, (h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1};
+}
+
+static std::string window_str(const BagsslWindow2d& g) {
+    char b[96];
+    std::snprintf(b, sizeof b, "%ux%ux%ux%u k%ux%u s%u p%u", g.n, g.h, g.w, g.c, g.kh, g.kw, g.stride, g.pad);
+    return b;
+}
+
+// The input pixel under tap (ki, kj) of output pixel r, or -1 over the padding.
+static long pixel_of(const BagsslWindow2d& g, size_t r, uint32_t ki, uint32_t kj) {
+    const size_t ox = r % g.out_w, oy = r / g.out_w % g.out_h, img = r / ((size_t)g.out_w * g.out_h);
+    const long iy = (long)(oy * g.stride + ki) - (long)g.pad, ix = (long)(ox * g.stride + kj) - (long)g.pad;
+    if (iy < 0 || ix < 0 || iy >= (long)g.h || ix >= (long)g.w) return -1;
+    return ((long)img * g.h + iy) * g.w + ix;
+}
+
+// Bitwise equality, naming the first difference.
+static void check_bits(const std::string& name, const vector<float>& got, const vector<float>& want) {
+    size_t bad = 0, at = 0;
+    for (size_t i = 0; i < want.size() && i < got.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], 4) != 0 && !bad++) at = i;
+    bad += got.size() != want.size();
+    std::printf("%s %-44s %zu of %zu differ in bits\n", bad ? "NOT OK" : "OK    ", name.c_str(), bad, want.size());
+    if (bad) {
+        ++g_failures;
+        if (at < got.size() && at < want.size()) std::printf("       at %zu: got %.9g want %.9g\n", at, (double)got[at], (double)want[at]);
+    }
+}
+
+static unsigned conv_grid(size_t n_elems, uint32_t c, size_t cap) { return grid_1d(n_elems / (c % 4 == 0 ? 4 : 1), cap); }
+
+static void conv_data_movement(Rng& r) {
+    const BagsslWindow2d geoms[] = {
+        window(2, 7, 5, 3, 3, 3, 2, 1),   window(1, 6, 9, 2, 3, 3, 1, 3),  window(3, 5, 5, 4, 1, 1, 2, 0),
+        window(1, 9, 7, 1, 7, 7, 2, 3),   window(2, 11, 13, 8, 7, 7, 2, 3), window(2, 8, 8, 4, 3, 3, 1, 1),
+        window(2, 6, 7, 5, 2, 3, 2, 1),   window(1, 4, 4, 16, 4, 4, 4, 0), window(1, 9, 9, 12, 3, 3, 2, 0),
+        window(2, 15, 15, 3, 7, 7, 2, 3), window(1, 1, 1, 7, 1, 1, 1, 0),  window(1, 5, 3, 4, 5, 3, 3, 2),
+    };
+    for (const BagsslWindow2d& g : geoms) {
+        const size_t in_rows = (size_t)g.n * g.h * g.w, out_rows = (size_t)g.n * g.out_h * g.out_w;
+        const size_t taps = (size_t)g.kh * g.kw, k = taps * g.c, n_x = in_rows * g.c, n_cols = out_rows * k;
+        auto x = r.vec(n_x);
+        x[0] = -0.0f;  // copied as it is
+        vector<float> ref(n_cols, 0.0f);
+        for (size_t row = 0; row < out_rows; ++row)
+            for (uint32_t ki = 0; ki < g.kh; ++ki)
+                for (uint32_t kj = 0; kj < g.kw; ++kj) {
+                    const long src = pixel_of(g, row, ki, kj);
+                    if (src >= 0)
+                        for (uint32_t ch = 0; ch < g.c; ++ch)
+                            ref[row * k + (ki * g.kw + kj) * g.c + ch] = x[(size_t)src * g.c + ch];
+                }
+        // Random column entries, then col2im's reference: a scatter, taps outer.
+        auto cols_in = r.vec(n_cols, -3, 3);
+        vector<float> dref(n_x, 0.0f);
+        for (uint32_t ki = 0; ki < g.kh; ++ki)
+            for (uint32_t kj = 0; kj < g.kw; ++kj)
+                for (size_t row = 0; row < out_rows; ++row) {
+                    const long dst = pixel_of(g, row, ki, kj);
+                    if (dst >= 0)
+                        for (uint32_t ch = 0; ch < g.c; ++ch)
+                            dref[(size_t)dst * g.c + ch] += cols_in[row * k + (ki * g.kw + kj) * g.c + ch];
+                }
+        vector<double> dref64(n_x, 0.0);
+        for (size_t row = 0; row < out_rows; ++row)
+            for (size_t t = 0; t < taps; ++t) {
+                const long dst = pixel_of(g, row, (uint32_t)(t / g.kw), (uint32_t)(t % g.kw));
+                if (dst >= 0)
+                    for (uint32_t ch = 0; ch < g.c; ++ch) dref64[(size_t)dst * g.c + ch] += cols_in[row * k + t * g.c + ch];
+            }
+        for (size_t cap : {(size_t)8192, (size_t)3}) {
+            const std::string tag = window_str(g) + " grid<=" + std::to_string(cap);
+            vector<float> cols(n_cols, NAN);
+            vector<uint16_t> cols16(n_cols, 0x1234);
+            emu::launch(im2col_f32, conv_grid(n_cols, g.c, cap), BLOCK, (const float*)x.data(), cols.data(),
+                        (uint16_t*)nullptr, g);
+            check_bits("im2col " + tag, cols, ref);
+            emu::launch(im2col_f32, conv_grid(n_cols, g.c, cap), BLOCK, (const float*)x.data(), cols.data(),
+                        cols16.data(), g);
+            check_bits("im2col with cols16 " + tag, cols, ref);
+            check_bf16_copy("im2col cols16 " + tag, cols16, ref);
+            vector<float> dx(n_x, NAN);
+            emu::launch(col2im_f32, conv_grid(n_x, g.c, cap), BLOCK, (const float*)cols_in.data(), dx.data(), g);
+            check_bits("col2im " + tag, dx, dref);
+            check("col2im vs f64 " + tag, dx, dref64, 1e-6);
+        }
+    }
+    // The conv weight re-layout, both ways.
+    for (auto [outer, a, b] : {std::tuple<uint32_t, uint32_t, uint32_t>{3, 5, 9}, {7, 9, 5}, {1, 1, 1}, {64, 27, 9}, {2, 1, 13}}) {
+        const size_t n = (size_t)outer * a * b;
+        auto x = r.vec(n);
+        vector<float> ref(n), y(n, NAN), back(n, NAN);
+        for (uint32_t o = 0; o < outer; ++o)
+            for (uint32_t i = 0; i < a; ++i)
+                for (uint32_t j = 0; j < b; ++j) ref[((size_t)o * b + j) * a + i] = x[((size_t)o * a + i) * b + j];
+        for (size_t cap : {(size_t)8192, (size_t)2}) {
+            const std::string tag = std::to_string(outer) + "x" + std::to_string(a) + "x" + std::to_string(b) +
+                                    " grid<=" + std::to_string(cap);
+            emu::launch(transpose_last2_f32, grid_1d(n, cap), BLOCK, (const float*)x.data(), y.data(), outer, a, b);
+            check_bits("transpose_last2 " + tag, y, ref);
+            emu::launch(transpose_last2_f32, grid_1d(n, cap), BLOCK, (const float*)y.data(), back.data(), outer, b, a);
+            check_bits("transpose_last2 back " + tag, back, x);
+        }
+    }
+}
+
+// The CPU's max-pool rules (cpu/conv.rs): y by `!(v <= m)` from -inf over the taps inside the
+// image; each window's dy to its first tap equal to y (a NaN y: the first NaN).
+static bool equals_max_ref(float v, float m) { return v == m || (std::isnan(v) && std::isnan(m)); }
+
+static void max_pool(Rng& r) {
+    struct Case {
+        BagsslWindow2d g;
+        int values;  // 0: uniform; k > 0: integers 0 .. k-1 (ties); -1: with NaN, inf, -0.0
+    };
+    const Case cases[] = {
+        {window(2, 9, 7, 3, 3, 3, 2, 1), 3},   {window(2, 8, 8, 8, 3, 3, 2, 1), 2},  {window(1, 5, 6, 4, 2, 2, 2, 0), 0},
+        {window(1, 7, 7, 1, 3, 3, 1, 1), 2},   {window(2, 11, 9, 4, 3, 3, 2, 1), -1}, {window(1, 9, 9, 5, 3, 3, 2, 1), -1},
+        {window(3, 16, 16, 12, 3, 3, 2, 1), 0}, {window(1, 6, 5, 2, 5, 3, 2, 2), 4},  {window(1, 1, 1, 4, 1, 1, 1, 0), 0},
+        {window(2, 8, 8, 4, 3, 3, 2, 1), 1},
+    };
+    for (const Case& cs : cases) {
+        const BagsslWindow2d& g = cs.g;
+        const size_t in_rows = (size_t)g.n * g.h * g.w, out_rows = (size_t)g.n * g.out_h * g.out_w;
+        const size_t n_x = in_rows * g.c, n_y = out_rows * g.c;
+        vector<float> x = r.vec(n_x, -2, 2);
+        if (cs.values > 0)
+            for (auto& v : x) v = (float)(r.next() % cs.values);
+        if (cs.values < 0) {
+            const float specials[] = {NAN, INFINITY, -INFINITY, -0.0f, 0.0f};
+            for (size_t i = 0; i < n_x; ++i)
+                if (r.next() % 7 == 0) x[i] = specials[r.next() % 5];
+        }
+        vector<float> yref(n_y), dref(n_x, 0.0f);
+        vector<int> arg(n_y, -1);  // tap of each window's max
+        for (size_t row = 0; row < out_rows; ++row)
+            for (uint32_t ch = 0; ch < g.c; ++ch) {
+                float m = -INFINITY;
+                for (uint32_t t = 0; t < g.kh * g.kw; ++t) {
+                    const long src = pixel_of(g, row, t / g.kw, t % g.kw);
+                    if (src >= 0 && !(x[(size_t)src * g.c + ch] <= m)) m = x[(size_t)src * g.c + ch];
+                }
+                yref[row * g.c + ch] = m;
+                for (uint32_t t = 0; t < g.kh * g.kw && arg[row * g.c + ch] < 0; ++t) {
+                    const long src = pixel_of(g, row, t / g.kw, t % g.kw);
+                    if (src >= 0 && equals_max_ref(x[(size_t)src * g.c + ch], m)) arg[row * g.c + ch] = (int)t;
+                }
+            }
+        auto dy = r.vec(n_y, -3, 3);
+        for (uint32_t t = 0; t < g.kh * g.kw; ++t)  // taps outer: each pixel's terms in tap order
+            for (size_t row = 0; row < out_rows; ++row)
+                for (uint32_t ch = 0; ch < g.c; ++ch)
+                    if (arg[row * g.c + ch] == (int)t)
+                        dref[(size_t)pixel_of(g, row, t / g.kw, t % g.kw) * g.c + ch] += dy[row * g.c + ch];
+        double sent = 0, got_total = 0;
+        for (float v : dy) sent += v;
+        for (size_t cap : {(size_t)8192, (size_t)3}) {
+            const std::string tag = window_str(g) + (cs.values > 0 ? " ties" : cs.values < 0 ? " specials" : "") +
+                                    " grid<=" + std::to_string(cap);
+            vector<float> y(n_y, 7.0f), dx(n_x, NAN);
+            emu::launch(max_pool_fwd_f32, conv_grid(n_y, g.c, cap), BLOCK, (const float*)x.data(), y.data(), g);
+            check_bits("max_pool_fwd " + tag, y, yref);
+            emu::launch(max_pool_bwd_f32, conv_grid(n_x, g.c, cap), BLOCK, (const float*)x.data(),
+                        (const float*)yref.data(), (const float*)dy.data(), dx.data(), g);
+            check_bits("max_pool_bwd " + tag, dx, dref);
+            got_total = 0;
+            for (float v : dx) got_total += v;
+        }
+        // Every window sends its gradient exactly once.
+        check1("max_pool_bwd sum " + window_str(g), got_total, sent, 1e-5, 1e-5);
+    }
+}
+
+static void add(Rng& r) {
+    for (auto [n, cap] : {std::pair<size_t, size_t>{1, 8192}, {1001, 8192}, {4099, 3}}) {
+        auto a = r.vec(n), b = r.vec(n);
+        vector<float> y(n, NAN), ref(n);
+        for (size_t i = 0; i < n; ++i) ref[i] = a[i] + b[i];
+        emu::launch(add_f32, grid_1d(n, cap), BLOCK, (const float*)a.data(), (const float*)b.data(), y.data(), (uint32_t)n);
+        check_bits("add n=" + std::to_string(n) + " grid<=" + std::to_string(cap), y, ref);
+    }
+}
+
 int main() {
     Rng r(42);
     elementwise(r);
@@ -939,6 +1131,9 @@ int main() {
     vicreg(r);
     adamw(r);
     patches(r);
+    conv_data_movement(r);
+    max_pool(r);
+    add(r);
     std::printf("%s: %d mismatches\n", g_failures ? "NOT OK" : "OK", g_failures);
     return g_failures ? 1 : 0;
 }

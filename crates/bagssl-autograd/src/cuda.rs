@@ -3,7 +3,8 @@
 //! Shapes were checked by [`crate::ops`]; the launchers check buffer lengths again before any
 //! launch. Fused forms it specialises: the asynchronous loss (its scalars come back through
 //! page-locked memory, not waited for) and the multi-tensor AdamW and running-statistics updates
-//! (one launch each).
+//! (one launch each). The conv data movement (im2col, col2im, the weight transpose, max-pooling)
+//! gathers in the CPU kernels' order, so it gives their bits.
 //!
 //! Precision: elementwise ops and BatchNorm are f32 like the CPU kernels (reductions in f32,
 //! tree-ordered, so sums differ from the CPU's in the last bits); `matmul` and the two products
@@ -178,27 +179,31 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn im2col(&self, _x: &Tensor, _g: Window2d) -> Result<Tensor> {
-        Err(todo_gpu("im2col"))
+    fn im2col(&self, x: &Tensor, g: Window2d) -> Result<Tensor> {
+        Ok(Tensor::from_gpu(&[g.out_rows(), g.patch_len()], k::im2col_f32(buf(x, "im2col")?, g)?))
     }
 
-    fn col2im(&self, _cols: &Tensor, _g: Window2d) -> Result<Tensor> {
-        Err(todo_gpu("col2im"))
+    fn col2im(&self, cols: &Tensor, g: Window2d) -> Result<Tensor> {
+        Ok(Tensor::from_gpu(&[g.in_rows(), g.c], k::col2im_f32(buf(cols, "col2im")?, g)?))
     }
 
-    fn transpose_last2(&self, _x: &Tensor, _outer: usize, _a: usize, _b: usize) -> Result<Tensor> {
-        Err(todo_gpu("transpose_last2"))
+    fn transpose_last2(&self, x: &Tensor, outer: usize, a: usize, b: usize) -> Result<Tensor> {
+        let y = k::transpose_last2_f32(buf(x, "transpose_last2")?, outer, a, b)?;
+        Ok(Tensor::from_gpu(&[outer, b * a], y))
     }
 
-    fn max_pool_fwd(&self, _x: &Tensor, _g: Window2d) -> Result<Tensor> {
-        Err(todo_gpu("max_pool_fwd"))
+    fn max_pool_fwd(&self, x: &Tensor, g: Window2d) -> Result<Tensor> {
+        Ok(Tensor::from_gpu(&[g.out_rows(), g.c], k::max_pool_fwd_f32(buf(x, "max_pool_fwd")?, g)?))
     }
 
-    fn max_pool_bwd(&self, _x: &Tensor, _y: &Tensor, _dy: &Tensor, _g: Window2d) -> Result<Tensor> {
-        Err(todo_gpu("max_pool_bwd"))
+    fn max_pool_bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+        let op = "max_pool_bwd";
+        let dx = k::max_pool_bwd_f32(buf(x, op)?, buf(y, op)?, buf(dy, op)?, g)?;
+        Ok(Tensor::from_gpu(&[g.in_rows(), g.c], dx))
     }
-}
 
-fn todo_gpu(op: &'static str) -> Error {
-    Error::Shape { op, detail: "not yet on the GPU".into() }
+    /// One pass (the default's copy and axpy make two).
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::from_gpu(a.shape(), k::add_f32(buf(a, "add")?, buf(b, "add")?)?))
+    }
 }

@@ -14,10 +14,14 @@
 //!   TF32 rounds operands to 10 mantissa bits, ~5e-4 relative per product, so 5e-3 of the
 //!   output scale for matmul and 1e-2 for bag-VICReg's terms and gradient; bf16 (the default)
 //!   keeps 8 bits, 4x that error, so 2e-2 and 4e-2.
+//! - The conv data movement (im2col, col2im, the weight transpose, max-pooling) and `add`: the
+//!   same gathers summed in the same order, so the same bits (NaN included). The convolutions
+//!   through them are GEMMs: the matmul bounds, doubled for the input gradient, whose col2im adds
+//!   up to kh·kw/stride² GEMM outputs per pixel.
 
 mod common;
 
-use bagssl_autograd::{ops, AdamW, BnEval, Device, Tensor, VicregWeights};
+use bagssl_autograd::{ops, AdamW, BnEval, Device, Tensor, VicregWeights, Window2d};
 use bagssl_kernels::GemmPrecision;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -93,6 +97,28 @@ impl Report {
         }
     }
 
+    /// The same f32 bit patterns (a NaN is only equal to the same NaN).
+    fn check_bits(&mut self, name: &str, gpu: &Tensor, cpu: &Tensor) {
+        assert_eq!(gpu.shape(), cpu.shape(), "{name}: shapes");
+        let (g, c) = (host(gpu), host(cpu));
+        let bad: Vec<usize> = (0..c.len()).filter(|&i| g[i].to_bits() != c[i].to_bits()).collect();
+        println!(
+            "{} {name:<34} {} of {} differ in bits",
+            if bad.is_empty() { "OK    " } else { "NOT OK" },
+            bad.len(),
+            c.len()
+        );
+        if !bad.is_empty() {
+            let first: Vec<String> = bad.iter().take(5).map(|&i| format!("[{i}] gpu {} cpu {}", g[i], c[i])).collect();
+            self.failures.push(format!(
+                "{name}: {} of {} differ in bits; first: {}",
+                bad.len(),
+                c.len(),
+                first.join(", ")
+            ));
+        }
+    }
+
     fn check_scalar(&mut self, name: &str, gpu: f64, cpu: f64, rtol: f64, atol: f64) {
         let diff = (gpu - cpu).abs();
         let bound = rtol * cpu.abs() + atol;
@@ -116,18 +142,24 @@ impl Report {
     }
 }
 
-/// matmul and bag-VICReg at both GEMM precisions. One test sets the precision, so no other test
-/// of this binary sees it change (the others use no GEMM).
+/// The (matmul, bag-VICReg) tolerances at GEMM precision `p` (see the module comment).
+fn gemm_tols(p: GemmPrecision) -> (f64, f64) {
+    match p {
+        GemmPrecision::F32 => (1e-5, 1e-4),
+        GemmPrecision::Tf32 => (5e-3, 1e-2),
+        GemmPrecision::Bf16 => (2e-2, 4e-2),
+    }
+}
+
+/// matmul and bag-VICReg at every GEMM precision (`at_each_gemm_precision`: the tests that set
+/// it take turns).
 #[test]
 fn gemm_backed_ops_match_cpu() {
     let Some((dev, g)) = gpu("gemm_backed_ops_match_cpu") else { return };
     let mut r = ChaCha8Rng::seed_from_u64(1);
     let mut rep = Report::new("matmul + bag-VICReg, CUDA vs CPU");
-    let before = g.gemm_precision();
-    for (prec, mm_tol, vic_tol) in
-        [(GemmPrecision::F32, 1e-5, 1e-4), (GemmPrecision::Tf32, 5e-3, 1e-2), (GemmPrecision::Bf16, 2e-2, 4e-2)]
-    {
-        g.set_gemm_precision(prec);
+    bagssl_testkit::at_each_gemm_precision(&g, |prec| {
+        let (mm_tol, vic_tol) = gemm_tols(prec);
         for &(m, k, n) in &[(37, 29, 41), (1, 1, 1), (5, 300, 3), (256, 192, 512)] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a = rand_t(&mut r, &if ta { [k, m] } else { [m, k] });
@@ -153,8 +185,7 @@ fn gemm_backed_ops_match_cpu() {
             rep.check_scalar(&format!("{tag} covariance"), pg.covariance, pc.covariance, vic_tol, 1e-9);
             rep.check(&format!("{tag} dz"), &dzg, &dzc, vic_tol, 0.0);
         }
-    }
-    g.set_gemm_precision(before);
+    });
     rep.finish();
 }
 
@@ -366,4 +397,144 @@ fn tensors_round_trip_through_the_gpu() {
         let z = Tensor::zeros(shape, &dev).unwrap();
         assert!(host(&z).iter().all(|&v| v == 0.0));
     }
+}
+
+fn window(n: usize, h: usize, w: usize, c: usize, k: usize, stride: usize, pad: usize) -> Window2d {
+    Window2d { n, h, w, c, kh: k, kw: k, stride, pad }
+}
+
+/// im2col, col2im, the weight transpose, max-pooling and add: the CPU's bits.
+#[test]
+fn conv_data_movement_matches_cpu_bit_for_bit() {
+    let title = "im2col / col2im / transpose / max-pool / add, CUDA vs CPU (bits)";
+    let Some((dev, mut r, mut rep)) = setup("conv_data_movement_matches_cpu_bit_for_bit", 6, title) else { return };
+    let geoms = [
+        window(2, 7, 5, 3, 3, 2, 1),
+        window(1, 6, 9, 2, 3, 1, 3),
+        window(3, 5, 5, 4, 1, 2, 0),
+        window(1, 9, 7, 1, 7, 2, 3),
+        window(2, 15, 13, 8, 7, 2, 3),
+        window(4, 16, 16, 32, 3, 1, 1),
+        Window2d { n: 2, h: 6, w: 7, c: 5, kh: 2, kw: 3, stride: 2, pad: 1 },
+    ];
+    for g in geoms {
+        let tag = format!("{}x{}x{}x{} k{}x{} s{} p{}", g.n, g.h, g.w, g.c, g.kh, g.kw, g.stride, g.pad);
+        let x = rand_t(&mut r, &[g.in_rows(), g.c]);
+        let cols = ops::im2col(&x, g).unwrap();
+        rep.check_bits(&format!("im2col {tag}"), &ops::im2col(&on(&x, &dev), g).unwrap(), &cols);
+        let dcols = rand_t(&mut r, &[g.out_rows(), g.patch_len()]);
+        let dx = ops::col2im(&dcols, g).unwrap();
+        rep.check_bits(&format!("col2im {tag}"), &ops::col2im(&on(&dcols, &dev), g).unwrap(), &dx);
+        let (out, taps) = (3, g.kh * g.kw);
+        let w = rand_t(&mut r, &[out, g.c, g.kh, g.kw]);
+        let wt = ops::transpose_last2(&w, out, g.c, taps).unwrap();
+        rep.check_bits(
+            &format!("transpose_last2 {tag}"),
+            &ops::transpose_last2(&on(&w, &dev), out, g.c, taps).unwrap(),
+            &wt,
+        );
+        let back = ops::transpose_last2(&on(&wt, &dev), out, taps, g.c).unwrap();
+        rep.check_bits(
+            &format!("transpose_last2 back {tag}"),
+            &back,
+            &w.try_clone().unwrap().reshape(&[out, g.c * taps]),
+        );
+    }
+    // Max-pooling: uniform values, many ties (integers 0..3), and NaN / infinities / signed zeros.
+    let pools = [
+        window(2, 9, 7, 3, 3, 2, 1),
+        window(2, 8, 8, 8, 3, 2, 1),
+        window(1, 5, 6, 4, 2, 2, 0),
+        window(1, 7, 7, 1, 3, 1, 1),
+        window(8, 32, 32, 64, 3, 2, 1),
+        Window2d { n: 1, h: 6, w: 5, c: 2, kh: 5, kw: 3, stride: 2, pad: 1 },
+    ];
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0];
+    for g in pools {
+        for kind in ["uniform", "ties", "specials"] {
+            let tag = format!("{}x{}x{}x{} k{}x{} s{} p{} {kind}", g.n, g.h, g.w, g.c, g.kh, g.kw, g.stride, g.pad);
+            let v: Vec<f32> = (0..g.in_rows() * g.c)
+                .map(|_| match kind {
+                    "ties" => r.random_range(0..3) as f32,
+                    "specials" if r.random_range(0..6) == 0 => specials[r.random_range(0..specials.len())],
+                    _ => r.random_range(-2.0f32..2.0),
+                })
+                .collect();
+            let x = Tensor::from_vec(&[g.in_rows(), g.c], v);
+            let xg = on(&x, &dev);
+            let (y, yg) = (ops::max_pool_fwd(&x, g).unwrap(), ops::max_pool_fwd(&xg, g).unwrap());
+            rep.check_bits(&format!("max_pool_fwd {tag}"), &yg, &y);
+            let dy = rand_t(&mut r, &[g.out_rows(), g.c]);
+            let dx = ops::max_pool_bwd(&x, &y, &dy, g).unwrap();
+            rep.check_bits(
+                &format!("max_pool_bwd {tag}"),
+                &ops::max_pool_bwd(&xg, &yg, &on(&dy, &dev), g).unwrap(),
+                &dx,
+            );
+        }
+    }
+    for shape in [&[1usize][..], &[37, 29], &[4096, 64]] {
+        let (a, b) = (rand_t(&mut r, shape), rand_t(&mut r, shape));
+        let want = ops::add(&a, &b).unwrap();
+        rep.check_bits(&format!("add {shape:?}"), &ops::add(&on(&a, &dev), &on(&b, &dev)).unwrap(), &want);
+    }
+    rep.finish();
+}
+
+/// conv2d forward and both backward parts (im2col / col2im around the GEMMs) at every GEMM
+/// precision.
+#[test]
+fn conv2d_matches_cpu() {
+    let Some((dev, g)) = gpu("conv2d_matches_cpu") else { return };
+    let mut r = ChaCha8Rng::seed_from_u64(7);
+    let mut rep = Report::new("conv2d fwd / bwd_weight / bwd_input, CUDA vs CPU");
+    // (geometry, output channels): odd sizes, stride 2, pad 0 / 1 / 3, 1x1 strided and pointwise,
+    // the 7x7 stride-2 stem, a non-square window.
+    let cases = [
+        (window(2, 7, 5, 3, 3, 2, 1), 5),
+        (window(1, 9, 7, 1, 7, 2, 3), 4),
+        (window(3, 5, 5, 4, 1, 2, 0), 6),
+        (window(2, 6, 9, 2, 3, 1, 3), 3),
+        (window(2, 8, 8, 16, 1, 1, 0), 8),
+        (window(2, 11, 13, 8, 3, 1, 1), 16),
+        (window(4, 33, 31, 3, 7, 2, 3), 64),
+        (window(8, 16, 16, 32, 3, 2, 1), 64),
+        (Window2d { n: 1, h: 6, w: 7, c: 5, kh: 2, kw: 3, stride: 1, pad: 0 }, 3),
+    ];
+    let inputs: Vec<_> = cases
+        .iter()
+        .map(|&(w, out)| {
+            let x = rand_t(&mut r, &[w.in_rows(), w.c]);
+            let wt = rand_t(&mut r, &[out, w.c, w.kh, w.kw]);
+            let dy = rand_t(&mut r, &[w.out_rows(), out]);
+            let cpu = (
+                ops::conv2d_fwd(&x, &wt, w).unwrap(),
+                ops::conv2d_bwd_weight(&x, &wt, &dy, w).unwrap(),
+                ops::conv2d_bwd_input(&wt, &dy, w).unwrap(),
+            );
+            ((on(&x, &dev), on(&wt, &dev), on(&dy, &dev)), cpu)
+        })
+        .collect();
+    bagssl_testkit::at_each_gemm_precision(&g, |prec| {
+        let tol = gemm_tols(prec).0;
+        for ((w, _), ((x, wt, dy), (y, dw, dx))) in cases.iter().zip(&inputs) {
+            let tag = format!("{prec:?} {}x{}x{}x{} k{}x{} s{} p{}", w.n, w.h, w.w, w.c, w.kh, w.kw, w.stride, w.pad);
+            rep.check(&format!("conv2d_fwd {tag}"), &ops::conv2d_fwd(x, wt, *w).unwrap(), y, tol, 0.0);
+            rep.check(
+                &format!("conv2d_bwd_weight {tag}"),
+                &ops::conv2d_bwd_weight(x, wt, dy, *w).unwrap(),
+                dw,
+                tol,
+                0.0,
+            );
+            rep.check(
+                &format!("conv2d_bwd_input {tag}"),
+                &ops::conv2d_bwd_input(wt, dy, *w).unwrap(),
+                dx,
+                2.0 * tol,
+                0.0,
+            );
+        }
+    });
+    rep.finish();
 }

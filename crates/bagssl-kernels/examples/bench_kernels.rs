@@ -407,6 +407,41 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     streaming(&mut timer, "relu_fwd_f32", &shape, 2.0 * mat, &mut || relu_fwd_f32(&a).map(drop))?;
     // The bf16 operand copy of a bf16 GEMM: reads 4 bytes, writes 2 per element.
     streaming(&mut timer, "cast_bf16_f32", &shape, 1.5 * mat, &mut || cast_bf16_f32(&a).map(drop))?;
+    // add (a residual connection): reads a and b, writes y.
+    streaming(&mut timer, "add_f32", &shape, 3.0 * mat, &mut || add_f32(&a, &a).map(drop))?;
+
+    // The conv data movement over NHWC rows: a 3x3 stride-1 conv on 64 images of 32x32x64, the
+    // 7x7 stride-2 stem on 64 of 64x64x3, a 3x3 stride-2 max-pool, the weight re-layout of a
+    // 512 -> 512 3x3 conv. Bytes: inputs read once, outputs written once (im2col's bf16 copy too).
+    let g3 = Window2d { n: 64, h: 32, w: 32, c: 64, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let stem = Window2d { n: 64, h: 64, w: 64, c: 3, kh: 7, kw: 7, stride: 2, pad: 3 };
+    let pool = Window2d { kh: 3, kw: 3, stride: 2, pad: 1, ..g3 };
+    let desc = |g: &Window2d| format!("{}x{}x{}x{} k{} s{}", g.n, g.h, g.w, g.c, g.kh, g.stride);
+    for g in [g3, stem] {
+        let xi = gpu.upload(&rnd(g.in_rows() * g.c, 7))?;
+        let (in_b, cols_n) = (f4(g.in_rows() * g.c), g.out_rows() * g.patch_len());
+        streaming(&mut timer, "im2col_f32 (+bf16 copy)", &desc(&g), in_b + 6.0 * cols_n as f64, &mut || {
+            im2col_f32(&xi, g).map(drop)
+        })?;
+        let cols = im2col_f32(&xi, g)?;
+        streaming(&mut timer, "col2im_f32", &desc(&g), f4(cols_n) + in_b, &mut || col2im_f32(&cols, g).map(drop))?;
+    }
+    let xp = gpu.upload(&rnd(pool.in_rows() * pool.c, 8))?;
+    let (xp_b, yp_b) = (f4(pool.in_rows() * pool.c), f4(pool.out_rows() * pool.c));
+    streaming(&mut timer, "max_pool_fwd_f32", &desc(&pool), xp_b + yp_b, &mut || {
+        max_pool_fwd_f32(&xp, pool).map(drop)
+    })?;
+    let yp = max_pool_fwd_f32(&xp, pool)?;
+    let dyp = gpu.upload(&rnd(pool.out_rows() * pool.c, 9))?;
+    streaming(&mut timer, "max_pool_bwd_f32", &desc(&pool), 2.0 * xp_b + 2.0 * yp_b, &mut || {
+        max_pool_bwd_f32(&xp, &yp, &dyp, pool).map(drop)
+    })?;
+    let wconv = gpu.upload(&rnd(512 * 512 * 9, 10))?;
+    streaming(&mut timer, "transpose_last2_f32", "512x512x9", 2.0 * f4(512 * 512 * 9), &mut || {
+        transpose_last2_f32(&wconv, 512, 512, 9).map(drop)
+    })?;
+    drop((xp, yp, dyp, wconv));
+
     // AdamW: reads p, g, m, v, writes p, m, v: 28 bytes per parameter.
     let mut pm = gpu.upload(&rnd(h * h, 4))?;
     let (mut m1, mut v1) = (gpu.zeros(h * h)?, gpu.zeros(h * h)?);

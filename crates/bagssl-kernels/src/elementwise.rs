@@ -1,4 +1,5 @@
-//! Launchers of `kernels/elementwise.cu`: ReLU, bias add, column sums, group mean, axpy, scale, dot.
+//! Launchers of `kernels/elementwise.cu`: ReLU, bias add, column sums, group mean, add, axpy, scale,
+//! dot.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -148,6 +149,22 @@ pub fn group_mean_bwd_f32(dy: &GpuBuf, groups: usize, cols: usize, n: usize) -> 
         unsafe { b.launch(grid.cfg()) }?;
     }
     Ok(dx)
+}
+
+/// `a + b` into a new buffer (a residual connection).
+pub fn add_f32(a: &GpuBuf, b: &GpuBuf) -> Result<GpuBuf, KernelError> {
+    let gpu = a.gpu();
+    same_gpu("add_f32", gpu, &[b.gpu()])?;
+    check_len("add_f32", "b", b.len(), a.len())?;
+    let mut y = gpu.uninit(a.len())?;
+    let n = u32_of(a.len(), "add_f32 n")?;
+    if n > 0 {
+        let mut l = gpu.stream().launch_builder(gpu.function("add_f32")?);
+        l.arg(a.slice()).arg(b.slice()).arg(y.slice_mut()).arg(&n);
+        // SAFETY: all three hold n floats.
+        unsafe { l.launch(cfg_1d(n as usize)) }?;
+    }
+    Ok(y)
 }
 
 /// `y += alpha * x`.

@@ -27,6 +27,7 @@ unsafe impl cudarc::driver::DeviceRepr for BagsslMatrixDims {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslBnParams {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslVicregParams {}
 unsafe impl cudarc::driver::DeviceRepr for BagsslAdamWParams {}
+unsafe impl cudarc::driver::DeviceRepr for BagsslWindow2d {}
 // SAFETY: as above; its pointers are device addresses stored as u64 (CUdeviceptr), plain integers
 // to Rust and the same 8-byte fields to the kernel.
 unsafe impl cudarc::driver::DeviceRepr for BagsslAdamWMulti {}

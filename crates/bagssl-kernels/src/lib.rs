@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod batchnorm;
+pub mod conv;
 mod device;
 pub mod elementwise;
 pub mod ffi;
@@ -30,9 +31,10 @@ pub use batchnorm::{
     bn_train_bwd_f32_variant, bn_train_fwd_f32, bn_train_fwd_f32_variant, BnTrainGrads, BnTrainOut, BnVariant,
     MaskSource,
 };
+pub use conv::{col2im_f32, im2col_f32, max_pool_bwd_f32, max_pool_fwd_f32, transpose_last2_f32};
 pub use device::{probe, Gpu, GpuBuf, GpuBytes, GpuInfo, GpuProbe, ModuleKind};
 pub use elementwise::{
-    axpy_f32, bias_add_fwd_f32, cast_bf16_f32, dot_f32, group_mean_bwd_f32, group_mean_fwd_f32, relu_bwd_f32,
+    add_f32, axpy_f32, bias_add_fwd_f32, cast_bf16_f32, dot_f32, group_mean_bwd_f32, group_mean_fwd_f32, relu_bwd_f32,
     relu_fwd_f32, scale_f32, sum_rows_f32,
 };
 pub use gemm::{gemm_f32, matmul_f32, Gemm, GemmPrecision};
@@ -136,11 +138,12 @@ mod tests {
             include_str!("vicreg.rs"),
             include_str!("optim.rs"),
             include_str!("patch.rs"),
+            include_str!("conv.rs"),
         ]
         .concat();
         for name in src.split("function(\"").skip(1).map(|s| s.split('"').next().unwrap_or_default()) {
             assert!(ffi::MODULES.iter().any(|m| m.kernels.contains(&name)), "launcher uses unknown kernel {name}");
         }
-        assert!(total >= 25);
+        assert!(total >= 31);
     }
 }

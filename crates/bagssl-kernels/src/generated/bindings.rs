@@ -567,3 +567,52 @@ const _: () = {
         "Offset of field: BagsslEmaMulti::momentum",
     ][::std::mem::offset_of!(BagsslEmaMulti, momentum) - 324usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq)]
+pub struct BagsslWindow2d {
+    pub n: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride: u32,
+    pub pad: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of BagsslWindow2d"][::std::mem::size_of::<BagsslWindow2d>() - 40usize];
+    ["Alignment of BagsslWindow2d"][::std::mem::align_of::<BagsslWindow2d>() - 4usize];
+    [
+        "Offset of field: BagsslWindow2d::n",
+    ][::std::mem::offset_of!(BagsslWindow2d, n) - 0usize];
+    [
+        "Offset of field: BagsslWindow2d::h",
+    ][::std::mem::offset_of!(BagsslWindow2d, h) - 4usize];
+    [
+        "Offset of field: BagsslWindow2d::w",
+    ][::std::mem::offset_of!(BagsslWindow2d, w) - 8usize];
+    [
+        "Offset of field: BagsslWindow2d::c",
+    ][::std::mem::offset_of!(BagsslWindow2d, c) - 12usize];
+    [
+        "Offset of field: BagsslWindow2d::kh",
+    ][::std::mem::offset_of!(BagsslWindow2d, kh) - 16usize];
+    [
+        "Offset of field: BagsslWindow2d::kw",
+    ][::std::mem::offset_of!(BagsslWindow2d, kw) - 20usize];
+    [
+        "Offset of field: BagsslWindow2d::stride",
+    ][::std::mem::offset_of!(BagsslWindow2d, stride) - 24usize];
+    [
+        "Offset of field: BagsslWindow2d::pad",
+    ][::std::mem::offset_of!(BagsslWindow2d, pad) - 28usize];
+    [
+        "Offset of field: BagsslWindow2d::out_h",
+    ][::std::mem::offset_of!(BagsslWindow2d, out_h) - 32usize];
+    [
+        "Offset of field: BagsslWindow2d::out_w",
+    ][::std::mem::offset_of!(BagsslWindow2d, out_w) - 36usize];
+};

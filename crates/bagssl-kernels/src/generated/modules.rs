@@ -9,6 +9,12 @@ pub(crate) const MODULES: &[KernelModule] = &[
         kernels: &["bn_apply_fwd_f32", "bn_bwd_apply_f32", "bn_bwd_reduce_f32", "bn_ema_f32", "bn_ema_multi_f32", "bn_eval_fwd_f32", "bn_stats_fwd_f32"],
     },
     KernelModule {
+        family: "conv",
+        ptx: include_str!("conv.ptx"),
+        cubin: include_bytes!("conv.sm_90a.cubin"),
+        kernels: &["col2im_f32", "im2col_f32", "max_pool_bwd_f32", "max_pool_fwd_f32", "transpose_last2_f32"],
+    },
+    KernelModule {
         family: "cov_loss",
         ptx: include_str!("cov_loss.ptx"),
         cubin: include_bytes!("cov_loss.sm_90a.cubin"),
@@ -18,7 +24,7 @@ pub(crate) const MODULES: &[KernelModule] = &[
         family: "elementwise",
         ptx: include_str!("elementwise.ptx"),
         cubin: include_bytes!("elementwise.sm_90a.cubin"),
-        kernels: &["axpy_f32", "bias_add_fwd_f32", "cast_bf16_f32", "dot_partial_f32", "group_mean_bwd_f32", "group_mean_fwd_f32", "relu_bwd_f32", "relu_fwd_f32", "scale_f32", "sum_f64", "sum_rows_f32"],
+        kernels: &["add_f32", "axpy_f32", "bias_add_fwd_f32", "cast_bf16_f32", "dot_partial_f32", "group_mean_bwd_f32", "group_mean_fwd_f32", "relu_bwd_f32", "relu_fwd_f32", "scale_f32", "sum_f64", "sum_rows_f32"],
     },
     KernelModule {
         family: "optim",
