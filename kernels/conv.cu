@@ -110,7 +110,7 @@ extern "C" __global__ void transpose_last2_f32(const float* __restrict__ x, floa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Max-pooling. The forward's update `!(v <= m)` and the backward's tie rule (the first tap, in
+// Max-pooling. The forward's update `v > m || v is NaN` (a NaN, once there, stays) and the backward's tie rule (the first tap, in
 // window order, equal to y; a NaN y matches the first NaN) are the CPU's, element for element.
 
 __device__ __forceinline__ bool equals_max(float v, float m) { return v == m || (v != v && m != m); }
@@ -133,7 +133,7 @@ __device__ void max_pool_fwd(const float* __restrict__ x, float* __restrict__ y,
                 load_cols<V>(x + (size_t)src * g.c + ch, v);
 #pragma unroll
                 for (int c = 0; c < V; ++c)
-                    if (!(v[c] <= m[c])) m[c] = v[c];
+                    if (v[c] > m[c] || v[c] != v[c]) m[c] = v[c];
             }
         store_cols<V>(y + (size_t)e * V, m);
     }

@@ -1044,7 +1044,7 @@ static void conv_data_movement(Rng& r) {
     }
 }
 
-// The CPU's max-pool rules (cpu/conv.rs): y by `!(v <= m)` from -inf over the taps inside the
+// The CPU's max-pool rules (cpu/conv.rs): y by `v > m || v is NaN` from -inf over the taps inside the
 // image; each window's dy to its first tap equal to y (a NaN y: the first NaN).
 static bool equals_max_ref(float v, float m) { return v == m || (std::isnan(v) && std::isnan(m)); }
 
@@ -1078,7 +1078,7 @@ static void max_pool(Rng& r) {
                 float m = -INFINITY;
                 for (uint32_t t = 0; t < g.kh * g.kw; ++t) {
                     const long src = pixel_of(g, row, t / g.kw, t % g.kw);
-                    if (src >= 0 && !(x[(size_t)src * g.c + ch] <= m)) m = x[(size_t)src * g.c + ch];
+                    if (src >= 0 && (x[(size_t)src * g.c + ch] > m || std::isnan(x[(size_t)src * g.c + ch]))) m = x[(size_t)src * g.c + ch];
                 }
                 yref[row * g.c + ch] = m;
                 for (uint32_t t = 0; t < g.kh * g.kw && arg[row * g.c + ch] < 0; ++t) {

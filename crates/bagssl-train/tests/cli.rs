@@ -488,7 +488,13 @@ fn resnet_run_trains_evaluates_embeds_and_benches() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("embeddings").unwrap().shape(), &[60, 8]);
 
-    let o = bench_small(&["--steps", "2", "--eval-images", "8", "--set", "patches.size=8"].iter().chain(&resnet).copied().collect::<Vec<_>>());
+    let o = bench_small(
+        &["--steps", "2", "--eval-images", "8", "--set", "patches.size=8"]
+            .iter()
+            .chain(&resnet)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("resnet: Basic widths [4, 8]"), "{t}");

@@ -97,8 +97,8 @@ pub fn max_pool_fwd(x: &[f32], g: &Window2d, y: &mut [f32]) {
                 for kj in 0..g.kw {
                     if let Some(src) = source_row(g, img, oy, ox, ki, kj) {
                         for (o, &v) in out.iter_mut().zip(&x[src * c..][..c]) {
-                            // `!(v <= o)` lets a NaN through, so a diverged step shows.
-                            if !(v <= *o) {
+                            // A NaN wins and then stays, so a diverged step shows (PyTorch).
+                            if v > *o || v.is_nan() {
                                 *o = v;
                             }
                         }
@@ -233,5 +233,18 @@ mod tests {
         let (mut dx, mut arg) = (vec![0.0; 9], vec![0.0; 4]);
         max_pool_bwd(&x, &y, &[1.0, 2.0, 3.0, 4.0], &g, &mut arg, &mut dx);
         assert_eq!(dx, [1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
+
+        // A NaN anywhere in a window is its max, as in PyTorch.
+        let g = geom(1, 1, 3, 1, 3, 1, 1);
+        for x in [[f32::NAN, 1.0, 2.0], [1.0, f32::NAN, 2.0], [1.0, 2.0, f32::NAN]] {
+            let mut y = vec![0.0; 3];
+            max_pool_fwd(&x, &g, &mut y);
+            assert!(
+                y.iter()
+                    .enumerate()
+                    .all(|(i, v)| v.is_nan() == (x[i.saturating_sub(1)..(i + 2).min(3)].iter().any(|v| v.is_nan()))),
+                "{x:?} -> {y:?}"
+            );
+        }
     }
 }

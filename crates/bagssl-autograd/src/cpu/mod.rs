@@ -15,8 +15,6 @@
 //! in the bf16 GEMM's store).
 
 pub mod bn;
-// max_pool_fwd's `!(v <= m)` is meant to let a NaN through, which `partial_cmp` would obscure.
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub mod conv;
 pub mod elementwise;
 pub mod matmul;
