@@ -29,7 +29,8 @@ use crate::{ModelError, Result};
 #[derive(Debug)]
 pub enum Encoder {
     Mlp(Sequential<LinearBn>),
-    ResNet(ResNet),
+    /// Boxed: its tree of layers is much larger than the MLP's list.
+    ResNet(Box<ResNet>),
 }
 
 impl Layer for Encoder {
@@ -170,7 +171,9 @@ impl BagSslModel {
     fn build(config: ModelConfig, init: &mut Init<'_>) -> Result<Self> {
         config.validate()?;
         let encoder = match config.resnet_layout() {
-            Some(layout) => Encoder::ResNet(ResNet::new("encoder", &layout, config.stem, config.patch, init)?),
+            Some(layout) => {
+                Encoder::ResNet(Box::new(ResNet::new("encoder", &layout, config.stem, config.patch, init)?))
+            }
             None => {
                 let mut fan_in = config.input_dim();
                 let mut blocks = Vec::with_capacity(config.layers);

@@ -86,7 +86,7 @@ fn bottleneck_gradients_match_finite_differences() {
     let s = Spatial { n: 3, h: 5, w: 5 };
     let mut rng = SeededRng::new(11);
     let block = Bottleneck::new("b", 3, 2, 2, &mut Init::seeded(&mut rng, &Device::Cpu)).unwrap();
-    let block = bagssl_model::layers::Block::Bottleneck(block);
+    let block = bagssl_model::layers::Block::Bottleneck(Box::new(block));
     let len = s.n * s.h * s.w * 3;
     let x0: Vec<f32> = (0..len).map(|_| 2.0 * rng.uniform() - 1.0).collect();
     let wts: Vec<f32> = (0..s.n * 3 * 3 * 8).map(|_| 2.0 * rng.uniform() - 1.0).collect();

@@ -76,18 +76,21 @@ pub struct ConvBn {
     pub bn: BatchNorm,
 }
 
+/// The shape of a [`ConvBn`]: channels in and out, a square `kernel` at `stride` (padding
+/// `kernel / 2`), and a ReLU after the BatchNorm or not.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub relu: bool,
+}
+
 impl ConvBn {
     /// `conv` and `bn` are the full names of the two modules.
-    pub fn new(
-        conv: &str,
-        bn: &str,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        relu: bool,
-        init: &mut Init<'_>,
-    ) -> Result<Self> {
+    pub fn new(conv: &str, bn: &str, spec: ConvSpec, init: &mut Init<'_>) -> Result<Self> {
+        let ConvSpec { c_in, c_out, kernel, stride, relu } = spec;
         let conv = Conv2d::new(super::child(conv, "weight"), c_in, c_out, kernel, stride, init)?;
         let bn = BatchNorm::new(bn, c_out, BnNames::WeightBias, relu, init)?;
         Ok(ConvBn { conv, bn })

@@ -16,7 +16,7 @@ mod resnet;
 mod sequential;
 
 pub use batchnorm::{BatchNorm, BnNames, RunningStats, BN_EPS, BN_MOMENTUM};
-pub use conv::{Conv2d, ConvBn, Spatial};
+pub use conv::{Conv2d, ConvBn, ConvSpec, Spatial};
 pub use linear::{Linear, LinearBn};
 pub use resnet::{BasicBlock, Block, Bottleneck, ResNet};
 pub use sequential::Sequential;

@@ -10,7 +10,7 @@
 
 use bagssl_autograd::{Var, Window2d};
 
-use super::{child, ConvBn, Forward, Init, Layer, Spatial, Visitor, VisitorMut};
+use super::{child, ConvBn, ConvSpec, Forward, Init, Layer, Spatial, Visitor, VisitorMut};
 use crate::config::{BlockKind, ResnetLayout, Stem};
 use crate::{ModelError, Result};
 
@@ -20,7 +20,7 @@ fn downsample(prefix: &str, c_in: usize, c_out: usize, stride: usize, init: &mut
         return Ok(None);
     }
     let (conv, bn) = (child(prefix, "downsample.0"), child(prefix, "downsample.1"));
-    Ok(Some(ConvBn::new(&conv, &bn, c_in, c_out, 1, stride, false, init)?))
+    Ok(Some(ConvBn::new(&conv, &bn, ConvSpec { c_in, c_out, kernel: 1, stride, relu: false }, init)?))
 }
 
 /// `relu(main + shortcut)`, the shortcut being `x` itself or its downsampling.
@@ -44,8 +44,18 @@ pub struct BasicBlock {
 impl BasicBlock {
     pub fn new(prefix: &str, c_in: usize, width: usize, stride: usize, init: &mut Init<'_>) -> Result<Self> {
         let name = |m: &str| child(prefix, m);
-        let conv1 = ConvBn::new(&name("conv1"), &name("bn1"), c_in, width, 3, stride, true, init)?;
-        let conv2 = ConvBn::new(&name("conv2"), &name("bn2"), width, width, 3, 1, false, init)?;
+        let conv1 = ConvBn::new(
+            &name("conv1"),
+            &name("bn1"),
+            ConvSpec { c_in, c_out: width, kernel: 3, stride, relu: true },
+            init,
+        )?;
+        let conv2 = ConvBn::new(
+            &name("conv2"),
+            &name("bn2"),
+            ConvSpec { c_in: width, c_out: width, kernel: 3, stride: 1, relu: false },
+            init,
+        )?;
         Ok(BasicBlock { conv1, conv2, downsample: downsample(prefix, c_in, width, stride, init)? })
     }
 }
@@ -63,9 +73,24 @@ impl Bottleneck {
     pub fn new(prefix: &str, c_in: usize, width: usize, stride: usize, init: &mut Init<'_>) -> Result<Self> {
         let name = |m: &str| child(prefix, m);
         let c_out = width * BlockKind::Bottleneck.expansion();
-        let conv1 = ConvBn::new(&name("conv1"), &name("bn1"), c_in, width, 1, 1, true, init)?;
-        let conv2 = ConvBn::new(&name("conv2"), &name("bn2"), width, width, 3, stride, true, init)?;
-        let conv3 = ConvBn::new(&name("conv3"), &name("bn3"), width, c_out, 1, 1, false, init)?;
+        let conv1 = ConvBn::new(
+            &name("conv1"),
+            &name("bn1"),
+            ConvSpec { c_in, c_out: width, kernel: 1, stride: 1, relu: true },
+            init,
+        )?;
+        let conv2 = ConvBn::new(
+            &name("conv2"),
+            &name("bn2"),
+            ConvSpec { c_in: width, c_out: width, kernel: 3, stride, relu: true },
+            init,
+        )?;
+        let conv3 = ConvBn::new(
+            &name("conv3"),
+            &name("bn3"),
+            ConvSpec { c_in: width, c_out, kernel: 1, stride: 1, relu: false },
+            init,
+        )?;
         Ok(Bottleneck { conv1, conv2, conv3, downsample: downsample(prefix, c_in, c_out, stride, init)? })
     }
 }
@@ -73,8 +98,9 @@ impl Bottleneck {
 /// A residual block of either kind.
 #[derive(Debug)]
 pub enum Block {
-    Basic(BasicBlock),
-    Bottleneck(Bottleneck),
+    // Boxed: the two differ in size by a convolution, and a stage is a Vec of them.
+    Basic(Box<BasicBlock>),
+    Bottleneck(Box<Bottleneck>),
 }
 
 impl Block {
@@ -147,7 +173,12 @@ impl ResNet {
             Stem::Cifar => (3, 1),
             Stem::Imagenet => (7, 2),
         };
-        let stem_layer = ConvBn::new(&name("conv1"), &name("bn1"), 3, first, kernel, stride, true, init)?;
+        let stem_layer = ConvBn::new(
+            &name("conv1"),
+            &name("bn1"),
+            ConvSpec { c_in: 3, c_out: first, kernel, stride, relu: true },
+            init,
+        )?;
         let mut c_in = first;
         let mut stages = Vec::with_capacity(layout.widths.len());
         for (s, (&width, &count)) in layout.widths.iter().zip(&layout.blocks).enumerate() {
@@ -156,8 +187,10 @@ impl ResNet {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
                 let prefix = name(&format!("layer{}.{b}", s + 1));
                 blocks.push(match layout.block {
-                    BlockKind::Basic => Block::Basic(BasicBlock::new(&prefix, c_in, width, stride, init)?),
-                    BlockKind::Bottleneck => Block::Bottleneck(Bottleneck::new(&prefix, c_in, width, stride, init)?),
+                    BlockKind::Basic => Block::Basic(Box::new(BasicBlock::new(&prefix, c_in, width, stride, init)?)),
+                    BlockKind::Bottleneck => {
+                        Block::Bottleneck(Box::new(Bottleneck::new(&prefix, c_in, width, stride, init)?))
+                    }
                 });
                 c_in = width * layout.block.expansion();
             }
@@ -205,7 +238,7 @@ impl Layer for ResNet {
     fn forward<'a>(&'a self, f: &mut Forward<'_, 'a>, x: Var) -> Result<Var> {
         let per_patch = self.patch * self.patch * 3;
         let numel = f.tape.value(x).numel();
-        if numel == 0 || numel % per_patch != 0 {
+        if numel == 0 || !numel.is_multiple_of(per_patch) {
             let shape = f.tape.value(x).shape().to_vec();
             return Err(ModelError::Config(format!(
                 "ResNet input {shape:?} is not whole {0}x{0}x3 patches",
