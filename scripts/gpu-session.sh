@@ -9,6 +9,8 @@
 # 1. scripts/gpu-check.sh: every GPU parity test (skips are failures) + bench_kernels table
 # 2. bagssl-train bench --device cuda: the reference configuration over 300 steps (bf16 GEMMs;
 #    then TF32), and its scale (8192-wide projector; 1024 images x 16 patches; narrower, smaller)
+# 2r. ResNet-18: bench, beside PyTorch (benchmarks/compare_torch_resnet.sh), a short CIFAR-10
+#    run and benchmarks/check_torchvision_load.py on its checkpoint (RESNET=0 skips)
 # 3. benchmarks/compare_torch.sh PRESET=gpu: our step and evaluation beside PyTorch's
 # 4. a 30-epoch CIFAR-10 run of the reference configuration on a held-out 10% (every 10th image
 #    of each class), with evaluation
@@ -78,6 +80,32 @@ if [ ${#EXTRA[@]} = 0 ] && [ -x .device/bin/bench_kernels ] && t=$(limit 60); th
   timeout "$t" .device/bin/bench_kernels --quick --ptx 2>&1 | grep -E '^(bn_|  of which|vicreg|matmul Bf16 x W1|bench_kernels)' \
     | tee -a "$SUM"
 fi
+# ResNet-18 (issue 12), before the MLP's longer steps: its step, beside PyTorch's eager and
+# compiled bf16 steps, a short CIFAR-10 run, and the torchvision load check of its checkpoint.
+# RESNET=0 skips it.
+if [ "${RESNET:-1}" != 0 ]; then
+  log "## 2r. ResNet-18 (CIFAR stem), 16x16 patches, 16 x 256: bench, side by side, short CIFAR-10 run"
+  if t=$(limit 60); then
+    timeout "$t" "$CLI" bench --device cuda --config configs/cifar10-resnet18.toml --steps 50 --warmup 5 \
+      --eval-images 2000 --profile "${EXTRA[@]}" 2>&1 | grep -vE '^\{' | tail -n 30 | tee -a "$SUM"
+  else skipped "ResNet-18 bench"; fi
+  if [ -f .device/shared/reference/torch_bagssl.py ] && t=$(limit 150); then
+    PRESET=gpu BIN="$CLI" REF=.device/shared/reference/torch_bagssl.py DATA=.device/shared/data \
+      BAGSSL_CACHE=/tmp/bagssl-cache timeout "$t" bash benchmarks/compare_torch_resnet.sh 2>&1 | tail -n 5 | tee -a "$SUM"
+  else skipped "ResNet-18 side by side"; fi
+  if [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ] && t=$(limit 150); then
+    mkdir -p /tmp/cifar-jpeg && tar xJf .device/shared/data/cifar10-train-jpeg.tar.xz -C /tmp/cifar-jpeg
+    timeout "$t" "$CLI" train --config configs/cifar10-resnet18.toml --data /tmp/cifar-jpeg --out /tmp/resnet-run \
+      --quiet --set data.cache_dir=/tmp/bagssl-cache --set train.epochs="${RESNET_EPOCHS:-5}" \
+      --set eval.untrained=false "${EXTRA[@]}" 2>&1 | tail -n 6 | tee -a "$SUM"
+    cp /tmp/resnet-run/eval.json "$OUT/resnet18_eval.json" 2>/dev/null
+    if [ -f /tmp/resnet-run/checkpoint.safetensors ] && t=$(limit 40); then
+      timeout "$t" python3 benchmarks/check_torchvision_load.py /tmp/resnet-run/checkpoint.safetensors --bin "$CLI" \
+        2>&1 | tail -n 2 | tee -a "$SUM"
+    fi
+  else skipped "ResNet-18 CIFAR-10 run"; fi
+fi
+
 if [ -f .device/shared/reference/torch_bagssl.py ] && [ -f .device/shared/data/cifar10-train-jpeg.tar.xz ]; then
   log "## 3. side by side with PyTorch (PRESET=gpu)"
   if t=$(limit 120); then

@@ -91,5 +91,27 @@ fn a_warm_cpu_step_allocates_no_large_buffer() {
             );
         }
     }
+    // A ResNet (im2col, col2im, the weight re-layouts, the residual adds; 8 images x 16 patches
+    // of 8x8 = 8192 rows of 4 to 8 channels) in bf16: no tensor buffer either. Its tape has more
+    // than 64 nodes, so the node list itself (one allocation per step, 128 nodes of ~176 bytes)
+    // passes 16 KiB: allowed, once per step and below 64 KiB.
+    set_cpu_matmul_precision(CpuMatmulPrecision::Bf16);
+    let config = TrainConfig { per_image: 16, total_steps: 100, seed: 5, ..common::train_config(OptimizerKind::AdamW) };
+    let mut trainer = Trainer::new(ModelConfig::resnet(8, &[4, 8], &[1, 1], 64), config, &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        trainer.step(&data).unwrap();
+    }
+    LARGE.store(0, Ordering::Relaxed);
+    LARGEST.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    for _ in 0..3 {
+        trainer.step(&data).unwrap();
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    let (n, largest) = (LARGE.load(Ordering::Relaxed), LARGEST.load(Ordering::Relaxed));
+    assert!(
+        n <= 3 && largest < 64 * 1024,
+        "ResNet bf16: 3 warm steps made {n} allocations of 16 KiB or more (largest {largest} bytes), allowed 3"
+    );
     set_cpu_matmul_precision(CpuMatmulPrecision::F32);
 }
