@@ -203,6 +203,15 @@ impl Report {
         self.record(ok, || format!("{name}: {got} vs {want}"));
     }
 
+    /// `|got - want|_2 <= bound` (NaN fails), for errors measured against a norm.
+    pub fn check_norm(&mut self, name: &str, got: &[f32], want: &[f32], bound: f64) {
+        assert_eq!(got.len(), want.len(), "{name}: {} elements vs {} expected", got.len(), want.len());
+        let d = got.iter().zip(want).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum::<f64>().sqrt();
+        let ok = d <= bound;
+        println!("{} {name:<28} |diff| {d:.3e} (bound {bound:.3e})", verdict(ok));
+        self.record(ok, || format!("{name}: |diff| {d:.3e} > {bound:.3e}"));
+    }
+
     /// Whether every check so far passed.
     pub fn all_ok(&self) -> bool {
         self.failures.is_empty()
