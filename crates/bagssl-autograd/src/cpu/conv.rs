@@ -97,10 +97,9 @@ pub fn max_pool_fwd(x: &[f32], g: &Window2d, y: &mut [f32]) {
                 for kj in 0..g.kw {
                     if let Some(src) = source_row(g, img, oy, ox, ki, kj) {
                         for (o, &v) in out.iter_mut().zip(&x[src * c..][..c]) {
-                            // A NaN wins and then stays, so a diverged step shows (PyTorch).
-                            if v > *o || v.is_nan() {
-                                *o = v;
-                            }
+                            // A NaN wins and then stays, so a diverged step shows (PyTorch); a
+                            // select, not a branch, so the channel loop vectorizes.
+                            *o = if v > *o || v.is_nan() { v } else { *o };
                         }
                     }
                 }
@@ -125,9 +124,7 @@ pub fn max_pool_bwd(x: &[f32], y: &[f32], dy: &[f32], g: &Window2d, arg: &mut [f
             for off in (0..g.kh * g.kw).rev() {
                 if let Some(src) = source_row(g, img, oy, ox, off / g.kw, off % g.kw) {
                     for ((a, &v), &m) in arg.iter_mut().zip(&x[src * c..][..c]).zip(ymax) {
-                        if v == m || (v.is_nan() && m.is_nan()) {
-                            *a = off as f32;
-                        }
+                        *a = if v == m || (v.is_nan() && m.is_nan()) { off as f32 } else { *a };
                     }
                 }
             }
