@@ -15,10 +15,12 @@
 //! bounds on the CPU alone, against weights rounded to the mantissa of each precision's operands.
 //! Without a GPU the GPU test prints `skipped: <test>: <reason>` and passes.
 
-use bagssl_autograd::{Device, Tape, Tensor};
+mod common;
+
+use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{gather_patches, synthetic, PatchSampler, SyntheticSpec};
 use bagssl_kernels::GemmPrecision;
-use bagssl_model::{BagSslModel, ModelConfig, ParamKind, VicregWeights};
+use bagssl_model::{BagSslModel, ModelConfig, ParamKind};
 use bagssl_testkit::{at_each_gemm_precision, gpu_or_skip, Report};
 
 const PATCH: usize = 8;
@@ -38,6 +40,7 @@ fn patches() -> Tensor {
     Tensor::from_vec(&[specs.len(), PATCH * PATCH * 3], x)
 }
 
+/// The step's values on the host (batch statistics copied back too).
 struct Step {
     h: Vec<f32>,
     z: Vec<f32>,
@@ -47,17 +50,9 @@ struct Step {
 }
 
 fn step(model: &BagSslModel, x: Tensor) -> Step {
-    let mut tape = Tape::new();
-    let fw = model.forward_train(&mut tape, x, false).unwrap();
-    let h = tape.value(fw.h).to_vec().unwrap();
-    let z = fw.z_values(&tape).unwrap().to_vec().unwrap();
-    let (loss, p) = fw.loss(&mut tape, PER_IMAGE, VicregWeights::default()).unwrap();
-    let host = |t: &Tensor| t.to_vec().unwrap();
-    let stats = fw.batch_stats(&tape).unwrap().iter().map(|(m, v)| (host(m), host(v))).collect();
-    let mut g = tape.backward(loss).unwrap();
-    let names = model.params().iter().map(|p| p.name.clone()).collect::<Vec<_>>();
-    let grads = names.into_iter().zip(&fw.params).map(|(n, &v)| (n, host(&g.take(v).unwrap()))).collect();
-    Step { h, z, parts: [p.loss, p.invariance, p.variance, p.covariance], grads, stats }
+    let r = common::record_step(model, x, PER_IMAGE, false);
+    let stats = r.stats.iter().map(|(m, v)| (m.to_vec().unwrap(), v.to_vec().unwrap())).collect();
+    Step { h: r.h, z: r.z, parts: r.parts, grads: r.grads, stats }
 }
 
 fn l2(v: impl Iterator<Item = f64>) -> f64 {

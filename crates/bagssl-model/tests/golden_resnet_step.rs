@@ -8,8 +8,10 @@
 //! of 12 patches, errors relative to each tensor's largest magnitude (floored at 0.1 for
 //! gradients, several of which are exactly zero in exact arithmetic).
 
-use bagssl_autograd::{Device, Tape, Tensor};
-use bagssl_model::{BagSslModel, ModelConfig, VicregWeights, BN_MOMENTUM};
+mod common;
+
+use bagssl_autograd::{Device, Tensor};
+use bagssl_model::{BagSslModel, ModelConfig, BN_MOMENTUM};
 use bagssl_testkit::{array, golden, usizes, Report};
 
 /// Our name of a golden tensor.
@@ -46,39 +48,23 @@ fn resnet_step_matches_golden() {
     let (xs, xd) = array(&g["x"]);
     let x = Tensor::from_vec(&[xs[0], xs[1..].iter().product()], xd.iter().map(|&v| v as f32).collect());
 
-    let (h, z, parts, grads, grad_x, stats, names) = {
-        let mut tape = Tape::new();
-        let fw = model.forward_train(&mut tape, x, true).unwrap();
-        let (loss, parts) = fw.loss(&mut tape, n, VicregWeights::default()).unwrap();
-        let h = tape.value(fw.h).to_vec().unwrap();
-        let z = fw.z_values(&tape).unwrap().to_vec().unwrap();
-        let stats = fw.batch_stats(&tape).unwrap();
-        let mut grads = tape.backward(loss).unwrap();
-        let grad_x = grads.take(fw.x).expect("dL/dx").to_vec().unwrap();
-        let names: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
-        let pg: Vec<Vec<f32>> = fw.params.iter().map(|&v| grads.take(v).expect("gradient").to_vec().unwrap()).collect();
-        (h, z, parts, pg, grad_x, stats, names)
-    };
+    let step = common::record_step(&model, x, n, true);
     let mut report = Report::new("resnet_step.json");
-    report.check_relative("h", &h, &array(&g["h"]).1, 0.0, 1e-5);
-    report.check_relative("z", &z, &array(&g["z"]).1, 0.0, 1e-5);
-    for (key, got) in [
-        ("loss", parts.loss),
-        ("invariance", parts.invariance),
-        ("variance", parts.variance),
-        ("covariance", parts.covariance),
-    ] {
+    report.check_relative("h", &step.h, &array(&g["h"]).1, 0.0, 1e-5);
+    report.check_relative("z", &step.z, &array(&g["z"]).1, 0.0, 1e-5);
+    for (key, got) in ["loss", "invariance", "variance", "covariance"].into_iter().zip(step.parts) {
         report.check_scalar(key, got, g[key].as_f64().unwrap(), 1e-5);
     }
-    report.check_relative("grad_x", &grad_x, &array(&g["grad_x"]).1, 0.0, 1e-4);
+    report.check_relative("grad_x", step.grad_x.as_ref().unwrap(), &array(&g["grad_x"]).1, 0.0, 1e-4);
     let golden_grads = g["grads"].as_object().unwrap();
-    assert_eq!(golden_grads.len(), names.len());
+    assert_eq!(golden_grads.len(), step.grads.len());
     for (name, v) in golden_grads {
-        let i = names.iter().position(|n| *n == ours(name)).unwrap_or_else(|| panic!("no parameter {name}"));
-        report.check_relative(&format!("grad {name}"), &grads[i], &array(v).1, 0.1, 1e-4);
+        let (_, got) =
+            step.grads.iter().find(|(n, _)| *n == ours(name)).unwrap_or_else(|| panic!("no parameter {name}"));
+        report.check_relative(&format!("grad {name}"), got, &array(v).1, 0.1, 1e-4);
     }
 
-    model.update_running_stats(&stats, BN_MOMENTUM).unwrap();
+    model.update_running_stats(&step.stats, BN_MOMENTUM).unwrap();
     let running = g["running_after_one_step"].as_object().unwrap();
     let tensors = model.named_tensors();
     assert_eq!(running.len(), 2 * model.running_stats().len(), "every running statistic is in the golden");
