@@ -33,13 +33,7 @@ case "$PRECISION" in
 esac
 if [ "$DEVICE" = cpu ]; then PREC_SET="--set cpu_precision=$PRECISION"; else PREC_SET="--set gpu_precision=$PRECISION"; fi
 
-if ! python3 -c 'import torch' 2>/dev/null; then
-  if [ ! -d "$CACHE/torch-2.11/torch" ]; then
-    echo "# installing PyTorch 2.11 into $CACHE/torch-2.11 (once)" >&2
-    python3 -m pip install -q --target "$CACHE/torch-2.11" torch==2.11.0 numpy pillow
-  fi
-  export PYTHONPATH="$CACHE/torch-2.11${PYTHONPATH:+:$PYTHONPATH}"
-fi
+. benchmarks/torch_env.sh
 
 BIN=${BIN:-target/release/bagssl-train}
 if [ ! -x "$BIN" ]; then cargo build --release -p bagssl-train; fi

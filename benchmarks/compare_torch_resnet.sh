@@ -23,13 +23,7 @@ case "$PRESET" in
     VARIANTS=("eager" "compile") ;;
   *) echo "PRESET must be cpu or gpu" >&2; exit 2 ;;
 esac
-if ! python3 -c 'import torch, torchvision' 2>/dev/null; then
-  if [ ! -d "$CACHE/torch-2.11/torch" ]; then
-    echo "# installing PyTorch 2.11 into $CACHE/torch-2.11 (once)" >&2
-    python3 -m pip install -q --target "$CACHE/torch-2.11" torch==2.11.0 torchvision numpy pillow
-  fi
-  export PYTHONPATH="$CACHE/torch-2.11${PYTHONPATH:+:$PYTHONPATH}"
-fi
+TORCH_MODULES="torch, torchvision" . benchmarks/torch_env.sh
 [ -x "$BIN" ] || cargo build --release -p bagssl-train
 echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; preset $PRESET" >&2
 

@@ -176,13 +176,8 @@ pub trait Backend: Sync {
     /// dL/dx of [`Backend::max_pool_fwd`]: each window's gradient to its first element (window
     /// offsets ascending) equal to its max `y`.
     fn max_pool_bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor>;
-
     /// `a + b` (same shape).
-    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let mut y = a.try_clone()?;
-        self.axpy_(&mut y, 1.0, b)?;
-        Ok(y)
-    }
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 
     /// `x W^T + b`, W (out, in) as in PyTorch.
     fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

@@ -202,7 +202,6 @@ impl Backend for CudaBackend {
         Ok(Tensor::from_gpu(&[g.in_rows(), g.c], dx))
     }
 
-    /// One pass (the default's copy and axpy make two).
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(Tensor::from_gpu(a.shape(), k::add_f32(buf(a, "add")?, buf(b, "add")?)?))
     }

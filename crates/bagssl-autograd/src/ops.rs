@@ -370,8 +370,10 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The weight `w` of a convolution over `g`, torchvision's (out, c, kh, kw), as the GEMM's
-/// (out, kh·kw·c) matrix: re-laid out, or only reshaped for a 1×1 window.
-fn conv_weight_matrix(op: &'static str, w: &Tensor, g: &Window2d) -> Result<Tensor> {
+/// (out, kh·kw·c) matrix: re-laid out, or only reshaped for a 1×1 window. A training step makes
+/// it once per convolution (`Tape::conv2d` keeps it for the backward).
+pub fn conv2d_weight_matrix(w: &Tensor, g: Window2d) -> Result<Tensor> {
+    let op = "conv2d_weight_matrix";
     let out = w.shape().first().copied().unwrap_or(0);
     if w.shape() != [out, g.c, g.kh, g.kw] || out == 0 {
         return Err(shape_err(op, format!("weight {:?} vs (out, {}, {}, {})", w.shape(), g.c, g.kh, g.kw)));
@@ -388,18 +390,31 @@ fn as_rows(x: &Tensor, g: &Window2d) -> Result<Option<Tensor>> {
     Ok(if x.dims2() == (g.in_rows(), g.c) { None } else { Some(x.try_clone()?.reshape(&[g.in_rows(), g.c])) })
 }
 
+/// `wm` is a weight matrix of [`conv2d_weight_matrix`] for `g`.
+fn check_weight_matrix(op: &'static str, wm: &Tensor, g: &Window2d) -> Result<usize> {
+    match wm.shape() {
+        [out, k] if *k == g.patch_len() && *out > 0 => Ok(*out),
+        s => Err(shape_err(op, format!("weight matrix {s:?} vs (out, {}) for {g:?}", g.patch_len()))),
+    }
+}
+
 /// A 2-D convolution (no bias, groups or dilation) of `x` (n·h·w, c) by `w` (out, c, kh, kw):
 /// (n·out_h·out_w, out), as im2col then one GEMM (none for a pointwise 1×1 at stride 1).
 pub fn conv2d_fwd(x: &Tensor, w: &Tensor, g: Window2d) -> Result<Tensor> {
+    conv2d_fwd_matrix(x, &conv2d_weight_matrix(w, g)?, g)
+}
+
+/// [`conv2d_fwd`] with the weight already a [`conv2d_weight_matrix`].
+pub fn conv2d_fwd_matrix(x: &Tensor, wm: &Tensor, g: Window2d) -> Result<Tensor> {
     let op = "conv2d_fwd";
     let _p = crate::profile::op(op);
     check_input(op, x, &g)?;
-    let wm = conv_weight_matrix(op, w, &g)?;
+    check_weight_matrix(op, wm, &g)?;
     if g.is_pointwise() {
         let rows = as_rows(x, &g)?;
-        return matmul(rows.as_ref().unwrap_or(x), &wm, false, true);
+        return matmul(rows.as_ref().unwrap_or(x), wm, false, true);
     }
-    matmul(&im2col(x, g)?, &wm, false, true)
+    matmul(&im2col(x, g)?, wm, false, true)
 }
 
 /// dL/dw of [`conv2d_fwd`], torchvision's (out, c, kh, kw) layout: `dyᵀ · im2col(x)`, re-laid.
@@ -421,11 +436,16 @@ pub fn conv2d_bwd_weight(x: &Tensor, w: &Tensor, dy: &Tensor, g: Window2d) -> Re
 
 /// dL/dx of [`conv2d_fwd`]: `col2im(dy · W)`, (n·h·w, c).
 pub fn conv2d_bwd_input(w: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+    conv2d_bwd_input_matrix(&conv2d_weight_matrix(w, g)?, dy, g)
+}
+
+/// [`conv2d_bwd_input`] with the weight already a [`conv2d_weight_matrix`].
+pub fn conv2d_bwd_input_matrix(wm: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
     let op = "conv2d_bwd_input";
     let _p = crate::profile::op(op);
-    let wm = conv_weight_matrix(op, w, &g)?;
-    check_window(op, dy, &g, g.out_rows(), wm.dims2().0)?;
-    let dcols = matmul(dy, &wm, false, false)?;
+    let out = check_weight_matrix(op, wm, &g)?;
+    check_window(op, dy, &g, g.out_rows(), out)?;
+    let dcols = matmul(dy, wm, false, false)?;
     if g.is_pointwise() {
         return Ok(dcols);
     }

@@ -105,11 +105,13 @@ enum Op {
         x: Var,
         n: usize,
     },
-    /// Its backward recomputes the im2col matrix rather than keep it (kh·kw times x's size).
+    /// Keeps the weight as the GEMM's matrix (weight-sized, made once a step) but recomputes
+    /// the im2col matrix in the backward rather than keep it (kh·kw times x's size).
     Conv2d {
         x: Var,
         w: Var,
         g: Window2d,
+        wm: Tensor,
     },
     MaxPool {
         x: Var,
@@ -267,8 +269,9 @@ impl<'a> Tape<'a> {
     /// A 2-D convolution of `x` (n·h·w, c) by `w` (out, c, kh, kw) over `g`, see
     /// [`ops::conv2d_fwd`]: (n·out_h·out_w, out).
     pub fn conv2d(&mut self, x: Var, w: Var, g: Window2d) -> Result<Var> {
-        let y = ops::conv2d_fwd(self.value(x), self.value(w), g)?;
-        Ok(self.push_op(y, Op::Conv2d { x, w, g }, &[x, w]))
+        let wm = ops::conv2d_weight_matrix(self.value(w), g)?;
+        let y = ops::conv2d_fwd_matrix(self.value(x), &wm, g)?;
+        Ok(self.push_op(y, Op::Conv2d { x, w, g, wm }, &[x, w]))
     }
 
     /// Max-pooling of `x` (n·h·w, c) over `g`: (n·out_h·out_w, c).
@@ -479,13 +482,12 @@ impl<'a> Tape<'a> {
                 let dx = ops::group_mean_bwd(&dy, n)?;
                 self.accumulate(grads, x, dx)?;
             }
-            Op::Conv2d { x, w, g } => {
-                let (xt, wt) = (self.value(x), self.value(w));
+            Op::Conv2d { x, w, g, wm } => {
                 if needs(w) {
-                    self.accumulate(grads, w, ops::conv2d_bwd_weight(xt, wt, &dy, g)?)?;
+                    self.accumulate(grads, w, ops::conv2d_bwd_weight(self.value(x), self.value(w), &dy, g)?)?;
                 }
                 if needs(x) {
-                    self.accumulate(grads, x, ops::conv2d_bwd_input(wt, &dy, g)?)?;
+                    self.accumulate(grads, x, ops::conv2d_bwd_input_matrix(&wm, &dy, g)?)?;
                 }
             }
             Op::MaxPool { x, g } => {

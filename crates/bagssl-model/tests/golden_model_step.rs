@@ -38,12 +38,7 @@ fn model_step_matches_golden() {
 
     let step = common::record_step(&model, x, n, true);
     let mut report = Report::new("model_step.json");
-    report.check_relative("h", &step.h, &array(&g["h"]).1, 0.0, 1e-5);
-    report.check_relative("z", &step.z, &array(&g["z"]).1, 0.0, 1e-5);
-    for (key, got) in ["loss", "invariance", "variance", "covariance"].into_iter().zip(step.parts) {
-        report.check_scalar(key, got, g[key].as_f64().unwrap(), 1e-5);
-    }
-    report.check_relative("grad_x", step.grad_x.as_ref().unwrap(), &array(&g["grad_x"]).1, 0.0, 1e-4);
+    common::check_forward_golden(&mut report, &step, &g);
     for (name, got) in &step.grads {
         report.check_relative(&format!("grad {name}"), got, &array(&g["grads"][name]).1, 0.1, 1e-4);
     }

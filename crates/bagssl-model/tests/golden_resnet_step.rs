@@ -50,12 +50,7 @@ fn resnet_step_matches_golden() {
 
     let step = common::record_step(&model, x, n, true);
     let mut report = Report::new("resnet_step.json");
-    report.check_relative("h", &step.h, &array(&g["h"]).1, 0.0, 1e-5);
-    report.check_relative("z", &step.z, &array(&g["z"]).1, 0.0, 1e-5);
-    for (key, got) in ["loss", "invariance", "variance", "covariance"].into_iter().zip(step.parts) {
-        report.check_scalar(key, got, g[key].as_f64().unwrap(), 1e-5);
-    }
-    report.check_relative("grad_x", step.grad_x.as_ref().unwrap(), &array(&g["grad_x"]).1, 0.0, 1e-4);
+    common::check_forward_golden(&mut report, &step, &g);
     let golden_grads = g["grads"].as_object().unwrap();
     assert_eq!(golden_grads.len(), step.grads.len());
     for (name, v) in golden_grads {

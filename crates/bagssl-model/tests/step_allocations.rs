@@ -58,6 +58,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// After 3 warm-up steps, the large allocations of `steps` more: (count, largest in bytes).
+fn large_allocations(trainer: &mut Trainer, data: &bagssl_data::ImageStore, steps: usize) -> (usize, usize) {
+    for _ in 0..3 {
+        trainer.step(data).unwrap();
+    }
+    LARGE.store(0, Ordering::Relaxed);
+    LARGEST.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    for _ in 0..steps {
+        trainer.step(data).unwrap();
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    (LARGE.load(Ordering::Relaxed), LARGEST.load(Ordering::Relaxed))
+}
+
 #[test]
 fn a_warm_cpu_step_allocates_no_large_buffer() {
     // 8 images x 16 patches = 128 rows; 128 wide: every (rows, width) tensor is 16384 floats.
@@ -68,17 +83,7 @@ fn a_warm_cpu_step_allocates_no_large_buffer() {
             set_cpu_matmul_precision(precision);
             let config = TrainConfig { per_image: 16, total_steps: 100, seed: 5, ..common::train_config(optimizer) };
             let mut trainer = Trainer::new(model.clone(), config, &Device::Cpu).unwrap();
-            for _ in 0..3 {
-                trainer.step(&data).unwrap();
-            }
-            LARGE.store(0, Ordering::Relaxed);
-            LARGEST.store(0, Ordering::Relaxed);
-            COUNTING.store(true, Ordering::Relaxed);
-            for _ in 0..5 {
-                trainer.step(&data).unwrap();
-            }
-            COUNTING.store(false, Ordering::Relaxed);
-            let (n, largest) = (LARGE.load(Ordering::Relaxed), LARGEST.load(Ordering::Relaxed));
+            let (n, largest) = large_allocations(&mut trainer, &data, 5);
             // Products per step: 4 forward, 4 weight gradients, 3 input gradients, bag-VICReg's 2.
             let allowed = match precision {
                 CpuMatmulPrecision::F32 => 13 * 5,
@@ -98,17 +103,7 @@ fn a_warm_cpu_step_allocates_no_large_buffer() {
     set_cpu_matmul_precision(CpuMatmulPrecision::Bf16);
     let config = TrainConfig { per_image: 16, total_steps: 100, seed: 5, ..common::train_config(OptimizerKind::AdamW) };
     let mut trainer = Trainer::new(ModelConfig::resnet(8, &[4, 8], &[1, 1], 64), config, &Device::Cpu).unwrap();
-    for _ in 0..3 {
-        trainer.step(&data).unwrap();
-    }
-    LARGE.store(0, Ordering::Relaxed);
-    LARGEST.store(0, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::Relaxed);
-    for _ in 0..3 {
-        trainer.step(&data).unwrap();
-    }
-    COUNTING.store(false, Ordering::Relaxed);
-    let (n, largest) = (LARGE.load(Ordering::Relaxed), LARGEST.load(Ordering::Relaxed));
+    let (n, largest) = large_allocations(&mut trainer, &data, 3);
     assert!(
         n <= 3 && largest < 64 * 1024,
         "ResNet bf16: 3 warm steps made {n} allocations of 16 KiB or more (largest {largest} bytes), allowed 3"

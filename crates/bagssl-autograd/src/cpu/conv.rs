@@ -51,10 +51,11 @@ fn covering(i: usize, size_out: usize, k: usize, stride: usize, pad: usize) -> i
     })
 }
 
-/// The adjoint of [`im2col`]: `dx[pixel, ch]` is the sum of every column entry that copied it,
-/// window offsets (ki, kj) ascending: (n·h·w, c).
-pub fn col2im(cols: &[f32], g: &Window2d, dx: &mut [f32]) {
-    let (oh, ow, c, k) = (g.out_h(), g.out_w(), g.c, g.patch_len());
+/// The gather that both adjoints (col2im, the max-pool backward) make: for every input pixel,
+/// `out` (its `c` values, zeroed) and `f(out, output_row, ki·kw + kj)` for each window covering
+/// it, offsets (ki, kj) ascending, so the sums are taken in one fixed order.
+fn gather_windows(g: &Window2d, dx: &mut [f32], f: impl Fn(&mut [f32], usize, usize) + Sync + Send) {
+    let (oh, ow, c) = (g.out_h(), g.out_w(), g.c);
     debug_assert_eq!(dx.len(), g.in_rows() * c);
     for_rows_mut(dx, c, |r0, chunk| {
         for (r, out) in chunk.chunks_exact_mut(c).enumerate() {
@@ -63,11 +64,20 @@ pub fn col2im(cols: &[f32], g: &Window2d, dx: &mut [f32]) {
             out.fill(0.0);
             for (oy, ki) in covering(iy, oh, g.kh, g.stride, g.pad) {
                 for (ox, kj) in covering(ix, ow, g.kw, g.stride, g.pad) {
-                    let src = &cols[((img * oh + oy) * ow + ox) * k + (ki * g.kw + kj) * c..][..c];
-                    out.iter_mut().zip(src).for_each(|(o, &s)| *o += s);
+                    f(out, (img * oh + oy) * ow + ox, ki * g.kw + kj);
                 }
             }
         }
+    });
+}
+
+/// The adjoint of [`im2col`]: `dx[pixel, ch]` is the sum of every column entry that copied it,
+/// window offsets (ki, kj) ascending: (n·h·w, c).
+pub fn col2im(cols: &[f32], g: &Window2d, dx: &mut [f32]) {
+    let (c, k) = (g.c, g.patch_len());
+    gather_windows(g, dx, |out, orow, off| {
+        let src = &cols[orow * k + off * c..][..c];
+        out.iter_mut().zip(src).for_each(|(o, &s)| *o += s);
     });
 }
 
@@ -131,21 +141,10 @@ pub fn max_pool_bwd(x: &[f32], y: &[f32], dy: &[f32], g: &Window2d, arg: &mut [f
         }
     });
     let arg = &*arg;
-    for_rows_mut(dx, c, |r0, chunk| {
-        for (r, out) in chunk.chunks_exact_mut(c).enumerate() {
-            let r = r0 + r;
-            let (img, iy, ix) = (r / (g.h * g.w), r / g.w % g.h, r % g.w);
-            out.fill(0.0);
-            for (oy, ki) in covering(iy, oh, g.kh, g.stride, g.pad) {
-                for (ox, kj) in covering(ix, ow, g.kw, g.stride, g.pad) {
-                    let orow = (img * oh + oy) * ow + ox;
-                    let off = (ki * g.kw + kj) as f32;
-                    let (a, d) = (&arg[orow * c..][..c], &dy[orow * c..][..c]);
-                    for ((o, &a), &d) in out.iter_mut().zip(a).zip(d) {
-                        *o += if a == off { d } else { 0.0 };
-                    }
-                }
-            }
+    gather_windows(g, dx, |out, orow, off| {
+        let (a, d) = (&arg[orow * c..][..c], &dy[orow * c..][..c]);
+        for ((o, &a), &d) in out.iter_mut().zip(a).zip(d) {
+            *o += if a == off as f32 { d } else { 0.0 };
         }
     });
 }

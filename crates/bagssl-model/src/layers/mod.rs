@@ -86,37 +86,32 @@ impl<'r> Init<'r> {
 
     /// A parameter of `shape`; `fan_in` bounds the uniform draws of weights and biases.
     pub fn param(&mut self, name: String, kind: ParamKind, shape: &[usize], fan_in: usize) -> Result<Param> {
-        let n = shape.iter().product();
-        let value = match &mut self.fill {
-            Fill::Zeros => Tensor::zeros(shape, &self.device)?,
-            Fill::Seeded(rng) => {
-                let host = match kind {
-                    ParamKind::Weight | ParamKind::Bias => {
-                        let bound = 1.0 / (fan_in as f32).sqrt();
-                        (0..n).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect()
-                    }
-                    ParamKind::BnGamma => vec![1.0; n],
-                    ParamKind::BnBeta => vec![0.0; n],
-                };
-                Tensor::from_vec(shape, host).to_device(&self.device)?
-            }
-        };
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let value = self.filled(shape, |rng| match kind {
+            ParamKind::Weight | ParamKind::Bias => (2.0 * rng.uniform() - 1.0) * bound,
+            ParamKind::BnGamma => 1.0,
+            ParamKind::BnBeta => 0.0,
+        })?;
         Ok(Param { name, kind, value })
     }
 
     /// A convolution's weight (out, in, kh, kw) as torchvision initialises it:
     /// `kaiming_normal_(mode = "fan_out", nonlinearity = "relu")`, N(0, 2 / (out·kh·kw)).
     pub fn conv_weight(&mut self, name: String, shape: [usize; 4]) -> Result<Param> {
-        let n = shape.iter().product();
-        let value = match &mut self.fill {
-            Fill::Zeros => Tensor::zeros(&shape, &self.device)?,
-            Fill::Seeded(rng) => {
-                let std = (2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt();
-                let host: Vec<f32> = (0..n).map(|_| (std * standard_normal(rng)) as f32).collect();
-                Tensor::from_vec(&shape, host).to_device(&self.device)?
-            }
-        };
+        let std = (2.0 / (shape[0] * shape[2] * shape[3]) as f64).sqrt();
+        let value = self.filled(&shape, |rng| (std * standard_normal(rng)) as f32)?;
         Ok(Param { name, kind: ParamKind::Weight, value })
+    }
+
+    /// A tensor of `shape` on the device: zeros, or `draw` per element in order.
+    fn filled(&mut self, shape: &[usize], mut draw: impl FnMut(&mut SeededRng) -> f32) -> Result<Tensor> {
+        Ok(match &mut self.fill {
+            Fill::Zeros => Tensor::zeros(shape, &self.device)?,
+            Fill::Seeded(rng) => {
+                let host: Vec<f32> = (0..shape.iter().product()).map(|_| draw(rng)).collect();
+                Tensor::from_vec(shape, host).to_device(&self.device)?
+            }
+        })
     }
 }
 

@@ -57,3 +57,15 @@ pub fn record_step(
         names.into_iter().zip(&fw.params).map(|(n, &v)| (n, g.take(v).expect("gradient").to_vec().unwrap())).collect();
     StepRecord { h, z, parts: [p.loss, p.invariance, p.variance, p.covariance], grad_x, grads, stats }
 }
+
+/// A golden step file's h, z, loss terms (rtol 1e-5, relative to each tensor's largest value)
+/// and dL/dx (1e-4) against `step`: the checks every golden step test makes.
+pub fn check_forward_golden(report: &mut bagssl_testkit::Report, step: &StepRecord, g: &serde_json::Value) {
+    use bagssl_testkit::array;
+    report.check_relative("h", &step.h, &array(&g["h"]).1, 0.0, 1e-5);
+    report.check_relative("z", &step.z, &array(&g["z"]).1, 0.0, 1e-5);
+    for (key, got) in ["loss", "invariance", "variance", "covariance"].into_iter().zip(step.parts) {
+        report.check_scalar(key, got, g[key].as_f64().unwrap(), 1e-5);
+    }
+    report.check_relative("grad_x", step.grad_x.as_ref().expect("dL/dx"), &array(&g["grad_x"]).1, 0.0, 1e-4);
+}
