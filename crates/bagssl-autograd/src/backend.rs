@@ -25,6 +25,8 @@ impl Transpose {
     pub const NN: Transpose = Transpose { a: false, b: false };
     /// `a @ b^T`: a PyTorch Linear's `x W^T`.
     pub const NT: Transpose = Transpose { a: false, b: true };
+    /// `a^T @ b`: a weight gradient `dy^T x`.
+    pub const TN: Transpose = Transpose { a: true, b: false };
 }
 
 /// The BatchNorm argument structs over tensors (the same structs the CPU kernels take over
@@ -186,6 +188,24 @@ pub trait Backend: Sync {
             Some(b) => self.bias_add(&y, b),
             None => Ok(y),
         }
+    }
+
+    /// A convolution of `x` (n·h·w, c) by the weight matrix `wm` (out, kh·kw·c), columns ordered
+    /// (ki, kj, channel) as [`Backend::im2col`]'s: (n·out_h·out_w, out). Callers handle the
+    /// pointwise 1×1 stride-1 window (a plain GEMM) themselves.
+    fn conv2d_fwd(&self, x: &Tensor, wm: &Tensor, g: Window2d) -> Result<Tensor> {
+        self.matmul(&self.im2col(x, g)?, wm, Transpose::NT)
+    }
+
+    /// dL/d`wm` of [`Backend::conv2d_fwd`] for upstream `dy` (n·out_h·out_w, out):
+    /// `dy^T im2col(x)`, (out, kh·kw·c).
+    fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+        self.matmul(dy, &self.im2col(x, g)?, Transpose::TN)
+    }
+
+    /// dL/dx of [`Backend::conv2d_fwd`]: `col2im(dy wm)`, (n·h·w, c).
+    fn conv2d_bwd_input(&self, wm: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+        self.col2im(&self.matmul(dy, wm, Transpose::NN)?, g)
     }
 
     /// Eval-mode `act(BN(x W^T))`: a Linear without bias, then [`Backend::bn_eval_fwd`].

@@ -414,7 +414,7 @@ pub fn conv2d_fwd_matrix(x: &Tensor, wm: &Tensor, g: Window2d) -> Result<Tensor>
         let rows = as_rows(x, &g)?;
         return matmul(rows.as_ref().unwrap_or(x), wm, false, true);
     }
-    matmul(&im2col(x, g)?, wm, false, true)
+    on(op, &[x, wm])?.conv2d_fwd(x, wm, g)
 }
 
 /// dL/dw of [`conv2d_fwd`], torchvision's (out, c, kh, kw) layout: `dyᵀ · im2col(x)`, re-laid.
@@ -428,7 +428,7 @@ pub fn conv2d_bwd_weight(x: &Tensor, w: &Tensor, dy: &Tensor, g: Window2d) -> Re
         let rows = as_rows(x, &g)?;
         matmul(dy, rows.as_ref().unwrap_or(x), true, false)?
     } else {
-        matmul(dy, &im2col(x, g)?, true, false)?
+        on(op, &[x, dy])?.conv2d_bwd_weight(x, dy, g)?
     };
     let dw = if g.kh * g.kw == 1 { dwm } else { transpose_last2(&dwm, out, g.kh * g.kw, g.c)? };
     Ok(dw.reshape(w.shape()))
@@ -445,9 +445,8 @@ pub fn conv2d_bwd_input_matrix(wm: &Tensor, dy: &Tensor, g: Window2d) -> Result<
     let _p = crate::profile::op(op);
     let out = check_weight_matrix(op, wm, &g)?;
     check_window(op, dy, &g, g.out_rows(), out)?;
-    let dcols = matmul(dy, wm, false, false)?;
     if g.is_pointwise() {
-        return Ok(dcols);
+        return matmul(dy, wm, false, false);
     }
-    col2im(&dcols, g)
+    on(op, &[wm, dy])?.conv2d_bwd_input(wm, dy, g)
 }

@@ -58,9 +58,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// After 3 warm-up steps, the large allocations of `steps` more: (count, largest in bytes).
+/// Steps before counting. Per-thread scratch buffers grow to their kind's largest size on first
+/// need, and which worker first needs the largest one depends on scheduling: a few steps in,
+/// every worker has, so every thread's buffers have stopped growing.
+const WARM_STEPS: usize = 8;
+
+/// After [`WARM_STEPS`], the large allocations of `steps` more: (count, largest in bytes).
 fn large_allocations(trainer: &mut Trainer, data: &bagssl_data::ImageStore, steps: usize) -> (usize, usize) {
-    for _ in 0..3 {
+    for _ in 0..WARM_STEPS {
         trainer.step(data).unwrap();
     }
     LARGE.store(0, Ordering::Relaxed);

@@ -22,23 +22,32 @@ fn source_row(g: &Window2d, img: usize, oy: usize, ox: usize, ki: usize, kj: usi
 /// `cols[(img, oy, ox), (ki, kj, ch)] = x[(img, oy·s + ki - pad, ox·s + kj - pad), ch]`, zero
 /// over the padding: (n·out_h·out_w, kh·kw·c).
 pub fn im2col(x: &[f32], g: &Window2d, cols: &mut [f32]) {
+    debug_assert_eq!(cols.len(), g.out_rows() * g.patch_len());
+    for_rows_mut(cols, g.patch_len(), |r0, chunk| im2col_rows(x, g, r0, chunk));
+}
+
+/// [`im2col`] on the calling thread (for a caller that splits the images over the pool itself).
+pub fn im2col_serial(x: &[f32], g: &Window2d, cols: &mut [f32]) {
+    debug_assert_eq!(cols.len(), g.out_rows() * g.patch_len());
+    im2col_rows(x, g, 0, cols);
+}
+
+/// Rows `r0 ..` of [`im2col`] into `chunk` (whole rows).
+fn im2col_rows(x: &[f32], g: &Window2d, r0: usize, chunk: &mut [f32]) {
     let (oh, ow, c, k) = (g.out_h(), g.out_w(), g.c, g.patch_len());
-    debug_assert_eq!(cols.len(), g.out_rows() * k);
-    for_rows_mut(cols, k, |r0, chunk| {
-        for (r, row) in chunk.chunks_exact_mut(k).enumerate() {
-            let r = r0 + r;
-            let (img, oy, ox) = (r / (oh * ow), r / ow % oh, r % ow);
-            for ki in 0..g.kh {
-                for kj in 0..g.kw {
-                    let dst = &mut row[(ki * g.kw + kj) * c..][..c];
-                    match source_row(g, img, oy, ox, ki, kj) {
-                        Some(src) => dst.copy_from_slice(&x[src * c..][..c]),
-                        None => dst.fill(0.0),
-                    }
+    for (r, row) in chunk.chunks_exact_mut(k).enumerate() {
+        let r = r0 + r;
+        let (img, oy, ox) = (r / (oh * ow), r / ow % oh, r % ow);
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let dst = &mut row[(ki * g.kw + kj) * c..][..c];
+                match source_row(g, img, oy, ox, ki, kj) {
+                    Some(src) => dst.copy_from_slice(&x[src * c..][..c]),
+                    None => dst.fill(0.0),
                 }
             }
         }
-    });
+    }
 }
 
 /// The output pixels whose window covers input pixel (iy, ix) along one axis: pairs (out, k)
@@ -55,30 +64,44 @@ fn covering(i: usize, size_out: usize, k: usize, stride: usize, pad: usize) -> i
 /// `out` (its `c` values, zeroed) and `f(out, output_row, ki·kw + kj)` for each window covering
 /// it, offsets (ki, kj) ascending, so the sums are taken in one fixed order.
 fn gather_windows(g: &Window2d, dx: &mut [f32], f: impl Fn(&mut [f32], usize, usize) + Sync + Send) {
+    debug_assert_eq!(dx.len(), g.in_rows() * g.c);
+    for_rows_mut(dx, g.c, |r0, chunk| gather_rows(g, r0, chunk, &f));
+}
+
+/// Input rows `r0 ..` of [`gather_windows`] into `chunk` (whole rows).
+fn gather_rows(g: &Window2d, r0: usize, chunk: &mut [f32], f: &impl Fn(&mut [f32], usize, usize)) {
     let (oh, ow, c) = (g.out_h(), g.out_w(), g.c);
-    debug_assert_eq!(dx.len(), g.in_rows() * c);
-    for_rows_mut(dx, c, |r0, chunk| {
-        for (r, out) in chunk.chunks_exact_mut(c).enumerate() {
-            let r = r0 + r;
-            let (img, iy, ix) = (r / (g.h * g.w), r / g.w % g.h, r % g.w);
-            out.fill(0.0);
-            for (oy, ki) in covering(iy, oh, g.kh, g.stride, g.pad) {
-                for (ox, kj) in covering(ix, ow, g.kw, g.stride, g.pad) {
-                    f(out, (img * oh + oy) * ow + ox, ki * g.kw + kj);
-                }
+    for (r, out) in chunk.chunks_exact_mut(c).enumerate() {
+        let r = r0 + r;
+        let (img, iy, ix) = (r / (g.h * g.w), r / g.w % g.h, r % g.w);
+        out.fill(0.0);
+        for (oy, ki) in covering(iy, oh, g.kh, g.stride, g.pad) {
+            for (ox, kj) in covering(ix, ow, g.kw, g.stride, g.pad) {
+                f(out, (img * oh + oy) * ow + ox, ki * g.kw + kj);
             }
         }
-    });
+    }
+}
+
+/// `out += src`, the step of [`col2im`]'s sum.
+#[inline]
+fn add_window(cols: &[f32], k: usize, c: usize) -> impl Fn(&mut [f32], usize, usize) + '_ {
+    move |out, orow, off| {
+        let src = &cols[orow * k + off * c..][..c];
+        out.iter_mut().zip(src).for_each(|(o, &s)| *o += s);
+    }
 }
 
 /// The adjoint of [`im2col`]: `dx[pixel, ch]` is the sum of every column entry that copied it,
 /// window offsets (ki, kj) ascending: (n·h·w, c).
 pub fn col2im(cols: &[f32], g: &Window2d, dx: &mut [f32]) {
-    let (c, k) = (g.c, g.patch_len());
-    gather_windows(g, dx, |out, orow, off| {
-        let src = &cols[orow * k + off * c..][..c];
-        out.iter_mut().zip(src).for_each(|(o, &s)| *o += s);
-    });
+    gather_windows(g, dx, add_window(cols, g.patch_len(), g.c));
+}
+
+/// [`col2im`] on the calling thread.
+pub fn col2im_serial(cols: &[f32], g: &Window2d, dx: &mut [f32]) {
+    debug_assert_eq!(dx.len(), g.in_rows() * g.c);
+    gather_rows(g, 0, dx, &add_window(cols, g.patch_len(), g.c));
 }
 
 /// (outer, a, b) -> (outer, b, a): torchvision's conv weight (out, in, kh·kw) to the GEMM's

@@ -45,14 +45,31 @@ pub fn sgemm(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool
 
 /// [`sgemm`] in f32 whatever the precision switch says.
 pub fn sgemm_f32(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
-    let GemmShape { m, k, n, trans_a, trans_b } = s;
-    assert_eq!(a.len(), m * k, "sgemm: lhs has {} elements, shape {s:?}", a.len());
-    assert_eq!(b.len(), k * n, "sgemm: rhs has {} elements, shape {s:?}", b.len());
-    // op(A) and op(B) as strided views: a transpose swaps the strides.
-    let a = if trans_a { View::new(a, m, k, 1, m) } else { View::new(a, m, k, k, 1) };
-    let b = if trans_b { View::new(b, k, n, 1, k) } else { View::new(b, k, n, n, 1) };
-    let par = m * n * k >= PAR_MIN_MACS;
-    gemm_views(a, b, c, accumulate, scale, par);
+    let (a, b) = s.views("sgemm", a, b);
+    gemm_views(a, b, c, accumulate, scale, s.m * s.n * s.k >= PAR_MIN_MACS);
+}
+
+/// [`sgemm`] on the calling thread only, for callers that already split their work over the
+/// rayon pool (one product per chunk of a convolution's images).
+pub fn sgemm_serial(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
+    let (a, b) = s.views("sgemm_serial", a, b);
+    match cpu_matmul_precision() {
+        CpuMatmulPrecision::F32 => gemm_views(a, b, c, accumulate, scale, false),
+        CpuMatmulPrecision::Bf16 => gemm_views_bf16(a, b, c, accumulate, scale, false),
+    }
+}
+
+impl GemmShape {
+    /// op(A) and op(B) over row-major storage as strided views (a transpose swaps the strides);
+    /// panics, naming `what`, when a slice length does not match the shape.
+    pub(crate) fn views<'d>(self, what: &str, a: &'d [f32], b: &'d [f32]) -> (View<'d>, View<'d>) {
+        let GemmShape { m, k, n, trans_a, trans_b } = self;
+        assert_eq!(a.len(), m * k, "{what}: lhs has {} elements, shape {self:?}", a.len());
+        assert_eq!(b.len(), k * n, "{what}: rhs has {} elements, shape {self:?}", b.len());
+        let a = if trans_a { View::new(a, m, k, 1, m) } else { View::new(a, m, k, k, 1) };
+        let b = if trans_b { View::new(b, k, n, 1, k) } else { View::new(b, k, n, n, 1) };
+        (a, b)
+    }
 }
 
 /// A read-only strided matrix: element `(i, j)` is `data[i * rs + j * cs]`.

@@ -36,6 +36,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::matmul::{gemm_trivial, gemm_views, GemmShape, View, PAR_MIN_MACS};
+use super::scratch::HighWater;
 
 /// Rows of the micro-tile (A pairs broadcast per k-pair).
 pub const MR: usize = 14;
@@ -86,24 +87,15 @@ pub fn has_avx512_bf16() -> bool {
 /// `c = acc * c + scale * bf16(op(a)) @ bf16(op(b))` with f32 accumulation; the shapes, layouts
 /// and panics of [`super::matmul::sgemm`].
 pub fn sgemm_bf16(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
-    let (av, bv) = views(s, a, b);
+    let (av, bv) = s.views("sgemm_bf16", a, b);
     gemm_views_bf16(av, bv, c, accumulate, scale, s.m * s.n * s.k >= PAR_MIN_MACS);
 }
 
 /// [`sgemm_bf16`] without AVX512-BF16: the operands rounded to bf16, then the f32 GEMM. Public so
 /// the tests can run it on any CPU.
 pub fn sgemm_bf16_fallback(s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, scale: f32) {
-    let (av, bv) = views(s, a, b);
+    let (av, bv) = s.views("sgemm_bf16", a, b);
     gemm_views_bf16_fallback(av, bv, c, accumulate, scale, s.m * s.n * s.k >= PAR_MIN_MACS);
-}
-
-fn views<'d>(s: GemmShape, a: &'d [f32], b: &'d [f32]) -> (View<'d>, View<'d>) {
-    let GemmShape { m, k, n, trans_a, trans_b } = s;
-    assert_eq!(a.len(), m * k, "sgemm_bf16: lhs has {} elements, shape {s:?}", a.len());
-    assert_eq!(b.len(), k * n, "sgemm_bf16: rhs has {} elements, shape {s:?}", b.len());
-    let a = if trans_a { View::new(a, m, k, 1, m) } else { View::new(a, m, k, k, 1) };
-    let b = if trans_b { View::new(b, k, n, 1, k) } else { View::new(b, k, n, n, 1) };
-    (a, b)
 }
 
 /// The strided-view form of [`sgemm_bf16`] (as [`gemm_views`] is of `sgemm`): `c` row-major
@@ -248,6 +240,9 @@ thread_local! {
     /// A task's own k-block of A rows ([`APanels::PerBlock`]), reused likewise.
     static ABLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
+static PACK_A_MARK: HighWater = HighWater::new(0);
+static PACK_B_MARK: HighWater = HighWater::new(0);
+static ABLOCK_MARK: HighWater = HighWater::new(0);
 
 /// Where a block task finds its packed A: all of A packed up front, or packed by the task itself.
 #[derive(Clone, Copy)]
@@ -326,11 +321,8 @@ mod avx512 {
         let a_per_block = cc == 1;
         let (mut abuf, mut bbuf) = PACK.take();
         let a_len = if a_per_block { 0 } else { mp * kp * MR };
-        for (buf, len) in [(&mut abuf, a_len), (&mut bbuf, np * kp * NR)] {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-        }
+        PACK_A_MARK.reserve(&mut abuf, a_len);
+        PACK_B_MARK.reserve(&mut bbuf, np * kp * NR);
         let (ap, bp) = (&mut abuf[..a_len], &mut bbuf[..np * kp * NR]);
 
         // Pack B (and A, when whole), a few panels per task.
@@ -606,9 +598,7 @@ mod avx512 {
                 APanels::Whole(ap) => (ap, kp * MR, p0 * MR, 0),
                 APanels::PerBlock(op) => {
                     let len = (rows.1 - rows.0) * pl * MR;
-                    if own.len() < len {
-                        own.resize(len, 0);
-                    }
+                    ABLOCK_MARK.reserve(&mut own, len);
                     let kk = 2 * p0;
                     let sub = Operand { data: &op.data[kk * op.sk..], k: (op.k - kk).min(2 * pl), ..op };
                     pack_chunk::<MR>(sub, rows.0, &mut own[..len]);

@@ -7,7 +7,8 @@
 //! - [`vicreg`]: bag-VICReg loss and gradient in one function;
 //! - [`elementwise`]: the streaming maps and reductions (ReLU, bias, AdamW, ...);
 //! - [`par`] and [`simd`]: how passes are split over threads and vectorized;
-//! - [`pool`]: recycled output buffers (every output below is written in full, so it takes one).
+//! - [`pool`]: recycled output buffers (every output below is written in full, so it takes one);
+//! - [`scratch`]: per-thread working buffers grown to a shared high-water mark.
 //!
 //! Shapes are checked by [`crate::ops`] before dispatch; the kernels here check them again only
 //! where a mismatch could otherwise reach unsafe code (the GEMM asserts its slice lengths).
@@ -16,11 +17,13 @@
 
 pub mod bn;
 pub mod conv;
+pub mod conv_gemm;
 pub mod elementwise;
 pub mod matmul;
 pub mod matmul_bf16;
 pub mod par;
 pub mod pool;
+pub mod scratch;
 pub mod simd;
 pub mod vicreg;
 
@@ -251,6 +254,29 @@ impl Backend for CpuBackend {
         let mut cols = pool::take(g.out_rows() * g.patch_len());
         conv::im2col(host(x, "im2col")?, &g, &mut cols);
         Ok(Tensor::from_vec(&[g.out_rows(), g.patch_len()], cols))
+    }
+
+    fn conv2d_fwd(&self, x: &Tensor, wm: &Tensor, g: Window2d) -> Result<Tensor> {
+        let out = wm.dims2().0;
+        let mut y = pool::take(g.out_rows() * out);
+        conv_gemm::conv2d_fwd(host(x, "conv2d_fwd")?, host(wm, "conv2d_fwd")?, &g, out, &mut y);
+        Ok(Tensor::from_vec(&[g.out_rows(), out], y))
+    }
+
+    fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+        let op = "conv2d_bwd_weight";
+        let out = dy.dims2().1;
+        let mut dwm = pool::take(out * g.patch_len());
+        conv_gemm::conv2d_bwd_weight(host(x, op)?, host(dy, op)?, &g, out, &mut dwm);
+        Ok(Tensor::from_vec(&[out, g.patch_len()], dwm))
+    }
+
+    fn conv2d_bwd_input(&self, wm: &Tensor, dy: &Tensor, g: Window2d) -> Result<Tensor> {
+        let op = "conv2d_bwd_input";
+        let out = wm.dims2().0;
+        let mut dx = pool::take(g.in_rows() * g.c);
+        conv_gemm::conv2d_bwd_input(host(wm, op)?, host(dy, op)?, &g, out, &mut dx);
+        Ok(Tensor::from_vec(&[g.in_rows(), g.c], dx))
     }
 
     fn col2im(&self, cols: &Tensor, g: Window2d) -> Result<Tensor> {
