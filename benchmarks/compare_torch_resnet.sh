@@ -29,7 +29,7 @@ echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $
 
 ours=$("$BIN" bench --device "$DEVICE" --config "$CONFIG" --steps "$STEPS" --warmup 3 --eval-images 0 \
   --set patches.per_image=$N --set train.batch_images=$B "${OURS[@]}" | tail -n 1)
-echo "bagssl  $(echo "$ours" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"ms_per_step\"]:.2f} ms/step, {d[\"patches_per_s\"]:.0f} patches/s, {d[\"gflops\"]:.1f} GFLOP/s")')"
+echo "bagssl  $(echo "$ours" | python3 -c 'import json,sys; d=json.load(sys.stdin); ms, ps, gf = d["ms_per_step"], d["patches_per_s"], d["gflops"]; print(f"{ms:.2f} ms/step, {ps:.0f} patches/s, {gf:.1f} GFLOP/s")')"
 best=""
 for v in "${VARIANTS[@]}"; do
   extra=(--amp); [ "$v" = compile ] && extra+=(--compile)

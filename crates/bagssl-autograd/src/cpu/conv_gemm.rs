@@ -49,7 +49,7 @@ pub fn images_per_chunk(g: &Window2d) -> usize {
     (COLS_BUDGET / per_image.max(1)).clamp(1, g.n.max(1))
 }
 
-/// The geometry of images `first ..` of `g`, `count` of them.
+/// The geometry of a run of `count` of `g`'s images.
 fn sub(g: &Window2d, count: usize) -> Window2d {
     Window2d { n: count, ..*g }
 }
