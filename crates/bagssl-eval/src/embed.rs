@@ -127,14 +127,7 @@ pub fn embed_single_patch(
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
         specs.clear();
-        specs.extend((start..end).map(|i| PatchSpec {
-            image: i as u32,
-            oy: oy as u32,
-            ox: ox as u32,
-            flip: false,
-            jitter: None,
-            gray: false,
-        }));
+        specs.extend((start..end).map(|i| PatchSpec::crop(i as u32, oy as u32, ox as u32, patch as u32)));
         let x = patches.specs(store, &specs, patch)?;
         out.extend(model.encode_eval(&x)?.to_vec()?);
     }

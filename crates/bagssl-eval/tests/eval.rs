@@ -101,7 +101,7 @@ fn small_store(images: usize, h: usize, w: usize) -> ImageStore {
 
 /// Eval-mode embedding of one patch at (oy, ox) of image `i`, computed alone.
 fn patch_embedding(m: &BagSslModel, s: &ImageStore, i: usize, oy: usize, ox: usize, p: usize) -> Vec<f32> {
-    let spec = PatchSpec { image: i as u32, oy: oy as u32, ox: ox as u32, flip: false, jitter: None, gray: false };
+    let spec = PatchSpec::crop(i as u32, oy as u32, ox as u32, p as u32);
     let mut x = vec![0f32; p * p * 3];
     gather_patches(s, &[spec], p, &mut x);
     m.encode_eval(&Tensor::from_vec(&[1, p * p * 3], x)).unwrap().to_vec().unwrap()
