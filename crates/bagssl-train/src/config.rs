@@ -503,7 +503,15 @@ mod tests {
 
     #[test]
     fn all_shipped_configs_parse() {
-        for name in ["quickstart", "cifar10", "reference", "cifar10-resnet-cpu", "cifar10-resnet18", "bench-cpu"] {
+        for name in [
+            "quickstart",
+            "cifar10",
+            "reference",
+            "cifar10-resnet-cpu",
+            "cifar10-resnet18",
+            "bench-cpu",
+            "vicreg-image",
+        ] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(format!("{name}.toml"));
             Config::from_file(&p).unwrap().validate().unwrap();
         }
