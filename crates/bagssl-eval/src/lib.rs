@@ -16,7 +16,7 @@ pub mod report;
 pub use embed::{centre_position, embed_bag, embed_random, embed_single_patch, embed_whole, Grid};
 pub use knn::{knn_accuracy, knn_predict};
 pub use probe::{linear_probe, ProbeOptions};
-pub use report::{evaluate, EvalConfig, EvalReport};
+pub use report::{evaluate, evaluate_protocol, EvalConfig, EvalReport, Protocol, ProtocolReport};
 
 /// Row-major features (one row per image) and their class labels.
 #[derive(Clone, Copy, Debug)]

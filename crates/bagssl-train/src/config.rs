@@ -128,7 +128,14 @@ pub struct EvalSection {
     pub batch_images: usize,
     /// Also evaluate the untrained (initial) encoder, so every run shows what training bought.
     pub untrained: bool,
+    /// The protocols measured (`grid`, `whole`, `random`); the first is also `knn` / `linear`.
+    pub protocols: Vec<String>,
+    /// Patches per image of the `random` protocol.
+    pub random_patches: usize,
 }
+
+/// The names `eval.protocols` takes.
+pub const PROTOCOLS: [&str; 3] = ["grid", "whole", "random"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -262,7 +269,16 @@ impl Default for TrainSection {
 
 impl Default for EvalSection {
     fn default() -> Self {
-        EvalSection { stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, batch_images: 32, untrained: true }
+        EvalSection {
+            stride: 2,
+            knn_k: 20,
+            knn_t: 0.1,
+            probe_epochs: 50,
+            batch_images: 32,
+            untrained: true,
+            protocols: vec!["grid".into()],
+            random_patches: 128,
+        }
     }
 }
 
@@ -325,6 +341,7 @@ impl Config {
             }
         }
         self.patches.views()?;
+        self.protocols()?;
         if self.patches.per_image < 2 {
             bail!("config key `patches.per_image` must be at least 2: the invariance term needs co-occurring patches");
         }
@@ -376,6 +393,33 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `eval.protocols` by name, checked; `random` draws the training views' boxes (fixed crops
+    /// of `patches.size` without `patches.scale`).
+    pub fn protocols(&self) -> Result<Vec<(String, bagssl_eval::Protocol)>> {
+        use bagssl_eval::Protocol;
+        let e = &self.eval;
+        if e.protocols.is_empty() {
+            bail!("config key `eval.protocols` must name at least one of {}", PROTOCOLS.join(", "));
+        }
+        if e.random_patches == 0 {
+            bail!("config key `eval.random_patches` must be at least 1 (got 0)");
+        }
+        let mut out: Vec<(String, Protocol)> = Vec::new();
+        for name in &e.protocols {
+            let protocol = match name.as_str() {
+                "grid" => Protocol::Grid,
+                "whole" => Protocol::Whole,
+                "random" => Protocol::Random { views: self.patches.views()?, count: e.random_patches },
+                _ => bail!("config key `eval.protocols` takes {} (got {name:?})", PROTOCOLS.join(", ")),
+            };
+            if out.iter().any(|(n, _)| n == name) {
+                bail!("config key `eval.protocols` names {name:?} twice");
+            }
+            out.push((name.clone(), protocol));
+        }
+        Ok(out)
     }
 
     pub fn to_toml(&self) -> String {
@@ -617,6 +661,23 @@ mod tests {
         let c = Config::default().with_overrides(&["patches.out_size=12".into()]).unwrap();
         let e = c.validate_for_images(10, 10, "data/x").unwrap_err().to_string();
         assert!(e.contains("patches.out_size") && e.contains("10 x 10"), "{e}");
+    }
+
+    #[test]
+    fn protocols_are_checked_by_name() {
+        let names = |c: &Config| c.protocols().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(&Config::default()), ["grid"]);
+        let c = Config::default().with_overrides(&["eval.protocols=[\"random\", \"whole\"]".into()]).unwrap();
+        assert_eq!(names(&c), ["random", "whole"]);
+        for (set, needle) in [
+            ("eval.protocols=[]", "at least one"),
+            ("eval.protocols=[\"grid\", \"grid\"]", "twice"),
+            ("eval.protocols=[\"pyramid\"]", "grid, whole, random"),
+            ("eval.random_patches=0", "eval.random_patches"),
+        ] {
+            let e = Config::default().with_overrides(&[set.into()]).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{set}: {e}");
+        }
     }
 
     /// The resolved config.toml spells the choices as they always were.
