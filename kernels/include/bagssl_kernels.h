@@ -27,20 +27,25 @@
 #define BAGSSL_COL_MAX_TILES 16384u
 
 /* PatchSpec.flags bits */
-#define BAGSSL_PATCH_FLIP 1u   /* mirror the crop left-right */
-#define BAGSSL_PATCH_JITTER 2u /* colour jitter with brightness/contrast/saturation below */
-#define BAGSSL_PATCH_GRAY 4u   /* every channel = x . (0.299, 0.587, 0.114) */
+#define BAGSSL_PATCH_FLIP 1u     /* mirror the crop left-right */
+#define BAGSSL_PATCH_JITTER 2u   /* colour jitter with brightness/contrast/saturation below */
+#define BAGSSL_PATCH_GRAY 4u     /* every channel = x . (0.299, 0.587, 0.114) */
+#define BAGSSL_PATCH_BLUR 8u     /* Gaussian blur of standard deviation blur_sigma (output pixels) */
+#define BAGSSL_PATCH_SOLARIZE 16u /* every value v >= 0.5 becomes 1 - v */
 
-/* One training patch (DESIGN.md §3): which image, where, which augmentations. 32 bytes. */
+/* One training patch (docs/DEFINITIONS.md §2-§3): which image, which crop box (resized
+ * bilinearly to the output side when it is not p x p), which augmentations. 40 bytes. */
 typedef struct BagsslPatchSpec {
     uint32_t image;   /* index of the image in the GPU-resident u8 dataset */
-    uint32_t oy;      /* top row of the crop, 0 <= oy <= H - p */
-    uint32_t ox;      /* left column of the crop, 0 <= ox <= W - p */
+    uint32_t oy;      /* top row of the box, 0 <= oy <= H - box_h */
+    uint32_t ox;      /* left column of the box, 0 <= ox <= W - box_w */
     uint32_t flags;   /* BAGSSL_PATCH_* bits */
     float brightness; /* jitter factors, used when flags has BAGSSL_PATCH_JITTER */
     float contrast;
     float saturation;
-    float pad;
+    float blur_sigma; /* used when flags has BAGSSL_PATCH_BLUR */
+    uint32_t box_h;   /* the crop box, at least 1 x 1 */
+    uint32_t box_w;
 } BagsslPatchSpec;
 
 /* The dataset on the GPU: n_images x height x width x 3 u8, HWC row-major. */

@@ -793,17 +793,30 @@ static void adamw(Rng& r) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Reference patch vector (DESIGN.md §3) in double.
+// Reference patch vector (docs/DEFINITIONS.md §3) in double: crop box, bilinear resize to p x p
+// (half-pixel centres), flip, jitter, gray, blur (reflect), solarize, normalise.
 static void patch_ref(const vector<uint8_t>& img, size_t H, size_t W, size_t p, const BagsslPatchSpec& s, const float* mean,
                       const float* stdv, double* out) {
-    (void)H;
     const double w[3] = {0.299, 0.587, 0.114};
     vector<double> x(p * p * 3);
     const uint8_t* im = img.data() + (size_t)s.image * H * W * 3;
+    auto tap = [&](size_t i, size_t len, size_t& i0, size_t& i1, double& l1) {
+        const double src = std::max(0.0, ((double)i + 0.5) * (double)len / (double)p - 0.5);
+        i0 = std::min((size_t)std::floor(src), len - 1);
+        i1 = std::min(i0 + 1, len - 1);
+        l1 = src - (double)i0;
+    };
     for (size_t y = 0; y < p; ++y)
         for (size_t xx = 0; xx < p; ++xx) {
             const size_t sx = (s.flags & BAGSSL_PATCH_FLIP) ? p - 1 - xx : xx;
-            for (int c = 0; c < 3; ++c) x[(y * p + xx) * 3 + c] = im[((s.oy + y) * W + s.ox + sx) * 3 + c] / 255.0;
+            size_t y0, y1, x0, x1;
+            double ly, lx;
+            tap(y, s.box_h, y0, y1, ly);
+            tap(sx, s.box_w, x0, x1, lx);
+            auto at = [&](size_t yy, size_t xq, int c) { return im[((s.oy + yy) * W + s.ox + xq) * 3 + c] / 255.0; };
+            for (int c = 0; c < 3; ++c)
+                x[(y * p + xx) * 3 + c] = (1 - ly) * ((1 - lx) * at(y0, x0, c) + lx * at(y0, x1, c)) +
+                                          ly * ((1 - lx) * at(y1, x0, c) + lx * at(y1, x1, c));
         }
     if (s.flags & BAGSSL_PATCH_JITTER) {
         double m = 0;
@@ -818,18 +831,49 @@ static void patch_ref(const vector<uint8_t>& img, size_t H, size_t W, size_t p, 
             for (int c = 0; c < 3; ++c) x[i * 3 + c] = std::min(1.0, std::max(0.0, (x[i * 3 + c] - g) * s.saturation + g));
         }
     }
-    for (size_t i = 0; i < p * p; ++i) {
-        if (s.flags & BAGSSL_PATCH_GRAY) {
+    if (s.flags & BAGSSL_PATCH_GRAY)
+        for (size_t i = 0; i < p * p; ++i) {
             const double g = x[i * 3] * w[0] + x[i * 3 + 1] * w[1] + x[i * 3 + 2] * w[2];
             for (int c = 0; c < 3; ++c) x[i * 3 + c] = g;
         }
-        for (int c = 0; c < 3; ++c) out[i * 3 + c] = (x[i * 3 + c] - mean[c]) / stdv[c];
+    if (s.flags & BAGSSL_PATCH_BLUR) {
+        const double sig = s.blur_sigma;
+        const long k = std::min((long)std::ceil(3.0f * s.blur_sigma), (long)p - 1);  // the kernel's f32 half-width
+        vector<double> g(2 * k + 1);
+        double tot = 0;
+        for (long t = -k; t <= k; ++t) tot += g[t + k] = std::exp(-0.5 * (t / sig) * (t / sig));
+        auto refl = [&](long i) { return (size_t)(i < 0 ? -i : (i >= (long)p ? 2 * ((long)p - 1) - i : i)); };
+        vector<double> rows(x.size());
+        for (size_t y = 0; y < p; ++y)
+            for (size_t xx = 0; xx < p; ++xx)
+                for (int c = 0; c < 3; ++c) {
+                    double a = 0;
+                    for (long t = -k; t <= k; ++t) a += g[t + k] / tot * x[(y * p + refl((long)xx + t)) * 3 + c];
+                    rows[(y * p + xx) * 3 + c] = a;
+                }
+        for (size_t y = 0; y < p; ++y)
+            for (size_t xx = 0; xx < p; ++xx)
+                for (int c = 0; c < 3; ++c) {
+                    double a = 0;
+                    for (long t = -k; t <= k; ++t) a += g[t + k] / tot * rows[(refl((long)y + t) * p + xx) * 3 + c];
+                    x[(y * p + xx) * 3 + c] = a;
+                }
     }
+    for (size_t i = 0; i < p * p; ++i)
+        for (int c = 0; c < 3; ++c) {
+            double v = x[i * 3 + c];
+            if ((s.flags & BAGSSL_PATCH_SOLARIZE) && v >= 0.5) v = 1.0 - v;
+            out[i * 3 + c] = (v - mean[c]) / stdv[c];
+        }
 }
 
+// Fixed boxes of the v2 kernel (flags 0..7), then (resized = true) random boxes larger and
+// smaller than p with every flag (blur and solarize included) and sigmas whose kernel is cut.
 static void patches(Rng& r) {
-    for (auto [N, H, W, p, n_specs] : {std::tuple<size_t, size_t, size_t, size_t, size_t>{3, 13, 17, 5, 24}, {2, 20, 20, 17, 8}}) {
-        const std::string tag = std::to_string(H) + "x" + std::to_string(W) + " p=" + std::to_string(p);
+    for (auto [N, H, W, p, n_specs, resized] :
+         {std::tuple<size_t, size_t, size_t, size_t, size_t, bool>{3, 13, 17, 5, 24, false}, {2, 20, 20, 17, 8, false},
+          {3, 13, 17, 7, 64, true}, {2, 9, 11, 16, 32, true}}) {
+        const std::string tag = std::to_string(H) + "x" + std::to_string(W) + " p=" + std::to_string(p) + (resized ? " resized" : "");
         vector<uint8_t> img(N * H * W * 3);
         for (auto& v : img) v = (uint8_t)(r.next() & 255);
         BagsslImageDims dims{(uint32_t)N, (uint32_t)H, (uint32_t)W, 0, {0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}};
@@ -837,30 +881,35 @@ static void patches(Rng& r) {
         for (size_t i = 0; i < n_specs; ++i) {
             auto& s = specs[i];
             s.image = r.next() % N;
-            s.oy = r.next() % (H - p + 1);
-            s.ox = r.next() % (W - p + 1);
-            s.flags = (uint32_t)(i & 7);
+            s.box_h = resized ? 1 + r.next() % H : (uint32_t)p;
+            s.box_w = resized ? 1 + r.next() % W : (uint32_t)p;
+            s.oy = r.next() % (H - s.box_h + 1);
+            s.ox = r.next() % (W - s.box_w + 1);
+            s.flags = resized ? (uint32_t)(i & 31) : (uint32_t)(i & 7);
             s.brightness = r.uniform(0.6f, 1.4f);
             s.contrast = r.uniform(0.6f, 1.4f);
             s.saturation = r.uniform(0.6f, 1.4f);
+            s.blur_sigma = r.uniform(0.1f, 3.0f);
         }
         const size_t row = p * p * 3;
         vector<float> out(n_specs * row);
+        vector<float> scratch(n_specs * row, NAN);
         BagsslPatchParams prm{dims, (uint32_t)n_specs, (uint32_t)p};
         const unsigned threads = (unsigned)std::min<size_t>(8, std::max<size_t>(1, (p * p + 31) / 32)) * 32;
         emu::launch(patch_embed_fwd_f32, (unsigned)n_specs, threads, (const unsigned char*)img.data(),
-                    (const BagsslPatchSpec*)specs.data(), out.data(), (uint16_t*)nullptr, prm);
+                    (const BagsslPatchSpec*)specs.data(), out.data(), (uint16_t*)nullptr, scratch.data(), prm);
         {  // with the bf16 copy (v2): the same floats, and bf16_bits of each
             vector<float> out2(out.size(), NAN);
             vector<uint16_t> out16(out.size(), 0x1234);
             emu::launch(patch_embed_fwd_f32, (unsigned)n_specs, threads, (const unsigned char*)img.data(),
-                        (const BagsslPatchSpec*)specs.data(), out2.data(), out16.data(), prm);
+                        (const BagsslPatchSpec*)specs.data(), out2.data(), out16.data(), scratch.data(), prm);
             check_same("patch_embed with out16 " + tag, out2, out);
             check_bf16_copy("patch_embed out16 " + tag, out16, out);
         }
         vector<double> ref(out.size());
         for (size_t i = 0; i < n_specs; ++i) patch_ref(img, H, W, p, specs[i], dims.mean, dims.std, ref.data() + i * row);
         check("patch_embed " + tag, out, ref, 0, 2e-5);
+        if (resized) continue;
 
         const size_t s = 3, ny = (H - p) / s + 1, nx = (W - p) / s + 1, first = 1, count = N - 1;
         vector<float> grid(count * ny * nx * row);
@@ -880,7 +929,7 @@ static void patches(Rng& r) {
         for (size_t im = first; im < first + count; ++im)
             for (size_t iy = 0; iy < ny; ++iy)
                 for (size_t ix = 0; ix < nx; ++ix, ++k) {
-                    BagsslPatchSpec sp{(uint32_t)im, (uint32_t)(iy * s), (uint32_t)(ix * s), 0, 1, 1, 1, 0};
+                    BagsslPatchSpec sp{(uint32_t)im, (uint32_t)(iy * s), (uint32_t)(ix * s), 0, 1, 1, 1, 0, (uint32_t)p, (uint32_t)p};
                     patch_ref(img, H, W, p, sp, dims.mean, dims.std, gref.data() + k * row);
                 }
         check("patch_grid " + tag, grid, gref, 0, 2e-5);

@@ -37,19 +37,32 @@ impl PlainValues {
     }
 }
 
-/// Where a `p x p` patch sits in its image, and whether it is mirrored left-right.
+/// Where a patch's crop box sits in its image, its output side, and whether it is mirrored.
 #[derive(Clone, Copy)]
 struct Crop {
     oy: usize,
     ox: usize,
+    /// The box, `h x w` pixels; resized to `p x p` when it differs.
+    h: usize,
+    w: usize,
     flip: bool,
     p: usize,
 }
 
-/// The crop `c` of the HWC image `img` (`width` wide) into `out` (HWC) as `value(channel, byte)`.
+impl Crop {
+    fn square(oy: usize, ox: usize, flip: bool, p: usize) -> Crop {
+        Crop { oy, ox, h: p, w: p, flip, p }
+    }
+    fn resized(&self) -> bool {
+        self.h != self.p || self.w != self.p
+    }
+}
+
+/// The crop `c` (unresized) of the HWC image `img` (`width` wide) into `out` (HWC) as
+/// `value(channel, byte)`.
 #[inline(always)]
 fn crop(img: &[u8], width: usize, c: Crop, out: &mut [f32], value: impl Fn(usize, u8) -> f32) {
-    let Crop { oy, ox, flip, p } = c;
+    let Crop { oy, ox, flip, p, .. } = c;
     for y in 0..p {
         let row = &img[((oy + y) * width + ox) * 3..][..p * 3];
         let dst = &mut out[y * p * 3..][..p * 3];
@@ -62,6 +75,37 @@ fn crop(img: &[u8], width: usize, c: Crop, out: &mut [f32], value: impl Fn(usize
     }
 }
 
+/// One axis of a bilinear resize from `len` source pixels to `out` (docs/DEFINITIONS.md §3 step
+/// 1, PyTorch's `align_corners=False`): output `i` reads source pixels `i0` and `i1` with weights
+/// `l0`, `l1`. The GPU kernel computes the same f32 expressions.
+#[inline(always)]
+pub(crate) fn linear_tap(i: usize, len: usize, out: usize) -> (usize, usize, f32, f32) {
+    let scale = len as f32 / out as f32;
+    let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+    let i0 = (src as usize).min(len - 1);
+    let i1 = if i0 + 1 < len { i0 + 1 } else { i0 };
+    let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+    (i0, i1, 1.0 - l1, l1)
+}
+
+/// The box of `c` divided by 255 and resized bilinearly to `p x p` (then mirrored if `flip`),
+/// into `out` (HWC).
+fn crop_resized(img: &[u8], width: usize, c: Crop, out: &mut [f32]) {
+    let Crop { oy, ox, h, w, flip, p } = c;
+    let px = |y: usize, x: usize, ch: usize| f32::from(img[((oy + y) * width + ox + x) * 3 + ch]) / 255.0;
+    for y in 0..p {
+        let (y0, y1, h0, h1) = linear_tap(y, h, p);
+        for x in 0..p {
+            let (x0, x1, w0, w1) = linear_tap(if flip { p - 1 - x } else { x }, w, p);
+            for ch in 0..3 {
+                let top = w0 * px(y0, x0, ch) + w1 * px(y0, x1, ch);
+                let bottom = w0 * px(y1, x0, ch) + w1 * px(y1, x1, ch);
+                out[(y * p + x) * 3 + ch] = h0 * top + h1 * bottom;
+            }
+        }
+    }
+}
+
 /// The normalisation of a store: its per-channel mean and std, and their values for every byte.
 struct Norm<'n> {
     mean: &'n [f32; 3],
@@ -69,28 +113,125 @@ struct Norm<'n> {
     plain: &'n PlainValues,
 }
 
-/// Writes one patch vector into `out` (`p*p*3` floats), using `out` itself as scratch so the
-/// gathers allocate nothing. `img` is the whole HWC image, `width` its width. Patches without
-/// jitter or grayscale take `norm.plain`'s values.
-fn write_patch(
-    img: &[u8],
-    width: usize,
-    c: Crop,
+/// What happens to a patch after the crop (docs/DEFINITIONS.md §3 steps 3-6).
+#[derive(Clone, Copy, Default)]
+struct Aug {
     jitter: Option<Jitter>,
     gray: bool,
-    norm: &Norm<'_>,
-    out: &mut [f32],
-) {
+    blur: Option<f32>,
+    solarize: bool,
+}
+
+impl Aug {
+    fn of(s: &PatchSpec) -> Aug {
+        Aug { jitter: s.jitter, gray: s.gray, blur: s.blur, solarize: s.solarize }
+    }
+    fn none(&self) -> bool {
+        self.jitter.is_none() && !self.gray && self.blur.is_none() && !self.solarize
+    }
+}
+
+/// Half-width `K` of the blur kernel of `sigma` on a `p`-pixel side: `ceil(3 sigma)`, at most
+/// `p - 1` so one reflection reaches every tap (docs/DEFINITIONS.md §3 step 5).
+pub fn blur_radius(sigma: f32, p: usize) -> usize {
+    ((3.0 * sigma).ceil() as usize).min(p.saturating_sub(1))
+}
+
+/// Weight of tap `t` of the normalised Gaussian of `sigma` and half-width `k` (f32, the
+/// expression the GPU kernel uses).
+#[inline(always)]
+fn blur_weight(t: isize, sigma: f32, k: usize) -> f32 {
+    let g = |t: f32| (-0.5 * (t / sigma) * (t / sigma)).exp();
+    let mut sum = 0f32;
+    for u in -(k as isize)..=(k as isize) {
+        sum += g(u as f32);
+    }
+    g(t as f32) / sum
+}
+
+/// Reflect-padding index (PyTorch's `reflect`: -1 -> 1, p -> p - 2), for `|t| <= p - 1`.
+#[inline(always)]
+pub(crate) fn reflect(i: isize, p: usize) -> usize {
+    let p = p as isize;
+    let j = if i < 0 {
+        -i
+    } else if i >= p {
+        2 * (p - 1) - i
+    } else {
+        i
+    };
+    j as usize
+}
+
+/// Separable Gaussian blur of the `p x p` HWC patch `x` in place: rows, then columns, with
+/// reflect padding; `tmp` is `p * p * 3` floats of scratch.
+fn blur(x: &mut [f32], tmp: &mut [f32], p: usize, sigma: f32) {
+    let k = blur_radius(sigma, p);
+    if k == 0 {
+        return;
+    }
+    let mut w = [0f32; 64];
+    let taps = 2 * k + 1;
+    let heap: Vec<f32>;
+    // The weights of one patch, on the stack unless the kernel is very wide.
+    let weights: &[f32] = if taps <= w.len() {
+        for (i, v) in w[..taps].iter_mut().enumerate() {
+            *v = blur_weight(i as isize - k as isize, sigma, k);
+        }
+        &w[..taps]
+    } else {
+        heap = (0..taps).map(|i| blur_weight(i as isize - k as isize, sigma, k)).collect();
+        &heap
+    };
+    for y in 0..p {
+        for xx in 0..p {
+            for c in 0..3 {
+                let mut acc = 0f32;
+                for (i, &wt) in weights.iter().enumerate() {
+                    let sx = reflect(xx as isize + i as isize - k as isize, p);
+                    acc += wt * x[(y * p + sx) * 3 + c];
+                }
+                tmp[(y * p + xx) * 3 + c] = acc;
+            }
+        }
+    }
+    for y in 0..p {
+        for xx in 0..p {
+            for c in 0..3 {
+                let mut acc = 0f32;
+                for (i, &wt) in weights.iter().enumerate() {
+                    let sy = reflect(y as isize + i as isize - k as isize, p);
+                    acc += wt * tmp[(sy * p + xx) * 3 + c];
+                }
+                x[(y * p + xx) * 3 + c] = acc;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The blur's scratch patch, one per worker thread, grown once: no allocation per step.
+    static BLUR_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes one patch vector into `out` (`p*p*3` floats), using `out` itself as scratch so the
+/// gathers allocate nothing (the blur borrows a per-thread buffer). `img` is the whole HWC
+/// image, `width` its width. Unresized patches without augmentation take `norm.plain`'s values.
+fn write_patch(img: &[u8], width: usize, c: Crop, aug: Aug, norm: &Norm<'_>, out: &mut [f32]) {
     let Norm { mean, std, plain } = *norm;
     let p = c.p;
-    if jitter.is_none() && !gray {
+    if aug.none() && !c.resized() {
         crop(img, width, c, out, |ch, b| plain.0[ch][usize::from(b)]);
         return;
     }
-    // 1. crop / 255, mirrored left-right if flip.
-    crop(img, width, c, out, |_, b| f32::from(b) / 255.0);
-    // 2. jitter: brightness, contrast around the patch's mean luma, saturation, clamp.
-    if let Some(j) = jitter {
+    // 1. crop / 255 (resized bilinearly when the box is not p x p), 2. mirrored if flip.
+    if c.resized() {
+        crop_resized(img, width, c, out);
+    } else {
+        crop(img, width, c, out, |_, b| f32::from(b) / 255.0);
+    }
+    // 3. jitter: brightness, contrast around the patch's mean luma, saturation, clamp.
+    if let Some(j) = aug.jitter {
         let mut sum = 0f32;
         for px in out.chunks_exact_mut(3) {
             for v in px.iter_mut() {
@@ -109,22 +250,37 @@ fn write_patch(
             }
         }
     }
-    // 3. grayscale, 4. normalise.
-    for px in out.chunks_exact_mut(3) {
-        if gray {
+    // 4. grayscale.
+    if aug.gray {
+        for px in out.chunks_exact_mut(3) {
             let g = luma(px);
             px.fill(g);
         }
+    }
+    // 5. blur.
+    if let Some(sigma) = aug.blur {
+        BLUR_SCRATCH.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.len() < out.len() {
+                t.resize(out.len(), 0.0);
+            }
+            blur(out, &mut t[..out.len()], p, sigma);
+        });
+    }
+    // 6. solarize, 7. normalise.
+    for px in out.chunks_exact_mut(3) {
         for c in 0..3 {
-            px[c] = (px[c] - mean[c]) / std[c];
+            let v = if aug.solarize && px[c] >= 0.5 { 1.0 - px[c] } else { px[c] };
+            px[c] = (v - mean[c]) / std[c];
         }
     }
 }
 
-/// Gathers and augments `specs` from `store`, normalised with `store.mean`/`store.std`.
+/// Gathers and augments `specs` from `store` into `patch x patch` vectors, normalised with
+/// `store.mean`/`store.std`; a spec whose box is not `patch x patch` is resized bilinearly.
 ///
 /// `out.len()` must be `specs.len() * patch * patch * 3`; row `i` is patch `i`, HWC. Runs in
-/// parallel over patches and allocates nothing.
+/// parallel over patches and allocates nothing (after a worker's first blur).
 ///
 /// # Panics
 /// On a wrong `out` length or a spec that does not fit the store (specs come from
@@ -145,15 +301,15 @@ pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out
     let plain = PlainValues::new(&store.mean, &store.std);
     let norm = Norm { mean: &store.mean, std: &store.std, plain: &plain };
     out.par_chunks_mut(d).zip(specs.par_iter()).with_min_len(MIN_PATCHES_PER_TASK).for_each(|(dst, s)| {
-        let (oy, ox) = (s.oy as usize, s.ox as usize);
+        let (oy, ox, bh, bw) = (s.oy as usize, s.ox as usize, s.h as usize, s.w as usize);
         assert!(
-            (s.image as usize) < store.len() && oy + patch <= h && ox + patch <= w,
-            "gather_patches: spec {s:?} does not fit {} images of {h}x{w} with patch {patch}",
+            (s.image as usize) < store.len() && bh > 0 && bw > 0 && oy + bh <= h && ox + bw <= w,
+            "gather_patches: spec {s:?} does not fit {} images of {h}x{w}",
             store.len()
         );
         let img = store.image(s.image as usize);
-        let c = Crop { oy, ox, flip: s.flip, p: patch };
-        write_patch(img, w, c, s.jitter, s.gray, &norm, dst);
+        let c = Crop { oy, ox, h: bh, w: bw, flip: s.flip, p: patch };
+        write_patch(img, w, c, Aug::of(s), &norm, dst);
     });
 }
 
@@ -209,7 +365,7 @@ pub fn gather_grid(store: &ImageStore, images: Range<usize>, patch: usize, strid
     out.par_chunks_mut(d).enumerate().with_min_len(MIN_PATCHES_PER_TASK).for_each(|(k, dst)| {
         let (img, t) = (first + k / per_image, k % per_image);
         let (oy, ox) = ((t / nx) * stride, (t % nx) * stride);
-        write_patch(store.image(img), w, Crop { oy, ox, flip: false, p: patch }, None, false, &norm, dst);
+        write_patch(store.image(img), w, Crop::square(oy, ox, false, patch), Aug::default(), &norm, dst);
     });
 }
 
@@ -234,7 +390,7 @@ mod tests {
         for flip in [false, true] {
             let mut got = vec![f32::NAN; p * p * 3];
             let norm = Norm { mean: &mean, std: &std, plain: &plain };
-            write_patch(&img, width, Crop { oy: 2, ox: 3, flip, p }, None, false, &norm, &mut got);
+            write_patch(&img, width, Crop::square(2, 3, flip, p), Aug::default(), &norm, &mut got);
             for y in 0..p {
                 for x in 0..p {
                     let sx = if flip { p - 1 - x } else { x };

@@ -21,12 +21,13 @@ mod store;
 mod synthetic;
 
 pub use error::DataError;
-pub use gather::{gather_grid, gather_patches, grid_len, grid_positions, GRAY_WEIGHTS};
+pub use gather::{blur_radius, gather_grid, gather_patches, grid_len, grid_positions, GRAY_WEIGHTS};
 pub use load::{detect_format, load, load_with_report, resize_store, DatasetFormat, LoadOptions, LoadReport, Split};
 pub use rand_chacha::{self, ChaCha8Rng};
 pub use rng::{RngState, SeededRng};
 pub use sampler::{
-    check_patch_size, Jitter, PatchSampler, PatchSpec, FLIP_P, GRAY_P, JITTER_P, JITTER_RANGE, PATCH_STREAM,
+    check_patch_size, Augment, Jitter, PatchSampler, PatchSpec, Views, FLIP_P, GRAY_P, JITTER_P, JITTER_RANGE,
+    PATCH_STREAM, RESIZED_CROP_TRIES,
 };
 pub use store::{ImageStore, CIFAR10_MEAN, CIFAR10_STD};
 pub use synthetic::{synthetic, SyntheticSpec};

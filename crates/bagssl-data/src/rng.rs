@@ -73,6 +73,12 @@ pub(crate) fn unit_f32(rng: &mut ChaCha8Rng) -> f32 {
     (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
+/// Uniform f64 in `[0, 1)`: the top 53 bits of one 64-bit word, times 2^-53 (exact in f64).
+#[inline]
+pub(crate) fn unit_f64(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
+}
+
 /// Seeded RNG used for everything random in training (epoch permutations, weight init, ...).
 #[derive(Clone, Debug)]
 pub struct SeededRng {

@@ -5,7 +5,9 @@ use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageSt
 use bagssl_testkit::{array, f32s, golden, usizes, verdict};
 use serde_json::Value;
 
-fn spec(v: &Value) -> PatchSpec {
+/// A golden spec: `oy`, `ox` and a `p x p` box (patches.json), or `top`, `left`, `height`, `width`
+/// (resized_crop.json).
+fn spec(v: &Value, p: u32) -> PatchSpec {
     let jitter = match &v["jitter"] {
         Value::Null => None,
         j => Some(Jitter {
@@ -15,13 +17,18 @@ fn spec(v: &Value) -> PatchSpec {
         }),
     };
     PatchSpec {
-        image: v["image"].as_u64().unwrap() as u32,
-        oy: v["oy"].as_u64().unwrap() as u32,
-        ox: v["ox"].as_u64().unwrap() as u32,
         flip: v["flip"].as_bool().unwrap(),
         jitter,
         gray: v["gray"].as_bool().unwrap(),
+        ..match v.get("top") {
+            None => PatchSpec::crop(u(&v["image"]), u(&v["oy"]), u(&v["ox"]), p),
+            Some(top) => PatchSpec::boxed(u(&v["image"]), u(top), u(&v["left"]), u(&v["height"]), u(&v["width"])),
+        }
     }
+}
+
+fn u(v: &Value) -> u32 {
+    v.as_u64().unwrap() as u32
 }
 
 fn golden_store(g: &Value) -> ImageStore {
@@ -50,7 +57,7 @@ fn golden_patches() {
     let gw = f32s(&g["gray_weights"]);
     assert_eq!(gw, bagssl_data::GRAY_WEIGHTS.to_vec(), "gray weights differ from the golden file");
     let store = golden_store(&g);
-    let specs: Vec<PatchSpec> = g["specs"].as_array().unwrap().iter().map(spec).collect();
+    let specs: Vec<PatchSpec> = g["specs"].as_array().unwrap().iter().map(|v| spec(v, p as u32)).collect();
     let (shape, expect) = array(&g["patches"]);
     let d = p * p * 3;
     assert_eq!(shape, vec![specs.len(), d]);
@@ -85,19 +92,10 @@ fn golden_grid() {
 #[test]
 fn grid_gather_matches_spec_gather() {
     let store = golden_store(&golden("patches.json"));
-    let (p, s) = (4, 3);
+    let (p, s) = (4usize, 3);
     let pos = grid_positions(store.height, store.width, p, s);
     let specs: Vec<PatchSpec> = (1..3u32)
-        .flat_map(|image| {
-            pos.iter().map(move |&(oy, ox)| PatchSpec {
-                image,
-                oy: oy as u32,
-                ox: ox as u32,
-                flip: false,
-                jitter: None,
-                gray: false,
-            })
-        })
+        .flat_map(|image| pos.iter().map(move |&(oy, ox)| PatchSpec::crop(image, oy as u32, ox as u32, p as u32)))
         .collect();
     let d = p * p * 3;
     let mut a = vec![0.0; specs.len() * d];
@@ -105,4 +103,29 @@ fn grid_gather_matches_spec_gather() {
     let mut b = vec![0.0; 2 * pos.len() * d];
     gather_grid(&store, 1..3, p, s, &mut b);
     assert_eq!(a, b);
+}
+
+/// Resized crops (docs/DEFINITIONS.md §3 step 1): integer boxes of every shape, larger and smaller
+/// than the output, resized bilinearly with half-pixel centres, then flip / jitter / gray /
+/// normalise, against the float64 golden `resized_crop.json`.
+#[test]
+fn golden_resized_crops() {
+    let g = golden("resized_crop.json");
+    let out = g["out"].as_u64().unwrap() as usize;
+    let store = golden_store(&g);
+    let specs: Vec<PatchSpec> = g["specs"].as_array().unwrap().iter().map(|v| spec(v, 0)).collect();
+    let (shape, expect) = array(&g["patches"]);
+    let d = out * out * 3;
+    assert_eq!(shape, vec![specs.len(), d]);
+    let mut got = vec![f32::NAN; specs.len() * d];
+    gather_patches(&store, &specs, out, &mut got);
+    let mut all_ok = true;
+    for (i, s) in specs.iter().enumerate() {
+        let diff = (0..d).map(|k| (f64::from(got[i * d + k]) - expect[i * d + k]).abs()).fold(0.0, f64::max);
+        let ok = diff < 1e-5;
+        all_ok &= ok;
+        println!("{} resized crop {i} {}x{} -> {out}: max abs diff {diff:.3e}", verdict(ok), s.h, s.w);
+    }
+    println!("overall: {}", if all_ok { "OK" } else { "NOT OK" });
+    assert!(all_ok, "resized crops differ from golden/resized_crop.json");
 }

@@ -25,7 +25,7 @@ fn state_resumes_bit_identically() {
     let json = serde_json::to_string(&state).unwrap();
     let restored: RngState = serde_json::from_str(&json).unwrap();
     assert_eq!(restored, state);
-    let mut r = PatchSampler::from_state(&restored, true);
+    let mut r = PatchSampler::from_state(&restored, true, bagssl_data::Views::default());
     for _ in 0..3 {
         assert_eq!(s.sample(&images(4), 16, 8, 32, 40), r.sample(&images(4), 16, 8, 32, 40));
     }

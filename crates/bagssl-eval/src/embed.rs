@@ -3,7 +3,9 @@
 //! [`embed_bag`] is BagSSL's image representation: every patch of the evaluation grid goes
 //! through the eval-mode encoder and the image's embedding is the mean of its patch embeddings.
 //! [`embed_single_patch`] embeds only the centre grid patch: the "no bag" baseline that shows how
-//! much the aggregation adds.
+//! much the aggregation adds. [`embed_whole`] is the image-level view (the whole image resized to
+//! the input side, one forward); [`embed_random`] the mean over random-resized patches
+//! (EMP-SSL's protocol), seeded.
 //!
 //! Both work in batches of images; the encoder and the per-image mean run with
 //! `bagssl_autograd::ops` on the model's device. The patch matrices are made where the model
@@ -12,7 +14,7 @@
 //! so only the (N, hidden) embeddings cross the bus.
 
 use bagssl_autograd::{ops, Device, Tensor};
-use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, PatchSpec};
+use bagssl_data::{gather_grid, gather_patches, grid_len, grid_positions, ImageStore, PatchSampler, PatchSpec, Views};
 use bagssl_model::source::GpuStore;
 use bagssl_model::BagSslModel;
 
@@ -127,16 +129,65 @@ pub fn embed_single_patch(
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
         specs.clear();
-        specs.extend((start..end).map(|i| PatchSpec {
-            image: i as u32,
-            oy: oy as u32,
-            ox: ox as u32,
-            flip: false,
-            jitter: None,
-            gray: false,
-        }));
+        specs.extend((start..end).map(|i| PatchSpec::crop(i as u32, oy as u32, ox as u32, patch as u32)));
         let x = patches.specs(store, &specs, patch)?;
         out.extend(model.encode_eval(&x)?.to_vec()?);
+    }
+    Ok(out)
+}
+
+/// Whole-image embeddings, (N, hidden): each image resized bilinearly (docs/DEFINITIONS.md §3
+/// step 1) to the model's input side, one eval-mode forward.
+pub fn embed_whole(model: &BagSslModel, store: &ImageStore, batch_images: usize) -> Result<Vec<f32>> {
+    let patch = model.config().patch;
+    check_args(model, store, Grid { patch, stride: 1 }, batch_images)?;
+    let (h, w) = (store.height as u32, store.width as u32);
+    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut patches = Patches::new(model.device(), store)?;
+    let mut specs = Vec::with_capacity(batch_images);
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        specs.clear();
+        specs.extend((start..end).map(|i| PatchSpec::boxed(i as u32, 0, 0, h, w)));
+        let x = patches.specs(store, &specs, patch)?;
+        out.extend(model.encode_eval(&x)?.to_vec()?);
+    }
+    Ok(out)
+}
+
+/// Random-patch embeddings, (N, hidden): per image the mean of `count` eval-mode embeddings of
+/// boxes drawn as `views` says (its `scale` / `ratio`, or fixed crops of `views.crop`, default the
+/// input side), resized to the input side, not augmented; the draws are `seed`'s.
+pub fn embed_random(
+    model: &BagSslModel,
+    store: &ImageStore,
+    views: &Views,
+    count: usize,
+    seed: u64,
+    batch_images: usize,
+) -> Result<Vec<f32>> {
+    let patch = model.config().patch;
+    check_args(model, store, Grid { patch, stride: 1 }, batch_images)?;
+    views.validate().map_err(EvalError::Invalid)?;
+    let crop = views.crop.unwrap_or(patch);
+    if count == 0 || crop > store.height || crop > store.width {
+        return Err(EvalError::Invalid(format!(
+            "random patches: {count} of side {crop} in {}x{} images",
+            store.height, store.width
+        )));
+    }
+    let mut sampler = PatchSampler::with_views(seed, false, views.clone());
+    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut patches = Patches::new(model.device(), store)?;
+    let (mut images, mut specs) = (Vec::with_capacity(batch_images), Vec::new());
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        images.clear();
+        images.extend(start as u32..end as u32);
+        sampler.sample_into(&images, count, crop, store.height, store.width, &mut specs);
+        let x = patches.specs(store, &specs, patch)?;
+        let h = model.encode_eval(&x)?;
+        out.extend(ops::group_mean(&h, count)?.to_vec()?);
     }
     Ok(out)
 }

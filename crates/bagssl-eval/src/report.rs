@@ -1,11 +1,11 @@
 //! One-call evaluation of an encoder: bag embeddings of both splits, kNN, linear probe, and the
 //! single-patch kNN baseline — the numbers of `eval.json` (README.md, "Outputs").
 
-use bagssl_data::ImageStore;
+use bagssl_data::{ImageStore, Views};
 use bagssl_model::BagSslModel;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{embed_bag, embed_single_patch, Grid};
+use crate::embed::{embed_bag, embed_random, embed_single_patch, embed_whole, Grid};
 use crate::knn::knn_accuracy;
 use crate::probe::linear_probe;
 use crate::Result;
@@ -81,4 +81,46 @@ fn splits<'a>(
 ) -> Splits<'a> {
     let train = Labeled { features: ftr, labels: &train.labels };
     Splits { train, test: Labeled { features: fte, labels: &test.labels }, dim, classes }
+}
+
+/// An evaluation protocol: how an image becomes one embedding (README.md, `eval.protocols`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Protocol {
+    /// The mean over the evaluation grid at the input side ([`embed_bag`]), as [`evaluate`].
+    Grid,
+    /// The whole image resized to the input side, one forward ([`embed_whole`]).
+    Whole,
+    /// The mean of `count` patches drawn as `views` says ([`embed_random`]); the training split
+    /// draws with the seed, the test split with the seed + 1.
+    Random { views: Views, count: usize },
+}
+
+/// Test accuracies of one protocol, as fractions.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolReport {
+    pub knn: f64,
+    pub linear: f64,
+}
+
+/// Embeds `train` and `test` as `protocol` says and measures kNN and linear-probe accuracy.
+pub fn evaluate_protocol(
+    model: &BagSslModel,
+    train: &ImageStore,
+    test: &ImageStore,
+    cfg: &EvalConfig,
+    protocol: &Protocol,
+) -> Result<ProtocolReport> {
+    let bi = cfg.batch_images;
+    let embed = |store: &ImageStore, seed: u64| match protocol {
+        Protocol::Grid => embed_bag(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
+        Protocol::Whole => embed_whole(model, store, bi),
+        Protocol::Random { views, count } => embed_random(model, store, views, *count, seed, bi),
+    };
+    let ftr = embed(train, cfg.seed)?;
+    let fte = embed(test, cfg.seed.wrapping_add(1))?;
+    let s = splits(train, &ftr, test, &fte, model.hidden(), class_count(train, test));
+    Ok(ProtocolReport {
+        knn: knn_accuracy(&s, cfg.knn_k, cfg.knn_t)?,
+        linear: linear_probe(&s, cfg.probe_epochs, cfg.seed)?,
+    })
 }

@@ -1,11 +1,11 @@
 //! bagssl-eval against the golden kNN vectors and hand-computed embeddings; probe behaviour.
 
 use bagssl_autograd::{Device, Tensor};
-use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec};
+use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec, Views};
 use bagssl_eval::probe::train_probe;
 use bagssl_eval::{
-    centre_position, embed_bag, embed_single_patch, evaluate, knn_predict, linear_probe, EvalConfig, Grid, Labeled,
-    ProbeOptions, Splits,
+    centre_position, embed_bag, embed_random, embed_single_patch, embed_whole, evaluate, knn_predict, linear_probe,
+    EvalConfig, Grid, Labeled, ProbeOptions, Splits,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{array, golden};
@@ -101,7 +101,7 @@ fn small_store(images: usize, h: usize, w: usize) -> ImageStore {
 
 /// Eval-mode embedding of one patch at (oy, ox) of image `i`, computed alone.
 fn patch_embedding(m: &BagSslModel, s: &ImageStore, i: usize, oy: usize, ox: usize, p: usize) -> Vec<f32> {
-    let spec = PatchSpec { image: i as u32, oy: oy as u32, ox: ox as u32, flip: false, jitter: None, gray: false };
+    let spec = PatchSpec::crop(i as u32, oy as u32, ox as u32, p as u32);
     let mut x = vec![0f32; p * p * 3];
     gather_patches(s, &[spec], p, &mut x);
     m.encode_eval(&Tensor::from_vec(&[1, p * p * 3], x)).unwrap().to_vec().unwrap()
@@ -166,4 +166,47 @@ fn evaluate_reports_accuracies() {
     }
     assert_eq!(r, evaluate(&m, &train, &test, &cfg).unwrap(), "deterministic");
     assert!(evaluate(&m, &train, &test, &EvalConfig { patch: 8, ..cfg }).is_err(), "patch must match the model");
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(d <= tol, "{what}: max diff {d}");
+}
+
+/// Images of one flat colour each (12x12).
+fn flat_store(images: usize) -> ImageStore {
+    let pixels = (0..images).flat_map(|i| (0..144).flat_map(move |_| [40 * i as u8, 200 - 30 * i as u8, 90])).collect();
+    ImageStore::new(12, 12, pixels, vec![0; images], vec!["x".into()], [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]).unwrap()
+}
+
+/// The whole image at the input side is the one grid patch; a flat image resized is any patch.
+#[test]
+fn whole_image_embeddings_have_known_answers() {
+    let m = tiny_model(8);
+    let s = small_store(5, 8, 8);
+    let whole = embed_whole(&m, &s, 2).unwrap();
+    assert_close(&whole, &embed_bag(&m, &s, Grid { patch: 8, stride: 1 }, 2).unwrap(), 1e-6, "8x8 images");
+    let m = tiny_model(4);
+    let flat = flat_store(4);
+    let single = embed_single_patch(&m, &flat, Grid { patch: 4, stride: 2 }, 3).unwrap();
+    assert_close(&embed_whole(&m, &flat, 3).unwrap(), &single, 1e-5, "flat images");
+}
+
+/// Boxes of the whole area and ratio 1 are the whole image; other draws are the seed's.
+#[test]
+fn random_patch_embeddings_are_seeded_means() {
+    let m = tiny_model(4);
+    let s = small_store(5, 12, 12);
+    let all = Views { scale: Some([1.0, 1.0]), ratio: [1.0, 1.0], ..Views::default() };
+    let whole = embed_whole(&m, &s, 2).unwrap();
+    assert_close(&embed_random(&m, &s, &all, 3, 1, 2).unwrap(), &whole, 1e-5, "whole boxes");
+    let views = Views { scale: Some([0.2, 1.0]), ..Views::default() };
+    let a = embed_random(&m, &s, &views, 6, 1, 2).unwrap();
+    assert_eq!(a, embed_random(&m, &s, &views, 6, 1, 2).unwrap(), "same seed, same embeddings");
+    assert_ne!(a, embed_random(&m, &s, &views, 6, 2, 2).unwrap(), "another seed, other boxes");
+    assert_eq!(a.len(), 5 * m.hidden());
+    assert!(embed_random(&m, &s, &views, 0, 1, 2).is_err());
+    let bad = Views { scale: Some([0.5, 0.1]), ..Views::default() };
+    assert!(embed_random(&m, &s, &bad, 2, 1, 2).unwrap_err().to_string().contains("patches.scale"));
 }

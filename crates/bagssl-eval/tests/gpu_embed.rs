@@ -1,4 +1,4 @@
-//! `embed_bag` and `embed_single_patch` with the model on the GPU (the store resident on the GPU,
+//! `embed_bag`, `embed_single_patch`, `embed_whole` and `embed_random` with the model on the GPU (the store resident on the GPU,
 //! patches from `patch_grid_fwd_f32` / `patch_embed_fwd_f32`, eval-mode encoder on CUDA) against
 //! the same weights on the CPU, at every GEMM precision (bf16, TF32, f32), on square and non-square images with
 //! batch sizes that do and do not divide the dataset.
@@ -15,8 +15,8 @@
 //! `BAGSSL_REQUIRE_GPU=1`).
 
 use bagssl_autograd::Device;
-use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
-use bagssl_eval::{embed_bag, embed_single_patch, Grid};
+use bagssl_data::{synthetic, ImageStore, SyntheticSpec, Views};
+use bagssl_eval::{embed_bag, embed_random, embed_single_patch, embed_whole, Grid};
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{at_each_gemm_precision, gpu_or_skip};
 
@@ -103,4 +103,17 @@ fn gpu_embed_bag_matches_cpu() {
 #[test]
 fn gpu_embed_single_patch_matches_cpu() {
     compare("gpu_embed_single_patch_matches_cpu", "embed_single_patch", embed_single_patch);
+}
+
+#[test]
+fn gpu_embed_whole_matches_cpu() {
+    compare("gpu_embed_whole_matches_cpu", "embed_whole", |m, s, _, b| embed_whole(m, s, b));
+}
+
+/// The draws go image by image, so every batch size sees the same boxes.
+#[test]
+fn gpu_embed_random_matches_cpu() {
+    compare("gpu_embed_random_matches_cpu", "embed_random", |m, s, _, b| {
+        embed_random(m, s, &Views { scale: Some([0.2, 1.0]), ..Views::default() }, 6, 3, b)
+    });
 }

@@ -225,7 +225,7 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let pct_bw = |bytes: f64, ms: f64| format!("{:>5.1}% of d2d copy", 100.0 * bytes / ms / 1e6 / bw);
 
     // Patch embedding from a CIFAR-sized resident dataset: reads p*p*3 bytes per patch (plus a
-    // 32-byte spec), writes p*p*3 floats.
+    // 40-byte spec), writes p*p*3 floats.
     let pixels: Vec<u8> = (0..50_000 * 32 * 32 * 3).map(|i| (i * 7 % 251) as u8).collect();
     let images = GpuImages::upload(gpu, &pixels, 32, 32, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])?;
     let specs: Vec<PatchSpec> = (0..rows)
@@ -234,16 +234,17 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
                 (i * 193 % 50_000) as u32,
                 (i % 25) as u32,
                 (i * 7 % 25) as u32,
+                p as u32,
                 i % 2 == 0,
                 Some([1.1, 0.9, 1.2]),
                 i % 5 == 0,
             )
         })
         .collect();
-    let dspecs = GpuPatchSpecs::upload(gpu, &specs)?;
+    let mut dspecs = GpuPatchSpecs::upload(gpu, &specs)?;
     let mut x = gpu.uninit(rows * din)?;
     let embed_bytes = (rows * din * 5 + rows * 32) as f64;
-    let ms_embed = timer.median_ms(|| patch_embed_fwd_f32_into(&images, &dspecs, p, &mut x))?;
+    let ms_embed = timer.median_ms(|| patch_embed_fwd_f32_into(&images, &mut dspecs, p, &mut x))?;
     let shape = format!("{rows}x{din}");
     line(
         "patch_embed_fwd_f32",
@@ -259,7 +260,7 @@ fn run(gpu: &Arc<Gpu>, quick: bool) -> Result<(), KernelError> {
     let w1 = gpu.upload(&rnd(h * din, 1))?;
     let g1 = gemm(rows, h, din, false, true);
     let ms_fused = timer.median_ms(|| {
-        patch_embed_fwd_f32_into(&images, &dspecs, p, &mut x)?;
+        patch_embed_fwd_f32_into(&images, &mut dspecs, p, &mut x)?;
         matmul_f32(&x, &w1, rows, h, din, false, true).map(drop)
     })?;
     let fused_bytes = embed_bytes + f4(h * din) + f4(rows * h);

@@ -112,11 +112,15 @@ mod tests {
 
     #[test]
     fn patch_spec_flags() {
-        let s = PatchSpec::new(3, 1, 2, true, Some([1.1, 0.9, 1.2]), true);
+        let s = PatchSpec::new(3, 1, 2, 8, true, Some([1.1, 0.9, 1.2]), true);
         assert_eq!(s.flags, ffi::BAGSSL_PATCH_FLIP | ffi::BAGSSL_PATCH_JITTER | ffi::BAGSSL_PATCH_GRAY);
         assert_eq!((s.brightness, s.contrast, s.saturation), (1.1, 0.9, 1.2));
-        assert_eq!(PatchSpec::new(0, 0, 0, false, None, false).flags, 0);
-        assert_eq!(std::mem::size_of::<PatchSpec>(), 32);
+        assert_eq!((s.box_h, s.box_w, s.blur_sigma), (8, 8, 0.0));
+        assert_eq!(PatchSpec::new(0, 0, 0, 8, false, None, false).flags, 0);
+        let b = PatchSpec::new_box(0, [1, 2, 5, 7], false, None, false).with_blur_solarize(Some(0.5), true);
+        assert_eq!(b.flags, ffi::BAGSSL_PATCH_BLUR | ffi::BAGSSL_PATCH_SOLARIZE);
+        assert_eq!((b.oy, b.ox, b.box_h, b.box_w, b.blur_sigma), (1, 2, 5, 7, 0.5));
+        assert_eq!(std::mem::size_of::<PatchSpec>(), 40);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, DeviceRepr, LaunchConfi
 
 use crate::device::same_gpu;
 use crate::ffi::{
-    BagsslGridParams, BagsslImageDims, BagsslPatchParams, BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY, BAGSSL_PATCH_JITTER,
+    BagsslGridParams, BagsslImageDims, BagsslPatchParams, BAGSSL_PATCH_BLUR, BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY,
+    BAGSSL_PATCH_JITTER, BAGSSL_PATCH_SOLARIZE,
 };
 use crate::launch::{arg_or_null, u32_of};
 use crate::{Gpu, GpuBuf, GpuBytes, KernelError};
@@ -17,8 +18,14 @@ use crate::{Gpu, GpuBuf, GpuBytes, KernelError};
 pub type PatchSpec = crate::ffi::BagsslPatchSpec;
 
 impl PatchSpec {
-    /// A spec from its parts; `jitter` = (brightness, contrast, saturation).
-    pub fn new(image: u32, oy: u32, ox: u32, flip: bool, jitter: Option<[f32; 3]>, gray: bool) -> PatchSpec {
+    /// A `p x p` crop from its parts; `jitter` = (brightness, contrast, saturation).
+    pub fn new(image: u32, oy: u32, ox: u32, p: u32, flip: bool, jitter: Option<[f32; 3]>, gray: bool) -> PatchSpec {
+        PatchSpec::new_box(image, [oy, ox, p, p], flip, jitter, gray)
+    }
+
+    /// A crop box `[oy, ox, h, w]` from its parts; the kernel resizes it to the output side.
+    pub fn new_box(image: u32, b: [u32; 4], flip: bool, jitter: Option<[f32; 3]>, gray: bool) -> PatchSpec {
+        let [oy, ox, box_h, box_w] = b;
         let mut flags = 0;
         if flip {
             flags |= BAGSSL_PATCH_FLIP;
@@ -33,7 +40,19 @@ impl PatchSpec {
             }
             None => [1.0; 3],
         };
-        PatchSpec { image, oy, ox, flags, brightness, contrast, saturation, pad: 0.0 }
+        PatchSpec { image, oy, ox, flags, brightness, contrast, saturation, blur_sigma: 0.0, box_h, box_w }
+    }
+
+    /// This spec with a Gaussian blur of `sigma` (output pixels) and/or solarize.
+    pub fn with_blur_solarize(mut self, blur: Option<f32>, solarize: bool) -> PatchSpec {
+        if let Some(sigma) = blur {
+            self.flags |= BAGSSL_PATCH_BLUR;
+            self.blur_sigma = sigma;
+        }
+        if solarize {
+            self.flags |= BAGSSL_PATCH_SOLARIZE;
+        }
+        self
     }
 }
 
@@ -99,14 +118,28 @@ pub struct GpuPatchSpecs {
     /// `write` waits only for that copy (the buffer's event) before it overwrites the buffer.
     staging: Option<(PinnedHostSlice<PatchSpec>, CudaEvent)>,
     len: usize,
-    /// Largest image index, oy and ox of the current specs.
-    max: (u32, u32, u32),
+    /// Largest image index, and the specs themselves for the extent check at launch.
+    max_image: u32,
+    host: Vec<PatchSpec>,
+    /// Whether any spec blurs (the kernel then needs `scratch`).
+    blur: bool,
+    /// The blur's scratch, p*p*3 floats per spec (reused; grown when needed).
+    scratch: Option<CudaSlice<f32>>,
 }
 
 impl GpuPatchSpecs {
     pub fn upload(gpu: &Arc<Gpu>, specs: &[PatchSpec]) -> Result<GpuPatchSpecs, KernelError> {
         let data = gpu.alloc_raw(specs.len())?;
-        let mut s = GpuPatchSpecs { gpu: gpu.clone(), data, staging: None, len: 0, max: (0, 0, 0) };
+        let mut s = GpuPatchSpecs {
+            gpu: gpu.clone(),
+            data,
+            staging: None,
+            len: 0,
+            max_image: 0,
+            host: Vec::new(),
+            blur: false,
+            scratch: None,
+        };
         s.write(specs)?;
         Ok(s)
     }
@@ -137,7 +170,10 @@ impl GpuPatchSpecs {
             copied.record(self.gpu.stream())?;
         }
         self.len = specs.len();
-        self.max = specs.iter().fold((0, 0, 0), |m, s| (m.0.max(s.image), m.1.max(s.oy), m.2.max(s.ox)));
+        self.max_image = specs.iter().map(|s| s.image).max().unwrap_or(0);
+        self.blur = specs.iter().any(|s| s.flags & BAGSSL_PATCH_BLUR != 0);
+        self.host.clear();
+        self.host.extend_from_slice(specs);
         Ok(())
     }
     pub fn len(&self) -> usize {
@@ -175,7 +211,7 @@ fn check_patch(op: &str, images: &GpuImages, patch: usize) -> Result<u32, Kernel
 /// Gathers, augments and normalises `specs` into `out` (specs.len() rows of patch*patch*3, HWC).
 pub fn patch_embed_fwd_f32_into(
     images: &GpuImages,
-    specs: &GpuPatchSpecs,
+    specs: &mut GpuPatchSpecs,
     patch: usize,
     out: &mut GpuBuf,
 ) -> Result<(), KernelError> {
@@ -190,23 +226,41 @@ pub fn patch_embed_fwd_f32_into(
     if specs.is_empty() {
         return Ok(());
     }
-    let (mi, my, mx) = specs.max;
-    if mi as usize >= images.len() || my as usize + patch > images.height() || mx as usize + patch > images.width() {
+    if specs.max_image as usize >= images.len() {
         return Err(KernelError::Invalid(format!(
-            "{op}: specs reach image {mi}, oy {my}, ox {mx}, past {} images of {}x{} with patch {patch}",
-            images.len(),
-            images.height(),
-            images.width()
+            "{op}: specs reach image {}, past {}",
+            specs.max_image,
+            images.len()
+        )));
+    }
+    let (hh, ww) = (images.height() as u64, images.width() as u64);
+    if let Some(s) = specs.host[..specs.len].iter().find(|s| {
+        let (h, w) = (u64::from(s.box_h), u64::from(s.box_w));
+        h == 0 || w == 0 || u64::from(s.oy) + h > hh || u64::from(s.ox) + w > ww
+    }) {
+        return Err(KernelError::Invalid(format!(
+            "{op}: spec {s:?} does not fit {} images of {hh}x{ww} with patch {patch}",
+            images.len()
         )));
     }
     u32_of(out.len(), "patch matrix size")?;
     let prm = BagsslPatchParams { dims: images.dims, n_patches: specs.len() as u32, patch: p };
-    // SAFETY: specs were checked against the image extents; out holds n_patches rows.
-    unsafe { launch_patches(images, gpu.function("patch_embed_fwd_f32")?, Some(&specs.data), out, &prm, patch) }
+    let GpuPatchSpecs { data, scratch, blur, .. } = specs;
+    let scratch = if *blur {
+        if scratch.as_ref().is_none_or(|s| s.len() < out.len()) {
+            *scratch = None; // free the old one first
+            *scratch = Some(gpu.alloc_raw(out.len())?);
+        }
+        scratch.as_mut()
+    } else {
+        None
+    };
+    // SAFETY: every box was checked against the image extents; out (and scratch) hold n_patches rows.
+    unsafe { launch_patches(images, gpu.function("patch_embed_fwd_f32")?, Some((data, scratch)), out, &prm, patch) }
 }
 
 /// Launches a patch kernel, one block per output row of `out`, with the arguments (images,
-/// [specs,] out, out16, prm); out16 is X's bf16 copy, which the first Linear's bf16 GEMMs read
+/// [specs,] out, out16, [scratch,] prm) (scratch null when absent); out16 is X's bf16 copy, which the first Linear's bf16 GEMMs read
 /// (written here, not by a cast kernel), or null when the GEMMs are not bf16. Installs the copy.
 ///
 /// # Safety
@@ -214,7 +268,7 @@ pub fn patch_embed_fwd_f32_into(
 unsafe fn launch_patches<P: DeviceRepr>(
     images: &GpuImages,
     f: &CudaFunction,
-    specs: Option<&CudaSlice<PatchSpec>>,
+    specs: Option<(&CudaSlice<PatchSpec>, Option<&mut CudaSlice<f32>>)>,
     out: &mut GpuBuf,
     prm: &P,
     patch: usize,
@@ -226,11 +280,18 @@ unsafe fn launch_patches<P: DeviceRepr>(
     let null = 0u64;
     let mut b = gpu.stream().launch_builder(f);
     b.arg(images.bytes.slice());
+    let (specs, scratch) = match specs {
+        Some((s, scratch)) => (Some(s), Some(scratch)),
+        None => (None, None),
+    };
     if let Some(s) = specs {
         b.arg(s);
     }
     b.arg(out.slice_mut());
     arg_or_null(&mut b, out16.as_mut(), &null);
+    if let Some(scratch) = scratch {
+        arg_or_null(&mut b, scratch, &null);
+    }
     b.arg(prm);
     // SAFETY: the caller's; out16 (a whole allocation) holds as many u16 as out floats, or is null.
     unsafe { b.launch(cfg) }?;
@@ -242,7 +303,7 @@ unsafe fn launch_patches<P: DeviceRepr>(
 }
 
 /// [`patch_embed_fwd_f32_into`] into a new (specs.len(), patch*patch*3) buffer.
-pub fn patch_embed_fwd_f32(images: &GpuImages, specs: &GpuPatchSpecs, patch: usize) -> Result<GpuBuf, KernelError> {
+pub fn patch_embed_fwd_f32(images: &GpuImages, specs: &mut GpuPatchSpecs, patch: usize) -> Result<GpuBuf, KernelError> {
     let mut out = images.gpu().uninit(specs.len() * patch * patch * 3)?;
     patch_embed_fwd_f32_into(images, specs, patch, &mut out)?;
     Ok(out)

@@ -1,5 +1,6 @@
 //! The patch-embedding kernels against the CPU gathers of bagssl-data (`gather_patches`,
-//! `gather_grid`) on random images, every augmentation combination, awkward sizes.
+//! `gather_grid`) on random images, every augmentation combination (blur and solarize included),
+//! fixed and resized crop boxes, awkward sizes.
 //!
 //! Tolerance: both sides do the same f32 operations in the same order, except the patch mean of
 //! the contrast step (a tree sum on the GPU, sequential on the CPU) and FMA contraction: a few
@@ -21,7 +22,30 @@ fn store(r: &mut ChaCha8Rng, n: usize, h: usize, w: usize) -> ImageStore {
 
 /// The kernels' spec for a bagssl-data spec (what the model crate does too).
 fn to_kernel(s: &DataSpec) -> PatchSpec {
-    PatchSpec::new(s.image, s.oy, s.ox, s.flip, s.jitter.map(|j| [j.brightness, j.contrast, j.saturation]), s.gray)
+    let jitter = s.jitter.map(|j| [j.brightness, j.contrast, j.saturation]);
+    PatchSpec::new_box(s.image, [s.oy, s.ox, s.h, s.w], s.flip, jitter, s.gray).with_blur_solarize(s.blur, s.solarize)
+}
+
+/// A random spec; bit 3 of `i` resizes a random box, bits 0-2 and 4-5 pick the augmentations.
+fn random_spec(r: &mut ChaCha8Rng, i: usize, n_img: usize, h: usize, w: usize, p: usize) -> DataSpec {
+    let (bh, bw) = if i & 8 != 0 { (r.random_range(1..=h), r.random_range(1..=w)) } else { (p, p) };
+    let mut s = DataSpec::boxed(
+        r.random_range(0..n_img as u32),
+        r.random_range(0..=(h - bh) as u32),
+        r.random_range(0..=(w - bw) as u32),
+        bh as u32,
+        bw as u32,
+    );
+    s.flip = i & 1 != 0;
+    s.jitter = (i & 2 != 0).then(|| Jitter {
+        brightness: r.random_range(0.6..1.4),
+        contrast: r.random_range(0.6..1.4),
+        saturation: r.random_range(0.6..1.4),
+    });
+    s.gray = i & 4 != 0;
+    s.blur = (i & 16 != 0).then(|| r.random_range(0.1..2.0));
+    s.solarize = i & 32 != 0;
+    s
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
@@ -52,29 +76,17 @@ fn check_bf16_copy(gpu: &bagssl_kernels::Gpu, x: &bagssl_kernels::GpuBuf, values
 fn patch_embed_matches_cpu_gather() {
     let Some(gpu) = gpu_or_skip("patch_embed_matches_cpu_gather") else { return };
     let mut r = ChaCha8Rng::seed_from_u64(7);
-    for &(n_img, h, w, p, n_specs) in &[(5, 13, 17, 5, 211), (3, 32, 32, 8, 4096), (2, 40, 33, 19, 64), (1, 4, 4, 4, 8)]
+    for &(n_img, h, w, p, n_specs) in
+        &[(5, 13, 17, 5, 211), (3, 32, 32, 8, 4096), (2, 40, 33, 19, 64), (1, 4, 4, 4, 64)]
     {
         let st = store(&mut r, n_img, h, w);
-        let specs: Vec<DataSpec> = (0..n_specs)
-            .map(|i| DataSpec {
-                image: r.random_range(0..n_img as u32),
-                oy: r.random_range(0..=(h - p) as u32),
-                ox: r.random_range(0..=(w - p) as u32),
-                flip: i & 1 != 0,
-                jitter: (i & 2 != 0).then(|| Jitter {
-                    brightness: r.random_range(0.6..1.4),
-                    contrast: r.random_range(0.6..1.4),
-                    saturation: r.random_range(0.6..1.4),
-                }),
-                gray: i & 4 != 0,
-            })
-            .collect();
+        let specs: Vec<DataSpec> = (0..n_specs).map(|i| random_spec(&mut r, i, n_img, h, w, p)).collect();
         let mut want = vec![0f32; n_specs * p * p * 3];
         gather_patches(&st, &specs, p, &mut want);
         let images = GpuImages::upload(&gpu, &st.pixels, h, w, st.mean, st.std).unwrap();
         let kspecs: Vec<PatchSpec> = specs.iter().map(to_kernel).collect();
-        let dspecs = GpuPatchSpecs::upload(&gpu, &kspecs).unwrap();
-        let x = patch_embed_fwd_f32(&images, &dspecs, p).unwrap();
+        let mut dspecs = GpuPatchSpecs::upload(&gpu, &kspecs).unwrap();
+        let x = patch_embed_fwd_f32(&images, &mut dspecs, p).unwrap();
         let got = x.to_host().unwrap();
         check_bf16_copy(&gpu, &x, &got, "patch_embed");
         let (d, at) = max_diff(&got, &want);
@@ -118,9 +130,11 @@ fn bad_specs_are_rejected_before_launch() {
     let mut r = ChaCha8Rng::seed_from_u64(9);
     let st = store(&mut r, 2, 8, 8);
     let images = GpuImages::upload(&gpu, &st.pixels, 8, 8, st.mean, st.std).unwrap();
-    for bad in [PatchSpec::new(2, 0, 0, false, None, false), PatchSpec::new(0, 5, 0, false, None, false)] {
-        let specs = GpuPatchSpecs::upload(&gpu, &[bad]).unwrap();
-        assert!(patch_embed_fwd_f32(&images, &specs, 4).is_err(), "{bad:?} must be rejected");
+    let bad_box = PatchSpec::new_box(0, [2, 0, 7, 3], false, None, false);
+    for bad in [PatchSpec::new(2, 0, 0, 4, false, None, false), PatchSpec::new(0, 5, 0, 4, false, None, false), bad_box]
+    {
+        let mut specs = GpuPatchSpecs::upload(&gpu, &[bad]).unwrap();
+        assert!(patch_embed_fwd_f32(&images, &mut specs, 4).is_err(), "{bad:?} must be rejected");
     }
     assert!(patch_grid_fwd_f32(&images, 1, 2, 4, 2).is_err());
     assert!(patch_grid_fwd_f32(&images, 0, 1, 9, 2).is_err());

@@ -190,7 +190,8 @@ impl Trainer {
             st.meta_parse("epoch_pos")?,
             store.len(),
         );
-        let sampler = PatchSampler::from_state(&st.meta_json::<RngState>("sampler_rng")?, config.augment);
+        let sampler =
+            PatchSampler::from_state(&st.meta_json::<RngState>("sampler_rng")?, config.augment, config.views.clone());
         let mut trainer = Trainer::from_parts(model, optimizer, sampler, cursor, config, step)?;
         trainer.normalization = Normalization::from_meta(st.path, &st.meta)?;
         Ok(trainer)

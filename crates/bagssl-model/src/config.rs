@@ -253,6 +253,10 @@ pub struct TrainConfig {
     pub per_image: usize,
     /// Flip / colour jitter / grayscale on (docs/DEFINITIONS.md §2-§3); off: only the position is random.
     pub augment: bool,
+    /// How a view is cut (fixed crop side or random-resized box) and which augmentations it
+    /// gets when `augment` (docs/DEFINITIONS.md §2); absent from older checkpoints: their fixed crops.
+    #[serde(default)]
+    pub views: bagssl_data::Views,
     /// Images per step (B); a step sees `B * per_image` patches.
     pub batch_images: usize,
     /// Length of the schedule; the learning rate reaches 0 here.
@@ -280,6 +284,7 @@ impl TrainConfig {
         if self.batch_images == 0 {
             return Err(ModelError::Config("batch_images must be positive".into()));
         }
+        self.views.validate().map_err(ModelError::Config)?;
         let usable = |v: f64| v.is_finite() && v >= 0.0;
         if !usable(self.lr) || !usable(self.weight_decay) {
             return Err(ModelError::Config(format!(

@@ -6,7 +6,7 @@
 //!
 //! - CPU: `bagssl_data::gather_patches` straight into the tensor's (recycled) buffer.
 //! - CUDA: the u8 [`ImageStore`] is uploaded once and stays resident ([`GpuStore`]); per step only
-//!   the specs go host -> device (32 bytes each, into a reused [`GpuPatchSpecs`]) and
+//!   the specs go host -> device (40 bytes each, into a reused [`GpuPatchSpecs`]) and
 //!   `patch_embed_fwd_f32` writes the patch matrix on the device. The same GPU-resident store also
 //!   serves evaluation (`patch_grid_fwd_f32`, see `bagssl-eval`).
 
@@ -18,18 +18,18 @@ use bagssl_kernels::{patch_embed_fwd_f32, patch_grid_fwd_f32, Gpu, GpuImages, Gp
 
 use crate::{ModelError, Result};
 
-/// The patch-embedding kernel's spec (`BagsslPatchSpec`) for a sampler spec: flip, jitter
-/// (brightness, contrast, saturation; factors 1 and the flag off without jitter) and gray map
-/// one to one onto the kernel's flags and factors.
+/// The patch-embedding kernel's spec (`BagsslPatchSpec`) for a sampler spec: the crop box, flip,
+/// jitter (brightness, contrast, saturation; factors 1 and the flag off without jitter), gray,
+/// blur (its sigma) and solarize map one to one onto the kernel's fields and flags.
 pub fn kernel_spec(s: &PatchSpec) -> bagssl_kernels::PatchSpec {
-    bagssl_kernels::PatchSpec::new(
+    bagssl_kernels::PatchSpec::new_box(
         s.image,
-        s.oy,
-        s.ox,
+        [s.oy, s.ox, s.h, s.w],
         s.flip,
         s.jitter.map(|j| [j.brightness, j.contrast, j.saturation]),
         s.gray,
     )
+    .with_blur_solarize(s.blur, s.solarize)
 }
 
 /// [`kernel_spec`] of every spec, into a reused buffer (cleared first).
@@ -224,7 +224,7 @@ mod tests {
     use bagssl_kernels::ffi::{BAGSSL_PATCH_FLIP, BAGSSL_PATCH_GRAY, BAGSSL_PATCH_JITTER};
 
     fn spec(flip: bool, jitter: Option<Jitter>, gray: bool) -> PatchSpec {
-        PatchSpec { image: 7, oy: 3, ox: 5, flip, jitter, gray }
+        PatchSpec { flip, jitter, gray, ..PatchSpec::boxed(7, 3, 5, 6, 9) }
     }
 
     #[test]
@@ -234,7 +234,7 @@ mod tests {
             for jitter in [None, Some(j)] {
                 for gray in [false, true] {
                     let k = kernel_spec(&spec(flip, jitter, gray));
-                    assert_eq!((k.image, k.oy, k.ox), (7, 3, 5));
+                    assert_eq!((k.image, k.oy, k.ox, k.box_h, k.box_w), (7, 3, 5, 6, 9));
                     assert_eq!(k.flags & BAGSSL_PATCH_FLIP != 0, flip);
                     assert_eq!(k.flags & BAGSSL_PATCH_JITTER != 0, jitter.is_some());
                     assert_eq!(k.flags & BAGSSL_PATCH_GRAY != 0, gray);
@@ -275,6 +275,20 @@ mod tests {
         // Without augmentation only the position is set.
         let plain = PatchSampler::new(3, false).sample(&[1], 8, 8, 32, 32);
         assert!(plain.iter().map(kernel_spec).all(|k| k.flags == 0 && k.brightness == 1.0));
+    }
+
+    #[test]
+    fn blur_and_solarize_map_onto_their_flags() {
+        use bagssl_kernels::ffi::{BAGSSL_PATCH_BLUR, BAGSSL_PATCH_SOLARIZE};
+        for blur in [None, Some(0.75f32)] {
+            for solarize in [false, true] {
+                let k = kernel_spec(&PatchSpec { blur, solarize, ..spec(true, None, false) });
+                assert_eq!(k.flags & BAGSSL_PATCH_BLUR != 0, blur.is_some());
+                assert_eq!(k.flags & BAGSSL_PATCH_SOLARIZE != 0, solarize);
+                assert_eq!(k.blur_sigma, blur.unwrap_or(0.0));
+                assert_eq!(k.flags & BAGSSL_PATCH_FLIP, BAGSSL_PATCH_FLIP);
+            }
+        }
     }
 
     #[test]

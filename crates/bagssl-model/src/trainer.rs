@@ -149,7 +149,7 @@ impl Trainer {
     /// A fresh run (step 0, zero optimizer state) starting from the given weights.
     pub fn with_model(model: BagSslModel, config: TrainConfig) -> Result<Self> {
         let optimizer = Optimizer::new(config.optimizer, config.weight_decay as f32, &model.params())?;
-        let sampler = PatchSampler::new(config.seed, config.augment);
+        let sampler = PatchSampler::with_views(config.seed, config.augment, config.views.clone());
         let cursor = EpochCursor::new(config.seed);
         Self::from_parts(model, optimizer, sampler, cursor, config, 0)
     }
@@ -225,10 +225,12 @@ impl Trainer {
     /// random draws are consumed).
     pub fn step(&mut self, store: &ImageStore) -> Result<StepStats> {
         let c = &self.config;
+        // The model's input side; a fixed crop of another side is resized to it.
         let patch = self.model.config().patch;
-        check_patch_size(patch, store.height, store.width).map_err(|e| ModelError::Config(e.to_string()))?;
+        let crop = c.views.crop.unwrap_or(patch);
+        check_patch_size(crop, store.height, store.width).map_err(|e| ModelError::Config(e.to_string()))?;
         let epoch = self.cursor.next_batch(store.len(), c.batch_images, &mut self.images)?;
-        self.sampler.sample_into(&self.images, c.per_image, patch, store.height, store.width, &mut self.specs);
+        self.sampler.sample_into(&self.images, c.per_image, crop, store.height, store.width, &mut self.specs);
         let x = self.source.patches(store, &self.specs, patch)?;
         let loss_fn = BagVicreg { per_image: c.per_image, weights: c.loss };
         let number = self.step + 1;

@@ -610,7 +610,7 @@ fn gpu_source_follows_the_store() {
     }
     src.register_store(&edited).unwrap();
     check(&mut rep, &mut src, &edited, 4, "edited copy of b");
-    let bad = [PatchSpec { image: 40, oy: 0, ox: 0, flip: false, jitter: None, gray: false }];
+    let bad = [PatchSpec::crop(40, 0, 0, 8)];
     let err = src.patches(&a, &bad, 8).map(|_| ()).unwrap_err().to_string();
     rep.line(err.contains("past"), "a spec past the store is an error", err);
     rep.finish();

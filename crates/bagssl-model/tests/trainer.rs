@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use bagssl_autograd::Device;
-use bagssl_data::{synthetic, ImageStore, SyntheticSpec};
+use bagssl_data::{synthetic, Augment, ImageStore, SyntheticSpec, Views};
 use bagssl_model::checkpoint::write_atomic;
 use bagssl_model::{
     lr_factor, read_normalization, BagSslModel, ModelConfig, ModelError, Normalization, OptimizerKind, TrainConfig,
@@ -47,11 +47,15 @@ fn same_bits(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
 }
 
 fn resume_roundtrip(optimizer: OptimizerKind) {
+    resume_roundtrip_with(train_config(optimizer));
+}
+
+fn resume_roundtrip_with(config: TrainConfig) {
     let data = store(20, 12, 1); // batch 8 -> 2 steps per epoch, 4 images dropped each epoch
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ck.safetensors");
 
-    let mut a = Trainer::new(model_config(), train_config(optimizer), &Device::Cpu).unwrap();
+    let mut a = Trainer::new(model_config(), config, &Device::Cpu).unwrap();
     for _ in 0..3 {
         a.step(&data).unwrap();
     }
@@ -76,6 +80,57 @@ fn resume_is_bit_identical_adamw() {
 #[test]
 fn resume_is_bit_identical_lars() {
     resume_roundtrip(OptimizerKind::Lars);
+}
+
+/// Random-resized views with every augmentation: 6x6-or-larger boxes resized to the model's 4x4.
+fn resized_views() -> Views {
+    let augment = Augment { blur: 0.5, solarize: 0.5, ..Augment::default() };
+    Views { crop: Some(6), scale: Some([0.2, 1.0]), augment, ..Views::default() }
+}
+
+/// The views (and the sampler's place in their draws) survive a checkpoint.
+#[test]
+fn resume_is_bit_identical_with_resized_views() {
+    resume_roundtrip_with(TrainConfig { views: resized_views(), ..train_config(OptimizerKind::AdamW) });
+}
+
+/// A fixed crop at the model's side, named, is the default view: the same steps bit for bit.
+#[test]
+fn explicit_fixed_crops_are_the_default_views() {
+    let data = store(16, 12, 2);
+    let run = |views: Views| {
+        let mut t =
+            Trainer::new(model_config(), TrainConfig { views, ..train_config(OptimizerKind::AdamW) }, &Device::Cpu)
+                .unwrap();
+        let stats: Vec<_> = (0..2).map(|_| t.step(&data).unwrap()).collect();
+        (stats, snapshot(&t))
+    };
+    let (stats_a, a) = run(Views::default());
+    let (stats_b, b) = run(Views { crop: Some(model_config().patch), ..Views::default() });
+    assert_eq!(stats_a, stats_b);
+    assert!(same_bits(&a, &b));
+    let (stats_c, _) = run(resized_views());
+    assert!(stats_c.iter().all(|s| s.loss().is_finite()) && stats_c != stats_a, "resized views train, differently");
+}
+
+/// Bad view values are config errors naming their key.
+#[test]
+fn bad_views_name_their_key() {
+    let bad = [
+        (Views { scale: Some([0.5, 0.1]), ..Views::default() }, "patches.scale"),
+        (Views { ratio: [2.0, 1.0], ..Views::default() }, "patches.ratio"),
+        (Views { augment: Augment { solarize: 1.5, ..Augment::default() }, ..Views::default() }, "patches.solarize"),
+    ];
+    for (views, key) in bad {
+        let cfg = TrainConfig { views, ..train_config(OptimizerKind::AdamW) };
+        let msg = Trainer::new(model_config(), cfg, &Device::Cpu).err().expect("rejected").to_string();
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
+    let crop =
+        TrainConfig { views: Views { crop: Some(13), ..Views::default() }, ..train_config(OptimizerKind::AdamW) };
+    let mut t = Trainer::new(model_config(), crop, &Device::Cpu).unwrap();
+    let msg = t.step(&store(16, 12, 0)).unwrap_err().to_string();
+    assert!(msg.contains("13"), "{msg}");
 }
 
 #[test]

@@ -63,9 +63,24 @@ pub struct DataConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PatchConfig {
+    /// Side of a fixed crop (no `scale`).
     pub size: usize,
     pub per_image: usize,
     pub augment: bool,
+    /// The model's input side every view is resized to; 0: `size`.
+    pub out_size: usize,
+    /// `[min, max]` area fraction of a random-resized box (RandomResizedCrop); empty: fixed crops.
+    pub scale: Vec<f64>,
+    /// `[min, max]` aspect ratio `w / h` of a random-resized box, drawn log-uniformly.
+    pub ratio: Vec<f64>,
+    /// Probabilities (and strengths) of the augmentations, when `augment`.
+    pub flip: f64,
+    pub jitter: f64,
+    pub jitter_strength: Vec<f64>,
+    pub gray: f64,
+    pub blur: f64,
+    pub blur_sigma: Vec<f64>,
+    pub solarize: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,7 +128,14 @@ pub struct EvalSection {
     pub batch_images: usize,
     /// Also evaluate the untrained (initial) encoder, so every run shows what training bought.
     pub untrained: bool,
+    /// The protocols measured (`grid`, `whole`, `random`); the first is also `knn` / `linear`.
+    pub protocols: Vec<String>,
+    /// Patches per image of the `random` protocol.
+    pub random_patches: usize,
 }
+
+/// The names `eval.protocols` takes.
+pub const PROTOCOLS: [&str; 3] = ["grid", "whole", "random"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -149,7 +171,69 @@ impl Default for DataConfig {
 
 impl Default for PatchConfig {
     fn default() -> Self {
-        PatchConfig { size: 8, per_image: 16, augment: true }
+        let v = bagssl_data::Views::default();
+        let a = v.augment;
+        PatchConfig {
+            size: 8,
+            per_image: 16,
+            augment: true,
+            out_size: 0,
+            scale: Vec::new(),
+            ratio: v.ratio.to_vec(),
+            flip: f64::from(a.flip),
+            jitter: f64::from(a.jitter),
+            jitter_strength: a.jitter_strength.map(f64::from).to_vec(),
+            gray: f64::from(a.gray),
+            blur: f64::from(a.blur),
+            blur_sigma: a.blur_sigma.map(f64::from).to_vec(),
+            solarize: f64::from(a.solarize),
+        }
+    }
+}
+
+impl PatchConfig {
+    /// The model's input side: `out_size`, or `size` when it is 0.
+    pub fn input_size(&self) -> usize {
+        if self.out_size == 0 {
+            self.size
+        } else {
+            self.out_size
+        }
+    }
+
+    /// The sampler's views of these keys, checked (errors name the `patches.*` key).
+    pub fn views(&self) -> Result<bagssl_data::Views> {
+        let scale = match self.scale.as_slice() {
+            [] => None,
+            _ => Some(pair("patches.scale", &self.scale)?),
+        };
+        let [a, b, c] = self.jitter_strength[..] else {
+            bail!(
+                "config key `patches.jitter_strength` must be [brightness, contrast, saturation] (got {:?})",
+                self.jitter_strength
+            );
+        };
+        let augment = bagssl_data::Augment {
+            flip: self.flip as f32,
+            jitter: self.jitter as f32,
+            jitter_strength: [a, b, c].map(|v| v as f32),
+            gray: self.gray as f32,
+            blur: self.blur as f32,
+            blur_sigma: pair("patches.blur_sigma", &self.blur_sigma)?.map(|v| v as f32),
+            solarize: self.solarize as f32,
+        };
+        let views =
+            bagssl_data::Views { crop: Some(self.size), scale, ratio: pair("patches.ratio", &self.ratio)?, augment };
+        views.validate().map_err(|e| anyhow!(e))?;
+        Ok(views)
+    }
+}
+
+/// The two values of a `[min, max]` key.
+fn pair(key: &str, v: &[f64]) -> Result<[f64; 2]> {
+    match *v {
+        [lo, hi] => Ok([lo, hi]),
+        _ => bail!("config key `{key}` must be [min, max] (got {v:?})"),
     }
 }
 
@@ -185,7 +269,16 @@ impl Default for TrainSection {
 
 impl Default for EvalSection {
     fn default() -> Self {
-        EvalSection { stride: 2, knn_k: 20, knn_t: 0.1, probe_epochs: 50, batch_images: 32, untrained: true }
+        EvalSection {
+            stride: 2,
+            knn_k: 20,
+            knn_t: 0.1,
+            probe_epochs: 50,
+            batch_images: 32,
+            untrained: true,
+            protocols: vec!["grid".into()],
+            random_patches: 128,
+        }
     }
 }
 
@@ -247,6 +340,8 @@ impl Config {
                 bail!("config key `{key}` must be at least 1 (got 0)");
             }
         }
+        self.patches.views()?;
+        self.protocols()?;
         if self.patches.per_image < 2 {
             bail!("config key `patches.per_image` must be at least 2: the invariance term needs co-occurring patches");
         }
@@ -279,13 +374,11 @@ impl Config {
             if self.data.synthetic_images < 20 || self.data.synthetic_classes < 2 {
                 bail!("config keys `data.synthetic_images` (>= 20) / `data.synthetic_classes` (>= 2) are too small");
             }
-            if self.data.synthetic_size < self.patches.size {
-                bail!(
-                    "config key `patches.size` = {} is larger than the synthetic images ({} x {}, `data.synthetic_size`)",
-                    self.patches.size,
-                    self.data.synthetic_size,
-                    self.data.synthetic_size
-                );
+            let n = self.data.synthetic_size;
+            for (key, side) in [("patches.size", self.patches.size), ("patches.out_size", self.patches.input_size())] {
+                if n < side {
+                    bail!("config key `{key}` = {side} is larger than the synthetic images ({n} x {n}, `data.synthetic_size`)");
+                }
             }
         }
         Ok(())
@@ -293,13 +386,40 @@ impl Config {
 
     /// Checks the patch size against the loaded images.
     pub fn validate_for_images(&self, height: usize, width: usize, origin: &str) -> Result<()> {
-        if self.patches.size > height || self.patches.size > width {
-            bail!(
-                "config key `patches.size` = {} is larger than the images of {origin} ({height} x {width})",
-                self.patches.size
-            );
+        // The evaluation grid cuts patches of the input side, so it must fit too.
+        for (key, side) in [("patches.size", self.patches.size), ("patches.out_size", self.patches.input_size())] {
+            if side > height || side > width {
+                bail!("config key `{key}` = {side} is larger than the images of {origin} ({height} x {width})");
+            }
         }
         Ok(())
+    }
+
+    /// `eval.protocols` by name, checked; `random` draws the training views' boxes (fixed crops
+    /// of `patches.size` without `patches.scale`).
+    pub fn protocols(&self) -> Result<Vec<(String, bagssl_eval::Protocol)>> {
+        use bagssl_eval::Protocol;
+        let e = &self.eval;
+        if e.protocols.is_empty() {
+            bail!("config key `eval.protocols` must name at least one of {}", PROTOCOLS.join(", "));
+        }
+        if e.random_patches == 0 {
+            bail!("config key `eval.random_patches` must be at least 1 (got 0)");
+        }
+        let mut out: Vec<(String, Protocol)> = Vec::new();
+        for name in &e.protocols {
+            let protocol = match name.as_str() {
+                "grid" => Protocol::Grid,
+                "whole" => Protocol::Whole,
+                "random" => Protocol::Random { views: self.patches.views()?, count: e.random_patches },
+                _ => bail!("config key `eval.protocols` takes {} (got {name:?})", PROTOCOLS.join(", ")),
+            };
+            if out.iter().any(|(n, _)| n == name) {
+                bail!("config key `eval.protocols` names {name:?} twice");
+            }
+            out.push((name.clone(), protocol));
+        }
+        Ok(out)
     }
 
     pub fn to_toml(&self) -> String {
@@ -427,7 +547,15 @@ mod tests {
 
     #[test]
     fn all_shipped_configs_parse() {
-        for name in ["quickstart", "cifar10", "reference", "cifar10-resnet-cpu", "cifar10-resnet18", "bench-cpu"] {
+        for name in [
+            "quickstart",
+            "cifar10",
+            "reference",
+            "cifar10-resnet-cpu",
+            "cifar10-resnet18",
+            "bench-cpu",
+            "vicreg-image",
+        ] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(format!("{name}.toml"));
             Config::from_file(&p).unwrap().validate().unwrap();
         }
@@ -489,6 +617,67 @@ mod tests {
         let c = Config::default();
         let e = c.validate_for_images(6, 6, "data/x").unwrap_err().to_string();
         assert!(e.contains("patches.size") && e.contains("6 x 6"), "{e}");
+    }
+
+    /// Without `patches.scale` the views are the fixed crops of `patches.size` with the
+    /// sampler's default augmentations; `out_size` 0 is `size`.
+    #[test]
+    fn view_keys_default_to_fixed_crops() {
+        let p = Config::default().patches;
+        let views = p.views().unwrap();
+        assert_eq!(views, bagssl_data::Views { crop: Some(8), ..bagssl_data::Views::default() });
+        assert_eq!(p.input_size(), 8);
+        let c = Config::default()
+            .with_overrides(&[
+                "patches.scale=[0.2, 1]".into(),
+                "patches.out_size=16".into(),
+                "patches.blur=0.1".into(),
+                "patches.solarize=0.1".into(),
+            ])
+            .unwrap();
+        let v = c.patches.views().unwrap();
+        assert_eq!((v.scale, c.patches.input_size()), (Some([0.2, 1.0]), 16));
+        assert_eq!((v.augment.blur, v.augment.solarize), (0.1, 0.1));
+        assert_eq!(Config::from_toml(&c.to_toml(), "rt").unwrap(), c);
+    }
+
+    #[test]
+    fn bad_view_values_are_named() {
+        for (set, key) in [
+            ("patches.scale=[0.5, 0.1]", "patches.scale"),
+            ("patches.scale=[0, 1]", "patches.scale"),
+            ("patches.scale=[0.5]", "patches.scale"),
+            ("patches.ratio=[2, 1]", "patches.ratio"),
+            ("patches.flip=1.5", "patches.flip"),
+            ("patches.blur=-0.1", "patches.blur"),
+            ("patches.blur_sigma=[0, 1]", "patches.blur_sigma"),
+            ("patches.jitter_strength=[0.4, 0.4]", "patches.jitter_strength"),
+            ("patches.out_size=64", "patches.out_size"),
+        ] {
+            let c = Config::default().with_overrides(&[set.into()]).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{set}: {e}");
+        }
+        let c = Config::default().with_overrides(&["patches.out_size=12".into()]).unwrap();
+        let e = c.validate_for_images(10, 10, "data/x").unwrap_err().to_string();
+        assert!(e.contains("patches.out_size") && e.contains("10 x 10"), "{e}");
+    }
+
+    #[test]
+    fn protocols_are_checked_by_name() {
+        let names = |c: &Config| c.protocols().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(&Config::default()), ["grid"]);
+        let c = Config::default().with_overrides(&["eval.protocols=[\"random\", \"whole\"]".into()]).unwrap();
+        assert_eq!(names(&c), ["random", "whole"]);
+        for (set, needle) in [
+            ("eval.protocols=[]", "at least one"),
+            ("eval.protocols=[\"grid\", \"grid\"]", "twice"),
+            ("eval.protocols=[\"pyramid\"]", "grid, whole, random"),
+            ("eval.random_patches=0", "eval.random_patches"),
+        ] {
+            let e = Config::default().with_overrides(&[set.into()]).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{set}: {e}");
+        }
     }
 
     /// The resolved config.toml spells the choices as they always were.

@@ -235,7 +235,7 @@ pub fn model_and_train_config(
     // A ResNet's width comes from its stages: the MLP's keys do not describe it.
     let mlp = m.arch == bagssl_model::Arch::Mlp;
     let model = ModelConfig {
-        patch: cfg.patches.size,
+        patch: cfg.patches.input_size(),
         layers: if mlp { m.layers } else { 0 },
         hidden: if mlp { m.hidden } else { 0 },
         proj: m.proj,
@@ -249,6 +249,7 @@ pub fn model_and_train_config(
     let train = TrainConfig {
         per_image: cfg.patches.per_image,
         augment: cfg.patches.augment,
+        views: cfg.patches.views()?,
         batch_images: cfg.train.batch_images,
         total_steps,
         warmup_steps,

@@ -501,3 +501,36 @@ fn resnet_run_trains_evaluates_embeds_and_benches() {
     let last: serde_json::Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
     assert!(last["gflops"].as_f64().unwrap() > 0.0, "{last}");
 }
+
+/// `eval.protocols`: each is in eval.json under `protocols.<name>`, the first also as `knn` /
+/// `linear`; a random-resized run's `random` protocol draws its boxes.
+#[test]
+fn eval_protocols_are_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let extra = [
+        "--set",
+        "eval.protocols=[\"whole\", \"grid\", \"random\"]",
+        "--set",
+        "eval.random_patches=4",
+        "--set",
+        "patches.scale=[0.3, 1.0]",
+    ];
+    let o = train_tiny(&out, &extra);
+    assert!(o.status.success(), "{}", text(&o));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    for model in ["trained", "untrained"] {
+        let p = &eval[model]["protocols"];
+        for name in ["grid", "whole", "random"] {
+            for k in ["knn", "linear"] {
+                let v = p[name][k].as_f64().unwrap_or(-1.0);
+                assert!((0.0..=1.0).contains(&v), "{model}.protocols.{name}.{k} = {v}");
+            }
+        }
+        assert_eq!(eval[model]["knn"], p["whole"]["knn"], "the first protocol is {model}.knn");
+        assert_eq!(eval[model]["linear"], p["whole"]["linear"]);
+    }
+    let o = train_tiny(&dir.path().join("bad"), &["--set", "eval.protocols=[\"pyramidal\"]"]);
+    assert_fails_naming(&o, &["eval.protocols", "pyramidal"]);
+}

@@ -11,6 +11,8 @@ pub const BAGSSL_COL_MAX_TILES: u32 = 16384;
 pub const BAGSSL_PATCH_FLIP: u32 = 1;
 pub const BAGSSL_PATCH_JITTER: u32 = 2;
 pub const BAGSSL_PATCH_GRAY: u32 = 4;
+pub const BAGSSL_PATCH_BLUR: u32 = 8;
+pub const BAGSSL_PATCH_SOLARIZE: u32 = 16;
 pub const BAGSSL_ADAMW_MAX_TENSORS: u32 = 16;
 pub const BAGSSL_ADAMW_TILE: u32 = 4096;
 pub const BAGSSL_EMA_MAX_TENSORS: u32 = 16;
@@ -24,11 +26,13 @@ pub struct BagsslPatchSpec {
     pub brightness: f32,
     pub contrast: f32,
     pub saturation: f32,
-    pub pad: f32,
+    pub blur_sigma: f32,
+    pub box_h: u32,
+    pub box_w: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of BagsslPatchSpec"][::std::mem::size_of::<BagsslPatchSpec>() - 32usize];
+    ["Size of BagsslPatchSpec"][::std::mem::size_of::<BagsslPatchSpec>() - 40usize];
     ["Alignment of BagsslPatchSpec"][::std::mem::align_of::<BagsslPatchSpec>() - 4usize];
     [
         "Offset of field: BagsslPatchSpec::image",
@@ -52,8 +56,14 @@ const _: () = {
         "Offset of field: BagsslPatchSpec::saturation",
     ][::std::mem::offset_of!(BagsslPatchSpec, saturation) - 24usize];
     [
-        "Offset of field: BagsslPatchSpec::pad",
-    ][::std::mem::offset_of!(BagsslPatchSpec, pad) - 28usize];
+        "Offset of field: BagsslPatchSpec::blur_sigma",
+    ][::std::mem::offset_of!(BagsslPatchSpec, blur_sigma) - 28usize];
+    [
+        "Offset of field: BagsslPatchSpec::box_h",
+    ][::std::mem::offset_of!(BagsslPatchSpec, box_h) - 32usize];
+    [
+        "Offset of field: BagsslPatchSpec::box_w",
+    ][::std::mem::offset_of!(BagsslPatchSpec, box_w) - 36usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]

@@ -10,6 +10,7 @@ pub fn train_config(optimizer: OptimizerKind) -> TrainConfig {
     TrainConfig {
         per_image: 4,
         augment: true,
+        views: bagssl_data::Views::default(),
         batch_images: 8,
         total_steps: 20,
         warmup_steps: 2,

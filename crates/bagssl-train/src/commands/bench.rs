@@ -66,7 +66,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let idx: Vec<usize> = (0..k).collect();
         let store = data.train.subset(&idx);
         let model = trainer.model();
-        let p = cfg.patches.size;
+        let p = cfg.patches.input_size();
         let grid = bagssl_eval::Grid { patch: p, stride: cfg.eval.stride };
         let grid_len = bagssl_data::grid_positions(store.height, store.width, p, cfg.eval.stride).len();
         bagssl_eval::embed_bag(model, &store.subset(&idx[..k.min(64)]), grid, cfg.eval.batch_images)?;
@@ -92,7 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     println!(
         "config: patch {} | {} patches x {} images | {} | projector {:?} | device {} | {} GEMMs",
-        cfg.patches.size,
+        cfg.patches.input_size(),
         cfg.patches.per_image,
         cfg.train.batch_images,
         encoder_label(trainer.model().config()),
@@ -138,7 +138,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "steps": steps,
             "precision": setup::precision_label(&cfg),
             "config": {
-                "patch": cfg.patches.size, "per_image": cfg.patches.per_image,
+                "patch": cfg.patches.input_size(), "per_image": cfg.patches.per_image,
                 "batch_images": cfg.train.batch_images, "hidden": cfg.model.hidden,
                 "proj": cfg.model.proj, "layers": cfg.model.layers,
                 "arch": cfg.model.arch.name(), "widths": &cfg.model.widths, "blocks": &cfg.model.blocks,

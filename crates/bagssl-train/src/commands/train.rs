@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bagssl_autograd::Device;
 use bagssl_data::ImageStore;
-use bagssl_eval::EvalReport;
+use bagssl_eval::{EvalReport, ProtocolReport};
 use bagssl_model::{BagSslModel, Trainer};
 use serde_json::json;
 
@@ -129,7 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "data": data.source,
     });
     setup::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    print_table(&trained, untrained.as_ref());
+    print_table(&trained.report, untrained.as_ref().map(|u| &u.report));
     println!("run directory: {}", out.display());
     Ok(())
 }
@@ -141,27 +141,35 @@ pub fn device_label(device: &Device) -> String {
     }
 }
 
-/// kNN, linear probe and single-patch kNN of `model` on the run's splits.
+/// kNN, linear probe and single-patch kNN of `model` on the run's splits, and each protocol's.
 pub fn evaluate(
     cfg: &Config,
     model: &BagSslModel,
     data: &Datasets,
     label: &str,
     metrics: &mut MetricsLog,
-) -> Result<EvalReport> {
+) -> Result<Evaluation> {
     let t = Instant::now();
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("evaluating the {label} encoder"));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let r = evaluate_stores(cfg, model, &data.train, &data.test)?;
     spinner.finish_and_clear();
     metrics.write(&json!({
-        "event": "eval", "model": label, "knn": r.knn, "linear": r.linear,
-        "knn_single_patch": r.knn_single_patch, "eval_s": t.elapsed().as_secs_f64(),
+        "event": "eval", "model": label, "knn": r.report.knn, "linear": r.report.linear,
+        "knn_single_patch": r.report.knn_single_patch, "protocols": protocols_json(&r),
+        "eval_s": t.elapsed().as_secs_f64(),
     }))?;
     Ok(r)
 }
 
-pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, test: &ImageStore) -> Result<EvalReport> {
+/// An evaluation: today's report (its `knn` / `linear` those of the first protocol) and every
+/// protocol's accuracies, in `eval.protocols` order.
+pub struct Evaluation {
+    pub report: EvalReport,
+    pub protocols: Vec<(String, ProtocolReport)>,
+}
+
+pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, test: &ImageStore) -> Result<Evaluation> {
     let ec = bagssl_eval::EvalConfig {
         patch: model.config().patch,
         stride: cfg.eval.stride,
@@ -171,11 +179,31 @@ pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, te
         batch_images: cfg.eval.batch_images,
         seed: cfg.seed,
     };
-    Ok(bagssl_eval::evaluate(model, train, test, &ec)?)
+    let mut report = bagssl_eval::evaluate(model, train, test, &ec)?;
+    let mut protocols = Vec::new();
+    for (name, protocol) in cfg.protocols()? {
+        let r = match protocol {
+            // `evaluate` measured it already.
+            bagssl_eval::Protocol::Grid => ProtocolReport { knn: report.knn, linear: report.linear },
+            p => bagssl_eval::evaluate_protocol(model, train, test, &ec, &p)?,
+        };
+        protocols.push((name, r));
+    }
+    if let Some((_, first)) = protocols.first() {
+        (report.knn, report.linear) = (first.knn, first.linear);
+    }
+    Ok(Evaluation { report, protocols })
 }
 
-pub fn report_json(r: &EvalReport) -> serde_json::Value {
-    json!({"knn": r.knn, "linear": r.linear, "knn_single_patch": r.knn_single_patch})
+fn protocols_json(e: &Evaluation) -> serde_json::Value {
+    let m: serde_json::Map<String, serde_json::Value> =
+        e.protocols.iter().map(|(n, r)| (n.clone(), json!({"knn": r.knn, "linear": r.linear}))).collect();
+    serde_json::Value::Object(m)
+}
+
+pub fn report_json(e: &Evaluation) -> serde_json::Value {
+    let r = &e.report;
+    json!({"knn": r.knn, "linear": r.linear, "knn_single_patch": r.knn_single_patch, "protocols": protocols_json(e)})
 }
 
 fn print_table(trained: &EvalReport, untrained: Option<&EvalReport>) {
