@@ -88,6 +88,10 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let steps: Vec<_> = lines.iter().filter(|l| l["event"] == "step").collect();
     assert!(steps.len() >= 10, "{metrics}");
     assert!(steps.iter().all(|s| s["loss"].as_f64().unwrap().is_finite()));
+    // The collapse monitor's keys on every logged step (docs/DEFINITIONS.md §12).
+    for k in ["embedding_rank", "projection_rank", "embedding_std_min", "projection_std_min"] {
+        assert!(steps.iter().all(|s| s[k].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0)), "{k}: {metrics}");
+    }
     assert_eq!(lines.iter().filter(|l| l["event"] == "eval").count(), 2);
     // eval.json: the contract of README.md, "Outputs".
     let eval: serde_json::Value =
@@ -214,6 +218,52 @@ fn diverging_run_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
     // Checkpoints written before the NaN step are whole safetensors files.
     safetensors::SafeTensors::deserialize(&after).expect("checkpoint still loads");
     assert!(!before.is_empty());
+}
+
+/// Without the variance term the projector output contracts to a point: the monitor warns, and
+/// with `train.stop_on_collapse` the run stops, keeping the checkpoint written before it.
+#[test]
+fn a_collapsing_run_is_flagged_and_stops_keeping_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let collapse = [
+        "--set",
+        "loss.variance=0",
+        "--set",
+        "train.lr=1e-2",
+        "--set",
+        "train.epochs=40",
+        "--set",
+        "train.log_every=10",
+        "--set",
+        "train.checkpoint_every=20",
+        "--set",
+        "eval.untrained=false",
+    ];
+    let o = train_tiny(&out, &collapse);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("warning: step") && text(&o).contains("projection_std_min"), "{}", text(&o));
+    let events = |out: &Path| -> Vec<serde_json::Value> {
+        let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        m.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let first = events(&out).into_iter().find(|l| l["event"] == "collapse").expect("a collapse event");
+    assert_eq!(first["stopped"], false);
+    let collapsed_at = first["step"].as_u64().unwrap();
+
+    let out = dir.path().join("stopped");
+    let mut args = collapse.to_vec();
+    args.extend(["--set", "train.stop_on_collapse=true"]);
+    let o = train_tiny(&out, &args);
+    assert_fails_naming(&o, &["train.stop_on_collapse", "collapsed", "projection_std_min", "last good checkpoint"]);
+    let stop = events(&out).into_iter().find(|l| l["event"] == "collapse").unwrap();
+    assert_eq!((stop["step"].as_u64(), stop["stopped"].as_bool()), (Some(collapsed_at), Some(true)));
+    assert!(!out.join("eval.json").exists(), "a collapsed run is not evaluated");
+    // The checkpoint on disk is the last one before the collapse, from a healthy step.
+    let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let step: u64 = meta.metadata().as_ref().unwrap()["step"].parse().unwrap();
+    assert_eq!(step, (collapsed_at - 1) / 20 * 20, "collapse at {collapsed_at}");
 }
 
 #[test]

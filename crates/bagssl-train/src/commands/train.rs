@@ -72,24 +72,61 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let steps_at_start = trainer.steps_done();
     let stop_at = args.max_steps.map_or(total, |m| m.min(total));
+    let (log_every, checkpoint_every) = (cfg.train.log_every as u64, cfg.train.checkpoint_every as u64);
+    let last_checkpoint = args.resume.as_ref().map(|_| trainer.steps_done());
+    let mut monitor = Monitor { warned: false, last: None, last_checkpoint };
     while trainer.steps_done() < stop_at {
-        let s = trainer.step(&data.train).map_err(|e| {
+        let next = trainer.steps_done() + 1;
+        let logged = next % log_every == 0 || next == total;
+        let checkpointing = checkpoint_every > 0 && next % checkpoint_every == 0;
+        // A checkpoint must not keep a collapsed model when collapses stop the run: measure it too.
+        let measure = logged || (cfg.train.stop_on_collapse && checkpointing);
+        let s = trainer.step_monitored(&data.train, measure).map_err(|e| {
             progress.abandon();
             anyhow::Error::new(e)
                 .context(format!("training stopped; the last checkpoint in {} (if any) is intact", out.display()))
         })?;
         progress.set_position(s.step);
-        progress.set_message(format!("loss {:.4}", s.loss()));
-        let log_every = cfg.train.log_every as u64;
-        if s.step % log_every == 0 || s.step == total {
-            // step, epoch, lr and the loss's own scalars (StepStats' serialization), plus these.
+        if s.collapse.is_some() {
+            monitor.last = s.collapse;
+        }
+        progress.set_message(match &monitor.last {
+            Some(c) => format!("loss {:.4} | rank h {:.1} z {:.1}", s.loss(), c.embedding_rank, c.projection_rank),
+            None => format!("loss {:.4}", s.loss()),
+        });
+        if logged {
+            // step, epoch, lr, the loss's own scalars and the monitor's (StepStats' serialization), plus these.
             let mut line = serde_json::to_value(&s)?;
             line["event"] = json!("step");
             line["elapsed_s"] = json!(started.elapsed().as_secs_f64());
             metrics.write(&line)?;
         }
-        if cfg.train.checkpoint_every > 0 && s.step % cfg.train.checkpoint_every as u64 == 0 {
+        if let Some(reason) = s.collapse.as_ref().and_then(|c| c.collapse()) {
+            if cfg.train.stop_on_collapse {
+                progress.abandon();
+                metrics.write(&json!({"event": "collapse", "step": s.step, "reason": reason, "stopped": true}))?;
+                bail!(
+                    "training stopped at step {} (train.stop_on_collapse): the representation collapsed ({reason}); {}",
+                    s.step,
+                    monitor.kept(&ckpt_path)
+                );
+            }
+            if !monitor.warned {
+                metrics.write(&json!({"event": "collapse", "step": s.step, "reason": reason, "stopped": false}))?;
+                progress.suspend(|| {
+                    eprintln!(
+                        "bagssl: warning: step {}: the representation looks collapsed ({reason}); see docs/DEFINITIONS.md §12",
+                        s.step
+                    )
+                });
+                monitor.warned = true;
+            }
+        } else if s.collapse.is_some() {
+            monitor.warned = false;
+        }
+        if checkpointing {
             trainer.save(&ckpt_path)?;
+            monitor.last_checkpoint = Some(s.step);
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
@@ -132,6 +169,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
     print_table(&trained, untrained.as_ref());
     println!("run directory: {}", out.display());
     Ok(())
+}
+
+/// What the collapse monitor remembers between steps.
+struct Monitor {
+    /// Whether the last reading was a collapse already warned about (warn once per episode).
+    warned: bool,
+    /// The latest reading (shown in the progress bar).
+    last: Option<bagssl_model::CollapseStats>,
+    /// Step of the checkpoint on disk, when this run wrote it or resumed from it.
+    last_checkpoint: Option<u64>,
+}
+
+impl Monitor {
+    fn kept(&self, path: &Path) -> String {
+        match self.last_checkpoint {
+            Some(step) => format!("the last good checkpoint, {} (step {step}), is kept", path.display()),
+            None => format!(
+                "no checkpoint was written before it (set train.checkpoint_every to keep one in {})",
+                path.display()
+            ),
+        }
+    }
 }
 
 pub fn device_label(device: &Device) -> String {
