@@ -128,6 +128,36 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("embeddings").unwrap().shape(), &[60, 32]);
     assert_eq!(st.tensor("labels").unwrap().shape(), &[60]);
+
+    // The run's figure, written by train and again by plot.
+    assert_png(&out.join("metrics.png"), (1500, 1350));
+    let png = dir.path().join("curves.png");
+    let o = run(&["plot", out.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_png(&png, (1500, 1350));
+}
+
+/// A PNG of `size` with more than a blank page on it.
+fn assert_png(path: &Path, size: (u32, u32)) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    assert_eq!(img.dimensions(), size, "{}", path.display());
+    let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(inked > 10_000, "{}: {inked} non-white pixels", path.display());
+}
+
+#[test]
+fn plot_names_a_missing_or_bad_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let o = run(&["plot", run_dir.to_str().unwrap()]);
+    assert_fails_naming(&o, &["cannot read", "metrics.jsonl"]);
+    std::fs::create_dir(&run_dir).unwrap();
+    let metrics = run_dir.join("metrics.jsonl");
+    std::fs::write(&metrics, "{\"event\":\"step\",\"step\":1,\"loss\":2.0}\nnot json\n").unwrap();
+    assert_fails_naming(&run(&["plot", run_dir.to_str().unwrap()]), &["metrics.jsonl:2", "not a JSON object"]);
+    std::fs::write(&metrics, "{\"event\":\"eval\",\"knn\":0.5}\n").unwrap();
+    assert_fails_naming(&run(&["plot", run_dir.to_str().unwrap()]), &["metrics.jsonl", "no step lines"]);
+    assert!(!run_dir.join("metrics.png").exists(), "no figure from a bad file");
 }
 
 #[test]
@@ -259,6 +289,7 @@ fn a_collapsing_run_is_flagged_and_stops_keeping_the_last_good_checkpoint() {
     let stop = events(&out).into_iter().find(|l| l["event"] == "collapse").unwrap();
     assert_eq!((stop["step"].as_u64(), stop["stopped"].as_bool()), (Some(collapsed_at), Some(true)));
     assert!(!out.join("eval.json").exists(), "a collapsed run is not evaluated");
+    assert_png(&out.join("metrics.png"), (1500, 1350));
     // The checkpoint on disk is the last one before the collapse, from a healthy step.
     let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();

@@ -105,6 +105,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if cfg.train.stop_on_collapse {
                 progress.abandon();
                 metrics.write(&json!({"event": "collapse", "step": s.step, "reason": reason, "stopped": true}))?;
+                write_figure(&out);
                 bail!(
                     "training stopped at step {} (train.stop_on_collapse): the representation collapsed ({reason}); {}",
                     s.step,
@@ -140,6 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
 
     if trainer.steps_done() < total {
+        write_figure(&out);
         println!(
             "stopped at step {} of {total} (--max-steps); continue with: bagssl-train train --resume {}",
             trainer.steps_done(),
@@ -148,10 +150,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
 
-    let trained = evaluate(&cfg, trainer.model(), &data, "trained", &mut metrics)?;
+    let trained = evaluate(&cfg, trainer.model(), &data, "trained", trainer.steps_done(), &mut metrics)?;
     let untrained = if cfg.eval.untrained {
         let init = BagSslModel::new(model_cfg, cfg.seed, &device)?;
-        Some(evaluate(&cfg, &init, &data, "untrained", &mut metrics)?)
+        Some(evaluate(&cfg, &init, &data, "untrained", 0, &mut metrics)?)
     } else {
         None
     };
@@ -166,6 +168,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "data": data.source,
     });
     setup::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_figure(&out);
     print_table(&trained, untrained.as_ref());
     println!("run directory: {}", out.display());
     Ok(())
@@ -193,6 +196,15 @@ impl Monitor {
     }
 }
 
+/// The run's figure (`plot`'s), `metrics.png` in the run directory. A figure that cannot be drawn
+/// is a warning: the run's results are written already.
+fn write_figure(out: &Path) {
+    let png = out.join(crate::commands::plot::FIGURE);
+    if let Err(e) = crate::commands::plot::write(out, &png) {
+        eprintln!("bagssl: warning: no figure: {e:#}");
+    }
+}
+
 pub fn device_label(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
@@ -200,12 +212,13 @@ pub fn device_label(device: &Device) -> String {
     }
 }
 
-/// kNN, linear probe and single-patch kNN of `model` on the run's splits.
+/// kNN, linear probe and single-patch kNN of `model` (trained for `step` steps) on the run's splits.
 pub fn evaluate(
     cfg: &Config,
     model: &BagSslModel,
     data: &Datasets,
     label: &str,
+    step: u64,
     metrics: &mut MetricsLog,
 ) -> Result<EvalReport> {
     let t = Instant::now();
@@ -214,7 +227,7 @@ pub fn evaluate(
     let r = evaluate_stores(cfg, model, &data.train, &data.test)?;
     spinner.finish_and_clear();
     metrics.write(&json!({
-        "event": "eval", "model": label, "knn": r.knn, "linear": r.linear,
+        "event": "eval", "model": label, "step": step, "knn": r.knn, "linear": r.linear,
         "knn_single_patch": r.knn_single_patch, "eval_s": t.elapsed().as_secs_f64(),
     }))?;
     Ok(r)
