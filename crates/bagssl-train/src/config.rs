@@ -103,6 +103,8 @@ pub struct TrainSection {
     /// Stop the run when the collapse monitor (measured every `log_every` steps) finds the
     /// representation collapsed, leaving the last checkpoint written before it (docs/DEFINITIONS.md §12).
     pub stop_on_collapse: bool,
+    /// Also write the metrics as a TensorBoard event file in the run directory.
+    pub tensorboard: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -183,6 +185,7 @@ impl Default for TrainSection {
             log_every: 10,
             checkpoint_every: 0,
             stop_on_collapse: false,
+            tensorboard: false,
         }
     }
 }

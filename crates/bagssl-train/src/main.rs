@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod plot;
 mod setup;
+mod tensorboard;
 
 fn main() {
     let cli = cli::Cli::parse();

@@ -74,7 +74,7 @@ fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
 fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = train_tiny(&out, &[]);
+    let o = train_tiny(&out, &["--set", "train.tensorboard=true"]);
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("untrained") && t.contains("trained") && t.contains("linear"), "{t}");
@@ -128,6 +128,15 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("embeddings").unwrap().shape(), &[60, 32]);
     assert_eq!(st.tensor("labels").unwrap().shape(), &[60]);
+
+    // The TensorBoard event file beside metrics.jsonl (its framing: src/tensorboard.rs' tests).
+    let events: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(std::fs::metadata(&events[0]).unwrap().len() > 1000);
 
     // The run's figure, written by train and again by plot.
     assert_png(&out.join("metrics.png"), (1500, 1350));

@@ -50,6 +50,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     setup::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
+    if cfg.train.tensorboard {
+        metrics.add_tensorboard(&out)?;
+    }
 
     let (model_cfg, train_cfg) = crate::setup::model_and_train_config(&cfg, data.train.len())?;
     let mut trainer = match &args.resume {
