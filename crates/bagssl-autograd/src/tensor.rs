@@ -146,6 +146,19 @@ impl Tensor {
         })
     }
 
+    /// Copies the first `len` elements (row-major) to the host: part of a tensor without
+    /// downloading all of it.
+    pub fn to_vec_prefix(&self, len: usize) -> Result<Vec<f32>> {
+        if len > self.numel() {
+            let detail = format!("{len} of the {} elements of {:?}", self.numel(), self.shape);
+            return Err(crate::Error::Shape { op: "to_vec_prefix", detail });
+        }
+        Ok(match &self.storage {
+            Storage::Cpu(v) => v[..len].to_vec(),
+            Storage::Cuda(b) => b.to_host_prefix(len)?,
+        })
+    }
+
     /// A copy on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         Ok(match (device, &self.storage) {

@@ -443,6 +443,13 @@ impl GpuBuf {
     pub fn to_host(&self) -> Result<Vec<f32>, KernelError> {
         self.gpu.download_raw(&self.data, self.len)
     }
+    /// Copies the first `len` elements to the host (waits for the stream).
+    pub fn to_host_prefix(&self, len: usize) -> Result<Vec<f32>, KernelError> {
+        if len > self.len {
+            return Err(KernelError::Invalid(format!("GpuBuf::to_host_prefix: {len} of {} elements", self.len)));
+        }
+        self.gpu.download_raw(&self.data, len)
+    }
     /// Overwrites the elements from the host; `v.len()` must equal `len()`.
     pub fn write(&mut self, v: &[f32]) -> Result<(), KernelError> {
         if v.len() != self.len() {

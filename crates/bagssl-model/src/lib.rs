@@ -10,12 +10,14 @@
 //! - [`schedule`]: linear warm-up then cosine decay, per step.
 //! - [`source`]: where a step's patch matrix comes from (CPU gather | CUDA).
 //! - [`trainer`]: `Trainer` — epoch permutation, sampling, forward/backward, update, BN statistics.
+//! - [`monitor`]: the collapse monitor (RankMe of `h` and `z`, smallest standard deviation).
 //! - [`checkpoint`]: atomic safetensors checkpoints (weights, BN statistics, optimizer, RNG states).
 
 pub mod checkpoint;
 pub mod config;
 pub mod layers;
 pub mod model;
+pub mod monitor;
 pub mod optim;
 pub mod schedule;
 pub mod source;
@@ -28,6 +30,7 @@ pub use checkpoint::{read_normalization, Normalization};
 pub use config::{Arch, BlockKind, ModelConfig, OptimizerKind, ResnetLayout, Stem, TrainConfig};
 pub use layers::{Layer, Param, ParamKind, RunningStats, BN_EPS, BN_MOMENTUM};
 pub use model::{BagSslModel, ForwardFlops, TrainForward};
+pub use monitor::{rank_floor, CollapseStats, COLLAPSE_STD, MONITOR_ROWS};
 pub use optim::Optimizer;
 pub use schedule::lr_factor;
 pub use source::PatchSource;

@@ -12,6 +12,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::layers::BN_MOMENTUM;
 use crate::model::BagSslModel;
+use crate::monitor::{CollapseStats, MonitorSample};
 use crate::optim::Optimizer;
 use crate::schedule::lr_factor;
 use crate::source::PatchSource;
@@ -22,7 +23,8 @@ pub const PERM_STREAM: u64 = 2;
 
 /// What one step reports (for `metrics.jsonl`): serialized as `step`, `epoch`, every scalar of
 /// the loss under its own name (`loss`, then bag-VICReg's `invariance`, `variance`,
-/// `covariance`) and `lr`.
+/// `covariance`), `lr` and, on a monitored step, the collapse monitor's `embedding_rank`,
+/// `projection_rank`, `embedding_std_min` and `projection_std_min`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepStats {
     /// 1-based number of this step (= steps done after it).
@@ -33,6 +35,8 @@ pub struct StepStats {
     pub terms: LossValues,
     /// Learning rate used by this step's update.
     pub lr: f64,
+    /// The collapse monitor's reading ([`Trainer::step_monitored`]), on a monitored step.
+    pub collapse: Option<CollapseStats>,
 }
 
 impl StepStats {
@@ -55,6 +59,12 @@ impl Serialize for StepStats {
             m.serialize_entry(name, &v)?;
         }
         m.serialize_entry("lr", &self.lr)?;
+        if let Some(c) = &self.collapse {
+            m.serialize_entry("embedding_rank", &c.embedding_rank)?;
+            m.serialize_entry("projection_rank", &c.projection_rank)?;
+            m.serialize_entry("embedding_std_min", &c.embedding_std_min)?;
+            m.serialize_entry("projection_std_min", &c.projection_std_min)?;
+        }
         m.end()
     }
 }
@@ -224,6 +234,14 @@ impl Trainer {
     /// optimizer state, running statistics and the step count stay as they were; the batch and its
     /// random draws are consumed).
     pub fn step(&mut self, store: &ImageStore) -> Result<StepStats> {
+        self.step_monitored(store, false)
+    }
+
+    /// [`Trainer::step`], and with `monitor` the collapse monitor ([`crate::monitor`]) on this
+    /// step's `h` and `z`, reported in [`StepStats::collapse`]. The step itself is the same
+    /// either way (same update, same random draws). On CUDA a monitored step waits for its own
+    /// end before the host measures the sample, rather than returning with work still queued.
+    pub fn step_monitored(&mut self, store: &ImageStore, monitor: bool) -> Result<StepStats> {
         let c = &self.config;
         // The model's input side; a fixed crop of another side is resized to it.
         let patch = self.model.config().patch;
@@ -236,9 +254,14 @@ impl Trainer {
         let number = self.step + 1;
         let lr = c.lr * lr_factor(self.step, c.warmup_steps, c.total_steps);
 
-        let (terms, grads, batch_stats) = {
+        let (terms, grads, batch_stats, sample) = {
             let mut tape = Tape::new();
             let fw = self.model.forward_train(&mut tape, x, false)?;
+            // z without the last bias: the monitor centres every column, so the shift is moot.
+            let sample = match monitor {
+                true => Some(MonitorSample::take(tape.value(fw.h), tape.value(fw.z), c.batch_images)?),
+                false => None,
+            };
             // On a GPU the loss terms travel to the host while the backward pass is queued and
             // runs; the step waits for them (not for the backward) before it updates anything.
             let (loss, pending) = fw.loss_async(&mut tape, &loss_fn)?;
@@ -254,14 +277,15 @@ impl Trainer {
             if !terms.loss().is_finite() {
                 return Err(ModelError::NonFiniteLoss { step: number });
             }
-            (terms, grads, batch_stats)
+            (terms, grads, batch_stats, sample)
         };
 
         self.optimizer.update(&mut self.model.params_mut(), &grads, lr as f32, number)?;
         self.model.update_running_stats(&batch_stats, BN_MOMENTUM)?;
         self.step = number;
         self.normalization = Some(crate::checkpoint::Normalization::of(store));
-        Ok(StepStats { step: number, epoch, terms, lr })
+        let collapse = sample.map(MonitorSample::finish).transpose()?;
+        Ok(StepStats { step: number, epoch, terms, lr, collapse })
     }
 }
 

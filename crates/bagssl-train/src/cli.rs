@@ -28,6 +28,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Time training steps and evaluation throughput; ends with one JSON line.
     Bench(BenchArgs),
+    /// Draw a run's training curves (loss, its terms, lr, collapse monitor, accuracies) as a PNG.
+    Plot(PlotArgs),
 }
 
 /// Options shared by everything that builds a config.
@@ -100,6 +102,15 @@ pub struct EmbedArgs {
     pub split: String,
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// A run directory written by `train` (its metrics.jsonl).
+    pub run_dir: PathBuf,
+    /// The PNG to write (default: RUN_DIR/metrics.png).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -115,6 +115,11 @@ pub struct TrainSection {
     pub log_every: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// Stop the run when the collapse monitor (measured every `log_every` steps) finds the
+    /// representation collapsed, leaving the last checkpoint written before it (docs/DEFINITIONS.md §12).
+    pub stop_on_collapse: bool,
+    /// Also write the metrics as a TensorBoard event file in the run directory.
+    pub tensorboard: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -263,6 +268,8 @@ impl Default for TrainSection {
             warmup_epochs: 2.0,
             log_every: 10,
             checkpoint_every: 0,
+            stop_on_collapse: false,
+            tensorboard: false,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `bagssl-train`: the command line of bagssl. Train, evaluate, embed and benchmark.
+//! `bagssl-train`: the command line of bagssl. Train, evaluate, embed, benchmark and plot.
 
 use clap::Parser;
 
@@ -10,7 +10,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 mod commands;
 mod config;
+mod plot;
 mod setup;
+mod tensorboard;
 
 fn main() {
     let cli = cli::Cli::parse();
@@ -25,6 +27,7 @@ fn main() {
         Some(cli::Command::Eval(a)) => commands::eval::run(a),
         Some(cli::Command::Embed(a)) => commands::embed::run(a),
         Some(cli::Command::Bench(a)) => commands::bench::run(a),
+        Some(cli::Command::Plot(a)) => commands::plot::run(a),
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -163,6 +163,7 @@ pub fn use_checkpoint_normalization(checkpoint: &Path, stores: &mut [&mut ImageS
 /// Appends JSON lines to `metrics.jsonl`, flushing each one so a crash loses nothing.
 pub struct MetricsLog {
     file: std::fs::File,
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
@@ -172,12 +173,22 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(MetricsLog { file })
+        Ok(MetricsLog { file, tensorboard: None })
+    }
+
+    /// Every later line also goes to a new TensorBoard event file in `dir`.
+    pub fn add_tensorboard(&mut self, dir: &Path) -> Result<()> {
+        self.tensorboard = Some(crate::tensorboard::EventWriter::create(dir)?);
+        Ok(())
     }
 
     pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
         writeln!(self.file, "{value}").context("writing metrics.jsonl")?;
-        self.file.flush().context("writing metrics.jsonl")
+        self.file.flush().context("writing metrics.jsonl")?;
+        match &mut self.tensorboard {
+            Some(tb) => tb.metrics_line(value),
+            None => Ok(()),
+        }
     }
 }
 

@@ -74,7 +74,7 @@ fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
 fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = train_tiny(&out, &[]);
+    let o = train_tiny(&out, &["--set", "train.tensorboard=true"]);
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("untrained") && t.contains("trained") && t.contains("linear"), "{t}");
@@ -88,6 +88,10 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let steps: Vec<_> = lines.iter().filter(|l| l["event"] == "step").collect();
     assert!(steps.len() >= 10, "{metrics}");
     assert!(steps.iter().all(|s| s["loss"].as_f64().unwrap().is_finite()));
+    // The collapse monitor's keys on every logged step (docs/DEFINITIONS.md §12).
+    for k in ["embedding_rank", "projection_rank", "embedding_std_min", "projection_std_min"] {
+        assert!(steps.iter().all(|s| s[k].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0)), "{k}: {metrics}");
+    }
     assert_eq!(lines.iter().filter(|l| l["event"] == "eval").count(), 2);
     // eval.json: the contract of README.md, "Outputs".
     let eval: serde_json::Value =
@@ -124,6 +128,45 @@ fn tiny_run_writes_the_run_directory_then_eval_and_embed_read_it() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("embeddings").unwrap().shape(), &[60, 32]);
     assert_eq!(st.tensor("labels").unwrap().shape(), &[60]);
+
+    // The TensorBoard event file beside metrics.jsonl (its framing: src/tensorboard.rs' tests).
+    let events: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(std::fs::metadata(&events[0]).unwrap().len() > 1000);
+
+    // The run's figure, written by train and again by plot.
+    assert_png(&out.join("metrics.png"), (1500, 1350));
+    let png = dir.path().join("curves.png");
+    let o = run(&["plot", out.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_png(&png, (1500, 1350));
+}
+
+/// A PNG of `size` with more than a blank page on it.
+fn assert_png(path: &Path, size: (u32, u32)) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    assert_eq!(img.dimensions(), size, "{}", path.display());
+    let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(inked > 10_000, "{}: {inked} non-white pixels", path.display());
+}
+
+#[test]
+fn plot_names_a_missing_or_bad_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let o = run(&["plot", run_dir.to_str().unwrap()]);
+    assert_fails_naming(&o, &["cannot read", "metrics.jsonl"]);
+    std::fs::create_dir(&run_dir).unwrap();
+    let metrics = run_dir.join("metrics.jsonl");
+    std::fs::write(&metrics, "{\"event\":\"step\",\"step\":1,\"loss\":2.0}\nnot json\n").unwrap();
+    assert_fails_naming(&run(&["plot", run_dir.to_str().unwrap()]), &["metrics.jsonl:2", "not a JSON object"]);
+    std::fs::write(&metrics, "{\"event\":\"eval\",\"knn\":0.5}\n").unwrap();
+    assert_fails_naming(&run(&["plot", run_dir.to_str().unwrap()]), &["metrics.jsonl", "no step lines"]);
+    assert!(!run_dir.join("metrics.png").exists(), "no figure from a bad file");
 }
 
 #[test]
@@ -214,6 +257,53 @@ fn diverging_run_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
     // Checkpoints written before the NaN step are whole safetensors files.
     safetensors::SafeTensors::deserialize(&after).expect("checkpoint still loads");
     assert!(!before.is_empty());
+}
+
+/// Without the variance term the projector output contracts to a point: the monitor warns, and
+/// with `train.stop_on_collapse` the run stops, keeping the checkpoint written before it.
+#[test]
+fn a_collapsing_run_is_flagged_and_stops_keeping_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let collapse = [
+        "--set",
+        "loss.variance=0",
+        "--set",
+        "train.lr=1e-2",
+        "--set",
+        "train.epochs=40",
+        "--set",
+        "train.log_every=10",
+        "--set",
+        "train.checkpoint_every=20",
+        "--set",
+        "eval.untrained=false",
+    ];
+    let o = train_tiny(&out, &collapse);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("warning: step") && text(&o).contains("projection_std_min"), "{}", text(&o));
+    let events = |out: &Path| -> Vec<serde_json::Value> {
+        let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        m.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let first = events(&out).into_iter().find(|l| l["event"] == "collapse").expect("a collapse event");
+    assert_eq!(first["stopped"], false);
+    let collapsed_at = first["step"].as_u64().unwrap();
+
+    let out = dir.path().join("stopped");
+    let mut args = collapse.to_vec();
+    args.extend(["--set", "train.stop_on_collapse=true"]);
+    let o = train_tiny(&out, &args);
+    assert_fails_naming(&o, &["train.stop_on_collapse", "collapsed", "projection_std_min", "last good checkpoint"]);
+    let stop = events(&out).into_iter().find(|l| l["event"] == "collapse").unwrap();
+    assert_eq!((stop["step"].as_u64(), stop["stopped"].as_bool()), (Some(collapsed_at), Some(true)));
+    assert!(!out.join("eval.json").exists(), "a collapsed run is not evaluated");
+    assert_png(&out.join("metrics.png"), (1500, 1350));
+    // The checkpoint on disk is the last one before the collapse, from a healthy step.
+    let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let step: u64 = meta.metadata().as_ref().unwrap()["step"].parse().unwrap();
+    assert_eq!(step, (collapsed_at - 1) / 20 * 20, "collapse at {collapsed_at}");
 }
 
 #[test]

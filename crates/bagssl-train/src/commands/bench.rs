@@ -32,19 +32,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // is synchronous, so there a chunk is one step and ms/step the median step.
     let chunk = if device.is_cuda() { 10 } else { 1 };
     let steps = args.steps.max(1);
-    let mut times = Vec::with_capacity(steps.div_ceil(chunk));
-    gpu_free_bytes(&device)?;
-    let mut done = 0;
-    while done < steps {
-        let k = chunk.min(steps - done);
-        let t = Instant::now();
-        for _ in 0..k {
-            trainer.step(&data.train)?;
+    let mut timed = |monitor: bool| -> Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(steps.div_ceil(chunk));
+        gpu_free_bytes(&device)?;
+        let mut done = 0;
+        while done < steps {
+            let k = chunk.min(steps - done);
+            let t = Instant::now();
+            for _ in 0..k {
+                trainer.step_monitored(&data.train, monitor)?;
+            }
+            gpu_free_bytes(&device)?; // waits for the GPU, so the time is the steps', not their launch's
+            times.push(t.elapsed().as_secs_f64() * 1e3 / k as f64);
+            done += k;
         }
-        gpu_free_bytes(&device)?; // waits for the GPU, so the time is the steps', not their launch's
-        times.push(t.elapsed().as_secs_f64() * 1e3 / k as f64);
-        done += k;
-    }
+        Ok(times)
+    };
+    let mut times = timed(false)?;
+    // The collapse monitor's cost: as many steps again, every one measured (training measures one
+    // in `train.log_every`).
+    let mut monitored = timed(true)?;
+    monitored.sort_by(f64::total_cmp);
+    let ms_monitored = monitored[monitored.len() / 2];
     // Per-op breakdown: as many steps again, timed op by op (kept out of the figures above).
     let profile = if args.profile { Some(profile_steps(&mut trainer, &data.train, steps)?) } else { None };
 
@@ -109,6 +118,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         patches_per_s,
         flops / 1e9
     );
+    println!(
+        "collapse monitor: {ms_monitored:.3} ms a measured step, +{:.3} ms; +{:.2}% of a step at train.log_every = {}",
+        ms_monitored - ms,
+        100.0 * (ms_monitored - ms) / ms / cfg.train.log_every as f64,
+        cfg.train.log_every
+    );
     if args.eval_images > 0 {
         println!(
             "grid eval: {eval_images_per_s:.0} images/s | {eval_patches_per_s:.0} patches/s | {eval_gflops:.1} GFLOP/s"
@@ -126,6 +141,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         json!({
             "ms_per_step": ms,
             "ms_per_step_mean": ms_mean,
+            "ms_per_monitored_step": ms_monitored,
             "patches_per_s": patches_per_s,
             "gflops": gflops,
             "flop_per_step": flops,

@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod embed;
 pub mod eval;
+pub mod plot;
 pub mod train;

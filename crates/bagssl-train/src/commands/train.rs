@@ -50,6 +50,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     setup::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"))?;
+    if cfg.train.tensorboard {
+        metrics.add_tensorboard(&out)?;
+    }
 
     let (model_cfg, train_cfg) = crate::setup::model_and_train_config(&cfg, data.train.len())?;
     let mut trainer = match &args.resume {
@@ -72,24 +75,62 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let steps_at_start = trainer.steps_done();
     let stop_at = args.max_steps.map_or(total, |m| m.min(total));
+    let (log_every, checkpoint_every) = (cfg.train.log_every as u64, cfg.train.checkpoint_every as u64);
+    let last_checkpoint = args.resume.as_ref().map(|_| trainer.steps_done());
+    let mut monitor = Monitor { warned: false, last: None, last_checkpoint };
     while trainer.steps_done() < stop_at {
-        let s = trainer.step(&data.train).map_err(|e| {
+        let next = trainer.steps_done() + 1;
+        let logged = next % log_every == 0 || next == total;
+        let checkpointing = checkpoint_every > 0 && next % checkpoint_every == 0;
+        // A checkpoint must not keep a collapsed model when collapses stop the run: measure it too.
+        let measure = logged || (cfg.train.stop_on_collapse && checkpointing);
+        let s = trainer.step_monitored(&data.train, measure).map_err(|e| {
             progress.abandon();
             anyhow::Error::new(e)
                 .context(format!("training stopped; the last checkpoint in {} (if any) is intact", out.display()))
         })?;
         progress.set_position(s.step);
-        progress.set_message(format!("loss {:.4}", s.loss()));
-        let log_every = cfg.train.log_every as u64;
-        if s.step % log_every == 0 || s.step == total {
-            // step, epoch, lr and the loss's own scalars (StepStats' serialization), plus these.
+        if s.collapse.is_some() {
+            monitor.last = s.collapse;
+        }
+        progress.set_message(match &monitor.last {
+            Some(c) => format!("loss {:.4} | rank h {:.1} z {:.1}", s.loss(), c.embedding_rank, c.projection_rank),
+            None => format!("loss {:.4}", s.loss()),
+        });
+        if logged {
+            // step, epoch, lr, the loss's own scalars and the monitor's (StepStats' serialization), plus these.
             let mut line = serde_json::to_value(&s)?;
             line["event"] = json!("step");
             line["elapsed_s"] = json!(started.elapsed().as_secs_f64());
             metrics.write(&line)?;
         }
-        if cfg.train.checkpoint_every > 0 && s.step % cfg.train.checkpoint_every as u64 == 0 {
+        if let Some(reason) = s.collapse.as_ref().and_then(|c| c.collapse()) {
+            if cfg.train.stop_on_collapse {
+                progress.abandon();
+                metrics.write(&json!({"event": "collapse", "step": s.step, "reason": reason, "stopped": true}))?;
+                write_figure(&out);
+                bail!(
+                    "training stopped at step {} (train.stop_on_collapse): the representation collapsed ({reason}); {}",
+                    s.step,
+                    monitor.kept(&ckpt_path)
+                );
+            }
+            if !monitor.warned {
+                metrics.write(&json!({"event": "collapse", "step": s.step, "reason": reason, "stopped": false}))?;
+                progress.suspend(|| {
+                    eprintln!(
+                        "bagssl: warning: step {}: the representation looks collapsed ({reason}); see docs/DEFINITIONS.md §12",
+                        s.step
+                    )
+                });
+                monitor.warned = true;
+            }
+        } else if s.collapse.is_some() {
+            monitor.warned = false;
+        }
+        if checkpointing {
             trainer.save(&ckpt_path)?;
+            monitor.last_checkpoint = Some(s.step);
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
@@ -103,6 +144,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
 
     if trainer.steps_done() < total {
+        write_figure(&out);
         println!(
             "stopped at step {} of {total} (--max-steps); continue with: bagssl-train train --resume {}",
             trainer.steps_done(),
@@ -111,10 +153,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
 
-    let trained = evaluate(&cfg, trainer.model(), &data, "trained", &mut metrics)?;
+    let trained = evaluate(&cfg, trainer.model(), &data, "trained", trainer.steps_done(), &mut metrics)?;
     let untrained = if cfg.eval.untrained {
         let init = BagSslModel::new(model_cfg, cfg.seed, &device)?;
-        Some(evaluate(&cfg, &init, &data, "untrained", &mut metrics)?)
+        Some(evaluate(&cfg, &init, &data, "untrained", 0, &mut metrics)?)
     } else {
         None
     };
@@ -129,9 +171,41 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "data": data.source,
     });
     setup::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_figure(&out);
     print_table(&trained.report, untrained.as_ref().map(|u| &u.report));
     println!("run directory: {}", out.display());
     Ok(())
+}
+
+/// What the collapse monitor remembers between steps.
+struct Monitor {
+    /// Whether the last reading was a collapse already warned about (warn once per episode).
+    warned: bool,
+    /// The latest reading (shown in the progress bar).
+    last: Option<bagssl_model::CollapseStats>,
+    /// Step of the checkpoint on disk, when this run wrote it or resumed from it.
+    last_checkpoint: Option<u64>,
+}
+
+impl Monitor {
+    fn kept(&self, path: &Path) -> String {
+        match self.last_checkpoint {
+            Some(step) => format!("the last good checkpoint, {} (step {step}), is kept", path.display()),
+            None => format!(
+                "no checkpoint was written before it (set train.checkpoint_every to keep one in {})",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// The run's figure (`plot`'s), `metrics.png` in the run directory. A figure that cannot be drawn
+/// is a warning: the run's results are written already.
+fn write_figure(out: &Path) {
+    let png = out.join(crate::commands::plot::FIGURE);
+    if let Err(e) = crate::commands::plot::write(out, &png) {
+        eprintln!("bagssl: warning: no figure: {e:#}");
+    }
 }
 
 pub fn device_label(device: &Device) -> String {
@@ -141,12 +215,14 @@ pub fn device_label(device: &Device) -> String {
     }
 }
 
-/// kNN, linear probe and single-patch kNN of `model` on the run's splits, and each protocol's.
+/// kNN, linear probe and single-patch kNN of `model` (trained for `step` steps) on the run's
+/// splits, and each protocol's.
 pub fn evaluate(
     cfg: &Config,
     model: &BagSslModel,
     data: &Datasets,
     label: &str,
+    step: u64,
     metrics: &mut MetricsLog,
 ) -> Result<Evaluation> {
     let t = Instant::now();
@@ -155,7 +231,7 @@ pub fn evaluate(
     let r = evaluate_stores(cfg, model, &data.train, &data.test)?;
     spinner.finish_and_clear();
     metrics.write(&json!({
-        "event": "eval", "model": label, "knn": r.report.knn, "linear": r.report.linear,
+        "event": "eval", "model": label, "step": step, "knn": r.report.knn, "linear": r.report.linear,
         "knn_single_patch": r.report.knn_single_patch, "protocols": protocols_json(&r),
         "eval_s": t.elapsed().as_secs_f64(),
     }))?;
