@@ -102,6 +102,54 @@ pub fn embed_bag(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_imag
     Ok(out)
 }
 
+/// Which of the four quadrants (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) holds
+/// the centre of the patch at (oy, ox): a centre exactly on a midline counts as bottom / right,
+/// as in the PyTorch reference (`centre < H / 2` is the top half).
+fn quadrant(oy: usize, ox: usize, patch: usize, height: usize, width: usize) -> usize {
+    let top = 2 * oy + patch < height;
+    let left = 2 * ox + patch < width;
+    usize::from(!top) * 2 + usize::from(!left)
+}
+
+/// Spatial-pyramid embeddings, (N, 5 * hidden): per image the grid mean ([`embed_bag`]) followed
+/// by the means of the grid patches of each quadrant ([`quadrant`] order), as the reference's
+/// `embed_images(pool="pyramid")`. Every quadrant must hold at least one patch centre.
+pub fn embed_pyramid(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images: usize) -> Result<Vec<f32>> {
+    check_args(model, store, grid, batch_images)?;
+    let Grid { patch, stride } = grid;
+    let positions = grid_positions(store.height, store.width, patch, stride);
+    let quads: Vec<usize> =
+        positions.iter().map(|&(oy, ox)| quadrant(oy, ox, patch, store.height, store.width)).collect();
+    let mut counts = [0usize; 4];
+    quads.iter().for_each(|&q| counts[q] += 1);
+    if counts.contains(&0) {
+        return Err(EvalError::Invalid(format!(
+            "pyramid: the {patch}x{patch} grid at stride {stride} leaves a quadrant of {}x{} images empty              (patches per quadrant {counts:?}); use a smaller patch or stride",
+            store.height, store.width
+        )));
+    }
+    let (hidden, per_image) = (model.hidden(), positions.len());
+    let mut out = Vec::with_capacity(store.len() * 5 * hidden);
+    let mut patches = Patches::new(model.device(), store)?;
+    let mut sums = vec![0f64; 5 * hidden];
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        let h = model.encode_eval(&patches.grid(store, start, end - start, patch, stride)?)?.to_vec()?;
+        for image in h.chunks_exact(per_image * hidden) {
+            sums.fill(0.0);
+            for (row, &q) in image.chunks_exact(hidden).zip(&quads) {
+                for (d, &v) in row.iter().enumerate() {
+                    sums[d] += f64::from(v);
+                    sums[(1 + q) * hidden + d] += f64::from(v);
+                }
+            }
+            let n = |block: usize| if block == 0 { per_image } else { counts[block - 1] } as f64;
+            out.extend(sums.iter().enumerate().map(|(j, &v)| (v / n(j / hidden)) as f32));
+        }
+    }
+    Ok(out)
+}
+
 /// The grid position at the centre of the evaluation grid: row `ny / 2`, column `nx / 2` of the
 /// `ny x nx` positions (so an odd grid gives its exact middle). `None` when the patch does not fit.
 pub fn centre_position(height: usize, width: usize, patch: usize, stride: usize) -> Option<(usize, usize)> {

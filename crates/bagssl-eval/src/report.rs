@@ -5,7 +5,7 @@ use bagssl_data::{ImageStore, Views};
 use bagssl_model::BagSslModel;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{embed_bag, embed_random, embed_single_patch, embed_whole, Grid};
+use crate::embed::{embed_bag, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid};
 use crate::knn::knn_accuracy;
 use crate::probe::linear_probe;
 use crate::Result;
@@ -93,6 +93,8 @@ pub enum Protocol {
     /// The mean of `count` patches drawn as `views` says ([`embed_random`]); the training split
     /// draws with the seed, the test split with the seed + 1.
     Random { views: Views, count: usize },
+    /// The grid mean and its four quadrant means, concatenated (5 x hidden; [`embed_pyramid`]).
+    Pyramid,
 }
 
 /// Test accuracies of one protocol, as fractions.
@@ -115,10 +117,12 @@ pub fn evaluate_protocol(
         Protocol::Grid => embed_bag(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
         Protocol::Whole => embed_whole(model, store, bi),
         Protocol::Random { views, count } => embed_random(model, store, views, *count, seed, bi),
+        Protocol::Pyramid => embed_pyramid(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
     };
+    let dim = if matches!(protocol, Protocol::Pyramid) { 5 * model.hidden() } else { model.hidden() };
     let ftr = embed(train, cfg.seed)?;
     let fte = embed(test, cfg.seed.wrapping_add(1))?;
-    let s = splits(train, &ftr, test, &fte, model.hidden(), class_count(train, test));
+    let s = splits(train, &ftr, test, &fte, dim, class_count(train, test));
     Ok(ProtocolReport {
         knn: knn_accuracy(&s, cfg.knn_k, cfg.knn_t)?,
         linear: linear_probe(&s, cfg.probe_epochs, cfg.seed)?,

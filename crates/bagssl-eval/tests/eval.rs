@@ -4,8 +4,8 @@ use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec, Views};
 use bagssl_eval::probe::train_probe;
 use bagssl_eval::{
-    centre_position, embed_bag, embed_random, embed_single_patch, embed_whole, evaluate, knn_predict, linear_probe,
-    EvalConfig, Grid, Labeled, ProbeOptions, Splits,
+    centre_position, embed_bag, embed_pyramid, embed_random, embed_single_patch, embed_whole, evaluate, knn_predict,
+    linear_probe, EvalConfig, Grid, Labeled, ProbeOptions, Splits,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{array, golden};
@@ -191,6 +191,44 @@ fn whole_image_embeddings_have_known_answers() {
     let flat = flat_store(4);
     let single = embed_single_patch(&m, &flat, Grid { patch: 4, stride: 2 }, 3).unwrap();
     assert_close(&embed_whole(&m, &flat, 3).unwrap(), &single, 1e-5, "flat images");
+}
+
+/// The pyramid is the grid mean and the four quadrant means, from patch embeddings computed
+/// one at a time; a centre on a midline goes to the bottom / right (10x12 images, 4x4 patches at
+/// stride 3: the row-3 centres lie on the midline, so only row 0 is top; columns 0 and 3 are left).
+#[test]
+fn pyramid_is_the_grid_mean_and_quadrant_means() {
+    let (p, stride, hidden) = (4, 3, 8);
+    let m = tiny_model(p);
+    let s = small_store(5, 10, 12);
+    let got = embed_pyramid(&m, &s, Grid { patch: p, stride }, 2).unwrap();
+    assert_eq!(got.len(), 5 * 5 * hidden);
+    let bag = embed_bag(&m, &s, Grid { patch: p, stride }, 2).unwrap();
+    for i in 0..5 {
+        let mut want = vec![0f64; 5 * hidden];
+        let mut counts = [0f64; 5];
+        for (oy, ox) in grid_positions(10, 12, p, stride) {
+            // Centres at 2, 5, 8 against H/2 = 5 (rows) and W/2 = 6 (columns).
+            let q = 2 * usize::from(oy + 2 >= 5) + usize::from(ox + 2 >= 6);
+            for block in [0, 1 + q] {
+                counts[block] += 1.0;
+                for (d, v) in patch_embedding(&m, &s, i, oy, ox, p).into_iter().enumerate() {
+                    want[block * hidden + d] += f64::from(v);
+                }
+            }
+        }
+        assert_eq!(counts, [9.0, 2.0, 1.0, 4.0, 2.0], "the hand-counted quadrants");
+        let image = &got[i * 5 * hidden..(i + 1) * 5 * hidden];
+        for (j, (&g, w)) in image.iter().zip(&want).enumerate() {
+            let w = w / counts[j / hidden];
+            assert!((f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()), "image {i} feature {j}: {g} vs {w}");
+        }
+        assert_close(&image[..hidden], &bag[i * hidden..(i + 1) * hidden], 1e-5, "global block = grid mean");
+    }
+    // One 8x8 patch of an 8x8 image: its centre is on both midlines, three quadrants are empty.
+    let m8 = tiny_model(8);
+    let err = embed_pyramid(&m8, &small_store(2, 8, 8), Grid { patch: 8, stride: 1 }, 2).unwrap_err().to_string();
+    assert!(err.contains("quadrant") && err.contains("8x8"), "{err}");
 }
 
 /// Boxes of the whole area and ratio 1 are the whole image; other draws are the seed's.

@@ -140,7 +140,7 @@ pub struct EvalSection {
 }
 
 /// The names `eval.protocols` takes.
-pub const PROTOCOLS: [&str; 3] = ["grid", "whole", "random"];
+pub const PROTOCOLS: [&str; 4] = ["grid", "whole", "random", "pyramid"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -418,6 +418,7 @@ impl Config {
             let protocol = match name.as_str() {
                 "grid" => Protocol::Grid,
                 "whole" => Protocol::Whole,
+                "pyramid" => Protocol::Pyramid,
                 "random" => Protocol::Random { views: self.patches.views()?, count: e.random_patches },
                 _ => bail!("config key `eval.protocols` takes {} (got {name:?})", PROTOCOLS.join(", ")),
             };
@@ -674,12 +675,13 @@ mod tests {
     fn protocols_are_checked_by_name() {
         let names = |c: &Config| c.protocols().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         assert_eq!(names(&Config::default()), ["grid"]);
-        let c = Config::default().with_overrides(&["eval.protocols=[\"random\", \"whole\"]".into()]).unwrap();
-        assert_eq!(names(&c), ["random", "whole"]);
+        let c =
+            Config::default().with_overrides(&["eval.protocols=[\"random\", \"whole\", \"pyramid\"]".into()]).unwrap();
+        assert_eq!(names(&c), ["random", "whole", "pyramid"]);
         for (set, needle) in [
             ("eval.protocols=[]", "at least one"),
             ("eval.protocols=[\"grid\", \"grid\"]", "twice"),
-            ("eval.protocols=[\"pyramid\"]", "grid, whole, random"),
+            ("eval.protocols=[\"pyramids\"]", "grid, whole, random, pyramid"),
             ("eval.random_patches=0", "eval.random_patches"),
         ] {
             let e = Config::default().with_overrides(&[set.into()]).unwrap().validate().unwrap_err().to_string();
