@@ -102,6 +102,44 @@ pub fn embed_bag(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_imag
     Ok(out)
 }
 
+/// Multi-scale bag embeddings, (N, hidden): per image the mean over the grids of every patch side
+/// in `sizes` (each at `stride`) of the eval-mode embeddings, each patch resized bilinearly
+/// (docs/DEFINITIONS.md §3) to the model's input side; every patch weighs the same.
+pub fn embed_multiscale(
+    model: &BagSslModel,
+    store: &ImageStore,
+    sizes: &[usize],
+    stride: usize,
+    batch_images: usize,
+) -> Result<Vec<f32>> {
+    let patch = model.config().patch;
+    check_args(model, store, Grid { patch, stride }, batch_images)?;
+    let (height, width) = (store.height, store.width);
+    if sizes.is_empty() || sizes.iter().any(|&s| s == 0 || s > height || s > width) {
+        return Err(EvalError::Invalid(format!(
+            "multiscale: patch sides {sizes:?} must be non-empty and fit {height}x{width} images"
+        )));
+    }
+    let boxes: Vec<(usize, usize, usize)> = sizes
+        .iter()
+        .flat_map(|&s| grid_positions(height, width, s, stride).into_iter().map(move |(oy, ox)| (oy, ox, s)))
+        .collect();
+    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut patches = Patches::new(model.device(), store)?;
+    let mut specs = Vec::with_capacity(batch_images * boxes.len());
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        specs.clear();
+        for i in start as u32..end as u32 {
+            specs
+                .extend(boxes.iter().map(|&(oy, ox, s)| PatchSpec::boxed(i, oy as u32, ox as u32, s as u32, s as u32)));
+        }
+        let h = model.encode_eval(&patches.specs(store, &specs, patch)?)?;
+        out.extend(ops::group_mean(&h, boxes.len())?.to_vec()?);
+    }
+    Ok(out)
+}
+
 /// Which of the four quadrants (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) holds
 /// the centre of the patch at (oy, ox): a centre exactly on a midline counts as bottom / right,
 /// as in the PyTorch reference (`centre < H / 2` is the top half).

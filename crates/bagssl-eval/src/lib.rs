@@ -2,7 +2,7 @@
 //! encoder over every grid patch (the "bag of patch embeddings", docs/DEFINITIONS.md §8); their quality is
 //! measured with a weighted cosine kNN and a linear probe, as the PyTorch reference does.
 //!
-//! - [`embed`]: grid / single-patch / whole-image / random-patch / pyramid embeddings of a whole
+//! - [`embed`]: grid / multi-scale / single-patch / whole-image / random-patch / pyramid embeddings of a whole
 //!   [`bagssl_data::ImageStore`].
 //! - [`knn`]: weighted kNN (GEMM similarities in blocks).
 //! - [`probe`]: multinomial logistic regression on standardized features (GEMM batches, AdamW).
@@ -13,7 +13,9 @@ pub mod knn;
 pub mod probe;
 pub mod report;
 
-pub use embed::{centre_position, embed_bag, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid};
+pub use embed::{
+    centre_position, embed_bag, embed_multiscale, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid,
+};
 pub use knn::{knn_accuracy, knn_predict};
 pub use probe::{linear_probe, ProbeOptions};
 pub use report::{evaluate, evaluate_protocol, EvalConfig, EvalReport, Protocol, ProtocolReport};

@@ -5,7 +5,7 @@ use bagssl_data::{ImageStore, Views};
 use bagssl_model::BagSslModel;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{embed_bag, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid};
+use crate::embed::{embed_bag, embed_multiscale, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid};
 use crate::knn::knn_accuracy;
 use crate::probe::linear_probe;
 use crate::Result;
@@ -93,6 +93,9 @@ pub enum Protocol {
     /// The mean of `count` patches drawn as `views` says ([`embed_random`]); the training split
     /// draws with the seed, the test split with the seed + 1.
     Random { views: Views, count: usize },
+    /// The mean over grids of several patch sides (at the evaluation stride), each patch resized
+    /// to the input side ([`embed_multiscale`]).
+    Multiscale { sizes: Vec<usize> },
     /// The grid mean and its four quadrant means, concatenated (5 x hidden; [`embed_pyramid`]).
     Pyramid,
 }
@@ -117,6 +120,7 @@ pub fn evaluate_protocol(
         Protocol::Grid => embed_bag(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
         Protocol::Whole => embed_whole(model, store, bi),
         Protocol::Random { views, count } => embed_random(model, store, views, *count, seed, bi),
+        Protocol::Multiscale { sizes } => embed_multiscale(model, store, sizes, cfg.stride, bi),
         Protocol::Pyramid => embed_pyramid(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
     };
     let dim = if matches!(protocol, Protocol::Pyramid) { 5 * model.hidden() } else { model.hidden() };

@@ -4,8 +4,8 @@ use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{gather_patches, grid_positions, synthetic, ImageStore, PatchSpec, SyntheticSpec, Views};
 use bagssl_eval::probe::train_probe;
 use bagssl_eval::{
-    centre_position, embed_bag, embed_pyramid, embed_random, embed_single_patch, embed_whole, evaluate, knn_predict,
-    linear_probe, EvalConfig, Grid, Labeled, ProbeOptions, Splits,
+    centre_position, embed_bag, embed_multiscale, embed_pyramid, embed_random, embed_single_patch, embed_whole,
+    evaluate, knn_predict, linear_probe, EvalConfig, Grid, Labeled, ProbeOptions, Splits,
 };
 use bagssl_model::{BagSslModel, ModelConfig};
 use bagssl_testkit::{array, golden};
@@ -191,6 +191,41 @@ fn whole_image_embeddings_have_known_answers() {
     let flat = flat_store(4);
     let single = embed_single_patch(&m, &flat, Grid { patch: 4, stride: 2 }, 3).unwrap();
     assert_close(&embed_whole(&m, &flat, 3).unwrap(), &single, 1e-5, "flat images");
+}
+
+/// Multi-scale: one side at the input side is the grid; two sides are the mean over both grids of
+/// resized-box embeddings computed one at a time (12x12 images, sides 4 and 8 at stride 4:
+/// 9 + 2x2 patches, each weighing the same).
+#[test]
+fn multiscale_is_the_mean_over_every_grid() {
+    let (p, hidden) = (4, 8);
+    let m = tiny_model(p);
+    let s = small_store(3, 12, 12);
+    let one = embed_multiscale(&m, &s, &[p], 4, 2).unwrap();
+    assert_close(&one, &embed_bag(&m, &s, Grid { patch: p, stride: 4 }, 2).unwrap(), 1e-6, "one scale");
+    let got = embed_multiscale(&m, &s, &[4, 8], 4, 2).unwrap();
+    for i in 0..3 {
+        let mut want = vec![0f64; hidden];
+        let boxes: Vec<_> = [4, 8]
+            .into_iter()
+            .flat_map(|side| grid_positions(12, 12, side, 4).into_iter().map(move |(oy, ox)| (oy, ox, side)))
+            .collect();
+        assert_eq!(boxes.len(), 13);
+        for &(oy, ox, side) in &boxes {
+            let spec = PatchSpec::boxed(i as u32, oy as u32, ox as u32, side as u32, side as u32);
+            let mut x = vec![0f32; p * p * 3];
+            gather_patches(&s, &[spec], p, &mut x);
+            let h = m.encode_eval(&Tensor::from_vec(&[1, p * p * 3], x)).unwrap().to_vec().unwrap();
+            want.iter_mut().zip(h).for_each(|(w, v)| *w += f64::from(v) / boxes.len() as f64);
+        }
+        for (d, (&g, w)) in got[i * hidden..(i + 1) * hidden].iter().zip(&want).enumerate() {
+            assert!((f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()), "image {i} dim {d}: {g} vs {w}");
+        }
+    }
+    for bad in [&[][..], &[0], &[13]] {
+        let err = embed_multiscale(&m, &s, bad, 4, 2).unwrap_err().to_string();
+        assert!(err.contains("multiscale") && err.contains("12x12"), "{bad:?}: {err}");
+    }
 }
 
 /// The pyramid is the grid mean and the four quadrant means, from patch embeddings computed

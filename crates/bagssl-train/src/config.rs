@@ -133,14 +133,16 @@ pub struct EvalSection {
     pub batch_images: usize,
     /// Also evaluate the untrained (initial) encoder, so every run shows what training bought.
     pub untrained: bool,
-    /// The protocols measured (`grid`, `whole`, `random`); the first is also `knn` / `linear`.
+    /// The protocols measured (`grid`, `multiscale`, `whole`, `random`, `pyramid`); the first is also `knn` / `linear`.
     pub protocols: Vec<String>,
     /// Patches per image of the `random` protocol.
     pub random_patches: usize,
+    /// Patch sides of the `multiscale` protocol's grids (each resized to the input side).
+    pub scales: Vec<usize>,
 }
 
 /// The names `eval.protocols` takes.
-pub const PROTOCOLS: [&str; 4] = ["grid", "whole", "random", "pyramid"];
+pub const PROTOCOLS: [&str; 5] = ["grid", "multiscale", "whole", "random", "pyramid"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -285,6 +287,7 @@ impl Default for EvalSection {
             untrained: true,
             protocols: vec!["grid".into()],
             random_patches: 128,
+            scales: Vec::new(),
         }
     }
 }
@@ -399,6 +402,9 @@ impl Config {
                 bail!("config key `{key}` = {side} is larger than the images of {origin} ({height} x {width})");
             }
         }
+        if let Some(&side) = self.eval.scales.iter().find(|&&s| s == 0 || s > height || s > width) {
+            bail!("config key `eval.scales` holds {side}, which is no patch side of the images of {origin} ({height} x {width})");
+        }
         Ok(())
     }
 
@@ -419,6 +425,10 @@ impl Config {
                 "grid" => Protocol::Grid,
                 "whole" => Protocol::Whole,
                 "pyramid" => Protocol::Pyramid,
+                "multiscale" if e.scales.is_empty() => {
+                    bail!("config key `eval.scales` must list the patch sides of the `multiscale` protocol")
+                }
+                "multiscale" => Protocol::Multiscale { sizes: e.scales.clone() },
                 "random" => Protocol::Random { views: self.patches.views()?, count: e.random_patches },
                 _ => bail!("config key `eval.protocols` takes {} (got {name:?})", PROTOCOLS.join(", ")),
             };
@@ -681,7 +691,8 @@ mod tests {
         for (set, needle) in [
             ("eval.protocols=[]", "at least one"),
             ("eval.protocols=[\"grid\", \"grid\"]", "twice"),
-            ("eval.protocols=[\"pyramids\"]", "grid, whole, random, pyramid"),
+            ("eval.protocols=[\"pyramids\"]", "grid, multiscale, whole, random, pyramid"),
+            ("eval.protocols=[\"multiscale\"]", "eval.scales"),
             ("eval.random_patches=0", "eval.random_patches"),
         ] {
             let e = Config::default().with_overrides(&[set.into()]).unwrap().validate().unwrap_err().to_string();

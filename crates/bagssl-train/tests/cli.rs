@@ -600,7 +600,9 @@ fn eval_protocols_are_reported_by_name() {
     let out = dir.path().join("run");
     let extra = [
         "--set",
-        "eval.protocols=[\"whole\", \"grid\", \"random\", \"pyramid\"]",
+        "eval.protocols=[\"whole\", \"grid\", \"random\", \"pyramid\", \"multiscale\"]",
+        "--set",
+        "eval.scales=[4, 8]",
         "--set",
         "eval.random_patches=4",
         "--set",
@@ -612,7 +614,7 @@ fn eval_protocols_are_reported_by_name() {
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     for model in ["trained", "untrained"] {
         let p = &eval[model]["protocols"];
-        for name in ["grid", "whole", "random", "pyramid"] {
+        for name in ["grid", "whole", "random", "pyramid", "multiscale"] {
             for k in ["knn", "linear"] {
                 let v = p[name][k].as_f64().unwrap_or(-1.0);
                 assert!((0.0..=1.0).contains(&v), "{model}.protocols.{name}.{k} = {v}");
