@@ -183,27 +183,24 @@ fn blur(x: &mut [f32], tmp: &mut [f32], p: usize, sigma: f32) {
         heap = (0..taps).map(|i| blur_weight(i as isize - k as isize, sigma, k)).collect();
         &heap
     };
-    for y in 0..p {
-        for xx in 0..p {
+    // Rows, then columns: (y, x) of the p x p patch is element (y * p + x) * 3 + c.
+    blur_pass(x, tmp, weights, p, k, |y, sx| y * p + sx);
+    blur_pass(tmp, x, weights, p, k, |y, sy| sy * p + y);
+}
+
+/// One 1-D pass of the separable blur: `dst[at(a, b)] = Σ_i w_i · src[at(a, reflect(b + i - k))]`
+/// for every line `a` and position `b` (`at` maps them to a pixel index).
+#[inline(always)]
+fn blur_pass(src: &[f32], dst: &mut [f32], weights: &[f32], p: usize, k: usize, at: impl Fn(usize, usize) -> usize) {
+    for a in 0..p {
+        for b in 0..p {
             for c in 0..3 {
                 let mut acc = 0f32;
                 for (i, &wt) in weights.iter().enumerate() {
-                    let sx = reflect(xx as isize + i as isize - k as isize, p);
-                    acc += wt * x[(y * p + sx) * 3 + c];
+                    let sb = reflect(b as isize + i as isize - k as isize, p);
+                    acc += wt * src[at(a, sb) * 3 + c];
                 }
-                tmp[(y * p + xx) * 3 + c] = acc;
-            }
-        }
-    }
-    for y in 0..p {
-        for xx in 0..p {
-            for c in 0..3 {
-                let mut acc = 0f32;
-                for (i, &wt) in weights.iter().enumerate() {
-                    let sy = reflect(y as isize + i as isize - k as isize, p);
-                    acc += wt * tmp[(sy * p + xx) * 3 + c];
-                }
-                x[(y * p + xx) * 3 + c] = acc;
+                dst[at(a, b) * 3 + c] = acc;
             }
         }
     }

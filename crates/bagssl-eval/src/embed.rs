@@ -120,10 +120,20 @@ pub fn embed_multiscale(
             "multiscale: patch sides {sizes:?} must be non-empty and fit {height}x{width} images"
         )));
     }
-    let boxes: Vec<(usize, usize, usize)> = sizes
+    let boxes: Vec<Box4> = sizes
         .iter()
-        .flat_map(|&s| grid_positions(height, width, s, stride).into_iter().map(move |(oy, ox)| (oy, ox, s)))
+        .flat_map(|&s| grid_positions(height, width, s, stride).into_iter().map(move |(oy, ox)| (oy, ox, s, s)))
         .collect();
+    embed_boxes(model, store, &boxes, batch_images)
+}
+
+/// A box of every image: `(oy, ox, h, w)`.
+type Box4 = (usize, usize, usize, usize);
+
+/// Per image the mean of the eval-mode embeddings of the same `boxes`, each resized to the
+/// model's input side, not augmented (one box: its embedding, exactly).
+fn embed_boxes(model: &BagSslModel, store: &ImageStore, boxes: &[Box4], batch_images: usize) -> Result<Vec<f32>> {
+    let patch = model.config().patch;
     let mut out = Vec::with_capacity(store.len() * model.hidden());
     let mut patches = Patches::new(model.device(), store)?;
     let mut specs = Vec::with_capacity(batch_images * boxes.len());
@@ -131,11 +141,12 @@ pub fn embed_multiscale(
         let end = (start + batch_images).min(store.len());
         specs.clear();
         for i in start as u32..end as u32 {
-            specs
-                .extend(boxes.iter().map(|&(oy, ox, s)| PatchSpec::boxed(i, oy as u32, ox as u32, s as u32, s as u32)));
+            let u = |v: usize| v as u32;
+            specs.extend(boxes.iter().map(|&(oy, ox, h, w)| PatchSpec::boxed(i, u(oy), u(ox), u(h), u(w))));
         }
         let h = model.encode_eval(&patches.specs(store, &specs, patch)?)?;
-        out.extend(ops::group_mean(&h, boxes.len())?.to_vec()?);
+        let h = if boxes.len() == 1 { h } else { ops::group_mean(&h, boxes.len())? };
+        out.extend(h.to_vec()?);
     }
     Ok(out)
 }
@@ -209,17 +220,7 @@ pub fn embed_single_patch(
     let Grid { patch, stride } = grid;
     let (oy, ox) = centre_position(store.height, store.width, patch, stride)
         .ok_or_else(|| EvalError::Invalid("empty evaluation grid".into()))?;
-    let mut out = Vec::with_capacity(store.len() * model.hidden());
-    let mut patches = Patches::new(model.device(), store)?;
-    let mut specs = Vec::with_capacity(batch_images);
-    for start in (0..store.len()).step_by(batch_images) {
-        let end = (start + batch_images).min(store.len());
-        specs.clear();
-        specs.extend((start..end).map(|i| PatchSpec::crop(i as u32, oy as u32, ox as u32, patch as u32)));
-        let x = patches.specs(store, &specs, patch)?;
-        out.extend(model.encode_eval(&x)?.to_vec()?);
-    }
-    Ok(out)
+    embed_boxes(model, store, &[(oy, ox, patch, patch)], batch_images)
 }
 
 /// Whole-image embeddings, (N, hidden): each image resized bilinearly (docs/DEFINITIONS.md §3
@@ -227,18 +228,7 @@ pub fn embed_single_patch(
 pub fn embed_whole(model: &BagSslModel, store: &ImageStore, batch_images: usize) -> Result<Vec<f32>> {
     let patch = model.config().patch;
     check_args(model, store, Grid { patch, stride: 1 }, batch_images)?;
-    let (h, w) = (store.height as u32, store.width as u32);
-    let mut out = Vec::with_capacity(store.len() * model.hidden());
-    let mut patches = Patches::new(model.device(), store)?;
-    let mut specs = Vec::with_capacity(batch_images);
-    for start in (0..store.len()).step_by(batch_images) {
-        let end = (start + batch_images).min(store.len());
-        specs.clear();
-        specs.extend((start..end).map(|i| PatchSpec::boxed(i as u32, 0, 0, h, w)));
-        let x = patches.specs(store, &specs, patch)?;
-        out.extend(model.encode_eval(&x)?.to_vec()?);
-    }
-    Ok(out)
+    embed_boxes(model, store, &[(0, 0, store.height, store.width)], batch_images)
 }
 
 /// Random-patch embeddings, (N, hidden): per image the mean of `count` eval-mode embeddings of
