@@ -35,8 +35,14 @@ impl Patches {
         })
     }
 
-    /// Grid patches of images `first .. first + count` (image-major, row-major positions).
-    fn grid(&mut self, store: &ImageStore, first: usize, count: usize, patch: usize, stride: usize) -> Result<Tensor> {
+    /// Grid patches of images `first .. first + count` (image-major, row-major positions), each
+    /// resized to the input side `input` when the grid's `patch` differs from it.
+    fn grid(&mut self, store: &ImageStore, first: usize, count: usize, grid: Grid, input: usize) -> Result<Tensor> {
+        let Grid { patch, stride } = grid;
+        if patch != input {
+            let boxes = grid_boxes(store, patch, stride);
+            return self.specs(store, &box_specs(first..first + count, &boxes), input);
+        }
         match self {
             Patches::Host => {
                 let rows = count * grid_len(store.height, store.width, patch, stride);
@@ -59,21 +65,19 @@ impl Patches {
     }
 }
 
-/// The evaluation grid (docs/DEFINITIONS.md §8): patches of side `patch` every `stride` pixels.
+/// The evaluation grid (docs/DEFINITIONS.md §8): patches of side `patch` every `stride` pixels,
+/// each resized to the model's input side when `patch` is not that side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grid {
     pub patch: usize,
     pub stride: usize,
 }
 
-fn check_args(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images: usize) -> Result<()> {
+fn check_args(store: &ImageStore, grid: Grid, batch_images: usize) -> Result<()> {
     let Grid { patch, stride } = grid;
-    if patch != model.config().patch {
-        return Err(EvalError::Invalid(format!("patch {patch} differs from the model's {}", model.config().patch)));
-    }
-    if stride == 0 || batch_images == 0 {
+    if patch == 0 || stride == 0 || batch_images == 0 {
         return Err(EvalError::Invalid(format!(
-            "stride ({stride}) and batch_images ({batch_images}) must be positive"
+            "patch ({patch}), stride ({stride}) and batch_images ({batch_images}) must be positive"
         )));
     }
     if patch > store.height || patch > store.width {
@@ -82,21 +86,37 @@ fn check_args(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images:
     Ok(())
 }
 
-/// Bag-of-patch embeddings, (N, hidden) row-major: for each image, the mean over the evaluation
-/// grid ([`Grid`]) of the eval-mode encoder output.
+/// The grid's boxes `(oy, ox, patch, patch)`, row-major.
+fn grid_boxes(store: &ImageStore, patch: usize, stride: usize) -> Vec<Box4> {
+    grid_positions(store.height, store.width, patch, stride)
+        .into_iter()
+        .map(|(oy, ox)| (oy, ox, patch, patch))
+        .collect()
+}
+
+/// The specs of the same `boxes` in each of `images`, image-major.
+fn box_specs(images: std::ops::Range<usize>, boxes: &[Box4]) -> Vec<PatchSpec> {
+    let u = |v: usize| v as u32;
+    images
+        .flat_map(|i| boxes.iter().map(move |&(oy, ox, h, w)| PatchSpec::boxed(u(i), u(oy), u(ox), u(h), u(w))))
+        .collect()
+}
+
+/// Bag-of-patch embeddings, (N, dim) row-major: for each image, the mean over the evaluation
+/// grid ([`Grid`]) of the eval-mode representation ([`BagSslModel::represent_eval`]).
 ///
 /// Memory per batch is `batch_images * grid_len * (p*p*3 + hidden)` floats; choose `batch_images`
 /// accordingly (e.g. 64 for CIFAR-10 at p = 8, stride 2, hidden 2048: about 110 MB).
 pub fn embed_bag(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images: usize) -> Result<Vec<f32>> {
-    check_args(model, store, grid, batch_images)?;
-    let Grid { patch, stride } = grid;
-    let per_image = grid_len(store.height, store.width, patch, stride);
-    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    check_args(store, grid, batch_images)?;
+    let per_image = grid_len(store.height, store.width, grid.patch, grid.stride);
+    let input = model.config().patch;
+    let mut out = Vec::with_capacity(store.len() * model.representation_dim());
     let mut patches = Patches::new(model.device(), store)?;
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
-        let x = patches.grid(store, start, end - start, patch, stride)?;
-        let h = model.encode_eval(&x)?;
+        let x = patches.grid(store, start, end - start, grid, input)?;
+        let h = model.represent_eval(&x)?;
         out.extend(ops::group_mean(&h, per_image)?.to_vec()?);
     }
     Ok(out)
@@ -112,8 +132,7 @@ pub fn embed_multiscale(
     stride: usize,
     batch_images: usize,
 ) -> Result<Vec<f32>> {
-    let patch = model.config().patch;
-    check_args(model, store, Grid { patch, stride }, batch_images)?;
+    check_args(store, Grid { patch: model.config().patch, stride }, batch_images)?;
     let (height, width) = (store.height, store.width);
     if sizes.is_empty() || sizes.iter().any(|&s| s == 0 || s > height || s > width) {
         return Err(EvalError::Invalid(format!(
@@ -134,17 +153,11 @@ type Box4 = (usize, usize, usize, usize);
 /// model's input side, not augmented (one box: its embedding, exactly).
 fn embed_boxes(model: &BagSslModel, store: &ImageStore, boxes: &[Box4], batch_images: usize) -> Result<Vec<f32>> {
     let patch = model.config().patch;
-    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut out = Vec::with_capacity(store.len() * model.representation_dim());
     let mut patches = Patches::new(model.device(), store)?;
-    let mut specs = Vec::with_capacity(batch_images * boxes.len());
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
-        specs.clear();
-        for i in start as u32..end as u32 {
-            let u = |v: usize| v as u32;
-            specs.extend(boxes.iter().map(|&(oy, ox, h, w)| PatchSpec::boxed(i, u(oy), u(ox), u(h), u(w))));
-        }
-        let h = model.encode_eval(&patches.specs(store, &specs, patch)?)?;
+        let h = model.represent_eval(&patches.specs(store, &box_specs(start..end, boxes), patch)?)?;
         let h = if boxes.len() == 1 { h } else { ops::group_mean(&h, boxes.len())? };
         out.extend(h.to_vec()?);
     }
@@ -164,7 +177,7 @@ fn quadrant(oy: usize, ox: usize, patch: usize, height: usize, width: usize) -> 
 /// by the means of the grid patches of each quadrant ([`quadrant`] order), as the reference's
 /// `embed_images(pool="pyramid")`. Every quadrant must hold at least one patch centre.
 pub fn embed_pyramid(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_images: usize) -> Result<Vec<f32>> {
-    check_args(model, store, grid, batch_images)?;
+    check_args(store, grid, batch_images)?;
     let Grid { patch, stride } = grid;
     let positions = grid_positions(store.height, store.width, patch, stride);
     let quads: Vec<usize> =
@@ -177,13 +190,13 @@ pub fn embed_pyramid(model: &BagSslModel, store: &ImageStore, grid: Grid, batch_
             store.height, store.width
         )));
     }
-    let (hidden, per_image) = (model.hidden(), positions.len());
+    let (hidden, per_image, input) = (model.representation_dim(), positions.len(), model.config().patch);
     let mut out = Vec::with_capacity(store.len() * 5 * hidden);
     let mut patches = Patches::new(model.device(), store)?;
     let mut sums = vec![0f64; 5 * hidden];
     for start in (0..store.len()).step_by(batch_images) {
         let end = (start + batch_images).min(store.len());
-        let h = model.encode_eval(&patches.grid(store, start, end - start, patch, stride)?)?.to_vec()?;
+        let h = model.represent_eval(&patches.grid(store, start, end - start, grid, input)?)?.to_vec()?;
         for image in h.chunks_exact(per_image * hidden) {
             sums.fill(0.0);
             for (row, &q) in image.chunks_exact(hidden).zip(&quads) {
@@ -208,15 +221,16 @@ pub fn centre_position(height: usize, width: usize, patch: usize, stride: usize)
     positions.get((ny / 2) * nx + nx / 2).copied()
 }
 
-/// Single-patch embeddings, (N, hidden): the eval-mode encoder on the centre grid patch of each
-/// image ([`centre_position`]) — the baseline without bag aggregation.
+/// Single-patch embeddings, (N, dim): the eval-mode representation of the centre grid patch of
+/// each image ([`centre_position`], resized to the input side) — the baseline without bag
+/// aggregation.
 pub fn embed_single_patch(
     model: &BagSslModel,
     store: &ImageStore,
     grid: Grid,
     batch_images: usize,
 ) -> Result<Vec<f32>> {
-    check_args(model, store, grid, batch_images)?;
+    check_args(store, grid, batch_images)?;
     let Grid { patch, stride } = grid;
     let (oy, ox) = centre_position(store.height, store.width, patch, stride)
         .ok_or_else(|| EvalError::Invalid("empty evaluation grid".into()))?;
@@ -226,8 +240,7 @@ pub fn embed_single_patch(
 /// Whole-image embeddings, (N, hidden): each image resized bilinearly (docs/DEFINITIONS.md §3
 /// step 1) to the model's input side, one eval-mode forward.
 pub fn embed_whole(model: &BagSslModel, store: &ImageStore, batch_images: usize) -> Result<Vec<f32>> {
-    let patch = model.config().patch;
-    check_args(model, store, Grid { patch, stride: 1 }, batch_images)?;
+    check_args(store, Grid { patch: model.config().patch, stride: 1 }, batch_images)?;
     embed_boxes(model, store, &[(0, 0, store.height, store.width)], batch_images)
 }
 
@@ -243,7 +256,7 @@ pub fn embed_random(
     batch_images: usize,
 ) -> Result<Vec<f32>> {
     let patch = model.config().patch;
-    check_args(model, store, Grid { patch, stride: 1 }, batch_images)?;
+    check_args(store, Grid { patch, stride: 1 }, batch_images)?;
     views.validate().map_err(EvalError::Invalid)?;
     let crop = views.crop.unwrap_or(patch);
     if count == 0 || crop > store.height || crop > store.width {
@@ -253,7 +266,7 @@ pub fn embed_random(
         )));
     }
     let mut sampler = PatchSampler::with_views(seed, false, views.clone());
-    let mut out = Vec::with_capacity(store.len() * model.hidden());
+    let mut out = Vec::with_capacity(store.len() * model.representation_dim());
     let mut patches = Patches::new(model.device(), store)?;
     let (mut images, mut specs) = (Vec::with_capacity(batch_images), Vec::new());
     for start in (0..store.len()).step_by(batch_images) {
@@ -262,7 +275,7 @@ pub fn embed_random(
         images.extend(start as u32..end as u32);
         sampler.sample_into(&images, count, crop, store.height, store.width, &mut specs);
         let x = patches.specs(store, &specs, patch)?;
-        let h = model.encode_eval(&x)?;
+        let h = model.represent_eval(&x)?;
         out.extend(ops::group_mean(&h, count)?.to_vec()?);
     }
     Ok(out)

@@ -18,7 +18,10 @@ pub use embed::{
 };
 pub use knn::{knn_accuracy, knn_predict};
 pub use probe::{linear_probe, ProbeOptions};
-pub use report::{evaluate, evaluate_protocol, EvalConfig, EvalReport, Protocol, ProtocolReport};
+pub use report::{
+    embed_protocol, evaluate, evaluate_protocol, knn_single_patch, protocol_dim, EvalConfig, EvalReport, Protocol,
+    ProtocolReport,
+};
 
 /// Row-major features (one row per image) and their class labels.
 #[derive(Clone, Copy, Debug)]

@@ -14,6 +14,7 @@ use crate::{Labeled, Splits};
 /// Evaluation settings (the `[eval]` config section plus the patch size).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalConfig {
+    /// Side of the grid's patches (each resized to the model's input side when it differs).
     pub patch: usize,
     pub stride: usize,
     pub knn_k: usize,
@@ -50,24 +51,19 @@ fn class_count(a: &ImageStore, b: &ImageStore) -> usize {
 }
 
 /// Embeds `train` and `test` with `model` and measures kNN, linear-probe and single-patch kNN
-/// accuracy on `test`.
+/// accuracy on `test` (the grid protocol).
 pub fn evaluate(model: &BagSslModel, train: &ImageStore, test: &ImageStore, cfg: &EvalConfig) -> Result<EvalReport> {
-    let dim = model.hidden();
-    let classes = class_count(train, test);
+    let ProtocolReport { knn, linear } = evaluate_protocol(model, train, test, cfg, &Protocol::Grid)?;
+    Ok(EvalReport { knn, linear, knn_single_patch: knn_single_patch(model, train, test, cfg)? })
+}
+
+/// Weighted kNN accuracy on `test` of the centre grid patch's representation alone (no bag).
+pub fn knn_single_patch(model: &BagSslModel, train: &ImageStore, test: &ImageStore, cfg: &EvalConfig) -> Result<f64> {
     let (grid, bi) = (Grid { patch: cfg.patch, stride: cfg.stride }, cfg.batch_images);
-
-    let ftr = embed_bag(model, train, grid, bi)?;
-    let fte = embed_bag(model, test, grid, bi)?;
-    let bags = splits(train, &ftr, test, &fte, dim, classes);
-    let knn = knn_accuracy(&bags, cfg.knn_k, cfg.knn_t)?;
-    let linear = linear_probe(&bags, cfg.probe_epochs, cfg.seed)?;
-    drop((ftr, fte));
-
-    let single_tr = embed_single_patch(model, train, grid, bi)?;
-    let single_te = embed_single_patch(model, test, grid, bi)?;
-    let knn_single_patch =
-        knn_accuracy(&splits(train, &single_tr, test, &single_te, dim, classes), cfg.knn_k, cfg.knn_t)?;
-    Ok(EvalReport { knn, linear, knn_single_patch })
+    let ftr = embed_single_patch(model, train, grid, bi)?;
+    let fte = embed_single_patch(model, test, grid, bi)?;
+    let s = splits(train, &ftr, test, &fte, model.representation_dim(), class_count(train, test));
+    knn_accuracy(&s, cfg.knn_k, cfg.knn_t)
 }
 
 /// The features of both splits with the stores' labels.
@@ -86,7 +82,7 @@ fn splits<'a>(
 /// An evaluation protocol: how an image becomes one embedding (README.md, `eval.protocols`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Protocol {
-    /// The mean over the evaluation grid at the input side ([`embed_bag`]), as [`evaluate`].
+    /// The mean over the evaluation grid ([`embed_bag`]), as [`evaluate`].
     Grid,
     /// The whole image resized to the input side, one forward ([`embed_whole`]).
     Whole,
@@ -107,6 +103,30 @@ pub struct ProtocolReport {
     pub linear: f64,
 }
 
+/// Embeds `store` as `protocol` says, (N, [`protocol_dim`]) row-major; `seed` draws the
+/// `random` protocol's boxes.
+pub fn embed_protocol(
+    model: &BagSslModel,
+    store: &ImageStore,
+    cfg: &EvalConfig,
+    protocol: &Protocol,
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let (grid, bi) = (Grid { patch: cfg.patch, stride: cfg.stride }, cfg.batch_images);
+    match protocol {
+        Protocol::Grid => embed_bag(model, store, grid, bi),
+        Protocol::Whole => embed_whole(model, store, bi),
+        Protocol::Random { views, count } => embed_random(model, store, views, *count, seed, bi),
+        Protocol::Multiscale { sizes } => embed_multiscale(model, store, sizes, cfg.stride, bi),
+        Protocol::Pyramid => embed_pyramid(model, store, grid, bi),
+    }
+}
+
+/// The width of [`embed_protocol`]'s rows.
+pub fn protocol_dim(model: &BagSslModel, protocol: &Protocol) -> usize {
+    model.representation_dim() * if matches!(protocol, Protocol::Pyramid) { 5 } else { 1 }
+}
+
 /// Embeds `train` and `test` as `protocol` says and measures kNN and linear-probe accuracy.
 pub fn evaluate_protocol(
     model: &BagSslModel,
@@ -115,18 +135,9 @@ pub fn evaluate_protocol(
     cfg: &EvalConfig,
     protocol: &Protocol,
 ) -> Result<ProtocolReport> {
-    let bi = cfg.batch_images;
-    let embed = |store: &ImageStore, seed: u64| match protocol {
-        Protocol::Grid => embed_bag(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
-        Protocol::Whole => embed_whole(model, store, bi),
-        Protocol::Random { views, count } => embed_random(model, store, views, *count, seed, bi),
-        Protocol::Multiscale { sizes } => embed_multiscale(model, store, sizes, cfg.stride, bi),
-        Protocol::Pyramid => embed_pyramid(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, bi),
-    };
-    let dim = if matches!(protocol, Protocol::Pyramid) { 5 * model.hidden() } else { model.hidden() };
-    let ftr = embed(train, cfg.seed)?;
-    let fte = embed(test, cfg.seed.wrapping_add(1))?;
-    let s = splits(train, &ftr, test, &fte, dim, class_count(train, test));
+    let ftr = embed_protocol(model, train, cfg, protocol, cfg.seed)?;
+    let fte = embed_protocol(model, test, cfg, protocol, cfg.seed.wrapping_add(1))?;
+    let s = splits(train, &ftr, test, &fte, protocol_dim(model, protocol), class_count(train, test));
     Ok(ProtocolReport {
         knn: knn_accuracy(&s, cfg.knn_k, cfg.knn_t)?,
         linear: linear_probe(&s, cfg.probe_epochs, cfg.seed)?,

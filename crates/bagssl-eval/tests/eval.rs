@@ -7,7 +7,7 @@ use bagssl_eval::{
     centre_position, embed_bag, embed_multiscale, embed_pyramid, embed_random, embed_single_patch, embed_whole,
     evaluate, knn_predict, linear_probe, EvalConfig, Grid, Labeled, ProbeOptions, Splits,
 };
-use bagssl_model::{BagSslModel, ModelConfig};
+use bagssl_model::{BagSslModel, ModelConfig, Representation};
 use bagssl_testkit::{array, golden};
 use serde_json::Value;
 
@@ -165,7 +165,90 @@ fn evaluate_reports_accuracies() {
         assert!((0.0..=1.0).contains(&v));
     }
     assert_eq!(r, evaluate(&m, &train, &test, &cfg).unwrap(), "deterministic");
-    assert!(evaluate(&m, &train, &test, &EvalConfig { patch: 8, ..cfg }).is_err(), "patch must match the model");
+    assert!(evaluate(&m, &train, &test, &EvalConfig { patch: 17, ..cfg }).is_err(), "the grid's patch must fit");
+    // A grid of 8x8 patches resized to the model's 4x4 input: a valid, different protocol.
+    let r8 = evaluate(&m, &train, &test, &EvalConfig { patch: 8, ..cfg }).unwrap();
+    assert!((0.0..=1.0).contains(&r8.knn));
+}
+
+#[test]
+fn a_grid_of_another_side_is_resized_to_the_input() {
+    // Patches of 6 every 3 pixels on 11x13 images, each resized to the model's 4: the grid, the
+    // one-scale multiscale bag and the pyramid's first block agree, and the single patch is the
+    // centre box's resized embedding.
+    let (p, side, stride) = (4, 6, 3);
+    let m = tiny_model(p);
+    let s = small_store(5, 11, 13);
+    let grid = Grid { patch: side, stride };
+    let bag = embed_bag(&m, &s, grid, 2).unwrap();
+    let one_scale = embed_multiscale(&m, &s, &[side], stride, 3).unwrap();
+    assert_eq!(bag, one_scale, "grid at {side} = multiscale [{side}]");
+    let pyramid = embed_pyramid(&m, &s, grid, 2).unwrap();
+    for i in 0..5 {
+        assert_eq!(&pyramid[i * 40..i * 40 + 8], &bag[i * 8..(i + 1) * 8], "image {i}: the pyramid's global block");
+    }
+    let (oy, ox) = centre_position(11, 13, side, stride).unwrap();
+    let single = embed_single_patch(&m, &s, grid, 2).unwrap();
+    for i in 0..5u32 {
+        let spec = PatchSpec::boxed(i, oy as u32, ox as u32, side as u32, side as u32);
+        let mut x = vec![0f32; p * p * 3];
+        gather_patches(&s, &[spec], p, &mut x);
+        let want = m.encode_eval(&Tensor::from_vec(&[1, p * p * 3], x)).unwrap().to_vec().unwrap();
+        let i = i as usize;
+        assert_close(&single[i * 8..(i + 1) * 8], &want, 1e-6, &format!("image {i} centre patch"));
+    }
+    // A bag of resized patches is not the bag of native ones.
+    assert_ne!(bag, embed_bag(&m, &s, Grid { patch: p, stride }, 2).unwrap());
+}
+
+#[test]
+fn projector_representation_is_its_first_block_in_eval_mode() {
+    // eval.feature = "projector.0": Linear, BatchNorm with running statistics, ReLU on top of h,
+    // checked in f64 against the parameters.
+    let p = 4;
+    let mut m = tiny_model(p);
+    let mut rng = bagssl_data::SeededRng::new(12);
+    let width = m.projector.hidden.layers[0].linear.weight.value.shape()[0];
+    let mean: Vec<f32> = (0..width).map(|_| rng.uniform() - 0.5).collect();
+    let var: Vec<f32> = (0..width).map(|_| 0.5 + rng.uniform()).collect();
+    m.set_tensor("projector.0.bn.running_mean", &mean).unwrap();
+    m.set_tensor("projector.0.bn.running_var", &var).unwrap();
+    let gamma: Vec<f32> = (0..width).map(|_| 0.5 + rng.uniform()).collect();
+    let beta: Vec<f32> = (0..width).map(|_| rng.uniform() - 0.5).collect();
+    m.set_tensor("projector.0.bn.gamma", &gamma).unwrap();
+    m.set_tensor("projector.0.bn.beta", &beta).unwrap();
+    let s = small_store(3, 9, 7);
+    let grid = Grid { patch: p, stride: 2 };
+    let h = embed_bag(&m, &s, grid, 2).unwrap();
+    assert!(m.set_representation(Representation::ProjectorHidden(1)).is_err(), "one hidden block only");
+    m.set_representation(Representation::ProjectorHidden(0)).unwrap();
+    assert_eq!(m.representation_dim(), width);
+    let g = embed_bag(&m, &s, grid, 2).unwrap();
+    assert_eq!(g.len(), 3 * width);
+
+    let t = |name: &str| -> Vec<f64> {
+        let (_, v) = m.named_tensors().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}"));
+        v.to_vec().unwrap().into_iter().map(f64::from).collect()
+    };
+    let (w, b, gamma, beta) =
+        (t("projector.0.weight"), t("projector.0.bias"), t("projector.0.bn.gamma"), t("projector.0.bn.beta"));
+    let (rm, rv) = (t("projector.0.bn.running_mean"), t("projector.0.bn.running_var"));
+    let positions = grid_positions(9, 7, p, 2);
+    for i in 0..3 {
+        let mut want = vec![0f64; width];
+        for &(oy, ox) in &positions {
+            let hp = patch_embedding(&m, &s, i, oy, ox, p);
+            for j in 0..width {
+                let lin: f64 = b[j] + (0..8).map(|k| w[j * 8 + k] * f64::from(hp[k])).sum::<f64>();
+                let y = gamma[j] * (lin - rm[j]) / (rv[j] + f64::from(bagssl_model::BN_EPS)).sqrt() + beta[j];
+                want[j] += y.max(0.0) / positions.len() as f64;
+            }
+        }
+        let got: Vec<f32> = g[i * width..(i + 1) * width].to_vec();
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        assert_close(&got, &want, 1e-5, &format!("image {i}"));
+        assert_ne!(&h[i * 8..(i + 1) * 8], &got[..8.min(width)], "not h");
+    }
 }
 
 fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {

@@ -117,3 +117,11 @@ fn gpu_embed_random_matches_cpu() {
         embed_random(m, s, &Views { scale: Some([0.2, 1.0]), ..Views::default() }, 6, 3, b)
     });
 }
+
+/// A grid of larger patches, each resized to the input side by the patch kernel.
+#[test]
+fn gpu_embed_resized_grid_matches_cpu() {
+    compare("gpu_embed_resized_grid_matches_cpu", "embed_bag (resized grid)", |m, s, g, b| {
+        embed_bag(m, s, Grid { patch: g.patch + 3, stride: g.stride }, b)
+    });
+}

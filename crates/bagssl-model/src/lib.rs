@@ -29,7 +29,7 @@ pub use bagssl_autograd::VicregWeights;
 pub use checkpoint::{read_normalization, Normalization};
 pub use config::{Arch, BlockKind, ModelConfig, OptimizerKind, ResnetLayout, Stem, TrainConfig};
 pub use layers::{Layer, Param, ParamKind, RunningStats, BN_EPS, BN_MOMENTUM};
-pub use model::{BagSslModel, ForwardFlops, TrainForward};
+pub use model::{BagSslModel, ForwardFlops, Representation, TrainForward};
 pub use monitor::{rank_floor, CollapseStats, COLLAPSE_STD, MONITOR_ROWS};
 pub use optim::Optimizer;
 pub use schedule::lr_factor;

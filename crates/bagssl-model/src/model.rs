@@ -146,6 +146,37 @@ impl TrainForward {
     }
 }
 
+/// Which eval-mode output evaluation and `embed` take as a patch's representation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Representation {
+    /// The encoder output h: BagSSL's representation.
+    #[default]
+    Encoder,
+    /// The output of the projector's i-th Linear-BN-ReLU block (`projector.{i}`); EMP-SSL
+    /// reports `projector.0`.
+    ProjectorHidden(usize),
+}
+
+impl Representation {
+    /// `"encoder"` or `"projector.{i}"`.
+    pub fn parse(name: &str) -> Option<Representation> {
+        if name == "encoder" {
+            return Some(Representation::Encoder);
+        }
+        let i = name.strip_prefix("projector.")?;
+        // Digits only: "projector.+1" is no layer name.
+        (!i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| i.parse().ok().map(Representation::ProjectorHidden))
+            .flatten()
+    }
+    pub fn name(&self) -> String {
+        match self {
+            Representation::Encoder => "encoder".into(),
+            Representation::ProjectorHidden(i) => format!("projector.{i}"),
+        }
+    }
+}
+
 /// Encoder + projector, on one device.
 #[derive(Debug)]
 pub struct BagSslModel {
@@ -153,6 +184,8 @@ pub struct BagSslModel {
     device: Device,
     pub encoder: Encoder,
     pub projector: Projector,
+    /// What [`BagSslModel::represent_eval`] returns (the encoder output unless set).
+    representation: Representation,
 }
 
 impl BagSslModel {
@@ -185,7 +218,13 @@ impl BagSslModel {
             }
         };
         let projector = Projector::new(config.embedding_dim(), &config.projector_widths(), init)?;
-        Ok(BagSslModel { config, device: init.device().clone(), encoder, projector })
+        Ok(BagSslModel {
+            config,
+            device: init.device().clone(),
+            encoder,
+            projector,
+            representation: Representation::Encoder,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -197,6 +236,32 @@ impl BagSslModel {
     /// Width of the representation `h`.
     pub fn hidden(&self) -> usize {
         self.config.embedding_dim()
+    }
+
+    /// Makes [`BagSslModel::represent_eval`] return `r`; an error names a projector block that
+    /// does not exist.
+    pub fn set_representation(&mut self, r: Representation) -> Result<()> {
+        if let Representation::ProjectorHidden(i) = r {
+            let blocks = self.projector.hidden.layers.len();
+            if i >= blocks {
+                return Err(ModelError::Config(format!(
+                    "representation projector.{i}: the projector has {blocks} Linear-BN-ReLU block(s) (projector.0 .. projector.{})",
+                    blocks.saturating_sub(1)
+                )));
+            }
+        }
+        self.representation = r;
+        Ok(())
+    }
+    pub fn representation(&self) -> Representation {
+        self.representation
+    }
+    /// Width of [`BagSslModel::represent_eval`]'s output.
+    pub fn representation_dim(&self) -> usize {
+        match self.representation {
+            Representation::Encoder => self.hidden(),
+            Representation::ProjectorHidden(i) => self.projector.hidden.layers[i].linear.weight.value.shape()[0],
+        }
     }
 
     /// Multiply-add FLOPs (2 per multiply-add) of the forward of one patch: the encoder's, the
@@ -301,6 +366,7 @@ impl BagSslModel {
             let slot = copy.tensor_mut(&name).ok_or_else(|| ModelError::Internal(format!("no tensor `{name}`")))?;
             *slot = t.to_device(device)?;
         }
+        copy.representation = self.representation;
         Ok(copy)
     }
 
@@ -338,6 +404,22 @@ impl BagSslModel {
         let xv = tape.leaf(x, false);
         let h = self.encoder.forward(&mut Forward::new(&mut tape, false), xv)?;
         Ok(tape.into_value(h)?)
+    }
+
+    /// The eval-mode representation chosen by [`BagSslModel::set_representation`]: h, or h
+    /// through the projector's first blocks (rows, [`BagSslModel::representation_dim`]).
+    pub fn represent_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let blocks = match self.representation {
+            Representation::Encoder => return self.encode_eval(x),
+            Representation::ProjectorHidden(i) => &self.projector.hidden.layers[..=i],
+        };
+        self.check_input(x)?;
+        let mut tape = Tape::new();
+        let xv = tape.leaf(x, false);
+        let mut f = Forward::new(&mut tape, false);
+        let h = self.encoder.forward(&mut f, xv)?;
+        let g = blocks.iter().try_fold(h, |g, block| block.forward(&mut f, g))?;
+        Ok(tape.into_value(g)?)
     }
 
     /// Moves every running statistic towards this step's batch statistics:

@@ -24,7 +24,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint: kNN and linear probe of bag embeddings.
     Eval(EvalArgs),
-    /// Write bag-of-patch image embeddings of a dataset to a safetensors file.
+    /// Write image embeddings of a dataset to a safetensors file (the first of `eval.protocols`, `eval.feature`).
     Embed(EmbedArgs),
     /// Time training steps and evaluation throughput; ends with one JSON line.
     Bench(BenchArgs),
@@ -92,14 +92,18 @@ pub struct EmbedArgs {
     /// Images to embed (CIFAR-10 binary dir or ImageFolder tree).
     #[arg(long)]
     pub data: PathBuf,
-    /// Output safetensors file: `embeddings` (N, hidden) f32 and `labels` (N) i64.
+    /// Output safetensors file: `embeddings` (N, dim) f32 and `labels` (N) i64; the metadata
+    /// names the protocol, feature and geometry.
     #[arg(long)]
     pub out: PathBuf,
+    /// cpu | cuda (= --set device=...).
     #[arg(long)]
     pub device: Option<String>,
     /// Which split of an ImageFolder with train/ and test/ (or CIFAR binary): train | test.
     #[arg(long, default_value = "train")]
     pub split: String,
+    /// Override any config key of the checkpoint's run, e.g. --set 'eval.protocols=["random"]'
+    /// --set eval.feature=projector.0 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 }

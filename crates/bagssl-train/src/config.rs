@@ -139,6 +139,12 @@ pub struct EvalSection {
     pub random_patches: usize,
     /// Patch sides of the `multiscale` protocol's grids (each resized to the input side).
     pub scales: Vec<usize>,
+    /// Side of the `grid` / `pyramid` protocols' patches (and the single-patch baseline's), each
+    /// resized to the input side when it differs; 0: the input side.
+    pub patch: usize,
+    /// The representation evaluated and embedded: `encoder` (h) or `projector.{i}`, the output
+    /// of the projector's i-th Linear-BN-ReLU block (EMP-SSL reports `projector.0`).
+    pub feature: String,
 }
 
 /// The names `eval.protocols` takes.
@@ -288,6 +294,8 @@ impl Default for EvalSection {
             protocols: vec!["grid".into()],
             random_patches: 128,
             scales: Vec::new(),
+            patch: 0,
+            feature: "encoder".into(),
         }
     }
 }
@@ -352,6 +360,7 @@ impl Config {
         }
         self.patches.views()?;
         self.protocols()?;
+        self.eval_feature()?;
         if self.patches.per_image < 2 {
             bail!("config key `patches.per_image` must be at least 2: the invariance term needs co-occurring patches");
         }
@@ -402,10 +411,34 @@ impl Config {
                 bail!("config key `{key}` = {side} is larger than the images of {origin} ({height} x {width})");
             }
         }
+        let grid = self.eval_patch(self.patches.input_size());
+        if grid > height || grid > width {
+            bail!("config key `eval.patch` = {grid} is larger than the images of {origin} ({height} x {width})");
+        }
         if let Some(&side) = self.eval.scales.iter().find(|&&s| s == 0 || s > height || s > width) {
             bail!("config key `eval.scales` holds {side}, which is no patch side of the images of {origin} ({height} x {width})");
         }
         Ok(())
+    }
+
+    /// The evaluation grid's patch side for a model of input side `input`: `eval.patch`, else
+    /// `input`.
+    pub fn eval_patch(&self, input: usize) -> usize {
+        if self.eval.patch == 0 {
+            input
+        } else {
+            self.eval.patch
+        }
+    }
+
+    /// `eval.feature`, parsed.
+    pub fn eval_feature(&self) -> Result<bagssl_model::Representation> {
+        bagssl_model::Representation::parse(&self.eval.feature).with_context(|| {
+            format!(
+                "config key `eval.feature` takes \"encoder\" or \"projector.0\", \"projector.1\", ... (got {:?})",
+                self.eval.feature
+            )
+        })
     }
 
     /// `eval.protocols` by name, checked; `random` draws the training views' boxes (fixed crops
@@ -688,12 +721,19 @@ mod tests {
         let c =
             Config::default().with_overrides(&["eval.protocols=[\"random\", \"whole\", \"pyramid\"]".into()]).unwrap();
         assert_eq!(names(&c), ["random", "whole", "pyramid"]);
+        let c = Config::default().with_overrides(&["eval.feature=\"projector.0\"".into()]).unwrap();
+        assert_eq!(c.eval_feature().unwrap(), bagssl_model::Representation::ProjectorHidden(0));
+        assert_eq!(Config::default().eval_patch(12), 12);
+        assert_eq!(Config::default().with_overrides(&["eval.patch=6".into()]).unwrap().eval_patch(12), 6);
         for (set, needle) in [
             ("eval.protocols=[]", "at least one"),
             ("eval.protocols=[\"grid\", \"grid\"]", "twice"),
             ("eval.protocols=[\"pyramids\"]", "grid, multiscale, whole, random, pyramid"),
             ("eval.protocols=[\"multiscale\"]", "eval.scales"),
             ("eval.random_patches=0", "eval.random_patches"),
+            ("eval.feature=\"projector\"", "eval.feature"),
+            ("eval.feature=\"projector.-1\"", "eval.feature"),
+            ("eval.feature=\"h\"", "eval.feature"),
         ] {
             let e = Config::default().with_overrides(&[set.into()]).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(needle), "{set}: {e}");

@@ -524,6 +524,60 @@ fn embed_normalises_like_the_training_run() {
     assert!(max_abs_diff(&got, &in_process(&old_ckpt, &store)) <= 1e-6);
 }
 
+/// `embed` exports any protocol and representation: the first of `eval.protocols`, at
+/// `eval.feature`, named in the file's metadata; the grid by default, as `embed_bag` computes it.
+#[test]
+fn embed_exports_the_configured_protocol_and_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, cifar) = checkpoint_and_cifar(dir.path(), 3, None);
+    let model = bagssl_model::BagSslModel::load(&ckpt, &bagssl_autograd::Device::Cpu).unwrap();
+    let (hidden, proj0) = (model.hidden(), model.projector.hidden.layers[0].linear.weight.value.shape()[0]);
+    let embed = |name: &str, set: &[&str]| {
+        let emb = dir.path().join(name);
+        let mut extra = vec!["--set", "data.cache_dir=\"off\""];
+        set.iter().for_each(|s| extra.extend(["--set", s]));
+        let o = embed_to(&ckpt, &cifar, &emb, &extra);
+        assert!(o.status.success(), "{}", text(&o));
+        let bytes = std::fs::read(&emb).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let shape = st.tensor("embeddings").unwrap().shape().to_vec();
+        (shape, meta["protocol"].clone(), meta["feature"].clone())
+    };
+    let n = 15;
+    assert_eq!(embed("grid.st", &[]), (vec![n, hidden], "grid".into(), "encoder".into()));
+    assert_eq!(
+        embed("pyr.st", &["eval.protocols=[\"pyramid\", \"grid\"]"]),
+        (vec![n, 5 * hidden], "pyramid".into(), "encoder".into())
+    );
+    assert_eq!(
+        embed("proj.st", &["eval.protocols=[\"whole\"]", "eval.feature=\"projector.0\""]),
+        (vec![n, proj0], "whole".into(), "projector.0".into())
+    );
+    let emb = dir.path().join("bad.st");
+    let o = embed_to(&ckpt, &cifar, &emb, &["--set", "eval.feature=\"projector.7\""]);
+    assert!(!o.status.success() && text(&o).contains("projector.7"), "{}", text(&o));
+    assert!(!emb.exists(), "nothing written on an error");
+}
+
+/// `eval` measures the projector's first block too (EMP-SSL's representation), and the protocols
+/// listed, not the grid unless listed.
+#[test]
+fn eval_takes_feature_and_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _cifar) = checkpoint_and_cifar(dir.path(), 12, Some(20));
+    let report = dir.path().join("report.json");
+    let extra = ["--set", "data.cache_dir=\"off\"", "--set", "eval.feature=\"projector.0\""];
+    let extra = [&extra[..], &["--set", "eval.protocols=[\"whole\", \"pyramid\"]"]].concat();
+    let o = eval_cifar(&ckpt, dir.path(), &report, &extra);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let protocols = r["trained"]["protocols"].as_object().unwrap();
+    assert_eq!(protocols.keys().collect::<Vec<_>>(), ["pyramid", "whole"], "{r}");
+    assert_eq!(r["trained"]["knn"], r["trained"]["protocols"]["whole"]["knn"], "the first listed");
+}
+
 /// `eval` normalises both splits with the training run's statistics too.
 #[test]
 fn eval_normalises_like_the_training_run() {

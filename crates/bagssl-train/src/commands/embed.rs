@@ -1,4 +1,5 @@
-//! `bagssl-train embed`: bag-of-patch image embeddings of a dataset, to safetensors.
+//! `bagssl-train embed`: image embeddings of a dataset by the first of `eval.protocols` (the
+//! grid's bag of patches by default) and `eval.feature`, to safetensors.
 
 use std::collections::HashMap;
 
@@ -10,6 +11,7 @@ use safetensors::Dtype;
 
 use crate::cli::{ConfigArgs, EmbedArgs};
 use crate::commands::eval::config_for_checkpoint;
+use crate::commands::train::eval_config;
 use crate::setup;
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -26,8 +28,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         s => bail!("--split {s:?}: expected train or test"),
     };
     let device = setup::resolve_device(&cfg)?;
-    let model = BagSslModel::load(&args.checkpoint, &device)
+    let mut model = BagSslModel::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+    model.set_representation(cfg.eval_feature()?).context("config key `eval.feature`")?;
+    let (protocol_name, protocol) = cfg.protocols()?.into_iter().next().context("no evaluation protocol")?;
     let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
     let mut store = bagssl_data::load(
         &args.data,
@@ -37,13 +41,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let patch = model.config().patch;
     cfg.validate_for_images(store.height, store.width, &args.data.display().to_string())?;
     let t = std::time::Instant::now();
-    let emb = bagssl_eval::embed_bag(
-        &model,
-        &store,
-        bagssl_eval::Grid { patch, stride: cfg.eval.stride },
-        cfg.eval.batch_images,
-    )?;
-    let dim = model.hidden();
+    let emb = bagssl_eval::embed_protocol(&model, &store, &eval_config(&cfg, &model), &protocol, cfg.seed)?;
+    let dim = bagssl_eval::protocol_dim(&model, &protocol);
     let labels: Vec<i64> = store.labels.iter().map(|&l| i64::from(l)).collect();
     let emb_bytes: &[u8] = bytemuck::cast_slice(&emb);
     let label_bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
@@ -54,20 +53,38 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let meta: HashMap<String, String> = HashMap::from([
         ("classes".to_string(), serde_json::to_string(&store.classes)?),
         ("checkpoint".to_string(), args.checkpoint.display().to_string()),
-        ("patch".to_string(), patch.to_string()),
+        ("input_size".to_string(), patch.to_string()),
+        ("protocol".to_string(), protocol_name.clone()),
+        ("feature".to_string(), model.representation().name()),
+        ("patch".to_string(), cfg.eval_patch(patch).to_string()),
         ("stride".to_string(), cfg.eval.stride.to_string()),
+        ("scales".to_string(), serde_json::to_string(&cfg.eval.scales)?),
+        ("random_patches".to_string(), cfg.eval.random_patches.to_string()),
         // The normalisation the images went through (the training run's, when recorded).
         ("normalize_mean".to_string(), serde_json::to_string(&store.mean)?),
         ("normalize_std".to_string(), serde_json::to_string(&store.std)?),
-        ("aggregation".to_string(), "mean of eval-mode encoder outputs over the grid".to_string()),
+        ("aggregation".to_string(), aggregation(&protocol_name).to_string()),
     ]);
     let bytes = safetensors::serialize(tensors, Some(meta))?;
     setup::write_atomic(&args.out, &bytes)?;
     eprintln!(
-        "bagssl: {} embeddings of dim {dim} in {:.1} s -> {}",
+        "bagssl: {} {protocol_name} embeddings ({}) of dim {dim} in {:.1} s -> {}",
         store.len(),
+        model.representation().name(),
         t.elapsed().as_secs_f64(),
         args.out.display()
     );
     Ok(())
+}
+
+/// What an embedding of `protocol` is, in words, for the file's metadata.
+fn aggregation(protocol: &str) -> &'static str {
+    match protocol {
+        "grid" => "mean over the evaluation grid (eval.patch every eval.stride pixels) of eval-mode representations",
+        "multiscale" => "mean over the grids of every eval.scales side, each patch resized to input_size",
+        "whole" => "the whole image resized to input_size, one eval-mode forward",
+        "random" => "mean over eval.random_patches random-resized patches (the training views, not augmented)",
+        "pyramid" => "the grid mean, then the means of the four quadrants' grid patches, concatenated",
+        _ => "see the protocol",
+    }
 }

@@ -246,29 +246,43 @@ pub struct Evaluation {
 }
 
 pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, test: &ImageStore) -> Result<Evaluation> {
-    let ec = bagssl_eval::EvalConfig {
-        patch: model.config().patch,
+    let ec = eval_config(cfg, model);
+    let featured;
+    let model = match cfg.eval_feature()? {
+        bagssl_model::Representation::Encoder => model,
+        r => {
+            featured = with_representation(model, r)?;
+            &featured
+        }
+    };
+    let mut protocols = Vec::new();
+    for (name, protocol) in cfg.protocols()? {
+        protocols.push((name, bagssl_eval::evaluate_protocol(model, train, test, &ec, &protocol)?));
+    }
+    let first = protocols.first().map(|(_, r)| *r).context("no evaluation protocol")?;
+    let knn_single_patch = bagssl_eval::knn_single_patch(model, train, test, &ec)?;
+    let report = EvalReport { knn: first.knn, linear: first.linear, knn_single_patch };
+    Ok(Evaluation { report, protocols })
+}
+
+/// The `[eval]` section as the evaluation crate takes it, for `model`.
+pub fn eval_config(cfg: &Config, model: &BagSslModel) -> bagssl_eval::EvalConfig {
+    bagssl_eval::EvalConfig {
+        patch: cfg.eval_patch(model.config().patch),
         stride: cfg.eval.stride,
         knn_k: cfg.eval.knn_k,
         knn_t: cfg.eval.knn_t,
         probe_epochs: cfg.eval.probe_epochs,
         batch_images: cfg.eval.batch_images,
         seed: cfg.seed,
-    };
-    let mut report = bagssl_eval::evaluate(model, train, test, &ec)?;
-    let mut protocols = Vec::new();
-    for (name, protocol) in cfg.protocols()? {
-        let r = match protocol {
-            // `evaluate` measured it already.
-            bagssl_eval::Protocol::Grid => ProtocolReport { knn: report.knn, linear: report.linear },
-            p => bagssl_eval::evaluate_protocol(model, train, test, &ec, &p)?,
-        };
-        protocols.push((name, r));
     }
-    if let Some((_, first)) = protocols.first() {
-        (report.knn, report.linear) = (first.knn, first.linear);
-    }
-    Ok(Evaluation { report, protocols })
+}
+
+/// A copy of `model` whose eval-mode representation is `r` (a projector layer's output).
+pub fn with_representation(model: &BagSslModel, r: bagssl_model::Representation) -> Result<BagSslModel> {
+    let mut copy = model.to_device(model.device())?;
+    copy.set_representation(r)?;
+    Ok(copy)
 }
 
 fn protocols_json(e: &Evaluation) -> serde_json::Value {
