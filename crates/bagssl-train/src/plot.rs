@@ -148,8 +148,10 @@ fn tick(v: f64) -> String {
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else {
-        // Enough digits that neighbouring ticks differ, no trailing zeros.
-        let s = format!("{v:.3}");
+        // Three significant digits, so that neighbouring ticks differ (0.0025 and 0.003), no
+        // trailing zeros.
+        let decimals = (2 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        let s = format!("{v:.decimals$}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
@@ -214,7 +216,9 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> Re
         (y0, y1) = (y0 - pad, y1 + pad);
     }
     if x1 <= x0 {
-        (x0, x1) = (x0 - 0.5, x1 + 0.5);
+        // One x value (an evaluation at the last step): a range that gives distinct ticks.
+        let pad = (x0.abs() * 0.05).max(0.5);
+        (x0, x1) = (x0 - pad, x1 + pad);
     }
     let (log_y, log2_x) = (panel.log_y, panel.log2_x);
     // Log ticks fall on arbitrary values: two significant digits say them well enough.
@@ -224,7 +228,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> Re
         .caption(&panel.title, (FONT, 20))
         .margin(12)
         .x_label_area_size(44)
-        .y_label_area_size(64)
+        .y_label_area_size(74)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(draw_err)?;
     chart
@@ -340,6 +344,9 @@ mod tests {
         assert_eq!(tick(0.0), "0");
         assert_eq!(tick(1500.0), "1500");
         assert_eq!(tick(0.25), "0.25");
+        // A learning-rate axis: ticks 5e-4 apart stay apart.
+        assert_eq!((tick(0.0025), tick(0.003), tick(0.0035)), ("0.0025".into(), "0.003".into(), "0.0035".into()));
+        assert_eq!((tick(12.5), tick(0.123456), tick(17.99999)), ("12.5".into(), "0.123".into(), "18".into()));
         assert_eq!(tick(2.0), "2");
         assert_eq!(tick(1e-4), "1e-4");
         assert_eq!(two_digits(0.7943), 0.79);
