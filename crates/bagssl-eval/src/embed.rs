@@ -280,3 +280,28 @@ pub fn embed_random(
     }
     Ok(out)
 }
+
+/// Every box's eval-mode embedding, (N * boxes.len(), hidden), image-major then box: the
+/// [`embed_multiscale`]-style boxes `(oy, ox, h, w)` of every image, each resized to the model's
+/// input side, not augmented, not averaged (the analyses need the patches one by one).
+pub fn embed_patches(
+    model: &BagSslModel,
+    store: &ImageStore,
+    boxes: &[(usize, usize, usize, usize)],
+    batch_images: usize,
+) -> Result<Vec<f32>> {
+    let patch = model.config().patch;
+    check_args(store, Grid { patch, stride: 1 }, batch_images)?;
+    if let Some(b) =
+        boxes.iter().find(|&&(oy, ox, h, w)| h == 0 || w == 0 || oy + h > store.height || ox + w > store.width)
+    {
+        return Err(EvalError::Invalid(format!("box {b:?} is not inside {}x{} images", store.height, store.width)));
+    }
+    let mut out = Vec::with_capacity(store.len() * boxes.len() * model.hidden());
+    let mut patches = Patches::new(model.device(), store)?;
+    for start in (0..store.len()).step_by(batch_images) {
+        let end = (start + batch_images).min(store.len());
+        out.extend(model.encode_eval(&patches.specs(store, &box_specs(start..end, boxes), patch)?)?.to_vec()?);
+    }
+    Ok(out)
+}

@@ -7,14 +7,17 @@
 //! - [`knn`]: weighted kNN (GEMM similarities in blocks).
 //! - [`probe`]: multinomial logistic regression on standardized features (GEMM batches, AdamW).
 //! - [`report`]: `EvalConfig` -> `EvalReport` in one call.
+//! - [`analysis`]: whole image vs bag, patch nearest neighbours in h and z, kNN by aggregation.
 
+pub mod analysis;
 pub mod embed;
 pub mod knn;
 pub mod probe;
 pub mod report;
 
 pub use embed::{
-    centre_position, embed_bag, embed_multiscale, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid,
+    centre_position, embed_bag, embed_multiscale, embed_patches, embed_pyramid, embed_random, embed_single_patch,
+    embed_whole, Grid,
 };
 pub use knn::{knn_accuracy, knn_predict};
 pub use probe::{linear_probe, ProbeOptions};

@@ -422,6 +422,22 @@ impl BagSslModel {
         Ok(tape.into_value(g)?)
     }
 
+    /// The eval-mode projector on encoder outputs `h` (rows, hidden): z (rows, proj), bias
+    /// included, BatchNorm with the running statistics (so, like [`BagSslModel::encode_eval`],
+    /// a row's z does not depend on the rest of the batch).
+    pub fn project_eval(&self, h: &Tensor) -> Result<Tensor> {
+        match h.shape() {
+            [_, c] if *c == self.hidden() => {}
+            s => return Err(ModelError::Config(format!("h has shape {s:?}, expected (rows, {})", self.hidden()))),
+        }
+        let mut tape = Tape::new();
+        let hv = tape.leaf(h, false);
+        let mut f = Forward::new(&mut tape, false);
+        let g = self.projector.hidden.forward(&mut f, hv)?;
+        let z = self.projector.out.forward(&mut f, g)?;
+        Ok(tape.into_value(z)?)
+    }
+
     /// Moves every running statistic towards this step's batch statistics:
     /// `r = (1 - momentum) r + momentum batch`, variance from the unbiased batch variance (PyTorch).
     pub fn update_running_stats(&mut self, batch: &[(Tensor, Tensor)], momentum: f32) -> Result<()> {

@@ -30,6 +30,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Draw a run's training curves (loss, its terms, lr, collapse monitor, accuracies) as a PNG.
     Plot(PlotArgs),
+    /// Analyses of a checkpoint: whole image vs bag, patch nearest neighbours in h and z, kNN by
+    /// aggregation; analysis.json and a PNG each.
+    Analyze(AnalyzeArgs),
 }
 
 /// Options shared by everything that builds a config.
@@ -115,6 +118,40 @@ pub struct PlotArgs {
     /// The PNG to write (default: RUN_DIR/metrics.png).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// A checkpoint written by `train`; its run's config.toml (beside it) is the base config, and
+    /// without --data its dataset and held-out split are analysed.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Output directory: analysis.json, whole_vs_bag.png, neighbours.png, accuracy.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training-split images (seeded sample) that are the kNN neighbours.
+    #[arg(long, default_value_t = 5000)]
+    pub images: usize,
+    /// Held-out images (seeded sample) whose kNN accuracy is measured.
+    #[arg(long, default_value_t = 1000)]
+    pub test_images: usize,
+    /// Held-out images of the whole-vs-bag curves and of the patch-neighbour pool.
+    #[arg(long, default_value_t = 500)]
+    pub pool_images: usize,
+    /// Query patches shown in neighbours.png (the locality numbers use up to 256).
+    #[arg(long, default_value_t = 6)]
+    pub queries: usize,
+    /// Nearest patches per query, in h and in z.
+    #[arg(long, default_value_t = 8)]
+    pub neighbours: usize,
+    /// Patch sides compared, comma-separated (default: the input side, 1.5x and 2x where they fit).
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Vec<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

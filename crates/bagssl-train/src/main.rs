@@ -1,4 +1,4 @@
-//! `bagssl-train`: the command line of bagssl. Train, evaluate, embed, benchmark and plot.
+//! `bagssl-train`: the command line of bagssl. Train, evaluate, embed, benchmark, plot and analyze.
 
 use clap::Parser;
 
@@ -7,6 +7,7 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod analysis_plot;
 mod cli;
 mod commands;
 mod config;
@@ -28,6 +29,7 @@ fn main() {
         Some(cli::Command::Embed(a)) => commands::embed::run(a),
         Some(cli::Command::Bench(a)) => commands::bench::run(a),
         Some(cli::Command::Plot(a)) => commands::plot::run(a),
+        Some(cli::Command::Analyze(a)) => commands::analyze::run(a),
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");

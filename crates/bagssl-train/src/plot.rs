@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 
 /// Colours that stay apart in print and for the common colour blindnesses (Okabe-Ito).
@@ -26,7 +26,7 @@ pub const PALETTE: [RGBColor; 7] = [
 /// Thresholds and events.
 pub const ALERT: RGBColor = RGBColor(200, 30, 30);
 
-fn register_font() {
+pub fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
@@ -117,7 +117,7 @@ pub fn encode_png(rgb: Vec<u8>, w: u32, h: u32) -> Result<Vec<u8>> {
     Ok(png)
 }
 
-fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+pub fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
     anyhow!("plotting: {e}")
 }
 
