@@ -680,4 +680,3 @@ fn eval_protocols_are_reported_by_name() {
     let o = train_tiny(&dir.path().join("bad"), &["--set", "eval.protocols=[\"pyramidal\"]"]);
     assert_fails_naming(&o, &["eval.protocols", "pyramidal"]);
 }
-
