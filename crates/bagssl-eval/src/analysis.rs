@@ -6,16 +6,15 @@
 //! and draws them; the embeddings come from [`crate::embed`], nothing here gathers pixels.
 
 use bagssl_autograd::Tensor;
-use bagssl_data::{grid_len, grid_positions, ImageStore, SeededRng};
+use bagssl_data::{grid_len, ImageStore, SeededRng};
 use bagssl_model::BagSslModel;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::embed::{
-    embed_bag, embed_multiscale, embed_patches, embed_pyramid, embed_random, embed_single_patch, embed_whole, Grid,
-};
+use crate::embed::{embed_patches, embed_single_patch, grid_boxes, Grid};
 use crate::knn::knn_accuracy;
-use crate::{EvalError, Labeled, Result, Splits};
+use crate::report::{class_count, embed_protocol, splits, EvalConfig};
+use crate::{EvalError, Result};
 
 /// `n` images of `store` chosen by a seeded permutation, in store order (all of them when
 /// `n >= len`).
@@ -114,11 +113,6 @@ pub fn bag_curve_of(
     }
     let mean = |v: Vec<f64>| v.into_iter().map(|c| c / n.max(1) as f64).collect();
     Ok((ks, mean(cos_whole), mean(cos_full)))
-}
-
-/// The grid boxes `(oy, ox, side, side)` of side `side` at `stride`.
-fn grid_boxes(store: &ImageStore, side: usize, stride: usize) -> Vec<(usize, usize, usize, usize)> {
-    grid_positions(store.height, store.width, side, stride).into_iter().map(|(oy, ox)| (oy, ox, side, side)).collect()
 }
 
 /// [`BagCurve`] of `store` at patch side `side` (every grid patch resized to the input side),
@@ -365,46 +359,31 @@ pub enum Aggregation {
 }
 
 /// Weighted-kNN accuracy on `test` with `train` as the neighbours, images embedded as
-/// `aggregation` says (the evaluation grid: `grid`); a random protocol draws the training split
-/// with `seed`, the test split with `seed + 1`, as `evaluate_protocol` does.
-#[allow(clippy::too_many_arguments)]
+/// `aggregation` says with `cfg`'s grid, kNN settings and seed; a random protocol draws the
+/// training split with the seed, the test split with the seed + 1, as `evaluate_protocol` does.
 pub fn aggregation_knn(
     model: &BagSslModel,
     train: &ImageStore,
     test: &ImageStore,
     aggregation: &Aggregation,
-    grid: Grid,
-    (knn_k, knn_t): (usize, f64),
-    seed: u64,
-    batch_images: usize,
+    cfg: &EvalConfig,
 ) -> Result<f64> {
-    use crate::Protocol;
-    let bi = batch_images;
     let embed = |store: &ImageStore, seed: u64| match aggregation {
-        Aggregation::SinglePatch => embed_single_patch(model, store, grid, bi),
-        Aggregation::Protocol(Protocol::Grid) => embed_bag(model, store, grid, bi),
-        Aggregation::Protocol(Protocol::Whole) => embed_whole(model, store, bi),
-        Aggregation::Protocol(Protocol::Random { views, count }) => embed_random(model, store, views, *count, seed, bi),
-        Aggregation::Protocol(Protocol::Multiscale { sizes }) => embed_multiscale(model, store, sizes, grid.stride, bi),
-        Aggregation::Protocol(Protocol::Pyramid) => embed_pyramid(model, store, grid, bi),
+        Aggregation::SinglePatch => {
+            embed_single_patch(model, store, Grid { patch: cfg.patch, stride: cfg.stride }, cfg.batch_images)
+        }
+        Aggregation::Protocol(p) => embed_protocol(model, store, cfg, p, seed),
     };
-    let ftr = embed(train, seed)?;
-    let fte = embed(test, seed.wrapping_add(1))?;
+    let ftr = embed(train, cfg.seed)?;
+    let fte = embed(test, cfg.seed.wrapping_add(1))?;
     let dim = ftr.len() / train.len().max(1);
-    let max_label = train.labels.iter().chain(&test.labels).map(|&l| l as usize + 1).max().unwrap_or(0);
-    let classes = train.classes.len().max(test.classes.len()).max(max_label);
-    let s = Splits {
-        train: Labeled { features: &ftr, labels: &train.labels },
-        test: Labeled { features: &fte, labels: &test.labels },
-        dim,
-        classes,
-    };
-    knn_accuracy(&s, knn_k, knn_t)
+    knn_accuracy(&splits(train, &ftr, test, &fte, dim, class_count(train, test)), cfg.knn_k, cfg.knn_t)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::{embed_multiscale, embed_whole};
     use bagssl_autograd::Device;
     use bagssl_data::{synthetic, SyntheticSpec};
     use bagssl_model::ModelConfig;
@@ -530,7 +509,15 @@ mod tests {
     #[test]
     fn aggregation_knn_of_the_training_set_with_k1_is_one() {
         let (m, s) = (model(4), store(20, 3));
-        let grid = Grid { patch: 4, stride: 4 };
+        let knn = |k| EvalConfig {
+            patch: 4,
+            stride: 4,
+            knn_k: k,
+            knn_t: 0.1,
+            seed: 0,
+            batch_images: 8,
+            ..EvalConfig::default()
+        };
         for a in [
             Aggregation::SinglePatch,
             Aggregation::Protocol(crate::Protocol::Grid),
@@ -538,11 +525,11 @@ mod tests {
             Aggregation::Protocol(crate::Protocol::Multiscale { sizes: vec![4, 6] }),
             Aggregation::Protocol(crate::Protocol::Pyramid),
         ] {
-            let acc = aggregation_knn(&m, &s, &s, &a, grid, (1, 0.1), 0, 8).unwrap();
+            let acc = aggregation_knn(&m, &s, &s, &a, &knn(1)).unwrap();
             assert_eq!(acc, 1.0, "{a:?}");
         }
         let other = store(10, 4);
-        let acc = aggregation_knn(&m, &s, &other, &Aggregation::SinglePatch, grid, (5, 0.1), 0, 8).unwrap();
+        let acc = aggregation_knn(&m, &s, &other, &Aggregation::SinglePatch, &knn(5)).unwrap();
         assert!((0.0..=1.0).contains(&acc));
     }
 

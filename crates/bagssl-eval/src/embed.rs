@@ -87,7 +87,7 @@ fn check_args(store: &ImageStore, grid: Grid, batch_images: usize) -> Result<()>
 }
 
 /// The grid's boxes `(oy, ox, patch, patch)`, row-major.
-fn grid_boxes(store: &ImageStore, patch: usize, stride: usize) -> Vec<Box4> {
+pub(crate) fn grid_boxes(store: &ImageStore, patch: usize, stride: usize) -> Vec<Box4> {
     grid_positions(store.height, store.width, patch, stride)
         .into_iter()
         .map(|(oy, ox)| (oy, ox, patch, patch))

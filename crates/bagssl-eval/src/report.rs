@@ -45,7 +45,7 @@ pub struct EvalReport {
 }
 
 /// Number of classes covering both splits' class lists and labels.
-fn class_count(a: &ImageStore, b: &ImageStore) -> usize {
+pub(crate) fn class_count(a: &ImageStore, b: &ImageStore) -> usize {
     let max_label = a.labels.iter().chain(&b.labels).map(|&l| l as usize + 1).max().unwrap_or(0);
     a.classes.len().max(b.classes.len()).max(max_label)
 }
@@ -67,7 +67,7 @@ pub fn knn_single_patch(model: &BagSslModel, train: &ImageStore, test: &ImageSto
 }
 
 /// The features of both splits with the stores' labels.
-fn splits<'a>(
+pub(crate) fn splits<'a>(
     train: &'a ImageStore,
     ftr: &'a [f32],
     test: &'a ImageStore,

@@ -159,13 +159,11 @@ pub fn neighbours_png(r: &NeighbourReport, pool: &ImageStore, label: &str) -> Re
     for (row, q) in r.shown.iter().enumerate() {
         let y = HEADER + row * row_h + ROW_LABEL;
         // The query's whole image, the patch outlined.
-        let (iw, ih) = ((pool.width as f64 * img_scale) as usize, (pool.height as f64 * img_scale) as usize);
         c.blit(pool, q.query.image, (0, 0, pool.height, pool.width), img_scale, PAD + FRAME, y);
         let (bx, by) =
             (PAD + FRAME + (q.query.ox as f64 * img_scale) as usize, y + (q.query.oy as f64 * img_scale) as usize);
         let bs = (p as f64 * img_scale) as usize;
         c.frame(bx, by, bs.saturating_sub(2), bs.saturating_sub(2), 2, crate::plot::ALERT);
-        let _ = (iw, ih);
         c.blit(pool, q.query.image, (q.query.oy, q.query.ox, p, p), scale, x_query, y);
         c.frame(x_query, y, cell, cell, FRAME, RGBColor(0, 0, 0));
         let yc = y + cell + FRAME + 2;

@@ -192,6 +192,16 @@ impl MetricsLog {
     }
 }
 
+/// A progress bar of `total` steps drawn with `template` (hidden when `quiet`).
+pub fn progress_bar(total: u64, quiet: bool, template: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
+    pb
+}
+
 /// Writes `contents` to `path` atomically (a unique temporary file, fsync, rename), so a failure
 /// leaves the old file: [`bagssl_model::checkpoint::write_atomic`].
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {

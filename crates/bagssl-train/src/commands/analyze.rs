@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bagssl_eval::analysis::{self, Aggregation, BagCurve, NeighbourOptions};
-use bagssl_eval::{Grid, Protocol};
+use bagssl_eval::{EvalConfig, Protocol};
 use bagssl_model::BagSslModel;
 use serde_json::json;
 
 use crate::cli::AnalyzeArgs;
 use crate::commands::eval::config_for_checkpoint;
-use crate::commands::train::device_label;
+use crate::commands::train::{device_label, eval_config};
 use crate::{analysis_plot, setup};
 
 pub const JSON: &str = "analysis.json";
@@ -82,7 +82,12 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
     }
 
     let steps = 2 + scales.len() + aggregations.len();
-    let bar = progress(steps as u64, args.quiet);
+    let bar = setup::progress_bar(
+        steps as u64,
+        args.quiet,
+        "{spinner} analyze [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar.set_message("whole-image embeddings");
     let whole = bagssl_eval::embed_whole(&model, &pool, bi)?;
     bar.inc(1);
@@ -103,11 +108,12 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
     };
     let neighbours = analysis::patch_neighbours(&model, &pool, &o)?;
     bar.inc(1);
-    let grid = Grid { patch: p, stride };
+    // The grids at the input side, whatever `eval.patch` says: the figures label them so.
+    let ec = EvalConfig { patch: p, ..eval_config(&cfg, &model) };
     let mut accuracies = Vec::new();
     for (name, a) in &aggregations {
         bar.set_message(format!("kNN, {name}"));
-        match analysis::aggregation_knn(&model, &train, &test, a, grid, (cfg.eval.knn_k, cfg.eval.knn_t), seed, bi) {
+        match analysis::aggregation_knn(&model, &train, &test, a, &ec) {
             Ok(knn) => accuracies.push(Accuracy { name: name.clone(), knn }),
             // A pyramid needs a patch centre in every quadrant: not every grid has one.
             Err(e) if matches!(a, Aggregation::Protocol(Protocol::Pyramid)) => {
@@ -173,17 +179,4 @@ fn print_summary(curves: &[BagCurve], n: &analysis::NeighbourReport, acc: &[Accu
     for a in acc {
         println!("kNN {:<24} {:5.1}%", a.name, 100.0 * a.knn);
     }
-}
-
-fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} analyze [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    pb
 }

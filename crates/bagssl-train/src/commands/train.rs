@@ -69,7 +69,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
 
     let total = train_cfg.total_steps;
-    let progress = progress_bar(total, args.quiet);
+    let progress = setup::progress_bar(
+        total,
+        args.quiet,
+        "{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
+    );
     progress.set_position(trainer.steps_done());
     let ckpt_path = out.join(CHECKPOINT);
     let started = Instant::now();
@@ -313,18 +317,4 @@ fn print_table(trained: &EvalReport, untrained: Option<&EvalReport>) {
     }
     row("trained", trained);
     println!();
-}
-
-fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
-        )
-        .expect("valid template"),
-    );
-    pb
 }
