@@ -481,7 +481,7 @@ fn bf16<T>(f: impl FnOnce() -> T) -> T {
 fn store() -> ImageStore {
     let (count, hw) = (4096, 32);
     let mut s = 0x2545_F491_4F6C_DD1Du64;
-    let pixels = (0..count * hw * hw * 3)
+    let pixels: Vec<u8> = (0..count * hw * hw * 3)
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;

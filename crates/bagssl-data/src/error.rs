@@ -37,6 +37,38 @@ pub enum DataError {
     #[error("{}: not a readable JPEG/PNG image: {message}", path.display())]
     Decode { path: PathBuf, message: String },
 
+    /// A sample of a tar shard that cannot be used (not an image, no image, a bad label).
+    #[error("{}: sample {key}: {message}", shard.display())]
+    ShardSample { shard: PathBuf, key: String, message: String },
+
+    /// A sample of a tar shard without its `KEY.cls` label.
+    #[error("{}: sample {key} has no {key}.cls label (an integer class index)", shard.display())]
+    MissingLabel { shard: PathBuf, key: String },
+
+    /// A shard that is not a readable tar archive.
+    #[error("{}: not a readable tar shard: {message}", shard.display())]
+    Tar { shard: PathBuf, message: String },
+
+    /// A shard pattern or folder that names no shard file.
+    #[error("{pattern}: matches no shard file (expected *.tar, or a brace pattern like train-{{000000..000009}}.tar)")]
+    NoShards { pattern: String },
+
+    /// A brace pattern that cannot be expanded.
+    #[error("bad shard pattern {message}")]
+    BadPattern { message: String },
+
+    /// A shard pattern some of whose files are missing.
+    #[error("{pattern}: {missing} of its {total} shards are missing, the first {}", shard.display())]
+    MissingShard { pattern: String, shard: PathBuf, missing: usize, total: usize },
+
+    /// Shards that hold no sample.
+    #[error("{}: no sample with an image in these {shards} shard(s)", first.display())]
+    EmptyShards { first: PathBuf, shards: usize },
+
+    /// Two fits asked at once, or a zero image size.
+    #[error("invalid image fit: {0}")]
+    InvalidFit(String),
+
     /// A class folder without any image file in it.
     #[error("{}: class folder is empty", path.display())]
     EmptyClass { path: PathBuf },

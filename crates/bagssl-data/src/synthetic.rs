@@ -190,11 +190,9 @@ pub fn synthetic(spec: &SyntheticSpec) -> ImageStore {
         );
     }
     let names = pairs.iter().map(|(a, b)| format!("m{a}+m{b}")).collect();
-    let mut store = ImageStore { height: h, width: w, pixels, labels, classes: names, mean: [0.0; 3], std: [1.0; 3] };
+    let store = ImageStore::new(h, w, pixels, labels, names, [0.0; 3], [1.0; 3]).expect("synthetic store is consistent");
     let (mean, std) = store.channel_stats();
-    store.mean = mean;
-    store.std = std;
-    store
+    store.with_stats(mean, std)
 }
 
 /// Paints one image into `buf` (HWC, f32 in about [0, 1]); `cells` is scratch space.

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 const TOL: f32 = 2e-5;
 
 fn store(r: &mut ChaCha8Rng, n: usize, h: usize, w: usize) -> ImageStore {
-    let pixels = (0..n * h * w * 3).map(|_| r.random::<u8>()).collect();
+    let pixels: Vec<u8> = (0..n * h * w * 3).map(|_| r.random::<u8>()).collect();
     ImageStore::new(h, w, pixels, vec![0; n], vec!["x".into()], [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
         .expect("valid store")
 }
@@ -83,7 +83,7 @@ fn patch_embed_matches_cpu_gather() {
         let specs: Vec<DataSpec> = (0..n_specs).map(|i| random_spec(&mut r, i, n_img, h, w, p)).collect();
         let mut want = vec![0f32; n_specs * p * p * 3];
         gather_patches(&st, &specs, p, &mut want);
-        let images = GpuImages::upload(&gpu, &st.pixels, h, w, st.mean, st.std).unwrap();
+        let images = GpuImages::upload(&gpu, &st.contiguous_pixels(), h, w, st.mean, st.std).unwrap();
         let kspecs: Vec<PatchSpec> = specs.iter().map(to_kernel).collect();
         let mut dspecs = GpuPatchSpecs::upload(&gpu, &kspecs).unwrap();
         let x = patch_embed_fwd_f32(&images, &mut dspecs, p).unwrap();
@@ -111,7 +111,7 @@ fn patch_grid_matches_cpu_gather() {
         assert_eq!(per, bagssl_kernels::grid_len(h, w, p, s));
         let mut want = vec![0f32; count * per * p * p * 3];
         gather_grid(&st, first..first + count, p, s, &mut want);
-        let images = GpuImages::upload(&gpu, &st.pixels, h, w, st.mean, st.std).unwrap();
+        let images = GpuImages::upload(&gpu, &st.contiguous_pixels(), h, w, st.mean, st.std).unwrap();
         let x = patch_grid_fwd_f32(&images, first, count, p, s).unwrap();
         let got = x.to_host().unwrap();
         check_bf16_copy(&gpu, &x, &got, "patch_grid");
@@ -129,7 +129,7 @@ fn bad_specs_are_rejected_before_launch() {
     let Some(gpu) = gpu_or_skip("bad_specs_are_rejected_before_launch") else { return };
     let mut r = ChaCha8Rng::seed_from_u64(9);
     let st = store(&mut r, 2, 8, 8);
-    let images = GpuImages::upload(&gpu, &st.pixels, 8, 8, st.mean, st.std).unwrap();
+    let images = GpuImages::upload(&gpu, &st.contiguous_pixels(), 8, 8, st.mean, st.std).unwrap();
     let bad_box = PatchSpec::new_box(0, [2, 0, 7, 3], false, None, false);
     for bad in [PatchSpec::new(2, 0, 0, 4, false, None, false), PatchSpec::new(0, 5, 0, 4, false, None, false), bad_box]
     {

@@ -39,7 +39,7 @@ pub fn kernel_specs_into(specs: &[PatchSpec], out: &mut Vec<bagssl_kernels::Patc
 }
 
 /// Identity of an [`ImageStore`] as seen by a resident GPU copy: the pixel buffer's address and
-/// length, the image size, the normalisation, and a fingerprint of up to [`FINGERPRINT_SAMPLES`]
+/// length, its view index if any, the image size, the normalisation, and a fingerprint of up to [`FINGERPRINT_SAMPLES`]
 /// bytes spread over the pixels. A different store (or the same one reallocated, resized or
 /// renormalised) gets a different key; the fingerprint also catches a new store that happens to
 /// reuse a freed buffer's address. Editing pixels in place is not reliably detected: call
@@ -48,6 +48,9 @@ pub fn kernel_specs_into(specs: &[PatchSpec], out: &mut Vec<bagssl_kernels::Patc
 pub(crate) struct StoreKey {
     ptr: usize,
     len: usize,
+    /// Address and length of the view index (0, 0 without one): a view of a mapped store shares
+    /// the map's bytes with every other view of it.
+    view: (usize, usize),
     height: usize,
     width: usize,
     norm: [u32; 6],
@@ -71,6 +74,7 @@ impl StoreKey {
         StoreKey {
             ptr: px.as_ptr() as usize,
             len: px.len(),
+            view: store.view().map_or((0, 0), |v| (v.as_ptr() as usize, v.len())),
             height: store.height,
             width: store.width,
             norm: [m[0], m[1], m[2], s[0], s[1], s[2]],
@@ -98,7 +102,7 @@ impl GpuStore {
     /// Uploads `store`'s pixels (once; everything else reuses them).
     pub fn upload(gpu: &Arc<Gpu>, store: &ImageStore) -> Result<GpuStore> {
         let images =
-            GpuImages::upload(gpu, &store.pixels, store.height, store.width, store.mean, store.std).map_err(gpu_err)?;
+            GpuImages::upload(gpu, &store.contiguous_pixels(), store.height, store.width, store.mean, store.std).map_err(gpu_err)?;
         Ok(GpuStore { images, key: StoreKey::of(store), host_specs: Vec::new(), specs: None })
     }
 

@@ -30,6 +30,7 @@ pub fn whole_vs_bag(curves: &[BagCurve], label: &str) -> Figure {
         series: s,
         log2_x: true,
         empty_note: "no patch scale fits".into(),
+        y_max: Some(1.0),
         ..Panel::default()
     };
     Figure {

@@ -45,13 +45,17 @@ pub enum DeviceKind {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Empty: the built-in synthetic set; else a CIFAR-10 binary dir or an ImageFolder tree.
+    /// Empty: the built-in synthetic set; else a CIFAR-10 binary dir, an ImageFolder tree, a
+    /// folder of WebDataset `*.tar` shards or a shard pattern (`train-{000000..000146}.tar`).
     pub path: String,
     /// Test split; empty: hold out `val_fraction` of the training images.
     pub eval_path: String,
     pub val_fraction: f64,
     /// Resize every image to `[height, width]` on load; empty: all images must share one size.
     pub resize: Vec<usize>,
+    /// Resize the shorter side to this (antialiased) and centre-crop a square, as torchvision's
+    /// `Resize(S)` + `CenterCrop(S)`; for images of any sizes. 0: off. Exclusive with `resize`.
+    pub image_size: usize,
     /// Where decoded datasets are cached; empty: `$BAGSSL_CACHE` or `~/.cache/bagssl`; "off": no cache.
     pub cache_dir: String,
     /// Size of the built-in synthetic set (used when `path` is empty).
@@ -174,6 +178,7 @@ impl Default for DataConfig {
             eval_path: String::new(),
             val_fraction: 0.1,
             resize: Vec::new(),
+            image_size: 0,
             cache_dir: String::new(),
             synthetic_images: 3000,
             synthetic_classes: 10,
@@ -388,6 +393,13 @@ impl Config {
         }
         if !(self.data.resize.is_empty() || self.data.resize.len() == 2 && self.data.resize.iter().all(|&v| v > 0)) {
             bail!("config key `data.resize` must be empty or [height, width] (got {:?})", self.data.resize);
+        }
+        if self.data.image_size > 0 && !self.data.resize.is_empty() {
+            bail!(
+                "config keys `data.resize` ({:?}) and `data.image_size` ({}) exclude each other: set one",
+                self.data.resize,
+                self.data.image_size
+            );
         }
         if self.data.path.is_empty() {
             if self.data.synthetic_images < 20 || self.data.synthetic_classes < 2 {

@@ -64,6 +64,8 @@ pub struct Panel {
     pub log2_x: bool,
     /// Fixed y range (else the data's, padded).
     pub y_range: Option<(f64, f64)>,
+    /// The padded data range stops here (a cosine never exceeds 1).
+    pub y_max: Option<f64>,
     /// Horizontal reference lines with their legend names (thresholds).
     pub hlines: Vec<(f64, String)>,
     /// Vertical lines at these x (events), with one legend name for all.
@@ -213,7 +215,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> Re
         (y0, y1) = (y_of(panel, a).unwrap_or(y0), y_of(panel, b).unwrap_or(y1));
     } else {
         let pad = ((y1 - y0) * 0.06).max(if panel.log_y { 0.05 } else { 1e-9 + y1.abs() * 0.05 });
-        (y0, y1) = (y0 - pad, y1 + pad);
+        (y0, y1) = (y0 - pad, panel.y_max.map_or(y1 + pad, |m| (y1 + pad).min(m.max(y1))));
     }
     if x1 <= x0 {
         // One x value (an evaluation at the last step): a range that gives distinct ticks.

@@ -96,10 +96,20 @@ pub struct Datasets {
 /// real data always used; the synthetic set used `seed ^ 0x5eed` before).
 pub const HOLDOUT_SEED: u64 = 12345;
 
+/// How `cfg` asks a dataset split to be loaded (`data.resize`, `data.image_size`, the cache).
+pub fn load_options(cfg: &Config, split: Split, progress: bool) -> LoadOptions {
+    LoadOptions {
+        split,
+        resize: (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1])),
+        image_size: (cfg.data.image_size > 0).then_some(cfg.data.image_size),
+        cache_dir: cache_dir(cfg),
+        progress,
+    }
+}
+
 /// Loads (or synthesizes) the training split and the evaluation split.
 pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
-    let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
-    let opts = |split| LoadOptions { split, resize, cache_dir: cache_dir(cfg), progress };
+    let opts = |split| load_options(cfg, split, progress);
     let (train, test, source) = if cfg.data.path.is_empty() {
         let all = bagssl_data::synthetic(&SyntheticSpec {
             images: cfg.data.synthetic_images,
@@ -122,7 +132,7 @@ pub fn load_datasets(cfg: &Config, progress: bool) -> Result<Datasets> {
             let mut test = bagssl_data::load(epath, &opts(Split::Test))?;
             if (test.height, test.width) != (train.height, train.width) {
                 bail!(
-                    "{}: images are {}x{} but the training images ({}) are {}x{}; set data.resize",
+                    "{}: images are {}x{} but the training images ({}) are {}x{}; set data.resize or data.image_size",
                     epath.display(),
                     test.height,
                     test.width,

@@ -483,7 +483,7 @@ fn embed_normalises_like_the_training_run() {
     let dir = tempfile::tempdir().unwrap();
     // Images whose pixel statistics are far from the synthetic training set's.
     let (ckpt, cifar) = checkpoint_and_cifar(dir.path(), 4, None);
-    let opts = LoadOptions { split: Split::Train, resize: None, cache_dir: None, progress: false };
+    let opts = LoadOptions { split: Split::Train, resize: None, cache_dir: None, progress: false, image_size: None };
     let store = bagssl_data::load(&cifar, &opts).unwrap();
     // TINY's training set: the quickstart's synthetic spec with 200 images; the held-out split
     // keeps the whole set's statistics.

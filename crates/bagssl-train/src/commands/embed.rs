@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use bagssl_data::{LoadOptions, Split};
+use bagssl_data::Split;
 use bagssl_model::BagSslModel;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -32,11 +32,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     model.set_representation(cfg.eval_feature()?).context("config key `eval.feature`")?;
     let (protocol_name, protocol) = cfg.protocols()?.into_iter().next().context("no evaluation protocol")?;
-    let resize = (cfg.data.resize.len() == 2).then(|| (cfg.data.resize[0], cfg.data.resize[1]));
-    let mut store = bagssl_data::load(
-        &args.data,
-        &LoadOptions { split, resize, cache_dir: setup::cache_dir(&cfg), progress: true },
-    )?;
+    let mut store = bagssl_data::load(&args.data, &setup::load_options(&cfg, split, true))?;
     setup::use_checkpoint_normalization(&args.checkpoint, &mut [&mut store])?;
     let patch = model.config().patch;
     cfg.validate_for_images(store.height, store.width, &args.data.display().to_string())?;
