@@ -253,7 +253,12 @@ impl CacheWriter {
     }
 
     /// Writes the meta and header, fsyncs, renames into place and maps the result.
-    pub(crate) fn finish(mut self, labels: Vec<u32>, classes: Vec<String>, norm: Normalization) -> std::io::Result<ImageStore> {
+    pub(crate) fn finish(
+        mut self,
+        labels: Vec<u32>,
+        classes: Vec<String>,
+        norm: Normalization,
+    ) -> std::io::Result<ImageStore> {
         assert_eq!(labels.len() as u64, self.count, "one label per pushed image");
         if !self.block.is_empty() {
             self.flush_block()?;
@@ -353,8 +358,11 @@ pub(crate) fn open_mapped(path: &Path, key: u64) -> Option<ImageStore> {
     if geometry.key != key {
         return None;
     }
-    let (height, width, count) =
-        (usize::try_from(geometry.height).ok()?, usize::try_from(geometry.width).ok()?, usize::try_from(geometry.count).ok()?);
+    let (height, width, count) = (
+        usize::try_from(geometry.height).ok()?,
+        usize::try_from(geometry.width).ok()?,
+        usize::try_from(geometry.count).ok()?,
+    );
     let pixel_len = count.checked_mul(height)?.checked_mul(width)?.checked_mul(3)?;
     let meta_at = PIXELS_AT.checked_add(pixel_len as u64)?;
     if meta_at.checked_add(geometry.meta_len)? != file_len {

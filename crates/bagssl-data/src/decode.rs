@@ -101,7 +101,8 @@ impl Source {
             Source::Member { shard, offset, len, .. } => {
                 let mut buf = vec![0u8; *len as usize];
                 let file = File::open(shard.as_path()).map_err(|e| DataError::io(shard.as_path(), e))?;
-                read_exact_at(&file, &mut buf, *offset).map_err(|e| self.error(format!("cannot read its bytes: {e}")))?;
+                read_exact_at(&file, &mut buf, *offset)
+                    .map_err(|e| self.error(format!("cannot read its bytes: {e}")))?;
                 Ok(buf)
             }
         }
@@ -126,8 +127,9 @@ impl Source {
     }
 
     fn reader(&self) -> Result<ImageReader<Cursor<Vec<u8>>>, DataError> {
-        let reader =
-            ImageReader::new(Cursor::new(self.read()?)).with_guessed_format().map_err(|e| self.undecodable(e.to_string()))?;
+        let reader = ImageReader::new(Cursor::new(self.read()?))
+            .with_guessed_format()
+            .map_err(|e| self.undecodable(e.to_string()))?;
         if reader.format().is_none() {
             return Err(self.undecodable("unknown file format".into()));
         }

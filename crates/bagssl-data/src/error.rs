@@ -112,7 +112,7 @@ fn mixed_sizes_message(sizes: &[(usize, usize, PathBuf)]) -> String {
     if sizes.len() > SHOWN {
         msg.push_str(&format!(", and {} more sizes", sizes.len() - SHOWN));
     }
-    msg.push_str("; set a resize (height, width) to load them all at one size");
+    msg.push_str("; set a resize (height, width), or an image_size S (shorter side to S, centre crop S x S), to load them all at one size");
     msg
 }
 

@@ -76,9 +76,7 @@ impl LoadOptions {
     /// The fit these options ask for.
     pub fn fit(&self) -> Result<Fit, DataError> {
         match (self.resize, self.image_size) {
-            (Some(_), Some(_)) => {
-                Err(DataError::InvalidFit("resize and image_size are both set; choose one".into()))
-            }
+            (Some(_), Some(_)) => Err(DataError::InvalidFit("resize and image_size are both set; choose one".into())),
             (Some((height, width)), None) if height == 0 || width == 0 => {
                 Err(DataError::InvalidResize { height, width })
             }

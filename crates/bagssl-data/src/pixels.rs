@@ -35,7 +35,10 @@ impl MappedBytes {
         // later rename over the name leaves this inode's pages untouched.
         let map = unsafe { memmap2::MmapOptions::new().map(file)? };
         if offset.checked_add(len).is_none_or(|end| end > map.len()) {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "mapped range past the end of the file"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "mapped range past the end of the file",
+            ));
         }
         // Batches are random images: tell the kernel not to read ahead whole megabytes.
         #[cfg(unix)]

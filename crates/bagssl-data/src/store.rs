@@ -250,8 +250,8 @@ impl ChannelSums {
     /// Adds whole pixels (a multiple of 3 bytes).
     pub(crate) fn add(&mut self, px: &[u8]) {
         for p in px.chunks_exact(3) {
-            for ch in 0..3 {
-                let v = u64::from(p[ch]);
+            for (ch, &b) in p.iter().enumerate() {
+                let v = u64::from(b);
                 self.sum[ch] += v;
                 self.sq[ch] += v * v;
             }

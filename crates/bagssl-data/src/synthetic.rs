@@ -190,7 +190,8 @@ pub fn synthetic(spec: &SyntheticSpec) -> ImageStore {
         );
     }
     let names = pairs.iter().map(|(a, b)| format!("m{a}+m{b}")).collect();
-    let store = ImageStore::new(h, w, pixels, labels, names, [0.0; 3], [1.0; 3]).expect("synthetic store is consistent");
+    let store =
+        ImageStore::new(h, w, pixels, labels, names, [0.0; 3], [1.0; 3]).expect("synthetic store is consistent");
     let (mean, std) = store.channel_stats();
     store.with_stats(mean, std)
 }

@@ -78,7 +78,7 @@ pub(crate) fn resolve_shards(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     let spec = path.to_string_lossy().into_owned();
     if !spec.contains('{') {
         if path.is_dir() {
-            return shards_in_dir(path)?.ok_or_else(|| DataError::NoShards { pattern: spec });
+            return shards_in_dir(path)?.ok_or(DataError::NoShards { pattern: spec });
         }
         return Ok(vec![path.to_path_buf()]);
     }
@@ -153,7 +153,11 @@ fn list_shard(shard: &Arc<PathBuf>) -> Result<Vec<(Source, u32)>, DataError> {
     let mut out = Vec::with_capacity(order.len());
     for key in order {
         let p = samples.remove(&key).expect("listed key");
-        let err = |message: String| DataError::ShardSample { shard: shard.as_path().to_path_buf(), key: key.clone(), message };
+        let err = |message: String| DataError::ShardSample {
+            shard: shard.as_path().to_path_buf(),
+            key: key.clone(),
+            message,
+        };
         let Some((_, offset, len)) = p.image else {
             return Err(err("has no .jpg, .jpeg or .png member".into()));
         };

@@ -188,7 +188,7 @@ fn corrupt_cache_is_ignored() {
         ("short", good[..good.len() / 2].to_vec()),
         ("empty", Vec::new()),
         ("garbage", vec![0xAB; good.len()]),
-        ("flipped pixel byte", flip(4096 + 7)),  // pixels start at the first page
+        ("flipped pixel byte", flip(4096 + 7)), // pixels start at the first page
         ("flipped meta byte", flip(good.len() - 20)), // labels and classes follow them
         ("flipped header byte", flip(40)),
     ];

@@ -18,7 +18,13 @@ fn shared_cifar10_jpegs_load_as_cifar10() {
     assert!(status.success(), "tar xJf {} failed", archive.display());
 
     let cache = dir.path().join("cache");
-    let opts = LoadOptions { split: Split::Train, resize: None, cache_dir: Some(cache.clone()), progress: false, image_size: None };
+    let opts = LoadOptions {
+        split: Split::Train,
+        resize: None,
+        cache_dir: Some(cache.clone()),
+        progress: false,
+        image_size: None,
+    };
     let (store, report) = load_with_report(dir.path(), &opts).unwrap();
     assert_eq!(report.format, DatasetFormat::ImageFolder);
     assert!(!report.from_cache);

@@ -259,7 +259,8 @@ fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
 
 /// Images of one flat colour each (12x12).
 fn flat_store(images: usize) -> ImageStore {
-    let pixels: Vec<u8> = (0..images).flat_map(|i| (0..144).flat_map(move |_| [40 * i as u8, 200 - 30 * i as u8, 90])).collect();
+    let pixels: Vec<u8> =
+        (0..images).flat_map(|i| (0..144).flat_map(move |_| [40 * i as u8, 200 - 30 * i as u8, 90])).collect();
     ImageStore::new(12, 12, pixels, vec![0; images], vec!["x".into()], [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]).unwrap()
 }
 

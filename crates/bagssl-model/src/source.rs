@@ -102,7 +102,8 @@ impl GpuStore {
     /// Uploads `store`'s pixels (once; everything else reuses them).
     pub fn upload(gpu: &Arc<Gpu>, store: &ImageStore) -> Result<GpuStore> {
         let images =
-            GpuImages::upload(gpu, &store.contiguous_pixels(), store.height, store.width, store.mean, store.std).map_err(gpu_err)?;
+            GpuImages::upload(gpu, &store.contiguous_pixels(), store.height, store.width, store.mean, store.std)
+                .map_err(gpu_err)?;
         Ok(GpuStore { images, key: StoreKey::of(store), host_specs: Vec::new(), specs: None })
     }
 

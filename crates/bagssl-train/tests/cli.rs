@@ -680,3 +680,73 @@ fn eval_protocols_are_reported_by_name() {
     let o = train_tiny(&dir.path().join("bad"), &["--set", "eval.protocols=[\"pyramidal\"]"]);
     assert_fails_naming(&o, &["eval.protocols", "pyramidal"]);
 }
+
+/// `n` PNG images of varying sizes (short side 16 to 28, either orientation), label `i % 3`.
+fn varied_images(n: u32) -> Vec<(u32, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let (a, b) = (16 + (i * 5) % 13, 20 + (i * 7) % 17);
+            let (w, h) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 9 + i * 11) as u8, (y * 7 + (i % 3) * 60) as u8, ((x ^ y) + i) as u8])
+            });
+            let mut png = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+            (i % 3, png.into_inner())
+        })
+        .collect()
+}
+
+#[test]
+fn trains_on_webdataset_shards_and_variable_size_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = varied_images(120);
+    let shards = dir.path().join("shards");
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(&shards).unwrap();
+    for (s, chunk) in images.chunks(40).enumerate() {
+        let mut b = tar::Builder::new(std::fs::File::create(shards.join(format!("train-{s:06}.tar"))).unwrap());
+        for (j, (label, png)) in chunk.iter().enumerate() {
+            let key = format!("{s:02}{j:04}");
+            for (name, bytes) in
+                [(format!("{key}.png"), png.clone()), (format!("{key}.cls"), label.to_string().into_bytes())]
+            {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(bytes.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, &name, bytes.as_slice()).unwrap();
+            }
+            let class_dir = folder.join(format!("class{label}"));
+            std::fs::create_dir_all(&class_dir).unwrap();
+            std::fs::write(class_dir.join(format!("{key}.png")), png).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let pattern = shards.join("train-{000000..000002}.tar");
+    let small = ["--set", "data.image_size=16", "--set", "patches.size=8", "--set", "eval.probe_epochs=2"];
+    for (what, data) in [("shards", pattern.to_str().unwrap()), ("folder", folder.to_str().unwrap())] {
+        let out = dir.path().join(what);
+        let set = format!("data.path={data}");
+        let mut extra = vec!["--set", set.as_str()];
+        extra.extend_from_slice(&small);
+        let o = train_tiny(&out, &extra);
+        assert!(o.status.success(), "{what}: {}", text(&o));
+        let eval: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+        assert!(eval["trained"]["linear"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{what}: {eval}");
+    }
+
+    // Without data.image_size the sizes clash and the message says what to set.
+    let set = format!("data.path={}", folder.display());
+    let o = train_tiny(&dir.path().join("mixed"), &["--set", &set, "--set", "patches.size=8"]);
+    assert_fails_naming(&o, &["different sizes", "image_size"]);
+    // A pattern that matches no shard names the pattern; both fits at once name both keys.
+    let set = format!("data.path={}", shards.join("val-{0..3}.tar").display());
+    assert_fails_naming(
+        &train_tiny(&dir.path().join("none"), &["--set", &set]),
+        &["val-{0..3}.tar", "matches no shard"],
+    );
+    let o = train_tiny(&dir.path().join("both"), &["--set", "data.image_size=16", "--set", "data.resize=[16, 16]"]);
+    assert_fails_naming(&o, &["data.resize", "data.image_size"]);
+}
