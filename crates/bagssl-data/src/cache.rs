@@ -36,7 +36,7 @@ use crate::{ImageStore, Pixels};
 
 const MAGIC: &[u8; 8] = b"BAGSSLDC";
 /// Bump when the file layout or anything that changes decoded pixels (e.g. resampling) changes.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 /// Where the pixels start: one page, so the mapped pixels are page aligned.
 const PIXELS_AT: u64 = 4096;
 /// Header fields: magic, version, key, height, width, count, meta_len, two checksums.

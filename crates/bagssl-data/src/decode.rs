@@ -7,7 +7,6 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use image::imageops::FilterType;
 use image::{ImageReader, RgbImage};
 use rayon::prelude::*;
 
@@ -60,10 +59,20 @@ pub fn center_crop_offset(excess: usize) -> usize {
     }
 }
 
-/// Bilinear (triangle filter, antialiased when shrinking) resize: the one resampling used for
-/// every format.
+/// Bilinear (triangle filter, antialiased when shrinking: its support grows with the scale) resize,
+/// as Pillow's `resize(BILINEAR)` and torchvision's `Resize(antialias=True)` compute it: the one
+/// resampling used for every format.
 pub(crate) fn resize_rgb(img: &RgbImage, height: usize, width: usize) -> RgbImage {
-    image::imageops::resize(img, width as u32, height as u32, FilterType::Triangle)
+    use fast_image_resize::{
+        images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
+    let (w, h) = (width as u32, height as u32);
+    // u8 buffers have no alignment requirement and the sizes match, so these cannot fail.
+    let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3).expect("an RGB8 image");
+    let mut dst = Image::new(w, h, PixelType::U8x3);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new().resize(&src, &mut dst, &opts).expect("RGB8 to RGB8 resize");
+    RgbImage::from_raw(w, h, dst.into_vec()).expect("a w x h x 3 buffer")
 }
 
 /// Applies `fit` to one decoded image.
@@ -327,5 +336,56 @@ mod tests {
         assert!(out.pixels().all(|p| p.0[1] > 128), "a red or blue column survived the crop");
         let tall = fit_rgb(RgbImage::new(7, 30), Fit::ShortSide(5));
         assert_eq!((tall.width(), tall.height()), (5, 5));
+    }
+
+    /// One axis of Pillow's antialiased bilinear resample in f64: output `i` has its centre at
+    /// `(i + 0.5) * scale` in the input, a triangle of half-width `max(scale, 1)` around it, the
+    /// weights normalised over the input pixels they cover.
+    fn reference_axis(src: &[f64], n_out: usize) -> Vec<f64> {
+        let scale = src.len() as f64 / n_out as f64;
+        let support = scale.max(1.0);
+        (0..n_out)
+            .map(|i| {
+                let centre = (i as f64 + 0.5) * scale;
+                let lo = (centre - support).floor().max(0.0) as usize;
+                let hi = ((centre + support).ceil() as usize).min(src.len());
+                let w: Vec<f64> =
+                    (lo..hi).map(|j| (1.0 - ((j as f64 + 0.5 - centre) / support).abs()).max(0.0)).collect();
+                let total: f64 = w.iter().sum();
+                (lo..hi).zip(&w).map(|(j, w)| src[j] * w).sum::<f64>() / total
+            })
+            .collect()
+    }
+
+    /// The resize against the f64 reference (rows, then columns; the rounding of the
+    /// intermediate pass and the fixed-point weights allow 1-2 levels) on noise of awkward
+    /// sizes, shrinking by non-integer factors and enlarging.
+    #[test]
+    fn resize_matches_the_f64_antialiased_bilinear() {
+        let mut rng = crate::SeededRng::new(3);
+        for (h, w, nh, nw) in [(37, 53, 10, 17), (101, 67, 64, 23), (9, 13, 20, 31), (48, 48, 48, 17)] {
+            let px: Vec<u8> = (0..h * w * 3).map(|_| (rng.below(256)) as u8).collect();
+            let img = RgbImage::from_raw(w as u32, h as u32, px.clone()).unwrap();
+            let got = resize_rgb(&img, nh, nw);
+            let (mut worst, mut sum) = (0f64, 0f64);
+            for c in 0..3 {
+                // Horizontal pass per row, then vertical per column.
+                let rows: Vec<Vec<f64>> = (0..h)
+                    .map(|y| {
+                        reference_axis(&(0..w).map(|x| f64::from(px[(y * w + x) * 3 + c])).collect::<Vec<_>>(), nw)
+                    })
+                    .collect();
+                for x in 0..nw {
+                    let col = reference_axis(&rows.iter().map(|r| r[x]).collect::<Vec<_>>(), nh);
+                    for (y, want) in col.iter().enumerate() {
+                        let d = (f64::from(got.get_pixel(x as u32, y as u32).0[c]) - want).abs();
+                        worst = worst.max(d);
+                        sum += d;
+                    }
+                }
+            }
+            let mean = sum / (nh * nw * 3) as f64;
+            assert!(worst <= 2.0 && mean <= 0.6, "{h}x{w} -> {nh}x{nw}: worst {worst:.2}, mean {mean:.3} levels");
+        }
     }
 }

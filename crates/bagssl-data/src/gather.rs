@@ -310,6 +310,44 @@ pub fn gather_patches(store: &ImageStore, specs: &[PatchSpec], patch: usize, out
     });
 }
 
+/// A step's images as a batch of their own, for a device that is sent the images each step
+/// needs rather than the whole store: `images` gets the distinct images of `specs` in order of
+/// first use, `local` the same specs pointing into that list. Gathering `local` from those images
+/// ([`copy_images`]) gives bit for bit what gathering `specs` from the store gives.
+pub fn compact_specs(specs: &[PatchSpec], images: &mut Vec<u32>, local: &mut Vec<PatchSpec>) {
+    images.clear();
+    local.clear();
+    let mut slot = std::collections::HashMap::with_capacity(specs.len());
+    for s in specs {
+        let next = images.len() as u32;
+        let i = *slot.entry(s.image).or_insert_with(|| {
+            images.push(s.image);
+            next
+        });
+        local.push(PatchSpec { image: i, ..*s });
+    }
+}
+
+/// The pixels of `images` (indices into `store`), one after another, into `out`, which must
+/// hold exactly `images.len() * store.image_bytes()` bytes.
+///
+/// # Panics
+/// On a wrong `out` length or an index past the store.
+pub fn copy_images(store: &ImageStore, images: &[u32], out: &mut [u8]) {
+    let per = store.image_bytes();
+    assert_eq!(
+        out.len(),
+        images.len() * per,
+        "copy_images: out has {} bytes, need {} images x {per}",
+        out.len(),
+        images.len()
+    );
+    if per == 0 {
+        return;
+    }
+    out.par_chunks_mut(per).zip(images.par_iter()).for_each(|(dst, &i)| dst.copy_from_slice(store.image(i as usize)));
+}
+
 /// Number of grid positions along one side: `oy = 0, s, 2s, ... <= len - p`.
 fn grid_steps(len: usize, patch: usize, stride: usize) -> usize {
     if patch == 0 || patch > len {
@@ -369,6 +407,37 @@ pub fn gather_grid(store: &ImageStore, images: Range<usize>, patch: usize, strid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A compacted batch gathers exactly what the store gives, augmentations and repeats included.
+    #[test]
+    fn compacted_batch_gathers_like_the_store() {
+        let store = crate::synthetic(&crate::SyntheticSpec { images: 23, classes: 3, height: 13, width: 11, seed: 4 });
+        let mut sampler = crate::PatchSampler::new(9, true);
+        // Out of order, with a repeat: first use decides the slot.
+        let specs = sampler.sample(&[17, 3, 17, 0, 22, 5], 5, 7, 13, 11);
+        let (mut images, mut local) = (Vec::new(), vec![specs[0]; 2]);
+        compact_specs(&specs, &mut images, &mut local);
+        assert_eq!(images, [17, 3, 0, 22, 5]);
+        assert_eq!(local.len(), specs.len());
+        let mut pixels = vec![0u8; images.len() * store.image_bytes()];
+        copy_images(&store, &images, &mut pixels);
+        let labels = images.iter().map(|&i| store.labels[i as usize]).collect();
+        let batch = ImageStore::new(13, 11, pixels, labels, store.classes.clone(), store.mean, store.std).unwrap();
+        let d = 7 * 7 * 3;
+        let (mut want, mut got) = (vec![0f32; specs.len() * d], vec![1f32; specs.len() * d]);
+        gather_patches(&store, &specs, 7, &mut want);
+        gather_patches(&batch, &local, 7, &mut got);
+        assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()));
+        // A view of the store (e.g. a held-out split of a mapped cache) compacts the same way.
+        let view = store.subset(&[4, 17, 9]);
+        let specs = sampler.sample(&[2, 1, 2], 3, 5, 13, 11);
+        compact_specs(&specs, &mut images, &mut local);
+        let mut pixels = vec![0u8; images.len() * view.image_bytes()];
+        copy_images(&view, &images, &mut pixels);
+        for (k, &i) in images.iter().enumerate() {
+            assert_eq!(&pixels[k * view.image_bytes()..][..view.image_bytes()], view.image(i as usize));
+        }
+    }
 
     /// The tabulated plain path gives, bit for bit, the step-by-step arithmetic of the general
     /// path (crop / 255, then normalise), flipped or not, for every byte value.

@@ -27,7 +27,9 @@ mod webdataset;
 
 pub use decode::{center_crop_offset, decode_image_file, short_side_size, Fit};
 pub use error::DataError;
-pub use gather::{blur_radius, gather_grid, gather_patches, grid_len, grid_positions, GRAY_WEIGHTS};
+pub use gather::{
+    blur_radius, compact_specs, copy_images, gather_grid, gather_patches, grid_len, grid_positions, GRAY_WEIGHTS,
+};
 pub use load::{detect_format, load, load_with_report, resize_store, DatasetFormat, LoadOptions, LoadReport, Split};
 pub use pixels::{MappedBytes, Pixels};
 pub use rand_chacha::{self, ChaCha8Rng};

@@ -49,7 +49,7 @@ impl Patches {
                 let shape = [rows, patch * patch * 3];
                 Ok(Tensor::filled_by(&shape, |out| gather_grid(store, first..first + count, patch, stride, out)))
             }
-            Patches::Gpu(g) => Ok(g.grid(first, count, patch, stride)?),
+            Patches::Gpu(g) => Ok(g.grid(store, first, count, patch, stride)?),
         }
     }
 
@@ -60,7 +60,7 @@ impl Patches {
                 let shape = [specs.len(), patch * patch * 3];
                 Ok(Tensor::filled_by(&shape, |out| gather_patches(store, specs, patch, out)))
             }
-            Patches::Gpu(g) => Ok(g.patches(specs, patch)?),
+            Patches::Gpu(g) => Ok(g.patches(store, specs, patch)?),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! library is probed before any other cudarc call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -140,6 +140,9 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     module_kind: ModuleKind,
     precision: AtomicU8,
+    /// Device-memory budget for a resident image store, bytes (0: half the free memory at the
+    /// time of asking); see [`Gpu::store_budget`].
+    store_budget: AtomicUsize,
     /// Page-locked 4 x f64 buffers for asynchronous scalar read-backs (see [`PinnedScalars`]),
     /// kept for reuse: allocating page-locked memory costs far more than the copy.
     pinned: Mutex<Vec<(PinnedHostSlice<f64>, CudaEvent)>>,
@@ -224,6 +227,7 @@ impl Gpu {
             functions,
             module_kind,
             precision: AtomicU8::new(GemmPrecision::Bf16 as u8),
+            store_budget: AtomicUsize::new(0),
             pinned: Mutex::new(Vec::new()),
         }))
     }
@@ -254,6 +258,20 @@ impl Gpu {
     }
     pub fn set_gemm_precision(&self, p: GemmPrecision) {
         self.precision.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// The most bytes an image store may take on this device and stay resident; a larger one is
+    /// streamed a batch at a time ([`crate::ImageStream`]). Set with [`Gpu::set_store_budget`];
+    /// unset (0), half the device memory free now.
+    pub fn store_budget(&self) -> Result<usize, KernelError> {
+        match self.store_budget.load(Ordering::Relaxed) {
+            0 => Ok(self.memory_info()?.0 / 2),
+            b => Ok(b),
+        }
+    }
+    /// Sets [`Gpu::store_budget`] in bytes (0: back to half the free memory).
+    pub fn set_store_budget(&self, bytes: usize) {
+        self.store_budget.store(bytes, Ordering::Relaxed);
     }
 
     /// (free, total) bytes of device memory, as the driver reports them (all processes).
@@ -521,6 +539,13 @@ pub struct GpuBytes {
 }
 
 impl GpuBytes {
+    /// Uninitialised room for `len` bytes (written by a copy before any kernel reads it).
+    pub(crate) fn uninit(gpu: &Arc<Gpu>, len: usize) -> Result<GpuBytes, KernelError> {
+        Ok(GpuBytes { gpu: gpu.clone(), data: gpu.alloc_raw(len)?, len })
+    }
+    pub(crate) fn slice_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.data
+    }
     pub fn to_host(&self) -> Result<Vec<u8>, KernelError> {
         self.gpu.download_raw(&self.data, self.len)
     }

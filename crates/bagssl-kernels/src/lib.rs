@@ -40,7 +40,8 @@ pub use elementwise::{
 pub use gemm::{gemm_f32, matmul_f32, Gemm, GemmPrecision};
 pub use optim::{adamw_f32, adamw_multi_f32, AdamWConfig, AdamWTensor};
 pub use patch::{
-    grid_len, patch_embed_fwd_f32, patch_embed_fwd_f32_into, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, PatchSpec,
+    grid_len, patch_embed_fwd_f32, patch_embed_fwd_f32_into, patch_grid_fwd_f32, GpuImages, GpuPatchSpecs, ImageStream,
+    PatchSpec,
 };
 pub use vicreg::{vicreg_fwd_bwd_f32, PendingScalars, VicregOut, VicregScalars, VicregWeights};
 

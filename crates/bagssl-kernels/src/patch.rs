@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use cudarc::driver::{
+    CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 
 use crate::device::same_gpu;
 use crate::ffi::{
@@ -106,6 +108,145 @@ impl GpuImages {
     }
     pub fn bytes(&self) -> &GpuBytes {
         &self.bytes
+    }
+}
+
+/// Images sent to the GPU a batch at a time, for a store larger than [`Gpu::store_budget`]:
+/// each batch is written into one of two page-locked staging buffers and copied on a stream of
+/// its own into one of two device buffers, which the compute stream waits for. The copy of a
+/// step's images thus overlaps the previous step's kernels, and the host fills one buffer while
+/// the other may still be in flight.
+///
+/// Per slot, two events keep the buffers safe: `copied` (on the copy stream, after the upload
+/// out of the staging buffer: the host waits for it before refilling that buffer) and
+/// `consumed` (on the compute stream, after the kernel that read the device buffer: the copy
+/// stream waits for it before overwriting that buffer).
+pub struct ImageStream {
+    gpu: Arc<Gpu>,
+    copy: Arc<CudaStream>,
+    height: usize,
+    width: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    slots: [Option<StreamSlot>; 2],
+    next: usize,
+}
+
+struct StreamSlot {
+    host: PinnedHostSlice<u8>,
+    images: GpuImages,
+    copied: CudaEvent,
+    consumed: CudaEvent,
+}
+
+impl StreamSlot {
+    fn capacity(&self) -> usize {
+        self.host.len().min(self.images.bytes.len())
+    }
+    /// Waits until neither the copy nor the kernels use this slot.
+    fn drain(&self) -> Result<(), KernelError> {
+        self.copied.synchronize()?;
+        Ok(self.consumed.synchronize()?)
+    }
+}
+
+impl ImageStream {
+    /// An empty stream for images of `height x width` (HWC u8) with the store's normalisation.
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        height: usize,
+        width: usize,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<ImageStream, KernelError> {
+        if height == 0 || width == 0 {
+            return Err(KernelError::Invalid(format!("ImageStream: images of {height}x{width}")));
+        }
+        let copy = gpu.stream().fork()?;
+        Ok(ImageStream { gpu: gpu.clone(), copy, height, width, mean, std, slots: [None, None], next: 0 })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    pub fn height(&self) -> usize {
+        self.height
+    }
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Sends `count` images to the GPU and runs `kernel` on them: `fill` writes their pixels
+    /// (`count * height * width * 3` bytes, HWC, one image after another) into page-locked
+    /// memory, the copy is queued on the copy stream, and `kernel`'s launches (on the compute
+    /// stream) start once it has landed. Returns what `kernel` returns, without waiting for it.
+    pub fn with_batch<T>(
+        &mut self,
+        count: usize,
+        fill: impl FnOnce(&mut [u8]),
+        kernel: impl FnOnce(&GpuImages) -> Result<T, KernelError>,
+    ) -> Result<T, KernelError> {
+        let per = self.height * self.width * 3;
+        let bytes = count * per;
+        let i = self.next;
+        self.next ^= 1;
+        if self.slots[i].as_ref().is_none_or(|s| s.capacity() < bytes) {
+            if let Some(old) = self.slots[i].take() {
+                old.drain()?; // no DMA or kernel may touch the buffers once they are freed
+            }
+            self.slots[i] = Some(self.new_slot(bytes.max(per))?);
+        }
+        let slot = self.slots[i].as_mut().ok_or_else(|| KernelError::Invalid("ImageStream: no slot".into()))?;
+        // The last upload out of this staging buffer (two batches ago) must have landed.
+        slot.copied.synchronize()?;
+        let host = slot.host.as_mut_slice()?;
+        fill(&mut host[..bytes]);
+        slot.images.dims.n_images = u32_of(count, "images in a batch")?;
+        if bytes > 0 {
+            self.copy.wait(&slot.consumed)?;
+            let host = slot.host.as_slice()?;
+            self.copy.memcpy_htod(&host[..bytes], &mut slot.images.bytes.slice_mut().slice_mut(..bytes))?;
+            slot.copied.record(&self.copy)?;
+            self.gpu.stream().wait(&slot.copied)?;
+        }
+        let out = kernel(&slot.images)?;
+        slot.consumed.record(self.gpu.stream())?;
+        Ok(out)
+    }
+
+    fn new_slot(&self, bytes: usize) -> Result<StreamSlot, KernelError> {
+        let ctx = self.gpu.context();
+        // SAFETY: `fill` writes every byte a copy reads.
+        let host = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }?;
+        let flags = Some(CUevent_flags::CU_EVENT_DISABLE_TIMING);
+        let dims = BagsslImageDims {
+            n_images: 0,
+            height: u32_of(self.height, "height")?,
+            width: u32_of(self.width, "width")?,
+            pad: 0,
+            mean: self.mean,
+            std: self.std,
+        };
+        let images = GpuImages { bytes: GpuBytes::uninit(&self.gpu, bytes)?, dims };
+        let consumed = ctx.new_event(flags)?;
+        // The device buffer is allocated in order on the compute stream: the first copy into it
+        // (on the copy stream) waits for that point.
+        consumed.record(self.gpu.stream())?;
+        Ok(StreamSlot { host, images, copied: ctx.new_event(flags)?, consumed })
+    }
+}
+
+impl Drop for ImageStream {
+    fn drop(&mut self) {
+        for s in self.slots.iter().flatten() {
+            let _ = s.drain(); // no DMA may read a page-locked buffer once it is freed
+        }
+    }
+}
+
+impl std::fmt::Debug for ImageStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageStream({}x{} on cuda:{})", self.height, self.width, self.gpu.ordinal())
     }
 }
 

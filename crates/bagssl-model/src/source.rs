@@ -8,13 +8,15 @@
 //! - CUDA: the u8 [`ImageStore`] is uploaded once and stays resident ([`GpuStore`]); per step only
 //!   the specs go host -> device (40 bytes each, into a reused [`GpuPatchSpecs`]) and
 //!   `patch_embed_fwd_f32` writes the patch matrix on the device. The same GPU-resident store also
-//!   serves evaluation (`patch_grid_fwd_f32`, see `bagssl-eval`).
+//!   serves evaluation (`patch_grid_fwd_f32`, see `bagssl-eval`). A store over the device's
+//!   budget (`data.gpu_store_budget_mib`) is streamed instead: each step sends its own images,
+//!   double-buffered ([`bagssl_kernels::ImageStream`]).
 
 use std::sync::Arc;
 
 use bagssl_autograd::{Device, Tensor};
 use bagssl_data::{gather_patches, ImageStore, PatchSpec};
-use bagssl_kernels::{patch_embed_fwd_f32, patch_grid_fwd_f32, Gpu, GpuImages, GpuPatchSpecs};
+use bagssl_kernels::{patch_embed_fwd_f32, patch_grid_fwd_f32, Gpu, GpuImages, GpuPatchSpecs, ImageStream};
 
 use crate::{ModelError, Result};
 
@@ -83,10 +85,15 @@ impl StoreKey {
     }
 }
 
-/// An [`ImageStore`] resident on one GPU (u8 HWC plus its mean/std), with reused spec buffers:
-/// produces training patch matrices from specs and evaluation grids, as tensors on that GPU.
+/// An [`ImageStore`] on one GPU, with reused spec buffers: produces training patch matrices from
+/// specs and evaluation grids, as tensors on that GPU.
+///
+/// A store within the device's [`Gpu::store_budget`] is uploaded once and stays resident (u8
+/// HWC plus its mean/std). A larger one is streamed: each call sends only the images it needs
+/// ([`ImageStream`], double-buffered, overlapping the previous step), compacted by
+/// [`bagssl_data::compact_specs`], so the patches are bit for bit those of a resident copy.
 pub struct GpuStore {
-    images: GpuImages,
+    placement: Placement,
     key: StoreKey,
     /// Host conversion buffer of the specs (reused).
     host_specs: Vec<bagssl_kernels::PatchSpec>,
@@ -94,69 +101,152 @@ pub struct GpuStore {
     specs: Option<GpuPatchSpecs>,
 }
 
+enum Placement {
+    Resident(GpuImages),
+    Streamed {
+        stream: Box<ImageStream>,
+        len: usize,
+        /// A call's images (store indices) and its specs pointing into them (reused).
+        images: Vec<u32>,
+        local: Vec<PatchSpec>,
+    },
+}
+
 fn gpu_err(e: bagssl_kernels::KernelError) -> ModelError {
     ModelError::Autograd(e.into())
 }
 
 impl GpuStore {
-    /// Uploads `store`'s pixels (once; everything else reuses them).
+    /// Places `store` on `gpu`: uploaded whole when its pixels fit [`Gpu::store_budget`], else
+    /// streamed per call.
     pub fn upload(gpu: &Arc<Gpu>, store: &ImageStore) -> Result<GpuStore> {
-        let images =
-            GpuImages::upload(gpu, &store.contiguous_pixels(), store.height, store.width, store.mean, store.std)
-                .map_err(gpu_err)?;
-        Ok(GpuStore { images, key: StoreKey::of(store), host_specs: Vec::new(), specs: None })
+        let bytes = store.len() * store.image_bytes();
+        let placement = if bytes <= gpu.store_budget().map_err(gpu_err)? {
+            let pixels = store.contiguous_pixels();
+            let images =
+                GpuImages::upload(gpu, &pixels, store.height, store.width, store.mean, store.std).map_err(gpu_err)?;
+            Placement::Resident(images)
+        } else {
+            let stream =
+                Box::new(ImageStream::new(gpu, store.height, store.width, store.mean, store.std).map_err(gpu_err)?);
+            Placement::Streamed { stream, len: store.len(), images: Vec::new(), local: Vec::new() }
+        };
+        Ok(GpuStore { placement, key: StoreKey::of(store), host_specs: Vec::new(), specs: None })
     }
 
-    /// Whether this is the resident copy of `store`: same pixel buffer (address and length),
-    /// image size and normalisation, and the same fingerprint of up to 256 bytes spread over the
-    /// pixels. Pixels edited in place are not reliably noticed: re-upload with
-    /// [`PatchSource::register_store`] after that.
+    /// Whether this is the GPU copy (resident or streamed) of `store`: same pixel buffer
+    /// (address and length), image size and normalisation, and the same fingerprint of up to
+    /// 256 bytes spread over the pixels. Pixels edited in place are not reliably noticed:
+    /// re-upload with [`PatchSource::register_store`] after that.
     pub fn holds(&self, store: &ImageStore) -> bool {
         self.key == StoreKey::of(store)
     }
 
-    pub fn gpu(&self) -> &Arc<Gpu> {
-        self.images.gpu()
+    /// Whether the store is streamed per call rather than resident.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.placement, Placement::Streamed { .. })
     }
-    /// Number of resident images.
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        match &self.placement {
+            Placement::Resident(images) => images.gpu(),
+            Placement::Streamed { stream, .. } => stream.gpu(),
+        }
+    }
+    /// Number of images of the store.
     pub fn len(&self) -> usize {
-        self.images.len()
+        match &self.placement {
+            Placement::Resident(images) => images.len(),
+            Placement::Streamed { len, .. } => *len,
+        }
     }
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty()
+        self.len() == 0
     }
     pub fn height(&self) -> usize {
-        self.images.height()
+        match &self.placement {
+            Placement::Resident(images) => images.height(),
+            Placement::Streamed { stream, .. } => stream.height(),
+        }
     }
     pub fn width(&self) -> usize {
-        self.images.width()
+        match &self.placement {
+            Placement::Resident(images) => images.width(),
+            Placement::Streamed { stream, .. } => stream.width(),
+        }
     }
-    /// The kernels' view of the resident images.
-    pub fn images(&self) -> &GpuImages {
-        &self.images
+    /// The kernels' view of the resident images (`None` when streamed).
+    pub fn images(&self) -> Option<&GpuImages> {
+        match &self.placement {
+            Placement::Resident(images) => Some(images),
+            Placement::Streamed { .. } => None,
+        }
     }
 
     /// The normalized, augmented patch matrix of `specs`, (specs.len(), patch*patch*3) HWC, on
-    /// the GPU: the specs are copied host -> device (the only transfer), `patch_embed_fwd_f32`
-    /// does the rest. Specs reaching past the images are an error (checked before the launch).
-    pub fn patches(&mut self, specs: &[PatchSpec], patch: usize) -> Result<Tensor> {
-        kernel_specs_into(specs, &mut self.host_specs);
+    /// the GPU, from `store` (the store this copy [`holds`](GpuStore::holds)): the specs go
+    /// host -> device (and, streamed, the images they use), `patch_embed_fwd_f32` does the rest.
+    /// Specs reaching past the images are an error (checked before the launch).
+    pub fn patches(&mut self, store: &ImageStore, specs: &[PatchSpec], patch: usize) -> Result<Tensor> {
+        let gpu = self.gpu().clone();
+        match &mut self.placement {
+            Placement::Resident(_) => kernel_specs_into(specs, &mut self.host_specs),
+            Placement::Streamed { images, local, .. } => {
+                bagssl_data::compact_specs(specs, images, local);
+                kernel_specs_into(local, &mut self.host_specs);
+            }
+        }
         let dev = match &mut self.specs {
             Some(d) => {
                 d.write(&self.host_specs).map_err(gpu_err)?;
                 d
             }
-            None => self.specs.insert(GpuPatchSpecs::upload(self.images.gpu(), &self.host_specs).map_err(gpu_err)?),
+            None => self.specs.insert(GpuPatchSpecs::upload(&gpu, &self.host_specs).map_err(gpu_err)?),
         };
-        let x = patch_embed_fwd_f32(&self.images, dev, patch).map_err(gpu_err)?;
+        let x = match &mut self.placement {
+            Placement::Resident(images) => patch_embed_fwd_f32(images, dev, patch),
+            Placement::Streamed { stream, images, .. } => stream.with_batch(
+                images.len(),
+                |out| bagssl_data::copy_images(store, images, out),
+                |batch| patch_embed_fwd_f32(batch, dev, patch),
+            ),
+        }
+        .map_err(gpu_err)?;
         Ok(Tensor::from_gpu(&[specs.len(), patch * patch * 3], x))
     }
 
-    /// Every evaluation-grid patch (no augmentation) of images `first .. first + count`,
-    /// image-major then row-major grid position, like `bagssl_data::gather_grid`:
-    /// (count * grid_len, patch*patch*3) on the GPU. Nothing crosses the bus.
-    pub fn grid(&self, first: usize, count: usize, patch: usize, stride: usize) -> Result<Tensor> {
-        let x = patch_grid_fwd_f32(&self.images, first, count, patch, stride).map_err(gpu_err)?;
+    /// Every evaluation-grid patch (no augmentation) of images `first .. first + count` of
+    /// `store` (the store this copy holds), image-major then row-major grid position, like
+    /// `bagssl_data::gather_grid`: (count * grid_len, patch*patch*3) on the GPU. Resident, nothing
+    /// crosses the bus; streamed, those images do.
+    pub fn grid(
+        &mut self,
+        store: &ImageStore,
+        first: usize,
+        count: usize,
+        patch: usize,
+        stride: usize,
+    ) -> Result<Tensor> {
+        let x = match &mut self.placement {
+            Placement::Resident(images) => patch_grid_fwd_f32(images, first, count, patch, stride),
+            Placement::Streamed { stream, images, .. } => {
+                if first + count > store.len() {
+                    return Err(ModelError::Internal(format!(
+                        "grid: images {first}..{} past {}",
+                        first + count,
+                        store.len()
+                    )));
+                }
+                images.clear();
+                images.extend((first..first + count).map(|i| i as u32));
+                stream.with_batch(
+                    count,
+                    |out| bagssl_data::copy_images(store, images, out),
+                    |batch| patch_grid_fwd_f32(batch, 0, count, patch, stride),
+                )
+            }
+        }
+        .map_err(gpu_err)?;
         let rows = count * bagssl_kernels::grid_len(self.height(), self.width(), patch, stride);
         Ok(Tensor::from_gpu(&[rows, patch * patch * 3], x))
     }
@@ -216,7 +306,7 @@ impl PatchSource {
                     *resident = Some(Box::new(GpuStore::upload(gpu, store)?));
                 }
                 let r = resident.as_mut().ok_or_else(|| ModelError::Internal("no resident store".into()))?;
-                r.patches(specs, patch)
+                r.patches(store, specs, patch)
             }
         }
     }

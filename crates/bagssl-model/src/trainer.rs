@@ -147,6 +147,8 @@ pub struct Trainer {
     source: PatchSource,
     images: Vec<u32>,
     specs: Vec<PatchSpec>,
+    /// Host time the last step spent before its input was ready (see [`Trainer::last_input_wait`]).
+    input_wait: std::time::Duration,
 }
 
 impl Trainer {
@@ -176,7 +178,20 @@ impl Trainer {
         config.validate()?;
         let source = PatchSource::for_device(model.device());
         let (images, specs, normalization) = (Vec::new(), Vec::new(), None);
-        Ok(Trainer { model, optimizer, sampler, cursor, config, step, normalization, source, images, specs })
+        let input_wait = std::time::Duration::ZERO;
+        Ok(Trainer {
+            model,
+            optimizer,
+            sampler,
+            cursor,
+            config,
+            step,
+            normalization,
+            source,
+            images,
+            specs,
+            input_wait,
+        })
     }
 
     pub fn model(&self) -> &BagSslModel {
@@ -198,6 +213,13 @@ impl Trainer {
     /// Steps completed so far.
     pub fn steps_done(&self) -> u64 {
         self.step
+    }
+    /// The input wait of the last step: host time from its start until its patch matrix was
+    /// ready (batch draw, view sampling, and on the CPU the gather and augmentation out of the
+    /// store, which on a mapped store includes reading its pages; on CUDA the spec upload and
+    /// gather launch, plus the store's upload on first use).
+    pub fn last_input_wait(&self) -> std::time::Duration {
+        self.input_wait
     }
     /// Epoch of the most recent batch (0 before the first step).
     pub fn epoch(&self) -> u64 {
@@ -242,6 +264,7 @@ impl Trainer {
     /// either way (same update, same random draws). On CUDA a monitored step waits for its own
     /// end before the host measures the sample, rather than returning with work still queued.
     pub fn step_monitored(&mut self, store: &ImageStore, monitor: bool) -> Result<StepStats> {
+        let started = std::time::Instant::now();
         let c = &self.config;
         // The model's input side; a fixed crop of another side is resized to it.
         let patch = self.model.config().patch;
@@ -250,6 +273,7 @@ impl Trainer {
         let epoch = self.cursor.next_batch(store.len(), c.batch_images, &mut self.images)?;
         self.sampler.sample_into(&self.images, c.per_image, crop, store.height, store.width, &mut self.specs);
         let x = self.source.patches(store, &self.specs, patch)?;
+        self.input_wait = started.elapsed();
         let loss_fn = BagVicreg { per_image: c.per_image, weights: c.loss };
         let number = self.step + 1;
         let lr = c.lr * lr_factor(self.step, c.warmup_steps, c.total_steps);

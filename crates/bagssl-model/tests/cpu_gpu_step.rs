@@ -616,6 +616,74 @@ fn gpu_source_follows_the_store() {
     rep.finish();
 }
 
+/// A store over the device's budget is streamed a batch at a time (double-buffered, its own copy
+/// stream): patch matrices and evaluation grids are bit for bit the resident store's, and steps
+/// give the same losses. Two GPU objects of their own, since the budget (and the GEMM precision)
+/// belongs to the device object that other tests share.
+#[test]
+fn gpu_streamed_store_matches_resident() {
+    if gpu_or_skip("gpu_streamed_store_matches_resident").is_none() {
+        return;
+    }
+    let (gpu_r, gpu_s) = (Gpu::new(0).unwrap(), Gpu::new(0).unwrap());
+    gpu_s.set_store_budget(1);
+    let data = store();
+    let mut rep = Report::new("streamed store");
+    let (mut src_r, mut src_s) =
+        (PatchSource::for_device(&Device::Cuda(gpu_r.clone())), PatchSource::for_device(&Device::Cuda(gpu_s.clone())));
+    // Five batches queued back to back before any is read (both slots reused, one grown), with
+    // repeated and out-of-order images.
+    let mut sampler = PatchSampler::new(11, true);
+    let batches: Vec<Vec<u32>> = vec![vec![3, 9, 3], vec![0, 39, 17, 22], (0..40).rev().collect(), vec![5], vec![8, 1]];
+    let mut outs = Vec::new();
+    for b in &batches {
+        let specs = sampler.sample(b, 6, 8, data.height, data.width);
+        outs.push((specs.clone(), src_r.patches(&data, &specs, 8).unwrap(), src_s.patches(&data, &specs, 8).unwrap()));
+    }
+    for (i, (specs, r, s)) in outs.iter().enumerate() {
+        let (r, s) = (host(r), host(s));
+        let same = r.iter().zip(&s).all(|(a, b)| a.to_bits() == b.to_bits());
+        rep.line(same, &format!("batch {i}: streamed patches = resident, bit for bit"), format!("{same}"));
+        let mut want = vec![0f32; specs.len() * 192];
+        gather_patches(&data, specs, 8, &mut want);
+        rep.max_diff(&format!("batch {i}: streamed patches vs CPU gather"), &s, &want, X_TOL);
+    }
+    let streamed = src_s.gpu_store().is_some_and(|g| g.is_streamed() && g.holds(&data));
+    let resident = src_r.gpu_store().is_some_and(|g| !g.is_streamed());
+    rep.line(
+        streamed && resident,
+        "budget 1 byte streams, the default keeps it resident",
+        format!("{streamed} {resident}"),
+    );
+
+    // Evaluation grids, in chunks as `embed_bag` asks for them.
+    let mut grid_r = bagssl_model::source::GpuStore::upload(&gpu_r, &data).unwrap();
+    let mut grid_s = bagssl_model::source::GpuStore::upload(&gpu_s, &data).unwrap();
+    for (first, count) in [(0, 16), (16, 16), (32, 8)] {
+        let r = host(&grid_r.grid(&data, first, count, 8, 4).unwrap());
+        let s = host(&grid_s.grid(&data, first, count, 8, 4).unwrap());
+        let same = r.len() == s.len() && r.iter().zip(&s).all(|(a, b)| a.to_bits() == b.to_bits());
+        rep.line(same, &format!("grid {first}..{}: streamed = resident", first + count), format!("{same}"));
+    }
+    let past = grid_s.grid(&data, 36, 8, 8, 4).map(|_| ()).unwrap_err().to_string();
+    rep.line(past.contains("past"), "a streamed grid past the store is an error", past);
+
+    // Whole steps: the same losses (the GEMMs are the same cuBLAS calls on the same inputs).
+    let c = train_config(OptimizerKind::AdamW);
+    let mut t_r = Trainer::new(model_config(), c.clone(), &Device::Cuda(gpu_r)).unwrap();
+    let mut t_s = Trainer::new(model_config(), c, &Device::Cuda(gpu_s)).unwrap();
+    for step in 0..STEPS {
+        let (a, b) = (t_r.step(&data).unwrap(), t_s.step(&data).unwrap());
+        let rel = (a.loss() - b.loss()).abs() / a.loss().abs().max(1e-12);
+        rep.line(
+            rel <= 1e-6,
+            &format!("step {step}: same loss"),
+            format!("{} vs {} (rel {rel:.1e})", a.loss(), b.loss()),
+        );
+    }
+    rep.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Everywhere: the bounds against a TF32-like perturbation on the CPU
 

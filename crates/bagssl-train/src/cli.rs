@@ -172,6 +172,11 @@ pub struct BenchArgs {
     /// goes (on CUDA: host-side launch costs only).
     #[arg(long)]
     pub profile: bool,
+    /// Instead of steps: time decoding the training data (--data, with data.image_size or
+    /// data.resize as configured) into memory on 1 thread and on every core, and print images/s
+    /// and images/s per core. The cache is neither read nor written.
+    #[arg(long)]
+    pub decode: bool,
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 }

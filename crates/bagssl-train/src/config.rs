@@ -58,6 +58,9 @@ pub struct DataConfig {
     pub image_size: usize,
     /// Where decoded datasets are cached; empty: `$BAGSSL_CACHE` or `~/.cache/bagssl`; "off": no cache.
     pub cache_dir: String,
+    /// CUDA: a store whose pixels take more MiB than this is streamed a batch at a time instead
+    /// of uploaded whole; 0: half the device memory free when the store is placed.
+    pub gpu_store_budget_mib: usize,
     /// Size of the built-in synthetic set (used when `path` is empty).
     pub synthetic_images: usize,
     pub synthetic_classes: usize,
@@ -137,6 +140,10 @@ pub struct EvalSection {
     pub batch_images: usize,
     /// Also evaluate the untrained (initial) encoder, so every run shows what training bought.
     pub untrained: bool,
+    /// Training images embedded as the kNN bank and the probe's training set: a seeded subset
+    /// of this many (the same for every run seed); 0: all. Bounds evaluation memory and time on
+    /// a large dataset (the features are N x dim floats, held in memory).
+    pub train_images: usize,
     /// The protocols measured (`grid`, `multiscale`, `whole`, `random`, `pyramid`); the first is also `knn` / `linear`.
     pub protocols: Vec<String>,
     /// Patches per image of the `random` protocol.
@@ -179,6 +186,7 @@ impl Default for DataConfig {
             val_fraction: 0.1,
             resize: Vec::new(),
             image_size: 0,
+            gpu_store_budget_mib: 0,
             cache_dir: String::new(),
             synthetic_images: 3000,
             synthetic_classes: 10,
@@ -296,6 +304,7 @@ impl Default for EvalSection {
             probe_epochs: 50,
             batch_images: 32,
             untrained: true,
+            train_images: 0,
             protocols: vec!["grid".into()],
             random_patches: 128,
             scales: Vec::new(),

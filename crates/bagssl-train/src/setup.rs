@@ -57,6 +57,7 @@ pub fn resolve_device(cfg: &Config) -> Result<Device> {
         DeviceKind::Cuda => {
             let gpu = bagssl_kernels::Gpu::new(0).context("--device cuda: no usable CUDA GPU")?;
             gpu.set_gemm_precision(cfg.gpu_precision);
+            gpu.set_store_budget(cfg.data.gpu_store_budget_mib.saturating_mul(1 << 20));
             Ok(Device::Cuda(gpu))
         }
     }

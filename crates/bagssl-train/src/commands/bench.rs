@@ -16,6 +16,9 @@ const REFERENCE: &str = include_str!("../../../../configs/reference.toml");
 pub fn run(args: BenchArgs) -> Result<()> {
     let preset = ["data.synthetic_images=50000", "data.synthetic_size=32", "device=\"cpu\""];
     let cfg = setup::resolve_config_or(&args.cfg, REFERENCE, "configs/reference.toml (embedded)", &preset)?;
+    if args.decode {
+        return decode_bench(&cfg);
+    }
     let device = setup::resolve_device(&cfg)?;
     let data = setup::load_datasets(&cfg, false)?;
     let (model_cfg, mut train_cfg) = setup::model_and_train_config(&cfg, data.train.len())?;
@@ -32,6 +35,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // is synchronous, so there a chunk is one step and ms/step the median step.
     let chunk = if device.is_cuda() { 10 } else { 1 };
     let steps = args.steps.max(1);
+    let mut input_waits = Vec::with_capacity(steps);
     let mut timed = |monitor: bool| -> Result<Vec<f64>> {
         let mut times = Vec::with_capacity(steps.div_ceil(chunk));
         gpu_free_bytes(&device)?;
@@ -41,6 +45,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let t = Instant::now();
             for _ in 0..k {
                 trainer.step_monitored(&data.train, monitor)?;
+                if !monitor {
+                    input_waits.push(trainer.last_input_wait().as_secs_f64() * 1e3);
+                }
             }
             gpu_free_bytes(&device)?; // waits for the GPU, so the time is the steps', not their launch's
             times.push(t.elapsed().as_secs_f64() * 1e3 / k as f64);
@@ -61,6 +68,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let ms_mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
+    input_waits.sort_by(f64::total_cmp);
+    let input_ms = input_waits[input_waits.len() / 2];
     let n = (cfg.train.batch_images * cfg.patches.per_image) as f64;
     let model_flops = trainer.model().forward_flops_per_patch();
     let z_width = *trainer.model().config().projector_widths().last().unwrap_or(&0);
@@ -119,6 +128,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         flops / 1e9
     );
     println!(
+        "input wait: {input_ms:.3} ms a step (median; {:.1}% of a step): batch draw, views, {}",
+        100.0 * input_ms / ms,
+        if device.is_cuda() { "spec upload and gather launch" } else { "gather and augmentation from the store" }
+    );
+    println!(
         "collapse monitor: {ms_monitored:.3} ms a measured step, +{:.3} ms; +{:.2}% of a step at train.log_every = {}",
         ms_monitored - ms,
         100.0 * (ms_monitored - ms) / ms / cfg.train.log_every as f64,
@@ -142,6 +156,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "ms_per_step": ms,
             "ms_per_step_mean": ms_mean,
             "ms_per_monitored_step": ms_monitored,
+            "input_wait_ms": input_ms,
             "patches_per_s": patches_per_s,
             "gflops": gflops,
             "flop_per_step": flops,
@@ -161,6 +176,53 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "stem": cfg.model.stem, "projector": &cfg.model.projector,
             },
         })
+    );
+    Ok(())
+}
+
+/// `bench --decode`: the training data decoded into memory (no cache) with one rayon thread and
+/// with every core, best of three each, after an untimed pass that warms the page cache, so the
+/// figure is decode and fit, not disk reads. File listing is included (it is part of every decode).
+fn decode_bench(cfg: &crate::config::Config) -> Result<()> {
+    anyhow::ensure!(
+        !cfg.data.path.is_empty(),
+        "bench --decode needs --data (a folder, shards or a CIFAR-10 binary folder)"
+    );
+    let path = std::path::Path::new(&cfg.data.path);
+    let mut opts = setup::load_options(cfg, bagssl_data::Split::Train, false);
+    opts.cache_dir = None;
+    let cores = rayon::current_num_threads();
+    let decode = |threads: usize| -> Result<(usize, usize, f64)> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let t = Instant::now();
+        let store = pool.install(|| bagssl_data::load(path, &opts))?;
+        Ok((store.len(), store.height, t.elapsed().as_secs_f64()))
+    };
+    decode(cores)?;
+    let mut rows = Vec::new();
+    for threads in [1, cores] {
+        // Best of three: the machines are shared.
+        let (mut n, mut side, mut s) = decode(threads)?;
+        for _ in 0..2 {
+            let r = decode(threads)?;
+            if r.2 < s {
+                (n, side, s) = r;
+            }
+        }
+        let rate = n as f64 / s;
+        println!(
+            "decode: {n} images -> {side}x{side} in {s:.2} s on {threads} thread(s): {rate:.0} images/s, {:.0} images/s per core",
+            rate / threads as f64
+        );
+        rows.push(json!({ "threads": threads, "images": n, "seconds": s, "images_per_s": rate,
+                          "images_per_s_per_core": rate / threads as f64 }));
+        if cores == 1 {
+            break;
+        }
+    }
+    println!(
+        "{}",
+        json!({ "decode": rows, "data": cfg.data.path, "image_size": cfg.data.image_size, "resize": &cfg.data.resize })
     );
     Ok(())
 }

@@ -249,8 +249,19 @@ pub struct Evaluation {
     pub protocols: Vec<(String, ProtocolReport)>,
 }
 
+/// Seed of the `eval.train_images` subset: fixed, so runs of every seed are evaluated alike.
+const EVAL_BANK_SEED: u64 = 54321;
+
 pub fn evaluate_stores(cfg: &Config, model: &BagSslModel, train: &ImageStore, test: &ImageStore) -> Result<Evaluation> {
     let ec = eval_config(cfg, model);
+    let bank;
+    let train = match cfg.eval.train_images {
+        n if n > 0 && n < train.len() => {
+            bank = bagssl_eval::analysis::seeded_subset(train, n, EVAL_BANK_SEED);
+            &bank
+        }
+        _ => train,
+    };
     let featured;
     let model = match cfg.eval_feature()? {
         bagssl_model::Representation::Encoder => model,
@@ -317,4 +328,37 @@ fn print_table(trained: &EvalReport, untrained: Option<&EvalReport>) {
     }
     row("trained", trained);
     println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bagssl_data::{synthetic, SyntheticSpec};
+    use bagssl_model::ModelConfig;
+
+    /// `eval.train_images` evaluates against a fixed seeded subset of the training split (the
+    /// same whatever the run seed), and at or above the split's size against all of it.
+    #[test]
+    fn eval_train_images_takes_a_fixed_seeded_subset() {
+        let all = synthetic(&SyntheticSpec { images: 90, classes: 3, height: 12, width: 12, seed: 2 });
+        let (train, test) = all.split_holdout(0.2, 1);
+        let model = BagSslModel::new(ModelConfig::mlp(8, 1, 16, 16), 0, &Device::Cpu).unwrap();
+        let mut cfg = Config::default();
+        cfg.eval.probe_epochs = 3;
+        cfg.eval.stride = 4;
+        let knn = |cfg: &Config, train: &ImageStore| evaluate_stores(cfg, &model, train, &test).unwrap().report;
+        let full = knn(&cfg, &train);
+        cfg.eval.train_images = 30;
+        let sub = knn(&cfg, &train);
+        let bank = bagssl_eval::analysis::seeded_subset(&train, 30, EVAL_BANK_SEED);
+        cfg.eval.train_images = 0;
+        assert_eq!(sub, knn(&cfg, &bank), "the subset is the seeded one");
+        cfg.seed = 7;
+        cfg.eval.train_images = 30;
+        let other_seed = evaluate_stores(&cfg, &model, &train, &test).unwrap().report.knn;
+        cfg.seed = 0;
+        assert_eq!(other_seed, knn(&cfg, &bank).knn, "kNN does not depend on the run seed");
+        cfg.eval.train_images = train.len();
+        assert_eq!(knn(&cfg, &train), full, "a bound at the split's size changes nothing");
+    }
 }
