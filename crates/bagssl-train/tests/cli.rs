@@ -399,6 +399,35 @@ fn bench_ends_with_the_json_contract() {
     assert_eq!(j["steps"], 3);
     assert_eq!(j["config"]["hidden"], 32);
     assert_eq!(j["precision"], "f32");
+    let wait = j["input_wait_ms"].as_f64().expect("input_wait_ms");
+    assert!(wait > 0.0 && wait < j["ms_per_step"].as_f64().unwrap(), "input wait {wait} ms in {j}");
+}
+
+/// `bench --decode` decodes a folder of variable-size PNGs (with `data.image_size`) on one thread
+/// and on every core and reports each; without `--data` it says what it needs.
+#[test]
+fn bench_decode_times_a_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (c, sizes) in [("a", [(40, 30), (33, 50)]), ("b", [(64, 41), (30, 30)])] {
+        std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+        for (i, (w, h)) in sizes.into_iter().enumerate() {
+            write_png(&tmp.path().join(c).join(format!("{i}.png")), w, h, i as u32);
+        }
+    }
+    let data = tmp.path().to_str().unwrap();
+    let o = run(&["bench", "--decode", "--data", data, "--set", "data.image_size=24"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = j["decode"].as_array().expect("decode rows");
+    assert_eq!(rows[0]["threads"], 1);
+    for r in rows {
+        assert_eq!(r["images"], 4, "{j}");
+        assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(j["image_size"], 24);
+    assert!(stdout.contains("4 images -> 24x24"), "{stdout}");
+    assert_fails_naming(&run(&["bench", "--decode"]), &["--decode needs --data"]);
 }
 
 /// `cpu_precision = "bf16"` reaches the run (the bench reports it, and the step still runs);
