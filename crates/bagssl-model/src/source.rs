@@ -112,6 +112,15 @@ enum Placement {
     },
 }
 
+impl Placement {
+    fn gpu(&self) -> &Arc<Gpu> {
+        match self {
+            Placement::Resident(images) => images.gpu(),
+            Placement::Streamed { stream, .. } => stream.gpu(),
+        }
+    }
+}
+
 fn gpu_err(e: bagssl_kernels::KernelError) -> ModelError {
     ModelError::Autograd(e.into())
 }
@@ -148,10 +157,7 @@ impl GpuStore {
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
-        match &self.placement {
-            Placement::Resident(images) => images.gpu(),
-            Placement::Streamed { stream, .. } => stream.gpu(),
-        }
+        self.placement.gpu()
     }
     /// Number of images of the store.
     pub fn len(&self) -> usize {
@@ -188,7 +194,6 @@ impl GpuStore {
     /// host -> device (and, streamed, the images they use), `patch_embed_fwd_f32` does the rest.
     /// Specs reaching past the images are an error (checked before the launch).
     pub fn patches(&mut self, store: &ImageStore, specs: &[PatchSpec], patch: usize) -> Result<Tensor> {
-        let gpu = self.gpu().clone();
         match &mut self.placement {
             Placement::Resident(_) => kernel_specs_into(specs, &mut self.host_specs),
             Placement::Streamed { images, local, .. } => {
@@ -201,7 +206,10 @@ impl GpuStore {
                 d.write(&self.host_specs).map_err(gpu_err)?;
                 d
             }
-            None => self.specs.insert(GpuPatchSpecs::upload(&gpu, &self.host_specs).map_err(gpu_err)?),
+            None => {
+                let first = GpuPatchSpecs::upload(self.placement.gpu(), &self.host_specs).map_err(gpu_err)?;
+                self.specs.insert(first)
+            }
         };
         let x = match &mut self.placement {
             Placement::Resident(images) => patch_embed_fwd_f32(images, dev, patch),

@@ -217,7 +217,8 @@ impl Trainer {
     /// The input wait of the last step: host time from its start until its patch matrix was
     /// ready (batch draw, view sampling, and on the CPU the gather and augmentation out of the
     /// store, which on a mapped store includes reading its pages; on CUDA the spec upload and
-    /// gather launch, plus the store's upload on first use).
+    /// gather launch, plus the store's upload on first use, or a streamed store's copy of the
+    /// step's images into page-locked memory).
     pub fn last_input_wait(&self) -> std::time::Duration {
         self.input_wait
     }
